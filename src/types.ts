@@ -1,0 +1,214 @@
+// Types of the state document, the contract with native/ (docs/state-json.md).
+// Field names are snake_case on purpose: they are the JSON and protobuf names.
+
+/** A 64-bit value: a number when ≤ 2^53, a decimal string above. */
+export type U64 = number | string;
+
+export interface FileIdentity {
+  dev: U64;
+  ino: U64;
+  size: U64;
+  mtime_ns: U64;
+}
+
+export interface ExeInfo extends FileIdentity {
+  path: string;
+}
+
+export interface Rlimit {
+  resource: number;
+  cur: U64;
+  max: U64;
+}
+
+export interface MmInfo {
+  start_code: U64;
+  end_code: U64;
+  start_data: U64;
+  end_data: U64;
+  start_brk: U64;
+  brk: U64;
+  start_stack: U64;
+  arg_start: U64;
+  arg_end: U64;
+  env_start: U64;
+  env_end: U64;
+  /** u64 pairs (type, value), as in /proc/PID/auxv. */
+  auxv: U64[];
+}
+
+export type VmaKind =
+  | "anon" | "file" | "heap" | "stack" | "vdso" | "vvar" | "vvar_vclock" | "shmem" | "vsyscall";
+
+export interface Vma {
+  start: U64;
+  end: U64;
+  prot: number;
+  shared: boolean;
+  kind: VmaKind | string;
+  pgoff: U64;
+  path?: string;
+  file?: FileIdentity;
+  shmem_id?: U64;
+  growsdown: boolean;
+  flags?: string;
+}
+
+export interface PageEntry {
+  vaddr: U64;
+  nr_pages: number;
+  offset: U64;
+}
+
+export interface Pages {
+  file: string;
+  entries: PageEntry[];
+}
+
+/** The 27 fields of struct user_regs_struct (x86_64). */
+export interface Regs {
+  r15: U64; r14: U64; r13: U64; r12: U64; rbp: U64; rbx: U64; r11: U64; r10: U64;
+  r9: U64; r8: U64; rax: U64; rcx: U64; rdx: U64; rsi: U64; rdi: U64; orig_rax: U64;
+  rip: U64; cs: U64; eflags: U64; rsp: U64; ss: U64; fs_base: U64; gs_base: U64;
+  ds: U64; es: U64; fs: U64; gs: U64;
+}
+
+export type RestartKind = "none" | "again" | "block";
+
+export interface Sigaltstack {
+  sp: U64;
+  flags: number;
+  size: U64;
+}
+
+export interface Rseq {
+  addr: U64;
+  len: number;
+  sig: number;
+}
+
+export interface ThreadState {
+  tid: number;
+  regs: Regs;
+  restart: RestartKind | string;
+  /** NT_X86_XSTATE regset, base64. */
+  xsave: string;
+  /** Blocked signals as a decimal string: bit (n-1) for signal n. */
+  sigmask: U64;
+  /** siginfo records (128 bytes each), base64. */
+  pending: string[];
+  sigaltstack?: Sigaltstack;
+  rseq?: Rseq;
+  clear_child_tid: U64;
+}
+
+export interface Sigaction {
+  sig: number;
+  handler: U64;
+  flags: U64;
+  restorer: U64;
+  mask: U64;
+}
+
+export interface Itimer {
+  /** 0 ITIMER_REAL, 1 ITIMER_VIRTUAL, 2 ITIMER_PROF. */
+  which: number;
+  interval_us: U64;
+  value_us: U64;
+}
+
+export interface FdEntry {
+  fd: number;
+  file_id: U64;
+  cloexec: boolean;
+}
+
+export interface ProcessState {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  comm: string;
+  exe?: ExeInfo;
+  cwd: string;
+  root: string;
+  umask: number;
+  rlimits: Rlimit[];
+  mm: MmInfo;
+  vmas: Vma[];
+  pages: Pages;
+  threads: ThreadState[];
+  sigactions: Sigaction[];
+  shared_pending: string[];
+  itimers: Itimer[];
+  fds: FdEntry[];
+}
+
+export type FileKind = "reg" | "dir" | "chr" | "blk" | "pipe" | "fifo" | "sock" | "unknown";
+
+export interface OpenFile {
+  id: U64;
+  kind: FileKind | string;
+  path?: string;
+  flags: number;
+  pos?: U64;
+  stat?: FileIdentity;
+  rdev?: U64;
+  pipe_id?: U64;
+}
+
+export interface PipeState {
+  pipe_id: U64;
+  /** Unread bytes, base64. */
+  data: string;
+  size: number;
+}
+
+export interface StateDocument {
+  format: number;
+  arch: string;
+  kernel: string;
+  /** Hex string, e.g. "0xe7". */
+  xcr0: string;
+  xsave_size: number;
+  root_pid: number;
+  created_ns: U64;
+  processes: ProcessState[];
+  files: OpenFile[];
+  pipes: PipeState[];
+}
+
+/** The state format version this build reads and writes. */
+export const STATE_FORMAT = 1;
+
+// Results of the library API.
+
+export interface DumpSummary {
+  dir: string;
+  root_pid: number;
+  processes: number;
+  threads: number;
+  pages: number;
+  bytes: number;
+  vmas: number;
+  files: number;
+  /** Wall time from the freeze request to images written, in ms. */
+  frozen_ms: number;
+  /** What happened to the source tree afterwards. */
+  action: "kill" | "resume";
+  images: string[];
+}
+
+export interface RestoreResult {
+  pid: number;
+}
+
+export interface Feature {
+  ok: boolean;
+  detail: string;
+}
+
+export interface CheckResult {
+  ok: boolean;
+  features: Record<string, Feature>;
+}
