@@ -87,6 +87,11 @@ export interface Rseq {
   sig: number;
 }
 
+export interface RobustList {
+  head: U64;
+  len: U64;
+}
+
 export interface ThreadState {
   tid: number;
   regs: Regs;
@@ -100,6 +105,9 @@ export interface ThreadState {
   sigaltstack?: Sigaltstack;
   rseq?: Rseq;
   clear_child_tid: U64;
+  robust_list?: RobustList;
+  /** Thread name (/proc/PID/task/TID/comm). */
+  comm?: string;
 }
 
 export interface Sigaction {
@@ -173,6 +181,8 @@ export interface StateDocument {
   xsave_size: number;
   root_pid: number;
   created_ns: U64;
+  /** How long freezing the tree took, in microseconds. */
+  freeze_us?: U64;
   processes: ProcessState[];
   files: OpenFile[];
   pipes: PipeState[];

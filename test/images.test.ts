@@ -33,6 +33,8 @@ function thread(tid: number, rip: number): ThreadState {
     sigaltstack: { sp: 0, flags: 2, size: 0 },
     rseq: { addr: 139872341360000, len: 32, sig: 1392848979 },
     clear_child_tid: 139872341358992,
+    robust_list: { head: 139872341358976, len: 24 },
+    comm: `thread-${tid}`,
   };
 }
 
@@ -101,6 +103,7 @@ function sampleState(): StateDocument {
     xsave_size: 2432,
     root_pid: 1234,
     created_ns: "1700000000000000000",
+    freeze_us: 173,
     processes: [processState(1234, 1, 3), processState(1240, 1234, 1), processState(1241, 1234, 2)],
     files: [
       { id: 1, kind: "reg", path: "/tmp/x", flags: 1089, pos: 12, stat: { dev: 2049, ino: 99, size: 12, mtime_ns: 1 } },
@@ -161,6 +164,8 @@ test("64-bit values come back as numbers up to 2^53 and strings above", () => {
   p.mm.brk = "4362240";                      // small value sent as a string
   p.vmas[1]!.shmem_id = null as unknown as number; // null means absent
   p.threads[0]!.sigmask = 0;                 // signal sets always come back as strings
+  state.processes[1]!.vmas[0]!.pgoff = 2 ** 53;   // the engine's number/string boundary
+  state.processes[1]!.vmas[1]!.pgoff = "9007199254740993";
   const dir = dumpDir(state);
   try {
     const back = readImages(dir);
@@ -172,6 +177,8 @@ test("64-bit values come back as numbers up to 2^53 and strings above", () => {
     assert.equal(q.threads[0]!.regs.rax, "18446744073709551104");
     assert.equal(back.created_ns, "1700000000000000000");
     assert.equal(back.files[6]!.pos, U64_MAX);
+    assert.equal(back.processes[1]!.vmas[0]!.pgoff, 2 ** 53);
+    assert.equal(back.processes[1]!.vmas[1]!.pgoff, "9007199254740993");
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

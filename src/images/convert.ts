@@ -15,6 +15,8 @@ const INT32_RANGE: Record<string, [number, number]> = {
   sfixed32: [-0x80000000, 0x7fffffff],
 };
 const U64_MAX = (1n << 64n) - 1n;
+const TWO_53 = 2 ** 53;
+const TWO_53N = 1n << 53n;
 const I64_MIN = -(1n << 63n);
 const I64_MAX = (1n << 63n) - 1n;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
@@ -31,7 +33,7 @@ function checkLong(fieldType: string, v: unknown, path: string): void {
   let big: bigint;
   if (typeof v === "number") {
     if (!Number.isInteger(v)) throw invalid(path, `must be an integer, got ${v}`);
-    if (!Number.isSafeInteger(v)) throw invalid(path, `is a number above 2^53 (precision lost); send it as a decimal string`);
+    if (Math.abs(v) > TWO_53) throw invalid(path, `is a number above 2^53 (precision lost); send it as a decimal string`);
     big = BigInt(v);
   } else if (typeof v === "string" && /^-?[0-9]+$/.test(v)) {
     big = BigInt(v);
@@ -113,8 +115,8 @@ export function pickFields(type: protobuf.Type, obj: object): Record<string, unk
 
 function canonicalLong(v: string, keepString: boolean): number | string {
   if (keepString) return v;
-  const n = Number(v);
-  return Number.isSafeInteger(n) ? n : v;
+  const big = BigInt(v);
+  return big <= TWO_53N && big >= -TWO_53N ? Number(big) : v;
 }
 
 function canonicalValue(type: protobuf.Type, field: protobuf.Field, v: unknown): unknown {

@@ -45,6 +45,7 @@ export interface Inventory {
   xsave_size: number;
   root_pid: number;
   created_ns: number | string;
+  freeze_us?: number | string;
   images: string[];
 }
 
