@@ -43,5 +43,6 @@ export async function dump(options: DumpOptions): Promise<DumpSummary> {
     frozen_ms: Math.round((performance.now() - started) * 10) / 10,
     action,
     images,
+    warnings: state.warnings ?? [],
   };
 }

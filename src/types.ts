@@ -163,6 +163,8 @@ export interface OpenFile {
   stat?: FileIdentity;
   rdev?: U64;
   pipe_id?: U64;
+  /** A pipe end whose other end is outside the tree; restored as /dev/null. */
+  external?: boolean;
 }
 
 export interface PipeState {
@@ -183,6 +185,8 @@ export interface StateDocument {
   created_ns: U64;
   /** How long freezing the tree took, in microseconds. */
   freeze_us?: U64;
+  /** What the dump could not carry over exactly, one sentence each. */
+  warnings?: string[];
   processes: ProcessState[];
   files: OpenFile[];
   pipes: PipeState[];
@@ -207,6 +211,8 @@ export interface DumpSummary {
   /** What happened to the source tree afterwards. */
   action: "kill" | "resume";
   images: string[];
+  /** Warnings from the engine, also kept in the inventory image. */
+  warnings: string[];
 }
 
 export interface RestoreResult {
@@ -216,9 +222,12 @@ export interface RestoreResult {
 export interface Feature {
   ok: boolean;
   detail: string;
+  /** False for features that only speed things up. */
+  required: boolean;
 }
 
 export interface CheckResult {
+  /** Every required feature is available. */
   ok: boolean;
   features: Record<string, Feature>;
 }

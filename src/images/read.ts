@@ -47,6 +47,7 @@ export interface Inventory {
   created_ns: number | string;
   freeze_us?: number | string;
   images: string[];
+  warnings?: string[];
 }
 
 export function hasInventory(dir: string): boolean {
@@ -79,7 +80,7 @@ function orderProcess(p: Obj): ProcessState {
 
 /** Read every image of the dump in `dir` into one state document. */
 export function readImages(dir: string): StateDocument {
-  const { images, ...header } = readInventory(dir);
+  const { images, warnings, ...header } = readInventory(dir);
   for (const name of images) {
     if (!existsSync(join(dir, name))) {
       throw new PhaulError("EIMAGE", `image ${name} is missing from ${dir} (listed in ${INVENTORY_FILE})`);
@@ -95,5 +96,7 @@ export function readImages(dir: string): StateDocument {
   });
   if (processes.length === 0) throw new PhaulError("EIMAGE", `image ${PSTREE_FILE} lists no processes`);
   const files = readImage(dir, FILES_FILE, "files");
-  return { ...(header as Omit<Inventory, "images">), processes, files: files.files, pipes: files.pipes } as StateDocument;
+  // An empty warnings list is the same as none: keep the document as it came.
+  const extra = warnings && warnings.length > 0 ? { warnings } : {};
+  return { ...header, ...extra, processes, files: files.files, pipes: files.pipes } as StateDocument;
 }
