@@ -1,0 +1,114 @@
+// One dump + restore round trip per workload: start it, let it report OK,
+// dump it (the process must disappear), restore it (same pid, not our child)
+// and wait until it reports OK with higher counters, never FAIL.
+import assert from 'node:assert/strict';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { assertCliOk, dump, restore } from './helpers/cli.js';
+import { pidExists, procStat, waitPidGone } from './helpers/proc.js';
+import {
+  assertNoFail,
+  assertOkSequence,
+  Harness,
+  lastOk,
+  readLog,
+  waitForLine,
+  waitForOk,
+  type Workload,
+} from './helpers/workload.js';
+
+const BIGMEM_MIB = process.env.PHAUL_TEST_BIGMEM_MIB ?? '512';
+
+interface Spec {
+  name: string;
+  args?: string[];
+  /** how long to wait for OK lines after the restore */
+  okTimeoutMs?: number;
+  /** extra checks after the restored process reported OK */
+  afterRestore?: (w: Workload, linesAtDump: number, t: { diagnostic(msg: string): void }) => Promise<void>;
+}
+
+/** "TREE P A G B" line of tree.c */
+function treePids(w: Workload): number[] {
+  const line = readLog(w).find((l) => l.startsWith('TREE '));
+  assert.ok(line, 'tree: no TREE line');
+  return line.split(' ').slice(1).map(Number);
+}
+
+const specs: Spec[] = [
+  { name: 'counter' },
+  { name: 'threads' },
+  { name: 'bigmem', args: [BIGMEM_MIB], okTimeoutMs: 40_000 },
+  { name: 'syscall_block', okTimeoutMs: 30_000 },
+  { name: 'memory_kinds' },
+  {
+    name: 'signals',
+    async afterRestore(w) {
+      // pending signals survived (checked by the workload every pass); now let them be delivered
+      writeFileSync(`${w.log}.go`, '');
+      await waitForLine(w, (l) => l === 'DELIVERED', 10_000, 'DELIVERED');
+      const idx = readLog(w).indexOf('DELIVERED');
+      const okAfter = readLog(w).slice(idx).find((l) => l.startsWith('OK '));
+      await waitForOk(w, okAfter ? Number(okAfter.split(' ')[1]) + 2 : lastOk(w) + 2);
+    },
+  },
+  { name: 'files' },
+  { name: 'procattrs' },
+  {
+    name: 'tree',
+    async afterRestore(w) {
+      const [P, A, G, B] = treePids(w);
+      for (const p of [P, A, G, B]) assert.ok(pidExists(p), `tree: pid ${p} was not restored`);
+      assert.equal(procStat(A)?.ppid, P, 'tree: parent of A');
+      assert.equal(procStat(G)?.ppid, A, 'tree: parent of G');
+      assert.equal(procStat(B)?.ppid, P, 'tree: parent of B');
+    },
+  },
+  {
+    name: 'tick',
+    async afterRestore(w, linesAtDump, t) {
+      const gaps = readLog(w)
+        .slice(linesAtDump)
+        .filter((l) => l.startsWith('GAP '))
+        .map((l) => Number(l.split(' ')[1]));
+      assert.ok(gaps.length > 0, 'tick: no GAP line after the restore');
+      t.diagnostic(`tick: largest gap after restore ${Math.max(...gaps)} us`);
+    },
+  },
+];
+
+describe('dump and restore', () => {
+  const h = new Harness();
+  after(() => h.cleanup());
+
+  for (const spec of specs) {
+    test(spec.name, { timeout: 90_000 }, async (t) => {
+      const w = await h.start(spec.name, { args: spec.args });
+      const tree = spec.name === 'tree' ? treePids(w) : [w.pid];
+      await waitForOk(w, 2);
+
+      const images = path.join(w.dir, 'images');
+      mkdirSync(images);
+      const d = await dump(w.pid, images);
+      assertCliOk(d);
+      t.diagnostic(`dump took ${d.ms} ms`);
+      for (const p of tree) assert.ok(await waitPidGone(p, 5000), `pid ${p} still exists after dump`);
+      assert.ok(readdirSync(images).length > 0, 'dump wrote no files');
+      assertNoFail(w);
+      const okAtDump = lastOk(w);
+      const linesAtDump = readLog(w).length;
+
+      const pid = await restore(images);
+      h.track(pid, w.marker);
+      assert.equal(pid, w.pid, 'restored under another pid');
+      assert.notEqual(procStat(pid)?.ppid, process.pid, 'restored process is a child of the test');
+
+      await waitForOk(w, okAtDump + 2, spec.okTimeoutMs ?? 20_000);
+      if (spec.afterRestore) await spec.afterRestore(w, linesAtDump, t);
+      assertNoFail(w);
+      assertOkSequence(w);
+      await h.kill(w);
+    });
+  }
+});
