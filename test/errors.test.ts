@@ -22,8 +22,10 @@ async function assertUntouched(w: Workload): Promise<void> {
 }
 
 describe('command line', () => {
-  test('no arguments', { timeout: 30_000 }, async () => {
-    assertCliError(await runCli([]));
+  test('no arguments: usage, non-zero exit, no stack trace', { timeout: 30_000 }, async () => {
+    const r = await runCli([]);
+    assert.notEqual(r.code, 0, describeRun(r));
+    assert.doesNotMatch(r.stdout + r.stderr, /\n\s+at .+[:(]/, describeRun(r));
   });
   test('unknown command', { timeout: 30_000 }, async () => {
     assertCliError(await runCli(['frobnicate']));

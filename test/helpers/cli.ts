@@ -13,7 +13,7 @@ export interface CliResult {
 }
 
 /** Run `node bin/phaul.js ...args`; never rejects (the exit status is in the result). */
-export function runCli(args: string[], timeoutMs = 60_000): Promise<CliResult> {
+export function runCli(args: string[], timeoutMs = 45_000): Promise<CliResult> {
   const t0 = Date.now();
   return new Promise((resolve) => {
     execFile(
