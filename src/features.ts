@@ -37,7 +37,7 @@ export const FEATURES: Record<string, FeatureInfo> = {
     optional: true,
     meaning: "finds written pages quickly for iterative pre-copy",
   },
-  uffd_wp: {
+  uffd_wp_async: {
     title: "userfaultfd write-protect (async)",
     neededFor: "migrate (optional)",
     optional: true,
@@ -85,11 +85,22 @@ export const FEATURES: Record<string, FeatureInfo> = {
     optional: true,
     meaning: "moves established TCP connections without resetting them",
   },
-  cap_sys_resource: {
+  sys_resource: {
     title: "CAP_SYS_RESOURCE",
-    neededFor: "dump of other users' processes (optional)",
+    neededFor: "restore (optional)",
     optional: true,
-    meaning: "lets prlimit read limits of other uids; /proc/PID/limits is used otherwise",
+    meaning: "raises hard rlimits back to their dumped values; without it they stay as phaul's",
+  },
+  checkpoint_restore: {
+    title: "CAP_CHECKPOINT_RESTORE",
+    neededFor: "restore",
+    meaning: "allows choosing pids with clone3 set_tid",
+  },
+  net_admin: {
+    title: "CAP_NET_ADMIN",
+    neededFor: "migrate of TCP connections (optional)",
+    optional: true,
+    meaning: "TCP_REPAIR and packet filtering during the switch-over need it",
   },
 };
 

@@ -29,7 +29,9 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`phaul: unknown command ${topic} (see phaul --help)\n`);
       return ExitCode.USAGE;
     }
-    process.stdout.write(cmd ? commandHelp(cmd) : programHelp(commands));
+    // Without any argument this is a usage error: help goes to stderr.
+    const out = name === undefined ? process.stderr : process.stdout;
+    out.write(cmd ? commandHelp(cmd) : programHelp(commands));
     return name === undefined ? ExitCode.USAGE : ExitCode.OK;
   }
   if (name === "-V" || name === "--version") {
