@@ -1,0 +1,151 @@
+//! x86_64: `struct user_regs_struct`, the syscall ABI and restart codes.
+
+use crate::json::Json;
+
+pub const ARCH: &str = "x86_64";
+/// NT_X86_XSTATE: the xsave area (x87, SSE, AVX, AVX-512...).
+pub const NT_EXT_STATE: u32 = 0x202;
+/// Bytes of the `syscall` instruction, searched for in the target's [vdso].
+pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+pub const NR_RESTART_SYSCALL: u64 = 219;
+
+/// Field names of `struct user_regs_struct`, in kernel order.
+pub const REG_NAMES: [&str; 27] = [
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax",
+    "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+];
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+impl Regs {
+    fn as_array(&self) -> &[u64; 27] {
+        // Safety: repr(C) struct of 27 u64.
+        unsafe { &*(self as *const Regs as *const [u64; 27]) }
+    }
+    fn as_array_mut(&mut self) -> &mut [u64; 27] {
+        unsafe { &mut *(self as *mut Regs as *mut [u64; 27]) }
+    }
+
+    pub fn to_json(&self) -> Json {
+        let mut o = Json::obj();
+        for (i, n) in REG_NAMES.iter().enumerate() {
+            o.set(n, Json::U64(self.as_array()[i]));
+        }
+        o
+    }
+
+    pub fn from_json(j: &Json) -> Option<Regs> {
+        let mut r = Regs::default();
+        for (i, n) in REG_NAMES.iter().enumerate() {
+            r.as_array_mut()[i] = j.u64_of(n)?;
+        }
+        Some(r)
+    }
+
+    pub fn pc(&self) -> u64 {
+        self.rip
+    }
+    pub fn sp(&self) -> u64 {
+        self.rsp
+    }
+
+    /// Prepare a syscall `nr(args)` to run at `insn` (a `syscall` instruction).
+    /// orig_rax = -1 keeps the kernel's restart logic away from the injected call.
+    pub fn set_syscall(&mut self, insn: u64, nr: i64, args: &[u64]) {
+        self.rip = insn;
+        self.rax = nr as u64;
+        self.orig_rax = u64::MAX;
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        self.rdi = a(0);
+        self.rsi = a(1);
+        self.rdx = a(2);
+        self.r10 = a(3);
+        self.r8 = a(4);
+        self.r9 = a(5);
+    }
+
+    pub fn syscall_result(&self) -> i64 {
+        self.rax as i64
+    }
+
+    /// A thread stopped inside an interrupted syscall shows -ERESTART* in rax.
+    /// Return how it must be resumed: `Restart::None` when it was not in one.
+    pub fn restart_kind(&self) -> Restart {
+        if (self.orig_rax as i64) < 0 {
+            return Restart::None;
+        }
+        match self.rax as i64 {
+            -512 | -513 | -514 => Restart::Again, // ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
+            -516 => Restart::Block,               // ERESTART_RESTARTBLOCK
+            _ => Restart::None,
+        }
+    }
+
+    /// Registers that re-enter the interrupted syscall when the thread resumes.
+    /// `same_task`: the kernel still holds this task's restart block (resume in
+    /// place), so a RESTARTBLOCK call continues through restart_syscall; a new
+    /// task re-runs the original call with its original arguments instead.
+    pub fn rewound(&self, same_task: bool) -> Regs {
+        let mut r = *self;
+        match self.restart_kind() {
+            Restart::None => {}
+            Restart::Again => {
+                r.rip -= 2;
+                r.rax = r.orig_rax;
+            }
+            Restart::Block => {
+                r.rip -= 2;
+                r.rax = if same_task { NR_RESTART_SYSCALL } else { r.orig_rax };
+            }
+        }
+        r
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Restart {
+    None,
+    Again,
+    Block,
+}
+
+/// (XCR0, xsave area size) of this CPU, from CPUID leaf 0xD. Two hosts can
+/// exchange thread state only when the destination has every component.
+pub fn xsave_info() -> (u64, u64) {
+    // Safety: CPUID is available on every x86_64 CPU.
+    let r = core::arch::x86_64::__cpuid_count(0xd, 0);
+    let (lo, hi): (u32, u32);
+    // Safety: xgetbv(0) is valid whenever the OS enabled XSAVE (always on Linux x86_64 here).
+    unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi) };
+    ((hi as u64) << 32 | lo as u64, r.ebx as u64)
+}

@@ -1,0 +1,127 @@
+//! Dumping a frozen tree into the state document and page files.
+
+use crate::arch;
+use crate::files::FileTable;
+use crate::freeze::{self, Frozen};
+use crate::inject::{find_syscall_insn, open_mem, Injector};
+use crate::json::Json;
+use crate::memory;
+use crate::process;
+use crate::ptrace;
+use crate::signals;
+use crate::sys::{self, Context, Error, Pid, Result};
+use crate::threads;
+use std::fs::File;
+use std::io::BufWriter;
+
+pub struct DumpStats {
+    pub pages: u64,
+    pub bytes: u64,
+}
+
+/// Refuse targets we must never freeze, with one clear sentence each.
+pub fn validate_target(pid: Pid) -> Result<()> {
+    if pid <= 0 {
+        return Err(Error::new("EINVAL", format!("pid {} is not valid", pid)));
+    }
+    if pid == sys::getpid() {
+        return Err(Error::new("EINVAL", format!("pid {} is phaul itself", pid)));
+    }
+    if !crate::proc::exists(pid) {
+        return Err(Error::new("ESRCH", format!("no process with pid {}", pid)));
+    }
+    if crate::proc::is_kernel_thread(pid) {
+        return Err(Error::new("EINVAL", format!("pid {} is a kernel thread", pid)));
+    }
+    // A tree containing phaul would freeze the freezer.
+    let mut p = sys::getpid();
+    while p > 1 {
+        if p == pid {
+            return Err(Error::new("EINVAL", format!("pid {} is an ancestor of phaul itself", pid)));
+        }
+        p = crate::proc::stat(p).map(|(_, f)| crate::proc::stat_u64(&f, 4) as Pid).unwrap_or(0);
+    }
+    Ok(())
+}
+
+pub fn header(root: Pid) -> Json {
+    let (xcr0, xsave_size) = arch::xsave_info();
+    Json::obj()
+        .with("format", 1u64)
+        .with("arch", arch::ARCH)
+        .with("kernel", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
+        .with("xcr0", format!("{:#x}", xcr0))
+        .with("xsave_size", xsave_size)
+        .with("root_pid", root)
+        .with("created_ns", sys::now_ns())
+}
+
+/// Read everything but memory from one frozen process (injecting into its
+/// threads), then its memory once the injections are over.
+fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: &str, stats: &mut DumpStats) -> Result<Json> {
+    let pid = fz.pid;
+    let insn = find_syscall_insn(pid)?;
+    let leader = &fz.threads[0];
+    let mut inj = Injector::new(pid, leader.tid, insn, leader.regs.rewound(true), leader.sigmask)?;
+    let res = (|| -> Result<Json> {
+        let mut p = process::dump_process(pid, &mut inj)?;
+        p.set("sigactions", signals::dump_sigactions(&mut inj)?);
+        p.set("itimers", signals::dump_itimers(&mut inj)?);
+        p.set("shared_pending", signals::siginfos_to_json(ptrace::peek_siginfo(leader.tid, true)?));
+        let mut ths = vec![threads::dump_thread(pid, leader.tid, &leader.regs, leader.sigmask, &mut inj)?];
+        for t in &fz.threads[1..] {
+            let mut ti = Injector::new(pid, t.tid, insn, t.regs.rewound(true), t.sigmask)?;
+            let r = threads::dump_thread(pid, t.tid, &t.regs, t.sigmask, &mut ti);
+            ti.finish()?;
+            ths.push(r?);
+        }
+        p.set("threads", ths);
+        let pidfd = sys::pidfd_open(pid)?;
+        p.set("fds", files.dump_fds(pid, &pidfd)?);
+        Ok(p)
+    })();
+    let scratch = inj.scratch_range();
+    let fin = inj.finish();
+    let mut p = res?;
+    fin?;
+    let vmas: Vec<memory::Vma> = memory::vmas(pid)?.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();
+    let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx("opening pagemap")?;
+    let mut pages = Vec::new();
+    for v in vmas.iter().filter(|v| v.stores_pages()) {
+        memory::present_pages(&pagemap, v, &mut pages)?;
+    }
+    let runs = memory::runs_of(&pages);
+    let name = format!("pages-{}.img", pid);
+    let out = File::create(format!("{}/{}", dir, name)).ctx(format!("creating {}/{}", dir, name))?;
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    let mem = open_mem(pid, false)?;
+    let bytes = memory::copy_runs(&mem, &runs, &mut w)?;
+    std::io::Write::flush(&mut w).ctx("writing the page file")?;
+    stats.pages += pages.len() as u64;
+    stats.bytes += bytes;
+    p.set("vmas", vmas.iter().map(|v| v.to_json()).collect::<Vec<_>>());
+    p.set("pages", memory::runs_to_json(&name, &runs));
+    Ok(p)
+}
+
+/// Freeze `root` and its descendants and dump them. The tree stays frozen
+/// (the caller decides to kill or resume it); on error it is resumed.
+pub fn dump(root: Pid, dir: &str) -> Result<(Frozen, Json, DumpStats)> {
+    validate_target(root)?;
+    std::fs::create_dir_all(dir).ctx(format!("creating {}", dir))?;
+    let t0 = sys::monotonic();
+    let frozen = freeze::freeze_tree(root)?;
+    let frozen_at = t0.elapsed();
+    let mut files = FileTable::new();
+    let mut stats = DumpStats { pages: 0, bytes: 0 };
+    let mut procs = Vec::new();
+    for fz in &frozen.procs {
+        procs.push(dump_process(fz, &mut files, dir, &mut stats).ctx(format!("process {}", fz.pid))?);
+    }
+    let (files, pipes, warnings) = files.finish()?;
+    let mut state = header(root);
+    state.set("processes", procs).set("files", files).set("pipes", pipes);
+    state.set("warnings", warnings.into_iter().map(Json::from).collect::<Vec<_>>());
+    state.set("freeze_us", frozen_at.as_micros() as u64);
+    Ok((frozen, state, stats))
+}

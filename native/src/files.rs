@@ -1,0 +1,390 @@
+//! Open files: regular files, directories, character devices, pipes and FIFOs.
+//!
+//! Dump: every descriptor is described by an open file description ("file")
+//! shared by all descriptors that point to it (found with kcmp), so dup'ed
+//! descriptors keep one offset. Restore: phaul opens each description itself
+//! and hands it to the stub over a unix socket (SCM_RIGHTS), so one object can
+//! be installed in several processes.
+
+use crate::base64;
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::memory::file_identity;
+use crate::proc;
+use crate::sys::{self, cstr, nr, Error, Fd, Pid, Result};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+const O_ACCMODE: u32 = 3;
+const O_WRONLY: u32 = 1;
+const O_RDWR: u32 = 2;
+const O_CREAT: u32 = 0o100;
+const O_EXCL: u32 = 0o200;
+const O_NOCTTY: u32 = 0o400;
+const O_TRUNC: u32 = 0o1000;
+const O_NONBLOCK: u32 = 0o4000;
+const O_CLOEXEC: u32 = 0o2000000;
+const F_SETFL: u64 = 4;
+const F_SETPIPE_SZ: u64 = 1031;
+const F_GETPIPE_SZ: u64 = 1032;
+const KCMP_FILE: u64 = 0;
+
+struct Seen {
+    pid: Pid,
+    fd: i32,
+    dev: u64,
+    ino: u64,
+    id: u64,
+}
+
+/// Collects file descriptions across all processes of a tree.
+pub struct FileTable {
+    seen: Vec<Seen>,
+    pub files: Vec<Json>,
+    pub pipes: BTreeMap<u64, Json>,
+    /// pipe inode -> (has read end, has write end) inside the tree
+    pipe_ends: BTreeMap<u64, (bool, bool)>,
+    next_id: u64,
+}
+
+fn kcmp_same(p1: Pid, p2: Pid, f1: i32, f2: i32) -> bool {
+    matches!(unsafe { sys::raw(nr::KCMP, &[p1 as u64, p2 as u64, KCMP_FILE, f1 as u64, f2 as u64]) }, Ok(0))
+}
+
+/// Character devices that mean the same on any host of this kind.
+fn chr_supported(rdev: u64) -> bool {
+    let maj = ((rdev >> 8) & 0xfff) as u32;
+    let min = (rdev & 0xff) as u32;
+    // 1: mem class (null, zero, full, random, urandom); 5: tty, console, ptmx; 136-143: pts
+    matches!((maj, min), (1, 3) | (1, 5) | (1, 7) | (1, 8) | (1, 9)) || maj == 5 || maj == 4 || (136..=143).contains(&maj)
+}
+
+/// Read a pipe's queued bytes without consuming them (tee into a scratch pipe).
+fn peek_pipe(read_end: &Fd) -> Result<(Vec<u8>, u64)> {
+    let size = sys::call("F_GETPIPE_SZ", nr::FCNTL, &[read_end.raw() as u64, F_GETPIPE_SZ]).unwrap_or(65536) as u64;
+    let mut p = [0i32; 2];
+    sys::call("pipe2", 293, &[p.as_mut_ptr() as u64, (O_NONBLOCK | O_CLOEXEC) as u64])?;
+    let (r, w) = (Fd(p[0]), Fd(p[1]));
+    let _ = sys::call("F_SETPIPE_SZ", nr::FCNTL, &[w.raw() as u64, F_SETPIPE_SZ, size]);
+    const SPLICE_F_NONBLOCK: u64 = 2;
+    let n = match unsafe { sys::raw(276 /* tee */, &[read_end.raw() as u64, w.raw() as u64, size, SPLICE_F_NONBLOCK]) } {
+        Ok(n) => n as usize,
+        Err(11) => 0, // EAGAIN: empty
+        Err(e) => return Err(Error::sys("tee on a pipe", e)),
+    };
+    let mut data = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let k = sys::call("read", nr::READ, &[r.raw() as u64, data[got..].as_mut_ptr() as u64, (n - got) as u64])?;
+        if k <= 0 {
+            break;
+        }
+        got += k as usize;
+    }
+    data.truncate(got);
+    Ok((data, size))
+}
+
+impl FileTable {
+    pub fn new() -> FileTable {
+        FileTable { seen: Vec::new(), files: Vec::new(), pipes: BTreeMap::new(), pipe_ends: BTreeMap::new(), next_id: 1 }
+    }
+
+    /// Describe every descriptor of `pid`; returns its fd list.
+    pub fn dump_fds(&mut self, pid: Pid, pidfd: &Fd) -> Result<Vec<Json>> {
+        let mut out = Vec::new();
+        for fd in proc::fds(pid)? {
+            let link = format!("/proc/{}/fd/{}", pid, fd);
+            let target = proc::readlink(&link).unwrap_or_default();
+            let md = std::fs::metadata(&link).map_err(|e| Error::new("EUNSUPPORTED", format!("fd {}: {} cannot be examined: {}", fd, target, e)))?;
+            let info = proc::fdinfo(pid, fd)?;
+            let cloexec = info.flags & O_CLOEXEC != 0;
+            let (dev, ino) = (md.dev(), md.ino());
+            // Same description already seen (dup, or inherited across fork)?
+            let same = self.seen.iter().find(|s| s.dev == dev && s.ino == ino && kcmp_same(s.pid, pid, s.fd, fd)).map(|s| s.id);
+            let id = match same {
+                Some(id) => id,
+                None => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let f = self.describe(pid, pidfd, fd, &target, &md, &info, id)?;
+                    self.files.push(f);
+                    id
+                }
+            };
+            self.seen.push(Seen { pid, fd, dev, ino, id });
+            out.push(Json::obj().with("fd", fd).with("file_id", id).with("cloexec", cloexec));
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn describe(&mut self, _pid: Pid, pidfd: &Fd, fd: i32, target: &str, md: &std::fs::Metadata, info: &proc::FdInfo, id: u64) -> Result<Json> {
+        let ft = md.file_type();
+        let flags = info.flags & !O_CLOEXEC;
+        let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
+        let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
+        if ft.is_file() {
+            if target.ends_with(" (deleted)") {
+                return unsupported(&format!("file {} was deleted while open (unlinked files)", target));
+            }
+            if target.starts_with("/memfd:") {
+                return unsupported(&format!("memfd {}", target));
+            }
+            return Ok(base.with("kind", "reg").with("path", target).with("stat", file_identity(target)));
+        }
+        if ft.is_dir() {
+            return Ok(base.with("kind", "dir").with("path", target));
+        }
+        if ft.is_char_device() {
+            if !chr_supported(md.rdev()) {
+                return unsupported(&format!("character device {}", target));
+            }
+            return Ok(base.with("kind", "chr").with("path", target).with("rdev", md.rdev()));
+        }
+        if ft.is_fifo() {
+            let is_pipe = target.starts_with("pipe:");
+            let ino = md.ino();
+            let acc = flags & O_ACCMODE;
+            let ends = self.pipe_ends.entry(ino).or_insert((false, false));
+            if acc == O_RDWR || acc == 0 {
+                ends.0 = true;
+            }
+            if acc == O_RDWR || acc == O_WRONLY {
+                ends.1 = true;
+            }
+            if !self.pipes.contains_key(&ino) && acc != O_WRONLY {
+                let stolen = sys::pidfd_getfd(pidfd, fd)?;
+                let (data, size) = peek_pipe(&stolen)?;
+                self.pipes.insert(ino, Json::obj().with("pipe_id", ino).with("data", base64::encode(&data)).with("size", size));
+            }
+            let mut j = base.with("kind", if is_pipe { "pipe" } else { "fifo" }).with("pipe_id", ino);
+            if !is_pipe {
+                j.set("path", target);
+            }
+            return Ok(j);
+        }
+        if ft.is_socket() {
+            return unsupported(&format!("socket {}", target));
+        }
+        if target.starts_with("anon_inode:") {
+            return unsupported(&format!("{}", &target["anon_inode:".len()..]));
+        }
+        unsupported(target)
+    }
+
+    /// A pipe with only one end inside the tree talks to something outside
+    /// it that cannot come along; such ends are marked `external` and are
+    /// reconnected to /dev/null on restore (reads see end-of-file, writes are
+    /// discarded) rather than failing the whole dump.
+    fn mark_external_pipes(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for f in self.files.iter_mut() {
+            if f.str_of("kind") != Some("pipe") {
+                continue;
+            }
+            let ino = f.u64_of("pipe_id").unwrap_or(0);
+            if let Some((r, w)) = self.pipe_ends.get(&ino) {
+                if !(*r && *w) {
+                    f.set("external", true);
+                    let where_ = self.seen.iter().find(|s| s.ino == ino).map(|s| (s.pid, s.fd)).unwrap_or((0, 0));
+                    warnings.push(format!(
+                        "fd {} of process {}: pipe:[{}] leads outside the process tree; it will be connected to /dev/null on restore",
+                        where_.1, where_.0, ino
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
+    /// (files, pipes, warnings)
+    pub fn finish(mut self) -> Result<(Vec<Json>, Vec<Json>, Vec<String>)> {
+        let warnings = self.mark_external_pipes();
+        let pipes = std::mem::take(&mut self.pipes).into_values().collect();
+        Ok((self.files, pipes, warnings))
+    }
+}
+
+// ---- restore side ----
+
+/// Open every file description of the image in phaul's own process.
+pub struct Opened {
+    pub by_id: BTreeMap<u64, Fd>,
+    /// FIFO handles kept open until every end is installed, so data survives.
+    _keep: Vec<Fd>,
+}
+
+fn open_path(path: &str, flags: u32) -> Result<Fd> {
+    let c = cstr(path)?;
+    sys::call(&format!("open {}", path), nr::OPEN, &[c.as_ptr() as u64, (flags | O_CLOEXEC) as u64, 0]).map(|f| Fd(f as i32))
+}
+
+fn write_all(fd: &Fd, data: &[u8]) -> Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        let n = sys::call("write to pipe", nr::WRITE, &[fd.raw() as u64, data[off..].as_ptr() as u64, (data.len() - off) as u64])?;
+        off += n as usize;
+    }
+    Ok(())
+}
+
+pub fn check_file_identity(path: &str, want: Option<&Json>) -> Result<()> {
+    let want = match want {
+        Some(w) => w,
+        None => return Ok(()),
+    };
+    let md = std::fs::metadata(path).map_err(|_| Error::new("EFILE", format!("file {} needed by the process is missing", path)))?;
+    let size = want.u64_of("size");
+    let mtime = want.u64_of("mtime_ns");
+    let now_mtime = (md.mtime() as i64 * 1_000_000_000 + md.mtime_nsec()) as u64;
+    if size.map(|s| s != md.size()).unwrap_or(false) || mtime.map(|m| m != now_mtime).unwrap_or(false) {
+        return Err(Error::new("EFILE", format!("file {} needed by the process has changed since the dump", path)));
+    }
+    Ok(())
+}
+
+pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
+    let mut by_id = BTreeMap::new();
+    let mut keep = Vec::new();
+    let mut pipe_objs: BTreeMap<u64, (Fd, Fd)> = BTreeMap::new();
+    let pipe_data = |id: u64| -> Result<(Vec<u8>, u64)> {
+        match pipes.iter().find(|p| p.u64_of("pipe_id") == Some(id)) {
+            Some(p) => Ok((
+                p.str_of("data").and_then(base64::decode).ok_or_else(|| Error::new("EIMAGE", "pipe data in the image is malformed"))?,
+                p.u64_of("size").unwrap_or(65536),
+            )),
+            None => Ok((Vec::new(), 65536)),
+        }
+    };
+    for f in files {
+        let id = f.u64_of("id").ok_or_else(|| Error::new("EIMAGE", "a file entry has no id"))?;
+        let flags = f.u64_of("flags").unwrap_or(0) as u32 & !(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+        let path = f.str_of("path").unwrap_or("");
+        let fd = match f.str_of("kind").unwrap_or("") {
+            "reg" => {
+                check_file_identity(path, None)?;
+                if !std::path::Path::new(path).exists() {
+                    return Err(Error::new("EFILE", format!("file {} needed by the process is missing", path)));
+                }
+                let fd = open_path(path, flags)?;
+                let pos = f.u64_of("pos").unwrap_or(0);
+                sys::call(&format!("lseek {}", path), nr::LSEEK, &[fd.raw() as u64, pos, 0])?;
+                fd
+            }
+            "dir" => open_path(path, flags).map_err(|e| Error::new("EFILE", format!("directory {} needed by the process: {}", path, e.message)))?,
+            "chr" => open_path(path, flags | O_NOCTTY).map_err(|e| Error::new("EFILE", format!("device {} needed by the process: {}", path, e.message)))?,
+            "pipe" if f.bool_of("external") => open_path("/dev/null", flags & (O_ACCMODE | O_NONBLOCK))?,
+            "pipe" => {
+                let pid_ = f.u64_of("pipe_id").unwrap_or(0);
+                if !pipe_objs.contains_key(&pid_) {
+                    let mut p = [0i32; 2];
+                    sys::call("pipe2", 293, &[p.as_mut_ptr() as u64, O_CLOEXEC as u64])?;
+                    let (r, w) = (Fd(p[0]), Fd(p[1]));
+                    let (data, size) = pipe_data(pid_)?;
+                    let _ = sys::call("F_SETPIPE_SZ", nr::FCNTL, &[w.raw() as u64, F_SETPIPE_SZ, size.max(data.len() as u64)]);
+                    write_all(&w, &data)?;
+                    pipe_objs.insert(pid_, (r, w));
+                }
+                let (r, w) = &pipe_objs[&pid_];
+                let end = if flags & O_ACCMODE == O_WRONLY { w } else { r };
+                let dup = Fd(sys::call("dup", nr::FCNTL, &[end.raw() as u64, 1030 /* F_DUPFD_CLOEXEC */, 0])? as i32);
+                sys::call("F_SETFL", nr::FCNTL, &[dup.raw() as u64, F_SETFL, (flags & O_NONBLOCK) as u64])?;
+                dup
+            }
+            "fifo" => {
+                let pid_ = f.u64_of("pipe_id").unwrap_or(0);
+                if !pipe_objs.contains_key(&pid_) {
+                    let rw = open_path(path, O_RDWR | O_NONBLOCK).map_err(|e| Error::new("EFILE", format!("FIFO {} needed by the process: {}", path, e.message)))?;
+                    let (data, _) = pipe_data(pid_)?;
+                    write_all(&rw, &data)?;
+                    let dup = Fd(sys::call("dup", nr::FCNTL, &[rw.raw() as u64, 1030, 0])? as i32);
+                    pipe_objs.insert(pid_, (rw, dup));
+                }
+                let fd = open_path(path, flags | O_NONBLOCK)?;
+                sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, F_SETFL, (flags & O_NONBLOCK) as u64])?;
+                fd
+            }
+            k => return Err(Error::new("EIMAGE", format!("file kind {:?} in the image is not known", k))),
+        };
+        by_id.insert(id, fd);
+    }
+    for (_, (a, b)) in pipe_objs {
+        keep.push(a);
+        keep.push(b);
+    }
+    Ok(Opened { by_id, _keep: keep })
+}
+
+/// A channel to pass descriptors into a stub: a datagram socketpair created
+/// inside the stub, whose sending end phaul takes with pidfd_getfd.
+pub struct FdChannel {
+    sender: Fd,
+    stub_end: u64,
+}
+
+impl FdChannel {
+    pub fn open(inj: &mut Injector, pidfd: &Fd, park_at: u64) -> Result<FdChannel> {
+        const AF_UNIX: u64 = 1;
+        const SOCK_DGRAM: u64 = 2;
+        let sv = inj.scratch(4096)? + 1024;
+        inj.call("socketpair", nr::SOCKETPAIR, &[AF_UNIX, SOCK_DGRAM | O_CLOEXEC as u64, 0, sv])?;
+        let b = inj.read_mem(sv, 8)?;
+        let a = i32::from_le_bytes(b[0..4].try_into().unwrap_or([0; 4])) as u64;
+        let w = i32::from_le_bytes(b[4..8].try_into().unwrap_or([0; 4]));
+        let sender = sys::pidfd_getfd(pidfd, w)?;
+        inj.call("close", nr::CLOSE, &[w as u64])?;
+        // Park the receiving end above every descriptor the target uses.
+        let parked = inj.call("F_DUPFD_CLOEXEC", nr::FCNTL, &[a, 1030, park_at])?;
+        inj.call("close", nr::CLOSE, &[a])?;
+        Ok(FdChannel { sender, stub_end: parked })
+    }
+
+    /// Install `fd` (phaul's) as descriptor `target` in the stub.
+    pub fn install(&self, inj: &mut Injector, fd: &Fd, target: i32, cloexec: bool) -> Result<()> {
+        send_fd(&self.sender, fd)?;
+        let base = inj.scratch(4096)? + 1536;
+        // struct msghdr (56 bytes) + iovec (16) + 1 byte + cmsg buffer (24)
+        let iov = base + 64;
+        let data = base + 96;
+        let cmsg = base + 128;
+        let mut m = Vec::new();
+        for v in [0u64, 0, iov, 1, cmsg, 24, 0] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        inj.write_mem(base, &m)?;
+        let mut io = Vec::new();
+        io.extend_from_slice(&data.to_le_bytes());
+        io.extend_from_slice(&1u64.to_le_bytes());
+        inj.write_mem(iov, &io)?;
+        const MSG_CMSG_CLOEXEC: u64 = 0x40000000;
+        inj.call("recvmsg(fd)", nr::RECVMSG, &[self.stub_end, base, MSG_CMSG_CLOEXEC])?;
+        let c = inj.read_mem(cmsg, 24)?;
+        let got = i32::from_le_bytes(c[16..20].try_into().unwrap_or([0; 4])) as u64;
+        if got as i32 != target {
+            inj.call("dup3", 292, &[got, target as u64, if cloexec { O_CLOEXEC as u64 } else { 0 }])?;
+            inj.call("close", nr::CLOSE, &[got])?;
+        } else if !cloexec {
+            inj.call("F_SETFD", nr::FCNTL, &[got, 2, 0])?;
+        }
+        Ok(())
+    }
+
+    pub fn close(self, inj: &mut Injector) -> Result<()> {
+        inj.call("close", nr::CLOSE, &[self.stub_end])?;
+        Ok(())
+    }
+}
+
+fn send_fd(sock: &Fd, fd: &Fd) -> Result<()> {
+    let byte = [0u8; 1];
+    let iov = [byte.as_ptr() as u64, 1u64];
+    // cmsghdr: len (u64), level (i32), type (i32), then the fd, padded to 24 bytes.
+    let mut cmsg = [0u8; 24];
+    cmsg[0..8].copy_from_slice(&20u64.to_le_bytes());
+    cmsg[8..12].copy_from_slice(&1i32.to_le_bytes()); // SOL_SOCKET
+    cmsg[12..16].copy_from_slice(&1i32.to_le_bytes()); // SCM_RIGHTS
+    cmsg[16..20].copy_from_slice(&fd.raw().to_le_bytes());
+    let msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, cmsg.as_ptr() as u64, 24, 0];
+    sys::call("sendmsg(fd)", nr::SENDMSG, &[sock.raw() as u64, msg.as_ptr() as u64, 0]).map(|_| ())
+}

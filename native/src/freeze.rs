@@ -1,0 +1,186 @@
+//! Freezing a whole process tree with PTRACE_SEIZE + PTRACE_INTERRUPT.
+//!
+//! Everything is seized before anything is read, and the walk repeats until
+//! no new thread or child appears, so a tree that forks or spawns threads
+//! while we freeze it is still caught whole.
+
+use crate::arch::Regs;
+use crate::proc;
+use crate::ptrace;
+use crate::sys::{Error, Pid, Result};
+use std::collections::BTreeMap;
+
+pub const SEIZE_OPTIONS: u64 = ptrace::O_TRACESYSGOOD;
+
+pub struct FrozenThread {
+    pub tid: Pid,
+    /// Registers as seen at the stop (rax may hold -ERESTART*).
+    pub regs: Regs,
+    pub sigmask: u64,
+}
+
+pub struct FrozenProc {
+    pub pid: Pid,
+    pub ppid: Pid,
+    pub threads: Vec<FrozenThread>,
+}
+
+pub struct Frozen {
+    pub root: Pid,
+    /// Tree order: parents before children.
+    pub procs: Vec<FrozenProc>,
+    released: bool,
+}
+
+fn ppid_of(pid: Pid) -> Pid {
+    proc::stat(pid).map(|(_, f)| proc::stat_u64(&f, 4) as Pid).unwrap_or(0)
+}
+
+/// Wait until `tid` is in a ptrace stop we caused. Signal-delivery stops that
+/// race with the interrupt are let through (the signal is delivered as it
+/// would have been), and we keep waiting for the interrupt's stop.
+fn wait_interrupted(tid: Pid) -> Result<bool> {
+    loop {
+        let st = ptrace::wait(tid)?;
+        if !ptrace::stopped(st) {
+            return Ok(false); // exited
+        }
+        let sig = ptrace::stop_sig(st);
+        let ev = ptrace::event(st);
+        if ev == ptrace::EVENT_STOP {
+            return Ok(true);
+        }
+        if ev != 0 || sig == (libc_sigtrap() | 0x80) {
+            ptrace::cont(tid, 0)?;
+        } else {
+            ptrace::cont(tid, sig)?;
+        }
+    }
+}
+
+const fn libc_sigtrap() -> i32 {
+    5
+}
+
+pub fn freeze_tree(root: Pid) -> Result<Frozen> {
+    let mut seized: BTreeMap<Pid, Vec<Pid>> = BTreeMap::new(); // pid -> tids
+    let mut order: Vec<Pid> = Vec::new();
+    let mut frozen = Frozen { root, procs: Vec::new(), released: false };
+    let res = (|| -> Result<()> {
+        loop {
+            let mut changed = false;
+            let mut queue = vec![root];
+            let mut walk = Vec::new();
+            while let Some(p) = queue.pop() {
+                walk.push(p);
+                queue.extend(proc::children(p));
+            }
+            for p in walk {
+                let tids = match proc::tasks(p) {
+                    Ok(t) => t,
+                    Err(_) if p != root => continue, // exited meanwhile
+                    Err(e) => return Err(e),
+                };
+                for t in tids {
+                    let known = seized.get(&p).map(|v| v.contains(&t)).unwrap_or(false);
+                    if known {
+                        continue;
+                    }
+                    match ptrace::seize(t, SEIZE_OPTIONS) {
+                        Ok(()) => {}
+                        Err(e) if e.errno == 3 => continue, // ESRCH: gone
+                        Err(e) if e.errno == 1 => {
+                            return Err(Error::new("EPERM", format!("cannot trace thread {} of process {}: {} (is it traced by someone else?)", t, p, e.message)))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    if !seized.contains_key(&p) {
+                        order.push(p);
+                    }
+                    seized.entry(p).or_default().push(t);
+                    changed = true;
+                    ptrace::interrupt(t)?;
+                    if !wait_interrupted(t)? {
+                        seized.get_mut(&p).map(|v| v.retain(|&x| x != t));
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    for p in &order {
+        let tids = seized.get(p).cloned().unwrap_or_default();
+        let mut threads = Vec::new();
+        for t in tids {
+            let regs = ptrace::get_regs(t);
+            let mask = ptrace::get_sigmask(t);
+            match (regs, mask) {
+                (Ok(regs), Ok(sigmask)) => threads.push(FrozenThread { tid: t, regs, sigmask }),
+                _ => {
+                    let _ = ptrace::detach(t, 0);
+                }
+            }
+        }
+        // Leader first, as proc::tasks orders it.
+        threads.sort_by_key(|t| if t.tid == *p { 0 } else { t.tid });
+        frozen.procs.push(FrozenProc { pid: *p, ppid: ppid_of(*p), threads });
+    }
+    if let Err(e) = res {
+        frozen.resume();
+        return Err(e);
+    }
+    frozen.procs.retain(|p| !p.threads.is_empty());
+    if frozen.procs.first().map(|p| p.pid) != Some(root) {
+        frozen.resume();
+        return Err(Error::new("ESRCH", format!("process {} exited while being frozen", root)));
+    }
+    Ok(frozen)
+}
+
+impl Frozen {
+    pub fn all_tids(&self) -> impl Iterator<Item = (Pid, &FrozenThread)> {
+        self.procs.iter().flat_map(|p| p.threads.iter().map(move |t| (p.pid, t)))
+    }
+
+    /// Let the tree run on exactly as it was: registers and masks are put back
+    /// (with syscall restart applied, see arch::Regs::rewound) and ptrace is dropped.
+    pub fn resume(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        for p in &self.procs {
+            for t in &p.threads {
+                let _ = ptrace::set_sigmask(t.tid, t.sigmask);
+                let _ = ptrace::set_regs(t.tid, &t.regs.rewound(true));
+                let _ = ptrace::detach(t.tid, 0);
+            }
+        }
+    }
+
+    /// Kill every process of the tree (children first) while it is frozen.
+    pub fn kill(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        for p in self.procs.iter().rev() {
+            let _ = crate::sys::kill(p.pid, 9);
+        }
+        for p in self.procs.iter().rev() {
+            for t in &p.threads {
+                let _ = ptrace::wait(t.tid);
+            }
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // A frozen tree must never be left behind: resume is the safe default.
+        self.resume();
+    }
+}

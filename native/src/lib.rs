@@ -1,0 +1,23 @@
+//! phaul's native engine: everything that talks to the kernel about another
+//! process. One module per kind of kernel object; `ffi` is the only door.
+
+pub mod arch;
+pub mod base64;
+pub mod check;
+pub mod dump;
+pub mod ffi;
+pub mod files;
+pub mod freeze;
+pub mod inject;
+pub mod json;
+pub mod memory;
+pub mod ops;
+pub mod proc;
+pub mod process;
+pub mod ptrace;
+pub mod restore;
+pub mod session;
+pub mod signals;
+pub mod stub;
+pub mod sys;
+pub mod threads;

@@ -1,0 +1,341 @@
+//! Memory: classifying VMAs, finding present pages, dumping them to a page
+//! file, and rebuilding an address space in a stub process.
+
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::proc::{self, MapLine};
+use crate::sys::{nr, Context, Error, Pid, Result, PAGE_SIZE};
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+
+const MAP_SHARED: u64 = 0x01;
+const MAP_PRIVATE: u64 = 0x02;
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+const MAP_GROWSDOWN: u64 = 0x0100;
+pub const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    Anon,
+    File,
+    Heap,
+    Stack,
+    Vdso,
+    Vvar,
+    VvarVclock,
+    Shmem,
+    Vsyscall,
+}
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Anon => "anon",
+            Kind::File => "file",
+            Kind::Heap => "heap",
+            Kind::Stack => "stack",
+            Kind::Vdso => "vdso",
+            Kind::Vvar => "vvar",
+            Kind::VvarVclock => "vvar_vclock",
+            Kind::Shmem => "shmem",
+            Kind::Vsyscall => "vsyscall",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "anon" => Kind::Anon,
+            "file" => Kind::File,
+            "heap" => Kind::Heap,
+            "stack" => Kind::Stack,
+            "vdso" => Kind::Vdso,
+            "vvar" => Kind::Vvar,
+            "vvar_vclock" => Kind::VvarVclock,
+            "shmem" => Kind::Shmem,
+            "vsyscall" => Kind::Vsyscall,
+            _ => return None,
+        })
+    }
+    /// Mappings the kernel provides itself; never stored nor mapped by us.
+    pub fn is_special(&self) -> bool {
+        matches!(self, Kind::Vdso | Kind::Vvar | Kind::VvarVclock | Kind::Vsyscall)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub shared: bool,
+    pub kind: Kind,
+    pub pgoff: u64,
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+pub fn classify(m: &MapLine) -> Kind {
+    match m.path.as_str() {
+        "[heap]" => Kind::Heap,
+        "[stack]" => Kind::Stack,
+        "[vdso]" => Kind::Vdso,
+        "[vvar]" => Kind::Vvar,
+        "[vvar_vclock]" => Kind::VvarVclock,
+        "[vsyscall]" => Kind::Vsyscall,
+        "" => Kind::Anon,
+        p if m.shared && m.ino != 0 && (p.starts_with("/dev/zero") || p.starts_with("/SYSV") || p == "[shmem]") => Kind::Shmem,
+        p if p.starts_with('[') => Kind::Anon, // [anon:name] and friends
+        _ => Kind::File,
+    }
+}
+
+pub fn vmas(pid: Pid) -> Result<Vec<Vma>> {
+    Ok(proc::maps(pid)?
+        .iter()
+        .map(|m| Vma {
+            start: m.start,
+            end: m.end,
+            prot: m.prot,
+            shared: m.shared,
+            kind: classify(m),
+            pgoff: m.pgoff,
+            path: m.path.clone(),
+            dev: m.dev,
+            ino: m.ino,
+        })
+        .collect())
+}
+
+pub fn file_identity(path: &str) -> Json {
+    match std::fs::metadata(path) {
+        Ok(md) => Json::obj()
+            .with("dev", md.dev())
+            .with("ino", md.ino())
+            .with("size", md.size())
+            .with("mtime_ns", (md.mtime() as i64 * 1_000_000_000 + md.mtime_nsec()) as u64),
+        Err(_) => Json::Null,
+    }
+}
+
+impl Vma {
+    pub fn to_json(&self) -> Json {
+        let mut o = Json::obj()
+            .with("start", self.start)
+            .with("end", self.end)
+            .with("prot", self.prot)
+            .with("shared", self.shared)
+            .with("kind", self.kind.name())
+            .with("pgoff", self.pgoff)
+            .with("growsdown", self.kind == Kind::Stack);
+        if matches!(self.kind, Kind::File | Kind::Shmem) {
+            o.set("path", self.path.as_str());
+        }
+        if self.kind == Kind::File {
+            // Identity of the file as it is mapped: the mapping's dev/ino come
+            // from the maps line; size and mtime from the path (checked on restore).
+            let mut id = file_identity(&self.path);
+            if let Json::Obj(_) = id {
+                id.set("dev", self.dev).set("ino", self.ino);
+            }
+            o.set("file", id);
+        }
+        if self.kind == Kind::Shmem {
+            o.set("shmem_id", self.ino);
+        }
+        o
+    }
+
+    pub fn from_json(j: &Json) -> Result<Vma> {
+        let bad = || Error::new("EIMAGE", "a memory area in the image is incomplete");
+        let start = j.u64_of("start").ok_or_else(bad)?;
+        let end = j.u64_of("end").ok_or_else(bad)?;
+        if start >= end || start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 || end > (1u64 << 47) && j.str_of("kind") != Some("vsyscall") {
+            return Err(Error::new("EIMAGE", format!("memory area {:#x}-{:#x} in the image is not valid", start, end)));
+        }
+        Ok(Vma {
+            start,
+            end,
+            prot: j.u64_of("prot").unwrap_or(0) as u32 & 7,
+            shared: j.bool_of("shared"),
+            kind: Kind::parse(j.str_of("kind").unwrap_or("")).ok_or_else(bad)?,
+            pgoff: j.u64_of("pgoff").unwrap_or(0),
+            path: j.str_of("path").unwrap_or("").to_string(),
+            dev: j.get("file").and_then(|f| f.u64_of("dev")).unwrap_or(0),
+            ino: j.get("file").and_then(|f| f.u64_of("ino")).or_else(|| j.u64_of("shmem_id")).unwrap_or(0),
+        })
+    }
+
+    /// Do we keep this area's page contents in the image? Shared file
+    /// mappings live in their file; kernel-provided areas are re-created.
+    pub fn stores_pages(&self) -> bool {
+        !self.kind.is_special() && !(self.kind == Kind::File && self.shared)
+    }
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Page numbers (virtual addresses) of `vma` whose contents must be saved.
+/// For private file mappings only the copy-on-write (anonymous) pages count:
+/// the others are read back from the file.
+pub fn present_pages(pagemap: &File, vma: &Vma, out: &mut Vec<u64>) -> Result<()> {
+    let n = ((vma.end - vma.start) / PAGE_SIZE) as usize;
+    let mut buf = vec![0u8; n.min(65536) * 8];
+    let mut done = 0usize;
+    while done < n {
+        let cnt = (n - done).min(65536);
+        let b = &mut buf[..cnt * 8];
+        pagemap
+            .read_exact_at(b, (vma.start / PAGE_SIZE + done as u64) * 8)
+            .ctx(format!("reading pagemap at {:#x}", vma.start))?;
+        for i in 0..cnt {
+            let e = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+            let present = e & (PM_PRESENT | PM_SWAP) != 0;
+            let wanted = match vma.kind {
+                Kind::File if !vma.shared => e & PM_FILE == 0,
+                _ => true,
+            };
+            if present && wanted {
+                out.push(vma.start + (done + i) as u64 * PAGE_SIZE);
+            }
+        }
+        done += cnt;
+    }
+    Ok(())
+}
+
+/// One run of consecutive pages stored at `offset` in the page file.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRun {
+    pub vaddr: u64,
+    pub nr_pages: u64,
+    pub offset: u64,
+}
+
+pub fn runs_of(pages: &[u64]) -> Vec<PageRun> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut off = 0;
+    for &p in pages {
+        match runs.last_mut() {
+            Some(r) if r.vaddr + r.nr_pages * PAGE_SIZE == p => r.nr_pages += 1,
+            _ => runs.push(PageRun { vaddr: p, nr_pages: 1, offset: off }),
+        }
+        off += PAGE_SIZE;
+    }
+    runs
+}
+
+/// Copy the given runs out of `pid`'s memory into `sink`. /proc/PID/mem reads
+/// through protections (PROT_NONE guard areas with data in them included).
+pub fn copy_runs(mem: &File, runs: &[PageRun], sink: &mut dyn Write) -> Result<u64> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut total = 0;
+    for r in runs {
+        let mut a = r.vaddr;
+        let end = r.vaddr + r.nr_pages * PAGE_SIZE;
+        while a < end {
+            let l = (end - a).min(CHUNK) as usize;
+            let b = &mut buf[..l];
+            if let Err(e) = mem.read_exact_at(b, a) {
+                // A page that vanished (MADV_DONTNEED racing) reads as zeros.
+                if e.raw_os_error() == Some(14) || e.raw_os_error() == Some(5) {
+                    b.fill(0);
+                } else {
+                    return Err(Error::from(e).context(format!("reading memory at {:#x}", a)));
+                }
+            }
+            sink.write_all(b).ctx("writing the page file")?;
+            a += l as u64;
+            total += l as u64;
+        }
+    }
+    Ok(total)
+}
+
+pub fn runs_to_json(file: &str, runs: &[PageRun]) -> Json {
+    Json::obj().with("file", file).with(
+        "entries",
+        runs.iter()
+            .map(|r| Json::obj().with("vaddr", r.vaddr).with("nr_pages", r.nr_pages).with("offset", r.offset))
+            .collect::<Vec<_>>(),
+    )
+}
+
+pub fn runs_from_json(j: &Json) -> Result<Vec<PageRun>> {
+    j.arr_of("entries")
+        .iter()
+        .map(|e| {
+            Ok(PageRun {
+                vaddr: e.u64_of("vaddr").ok_or_else(|| Error::new("EIMAGE", "page entry without vaddr"))?,
+                nr_pages: e.u64_of("nr_pages").ok_or_else(|| Error::new("EIMAGE", "page entry without nr_pages"))?,
+                offset: e.u64_of("offset").ok_or_else(|| Error::new("EIMAGE", "page entry without offset"))?,
+            })
+        })
+        .collect()
+}
+
+// ---- restore side ----
+
+/// Map one area into the stub. Files are opened inside the stub by path.
+pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
+    let len = v.end - v.start;
+    // Mapped writable first only when the page data must be written through
+    // process_vm_writev-like paths; /proc/PID/mem writes through protections,
+    // so the final protection is used from the start.
+    let prot = v.prot as u64;
+    match v.kind {
+        Kind::Anon | Kind::Heap | Kind::Stack => {
+            let mut flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+            if v.kind == Kind::Stack {
+                flags |= MAP_GROWSDOWN;
+            }
+            inj.call(&format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])?;
+        }
+        Kind::Shmem => {
+            inj.call(&format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, len, prot, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0])?;
+        }
+        Kind::File => {
+            let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
+            let write = v.shared && v.prot & PROT_WRITE != 0;
+            let p = inj.put_str(path, 0)?;
+            let fd = inj
+                .call(&format!("open {}", path), nr::OPEN, &[p, if write { 2 } else { 0 } | 0o2000000, 0])
+                .map_err(|e| Error::new("EFILE", format!("cannot open mapped file {}: {}", path, e.message)))?;
+            let flags = if v.shared { MAP_SHARED } else { MAP_PRIVATE } | MAP_FIXED;
+            let r = inj.call(&format!("mmap {} at {:#x}", path, v.start), nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
+            inj.call("close", nr::CLOSE, &[fd])?;
+            r?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Write stored page runs from the page file into the stub's memory.
+pub fn fill_from_file(mem: &File, pages: &File, runs: &[PageRun]) -> Result<u64> {
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut total = 0;
+    for r in runs {
+        let mut done = 0;
+        let len = r.nr_pages * PAGE_SIZE;
+        while done < len {
+            let l = (len - done).min(CHUNK) as usize;
+            let b = &mut buf[..l];
+            pages.read_exact_at(b, r.offset + done).map_err(|e| {
+                Error::new("EIMAGE", format!("page file is truncated or unreadable at offset {}: {}", r.offset + done, e))
+            })?;
+            mem.write_all_at(b, r.vaddr + done).ctx(format!("writing restored memory at {:#x}", r.vaddr + done))?;
+            done += l as u64;
+            total += l as u64;
+        }
+    }
+    Ok(total)
+}

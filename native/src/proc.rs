@@ -1,0 +1,165 @@
+//! Reading /proc: maps, status, stat, task lists, children, fd info.
+
+use crate::sys::{Context, Error, Pid, Result};
+use std::fs;
+
+#[derive(Clone, Debug)]
+pub struct MapLine {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub shared: bool,
+    pub pgoff: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub path: String,
+}
+
+pub fn maps(pid: Pid) -> Result<Vec<MapLine>> {
+    let text = fs::read_to_string(format!("/proc/{}/maps", pid)).ctx(format!("reading /proc/{}/maps", pid))?;
+    Ok(text.lines().filter_map(parse_map_line).collect())
+}
+
+pub fn parse_map_line(l: &str) -> Option<MapLine> {
+    let mut it = l.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let off = it.next()?;
+    let dev = it.next()?;
+    let ino = it.next()?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    let mut prot = 0;
+    if perms.first() == Some(&b'r') {
+        prot |= 1;
+    }
+    if perms.get(1) == Some(&b'w') {
+        prot |= 2;
+    }
+    if perms.get(2) == Some(&b'x') {
+        prot |= 4;
+    }
+    let maj = u64::from_str_radix(maj, 16).ok()?;
+    let min = u64::from_str_radix(min, 16).ok()?;
+    Some(MapLine {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        prot,
+        shared: perms.get(3) == Some(&b's'),
+        pgoff: u64::from_str_radix(off, 16).ok()?,
+        dev: makedev(maj, min),
+        ino: ino.parse().ok()?,
+        path,
+    })
+}
+
+/// The kernel's encoding of a dev_t (as in stat's st_dev).
+pub fn makedev(maj: u64, min: u64) -> u64 {
+    ((maj & 0xfffff000) << 32) | ((maj & 0xfff) << 8) | ((min & 0xffffff00) << 12) | (min & 0xff)
+}
+
+pub fn tasks(pid: Pid) -> Result<Vec<Pid>> {
+    let mut v: Vec<Pid> = fs::read_dir(format!("/proc/{}/task", pid))
+        .ctx(format!("listing threads of {}", pid))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort();
+    // The thread group leader first: it is created first on restore.
+    if let Some(i) = v.iter().position(|&t| t == pid) {
+        v.remove(i);
+        v.insert(0, pid);
+    }
+    Ok(v)
+}
+
+pub fn children(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    for t in tasks(pid).unwrap_or_default() {
+        if let Ok(s) = fs::read_to_string(format!("/proc/{}/task/{}/children", pid, t)) {
+            out.extend(s.split_whitespace().filter_map(|x| x.parse::<Pid>().ok()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A field of /proc/PID/status, e.g. "Umask".
+pub fn status_field(pid: Pid, key: &str) -> Result<String> {
+    let text = fs::read_to_string(format!("/proc/{}/status", pid)).ctx(format!("reading /proc/{}/status", pid))?;
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
+            return Ok(rest.trim().to_string());
+        }
+    }
+    Err(Error::new("EPROC", format!("/proc/{}/status has no {}", pid, key)))
+}
+
+/// /proc/PID/stat split into fields; field 1 (comm) is returned whole.
+pub fn stat(pid: Pid) -> Result<(String, Vec<String>)> {
+    let text = fs::read_to_string(format!("/proc/{}/stat", pid)).ctx(format!("reading /proc/{}/stat", pid))?;
+    let open = text.find('(').ok_or_else(|| Error::new("EPROC", "bad stat"))?;
+    let close = text.rfind(')').ok_or_else(|| Error::new("EPROC", "bad stat"))?;
+    let comm = text[open + 1..close].to_string();
+    // fields[0] is field 3 (state) of proc(5).
+    let fields = text[close + 2..].split_whitespace().map(String::from).collect();
+    Ok((comm, fields))
+}
+
+/// Field number `n` (1-based, as in proc(5)) of /proc/PID/stat, n >= 3.
+pub fn stat_u64(fields: &[String], n: usize) -> u64 {
+    fields.get(n - 3).and_then(|s| s.parse::<i64>().ok()).map(|v| v as u64).unwrap_or(0)
+}
+
+pub fn readlink(path: &str) -> Result<String> {
+    fs::read_link(path).ctx(format!("readlink {}", path)).map(|p| p.to_string_lossy().into_owned())
+}
+
+pub struct FdInfo {
+    pub pos: u64,
+    pub flags: u32,
+    pub mnt_id: u64,
+    pub ino: u64,
+    pub raw: String,
+}
+
+pub fn fdinfo(pid: Pid, fd: i32) -> Result<FdInfo> {
+    let raw = fs::read_to_string(format!("/proc/{}/fdinfo/{}", pid, fd)).ctx(format!("reading fdinfo of fd {}", fd))?;
+    let mut fi = FdInfo { pos: 0, flags: 0, mnt_id: 0, ino: 0, raw: String::new() };
+    for l in raw.lines() {
+        if let Some((k, v)) = l.split_once(':') {
+            let v = v.trim();
+            match k {
+                "pos" => fi.pos = v.parse().unwrap_or(0),
+                "flags" => fi.flags = u32::from_str_radix(v, 8).unwrap_or(0),
+                "mnt_id" => fi.mnt_id = v.parse().unwrap_or(0),
+                "ino" => fi.ino = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    fi.raw = raw;
+    Ok(fi)
+}
+
+pub fn fds(pid: Pid) -> Result<Vec<i32>> {
+    let mut v: Vec<i32> = fs::read_dir(format!("/proc/{}/fd", pid))
+        .ctx(format!("listing fds of {}", pid))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+pub fn exists(pid: Pid) -> bool {
+    std::path::Path::new(&format!("/proc/{}", pid)).exists()
+}
+
+/// Is this a kernel thread (PF_KTHREAD in the stat flags)?
+pub fn is_kernel_thread(pid: Pid) -> bool {
+    match stat(pid) {
+        Ok((_, f)) => stat_u64(&f, 9) & 0x0020_0000 != 0,
+        Err(_) => false,
+    }
+}

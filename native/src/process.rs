@@ -1,0 +1,157 @@
+//! Process-wide attributes: identity, cwd/root, umask, rlimits and the mm
+//! fields behind /proc/PID/cmdline, environ, brk and auxv.
+
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::memory::file_identity;
+use crate::proc;
+use crate::sys::{nr, Error, Pid, Result};
+
+const RLIM_NAMES: [&str; 16] = [
+    "Max cpu time", "Max file size", "Max data size", "Max stack size", "Max core file size", "Max resident set", "Max processes",
+    "Max open files", "Max locked memory", "Max address space", "Max file locks", "Max pending signals", "Max msgqueue size",
+    "Max nice priority", "Max realtime priority", "Max realtime timeout",
+];
+
+fn parse_limit(s: &str) -> u64 {
+    if s == "unlimited" {
+        u64::MAX
+    } else {
+        s.parse().unwrap_or(u64::MAX)
+    }
+}
+
+/// /proc/PID/limits: readable by root without CAP_SYS_RESOURCE (prlimit is not).
+pub fn rlimits(pid: Pid) -> Result<Vec<Json>> {
+    let text = std::fs::read_to_string(format!("/proc/{}/limits", pid)).map_err(|e| Error::from(e).context("reading limits"))?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        for (i, name) in RLIM_NAMES.iter().enumerate() {
+            if let Some(rest) = l.strip_prefix(name) {
+                let mut f = rest.split_whitespace();
+                let cur = parse_limit(f.next().unwrap_or(""));
+                let max = parse_limit(f.next().unwrap_or(""));
+                out.push(Json::obj().with("resource", i as u64).with("cur", cur).with("max", max));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
+    let (comm, st) = proc::stat(pid)?;
+    let exe = proc::readlink(&format!("/proc/{}/exe", pid)).unwrap_or_default();
+    let umask = u64::from_str_radix(&proc::status_field(pid, "Umask").unwrap_or_else(|_| "22".into()), 8).unwrap_or(0o22);
+    let brk = inj.call("brk(0)", nr::BRK, &[0])?;
+    let auxv_raw = std::fs::read(format!("/proc/{}/auxv", pid)).unwrap_or_default();
+    let auxv: Vec<Json> = auxv_raw.chunks_exact(8).map(|c| Json::U64(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect();
+    let f = |n| proc::stat_u64(&st, n);
+    let mm = Json::obj()
+        .with("start_code", f(26))
+        .with("end_code", f(27))
+        .with("start_stack", f(28))
+        .with("start_data", f(45))
+        .with("end_data", f(46))
+        .with("start_brk", f(47))
+        .with("brk", brk)
+        .with("arg_start", f(48))
+        .with("arg_end", f(49))
+        .with("env_start", f(50))
+        .with("env_end", f(51))
+        .with("auxv", auxv);
+    let mut exe_j = file_identity(exe.trim_end_matches(" (deleted)"));
+    if let Json::Obj(_) = exe_j {
+        exe_j.set("path", exe.as_str());
+    } else {
+        exe_j = Json::obj().with("path", exe.as_str());
+    }
+    Ok(Json::obj()
+        .with("pid", pid)
+        .with("ppid", f(4))
+        .with("pgid", f(5))
+        .with("sid", f(6))
+        .with("comm", comm)
+        .with("exe", exe_j)
+        .with("cwd", proc::readlink(&format!("/proc/{}/cwd", pid))?)
+        .with("root", proc::readlink(&format!("/proc/{}/root", pid))?)
+        .with("umask", umask)
+        .with("rlimits", rlimits(pid)?)
+        .with("mm", mm))
+}
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+
+/// cwd, root, umask and rlimits, injected into the stub.
+pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
+    if let Some(root) = p.str_of("root") {
+        if root != "/" {
+            let a = inj.put_str(root, 0)?;
+            inj.call(&format!("chroot {}", root), nr::CHROOT, &[a]).map_err(|e| Error::new("EFILE", e.message))?;
+        }
+    }
+    if let Some(cwd) = p.str_of("cwd") {
+        let a = inj.put_str(cwd.trim_end_matches(" (deleted)"), 0)?;
+        inj.call(&format!("chdir {}", cwd), nr::CHDIR, &[a]).map_err(|e| Error::new("EFILE", format!("working directory {} is missing: {}", cwd, e.message)))?;
+    }
+    inj.call("umask", nr::UMASK, &[p.u64_of("umask").unwrap_or(0o22) & 0o777])?;
+    for r in p.arr_of("rlimits") {
+        let res = r.u64_of("resource").unwrap_or(99);
+        if res > 15 {
+            continue;
+        }
+        let mut b = Vec::new();
+        b.extend_from_slice(&r.u64_of("cur").unwrap_or(u64::MAX).to_le_bytes());
+        b.extend_from_slice(&r.u64_of("max").unwrap_or(u64::MAX).to_le_bytes());
+        let a = inj.put(&b, 256)?;
+        // Raising a hard limit needs CAP_SYS_RESOURCE, which some hosts withhold
+        // even from root: then keep the stub's hard limit and set what we may.
+        if inj.raw(nr::PRLIMIT64, &[0, res, a, 0])? < 0 {
+            let old = inj.scratch(4096)? + 272;
+            inj.call("prlimit(get)", nr::PRLIMIT64, &[0, res, 0, old])?;
+            let cur_max = u64::from_le_bytes(inj.read_mem(old + 8, 8)?.try_into().unwrap_or([0; 8]));
+            let mut b2 = Vec::new();
+            b2.extend_from_slice(&r.u64_of("cur").unwrap_or(u64::MAX).min(cur_max).to_le_bytes());
+            b2.extend_from_slice(&cur_max.to_le_bytes());
+            let a2 = inj.put(&b2, 256)?;
+            let _ = inj.raw(nr::PRLIMIT64, &[0, res, a2, 0])?;
+        }
+    }
+    Ok(())
+}
+
+/// PR_SET_MM_MAP: the mm fields and the exe link in one call (the single-field
+/// variants need CAP_SYS_RESOURCE). `exe_fd` is a descriptor in the stub.
+pub fn restore_mm(inj: &mut Injector, mm: &Json, exe_fd: Option<u64>) -> Result<()> {
+    let f = |k: &str| mm.u64_of(k).unwrap_or(0);
+    let auxv: Vec<u64> = mm.arr_of("auxv").iter().filter_map(Json::as_u64).collect();
+    let mut ab = Vec::new();
+    for v in &auxv {
+        ab.extend_from_slice(&v.to_le_bytes());
+    }
+    let auxv_addr = inj.put(&ab, 3072)?;
+    let mut b = Vec::new();
+    for k in ["start_code", "end_code", "start_data", "end_data", "start_brk", "brk", "start_stack", "arg_start", "arg_end", "env_start", "env_end"] {
+        b.extend_from_slice(&f(k).to_le_bytes());
+    }
+    b.extend_from_slice(&auxv_addr.to_le_bytes());
+    b.extend_from_slice(&(ab.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(exe_fd.map(|x| x as u32).unwrap_or(u32::MAX)).to_le_bytes());
+    let a = inj.put(&b, 2048)?;
+    inj.call("prctl(PR_SET_MM_MAP)", nr::PRCTL, &[PR_SET_MM, PR_SET_MM_MAP, a, b.len() as u64, 0])?;
+    Ok(())
+}
+
+/// Open the executable inside the stub for PR_SET_MM_MAP's exe_fd.
+pub fn open_exe_in_stub(inj: &mut Injector, p: &Json) -> Result<Option<u64>> {
+    let path = match p.get("exe").and_then(|e| e.str_of("path")) {
+        Some(x) if !x.is_empty() => x.trim_end_matches(" (deleted)").to_string(),
+        _ => return Ok(None),
+    };
+    let a = inj.put_str(&path, 0)?;
+    match inj.raw(nr::OPEN, &[a, 0o2000000, 0])? {
+        r if r >= 0 => Ok(Some(r as u64)),
+        _ => Err(Error::new("EFILE", format!("executable {} is missing", path))),
+    }
+}
+

@@ -1,0 +1,153 @@
+//! Signals: handlers, pending signals, alternate stacks and interval timers.
+
+use crate::base64;
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::ptrace;
+use crate::sys::{nr, Error, Pid, Result};
+
+const SIGKILL: u64 = 9;
+const SIGSTOP: u64 = 19;
+const NSIG: u64 = 64;
+
+/// struct kernel_sigaction on x86_64: handler, flags, restorer, mask.
+fn parse_sigaction(b: &[u8]) -> [u64; 4] {
+    let g = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    [g(0), g(1), g(2), g(3)]
+}
+
+pub fn dump_sigactions(inj: &mut Injector) -> Result<Vec<Json>> {
+    let buf = inj.scratch(4096)?;
+    let mut out = Vec::new();
+    for sig in 1..=NSIG {
+        if sig == SIGKILL || sig == SIGSTOP {
+            continue;
+        }
+        inj.call("rt_sigaction(get)", nr::RT_SIGACTION, &[sig, 0, buf, 8])?;
+        let a = parse_sigaction(&inj.read_mem(buf, 32)?);
+        if a == [0, 0, 0, 0] {
+            continue;
+        }
+        out.push(Json::obj().with("sig", sig).with("handler", a[0]).with("flags", a[1]).with("restorer", a[2]).with("mask", Json::Str(a[3].to_string())));
+    }
+    Ok(out)
+}
+
+/// Set every handler: the listed ones as saved, all others back to default
+/// (the stub inherited phaul's own handlers, which mean nothing in the target).
+pub fn restore_sigactions(inj: &mut Injector, acts: &[Json]) -> Result<()> {
+    let buf = inj.scratch(4096)?;
+    for sig in 1..=NSIG {
+        if sig == SIGKILL || sig == SIGSTOP {
+            continue;
+        }
+        let a = acts.iter().find(|a| a.u64_of("sig") == Some(sig));
+        let v = match a {
+            Some(a) => [a.u64_of("handler").unwrap_or(0), a.u64_of("flags").unwrap_or(0), a.u64_of("restorer").unwrap_or(0), a.u64_of("mask").unwrap_or(0)],
+            None => [0, 0, 0, 0],
+        };
+        let mut b = Vec::with_capacity(32);
+        for x in v {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        inj.write_mem(buf, &b)?;
+        inj.call(&format!("rt_sigaction({})", sig), nr::RT_SIGACTION, &[sig, buf, 0, 8])?;
+    }
+    Ok(())
+}
+
+pub fn siginfos_to_json(v: Vec<[u8; ptrace::SIGINFO_SIZE]>) -> Json {
+    Json::Arr(v.iter().map(|s| Json::Str(base64::encode(s))).collect())
+}
+
+fn siginfo_sig(b: &[u8]) -> u64 {
+    u32::from_le_bytes(b[0..4].try_into().unwrap_or([0; 4])) as u64
+}
+
+/// Queue saved signals again. Runs inside the target, so any si_code is allowed.
+pub fn requeue(inj: &mut Injector, pid: Pid, tid: Option<Pid>, infos: &[Json]) -> Result<()> {
+    for s in infos {
+        let b = s.as_str().and_then(base64::decode).filter(|b| b.len() == ptrace::SIGINFO_SIZE);
+        let b = b.ok_or_else(|| Error::new("EIMAGE", "a pending signal record in the image is malformed"))?;
+        let sig = siginfo_sig(&b);
+        if sig == 0 || sig > NSIG {
+            continue;
+        }
+        let addr = inj.put(&b, 2048)?;
+        match tid {
+            Some(t) => inj.call("rt_tgsigqueueinfo", nr::RT_TGSIGQUEUEINFO, &[pid as u64, t as u64, sig, addr])?,
+            None => inj.call("rt_sigqueueinfo", nr::RT_SIGQUEUEINFO, &[pid as u64, sig, addr])?,
+        };
+    }
+    Ok(())
+}
+
+pub fn dump_sigaltstack(inj: &mut Injector) -> Result<Json> {
+    let buf = inj.scratch(4096)?;
+    inj.call("sigaltstack(get)", nr::SIGALTSTACK, &[0, buf + 64])?;
+    let b = inj.read_mem(buf + 64, 24)?;
+    let sp = u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8]));
+    let flags = i32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
+    let size = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
+    Ok(Json::obj().with("sp", sp).with("flags", flags as i64).with("size", size))
+}
+
+pub fn restore_sigaltstack(inj: &mut Injector, j: Option<&Json>) -> Result<()> {
+    const SS_DISABLE: i64 = 2;
+    let (sp, flags, size) = match j {
+        Some(j) => (j.u64_of("sp").unwrap_or(0), j.i64_of("flags").unwrap_or(SS_DISABLE), j.u64_of("size").unwrap_or(0)),
+        None => (0, SS_DISABLE, 0),
+    };
+    // SS_ONSTACK is a report, not a request: a thread running on its
+    // alternate stack had it enabled.
+    let flags = if flags & SS_DISABLE != 0 { SS_DISABLE } else { flags & !1 };
+    let mut b = Vec::new();
+    b.extend_from_slice(&sp.to_le_bytes());
+    b.extend_from_slice(&(flags as i32).to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&size.to_le_bytes());
+    let addr = inj.put(&b, 64)?;
+    inj.call("sigaltstack(set)", nr::SIGALTSTACK, &[addr, 0])?;
+    Ok(())
+}
+
+fn tv_us(b: &[u8]) -> u64 {
+    let s = i64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8]));
+    let us = i64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+    (s * 1_000_000 + us).max(0) as u64
+}
+
+pub fn dump_itimers(inj: &mut Injector) -> Result<Vec<Json>> {
+    let buf = inj.scratch(4096)?;
+    let mut out = Vec::new();
+    for which in 0..3u64 {
+        inj.call("getitimer", nr::GETITIMER, &[which, buf + 128])?;
+        let b = inj.read_mem(buf + 128, 32)?;
+        let (interval, value) = (tv_us(&b[0..16]), tv_us(&b[16..32]));
+        if interval != 0 || value != 0 {
+            out.push(Json::obj().with("which", which).with("interval_us", interval).with("value_us", value));
+        }
+    }
+    Ok(out)
+}
+
+pub fn restore_itimers(inj: &mut Injector, timers: &[Json]) -> Result<()> {
+    for t in timers {
+        let which = t.u64_of("which").unwrap_or(0);
+        if which > 2 {
+            return Err(Error::new("EIMAGE", "an interval timer in the image has an unknown kind"));
+        }
+        let tv = |us: u64| {
+            let mut v = Vec::new();
+            v.extend_from_slice(&((us / 1_000_000) as i64).to_le_bytes());
+            v.extend_from_slice(&((us % 1_000_000) as i64).to_le_bytes());
+            v
+        };
+        let mut b = tv(t.u64_of("interval_us").unwrap_or(0));
+        // A timer that was about to fire keeps a minimal delay rather than 0 (which disarms).
+        b.extend(tv(t.u64_of("value_us").unwrap_or(0).max(1)));
+        let addr = inj.put(&b, 128)?;
+        inj.call("setitimer", nr::SETITIMER, &[which, addr, 0])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Stub processes: the empty shells a restore fills in.
+//!
+//! A stub is created with the wanted pid (clone3 with set_tid), traced by the
+//! session thread, and then emptied: every mapping but the vDSO group goes,
+//! the vDSO group moves to the address the target had, and every descriptor
+//! is closed. The root stub is made by a short-lived intermediate process so
+//! that it is not phaul's child (it must outlive phaul).
+
+use crate::inject::{find_syscall_insn, Injector};
+use crate::memory::{Kind, Vma, MAP_FIXED_NOREPLACE};
+use crate::proc;
+use crate::ptrace;
+use crate::sys::{self, nr, Error, Pid, Result};
+
+pub const STUB_OPTIONS: u64 = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_TRACEFORK | ptrace::O_TRACEVFORK;
+const SIGCHLD: u64 = 17;
+
+#[repr(C)]
+#[derive(Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+impl CloneArgs {
+    pub fn bytes(&self) -> Vec<u8> {
+        let v = [self.flags, self.pidfd, self.child_tid, self.parent_tid, self.exit_signal, self.stack, self.stack_size, self.tls, self.set_tid, self.set_tid_size, self.cgroup];
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+}
+
+fn pid_taken(pid: Pid) -> Error {
+    Error::new("EPIDTAKEN", format!("pid {} is already in use on this host", pid))
+}
+
+/// Create a stub with pid `pid`, detached from phaul, and seize it.
+pub fn spawn_detached(pid: Pid) -> Result<Pid> {
+    if proc::exists(pid) {
+        return Err(pid_taken(pid));
+    }
+    let tid_arr: [i32; 1] = [pid];
+    let args = CloneArgs { exit_signal: SIGCHLD, set_tid: tid_arr.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    let args_ptr = &args as *const CloneArgs as u64;
+    // Only raw syscalls between fork and exit: the child is a copy of a
+    // multi-threaded process and must not touch locks or the allocator.
+    let mid = unsafe { sys::raw(nr::CLONE, &[SIGCHLD, 0, 0, 0, 0]) }.map_err(|e| Error::sys("fork", e))?;
+    if mid == 0 {
+        unsafe {
+            match sys::raw(nr::CLONE3, &[args_ptr, std::mem::size_of::<CloneArgs>() as u64]) {
+                Ok(0) => loop {
+                    let _ = sys::raw(nr::PAUSE, &[]);
+                },
+                Ok(_) => {
+                    let _ = sys::raw(nr::EXIT_GROUP, &[0]);
+                }
+                Err(e) => {
+                    let _ = sys::raw(nr::EXIT_GROUP, &[(e as u64) & 0xff]);
+                }
+            }
+            loop {
+                let _ = sys::raw(nr::EXIT_GROUP, &[1]);
+            }
+        }
+    }
+    let st = ptrace::wait(mid as Pid)?;
+    let code = (st >> 8) & 0xff;
+    if st & 0x7f != 0 || code != 0 {
+        return Err(match code {
+            17 => pid_taken(pid), // EEXIST
+            1 => Error::new("EPERM", format!("not allowed to create a process with pid {} (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)", pid)),
+            _ => Error::sys(format!("clone3 with pid {}", pid), code),
+        });
+    }
+    seize_stub(pid)?;
+    Ok(pid)
+}
+
+pub fn seize_stub(pid: Pid) -> Result<()> {
+    ptrace::seize(pid, STUB_OPTIONS)?;
+    ptrace::interrupt(pid)?;
+    let st = ptrace::wait(pid)?;
+    if !ptrace::stopped(st) {
+        return Err(Error::new("ESTUB", format!("stub {} died before it could be prepared", pid)));
+    }
+    Ok(())
+}
+
+/// Wait for the first stop of a thread or process born from an injected clone.
+pub fn wait_new(tid: Pid) -> Result<()> {
+    loop {
+        let st = ptrace::wait(tid)?;
+        if !ptrace::stopped(st) {
+            return Err(Error::new("ESTUB", format!("new task {} died at birth", tid)));
+        }
+        if ptrace::event(st) == ptrace::EVENT_STOP || ptrace::stop_sig(st) == 19 {
+            return Ok(());
+        }
+        ptrace::cont(tid, 0)?;
+    }
+}
+
+fn vdso_group(vmas: &[Vma]) -> Vec<(Kind, u64, u64)> {
+    vmas.iter().filter(|v| matches!(v.kind, Kind::Vdso | Kind::Vvar | Kind::VvarVclock)).map(|v| (v.kind.clone(), v.start, v.end)).collect()
+}
+
+/// Pick an address for the injector's scratch area that no target mapping uses.
+pub fn free_spot(target: &[Vma], len: u64) -> u64 {
+    let mut a: u64 = 0x10000000;
+    loop {
+        if !target.iter().any(|v| v.start < a + len && a < v.end) {
+            return a;
+        }
+        a += 0x10000000;
+    }
+}
+
+/// An injector on a fresh stub, ready to build a process of layout `target`.
+pub fn attach_injector(pid: Pid, target: &[Vma]) -> Result<Injector> {
+    let insn = find_syscall_insn(pid)?;
+    let regs = ptrace::get_regs(pid)?;
+    let mask = ptrace::get_sigmask(pid)?;
+    let mut inj = Injector::new(pid, pid, insn, regs.rewound(true), mask)?;
+    inj.set_scratch_hint(free_spot(target, 1 << 20), MAP_FIXED_NOREPLACE);
+    Ok(inj)
+}
+
+/// Empty the stub: unmap all but the vDSO group, move that group to where the
+/// target had it, close every descriptor.
+pub fn empty(inj: &mut Injector, target: &[Vma]) -> Result<()> {
+    let pid = inj.pid;
+    // The stub inherited phaul's rseq registration, whose area is about to be
+    // unmapped: the kernel would answer the next return to user space with SIGSEGV.
+    if let Ok((addr, len, sig)) = ptrace::get_rseq(pid) {
+        if addr != 0 {
+            const RSEQ_FLAG_UNREGISTER: u64 = 1;
+            inj.call("rseq(unregister)", nr::RSEQ, &[addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64])?;
+        }
+    }
+    let mine = crate::memory::vmas(pid)?;
+    for v in &mine {
+        if matches!(v.kind, Kind::Vdso | Kind::Vvar | Kind::VvarVclock | Kind::Vsyscall) || Some((v.start, v.end)) == inj.scratch_range() {
+            continue;
+        }
+        inj.call(&format!("munmap {:#x}", v.start), nr::MUNMAP, &[v.start, v.end - v.start])?;
+    }
+    inj.call("close_range", 436, &[0, u32::MAX as u64, 0])?;
+    let have = vdso_group(&mine);
+    let want = vdso_group(target);
+    if want.is_empty() || have.is_empty() {
+        return Ok(());
+    }
+    let same_shape = have.len() == want.len()
+        && have.iter().zip(&want).all(|(h, w)| h.0 == w.0 && h.2 - h.1 == w.2 - w.1 && h.1.wrapping_sub(have[0].1) == w.1.wrapping_sub(want[0].1));
+    if !same_shape {
+        return Err(Error::new("EVDSO", "the vDSO layout of this kernel differs from the dumped one (different kernel version)"));
+    }
+    let delta = want[0].1.wrapping_sub(have[0].1);
+    if delta == 0 {
+        return Ok(());
+    }
+    let span = have.last().map(|h| h.2).unwrap_or(0) - have[0].1;
+    let overlap = have[0].1 < want[0].1 + span && want[0].1 < have[0].1 + span;
+    let mut cur = have[0].1;
+    let moves: Vec<u64> = if overlap { vec![free_spot(target, span + (1 << 20)) + (1 << 20), want[0].1] } else { vec![want[0].1] };
+    for dest in moves {
+        for (_, s, e) in &have {
+            let from = cur + (s - have[0].1);
+            let to = dest + (s - have[0].1);
+            const MREMAP_MAYMOVE: u64 = 1;
+            const MREMAP_FIXED: u64 = 2;
+            inj.call("mremap vdso", nr::MREMAP, &[from, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, to])?;
+        }
+        inj.shift_insn(dest.wrapping_sub(cur));
+        cur = dest;
+    }
+    Ok(())
+}
+
+/// Fork a child stub with pid `pid` out of the (empty) stub behind `inj`.
+pub fn fork_child(inj: &mut Injector, pid: Pid) -> Result<()> {
+    if proc::exists(pid) {
+        return Err(pid_taken(pid));
+    }
+    let tids: [i32; 1] = [pid];
+    let tid_addr = inj.put(&tids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), 3584)?;
+    let args = CloneArgs { exit_signal: SIGCHLD, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
+    let a = inj.put(&args.bytes(), 3456)?;
+    let r = inj.raw(nr::CLONE3, &[a, 88])?;
+    if r == -17 {
+        return Err(pid_taken(pid));
+    }
+    if r < 0 {
+        return Err(Error::sys(format!("clone3 for pid {}", pid), (-r) as i32));
+    }
+    wait_new(pid)
+}
+
+/// Create thread `tid` in the stub (sharing everything a pthread shares).
+pub fn clone_thread(inj: &mut Injector, tid: Pid) -> Result<()> {
+    const FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
+    let tids: [i32; 1] = [tid];
+    let tid_addr = inj.put(&tids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), 3584)?;
+    let args = CloneArgs { flags: FLAGS, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
+    let a = inj.put(&args.bytes(), 3456)?;
+    let r = inj.raw(nr::CLONE3, &[a, 88])?;
+    if r == -17 {
+        return Err(Error::new("EPIDTAKEN", format!("thread id {} is already in use on this host", tid)));
+    }
+    if r < 0 {
+        return Err(Error::sys(format!("clone3 for thread {}", tid), (-r) as i32));
+    }
+    wait_new(tid)
+}
+
+/// Kill stubs that will not become processes (restore failed).
+pub fn discard(pids: &[Pid]) {
+    for &p in pids.iter().rev() {
+        let _ = sys::kill(p, 9);
+    }
+    for &p in pids.iter().rev() {
+        let _ = ptrace::wait(p);
+    }
+}

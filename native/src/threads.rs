@@ -1,0 +1,95 @@
+//! Threads: registers, extended state, masks and per-thread kernel settings.
+
+use crate::arch::{Regs, Restart};
+use crate::base64;
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::ptrace;
+use crate::signals;
+use crate::sys::{self, nr, Error, Pid, Result};
+
+const PR_SET_NAME: u64 = 15;
+const PR_GET_TID_ADDRESS: u64 = 40;
+
+fn robust_list(tid: Pid) -> (u64, u64) {
+    let mut head: u64 = 0;
+    let mut len: u64 = 0;
+    match unsafe { sys::raw(nr::GET_ROBUST_LIST, &[tid as u64, &mut head as *mut u64 as u64, &mut len as *mut u64 as u64]) } {
+        Ok(_) => (head, len),
+        Err(_) => (0, 0),
+    }
+}
+
+/// Everything per thread that can be read while the thread is stopped. `inj`
+/// runs in this very thread (sigaltstack and the tid address are per thread).
+pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injector) -> Result<Json> {
+    let restart = match regs.restart_kind() {
+        Restart::None => "none",
+        Restart::Again => "again",
+        Restart::Block => "block",
+    };
+    let xsave = ptrace::get_ext_state(tid)?;
+    let pending = ptrace::peek_siginfo(tid, false)?;
+    let altstack = signals::dump_sigaltstack(inj)?;
+    let buf = inj.scratch(4096)?;
+    inj.call("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, &[PR_GET_TID_ADDRESS, buf + 256])?;
+    let ctid = u64::from_le_bytes(inj.read_mem(buf + 256, 8)?.try_into().unwrap_or([0; 8]));
+    let (rhead, rlen) = robust_list(tid);
+    let rseq = ptrace::get_rseq(tid).unwrap_or((0, 0, 0));
+    let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", pid, tid)).unwrap_or_default();
+    Ok(Json::obj()
+        .with("tid", tid)
+        .with("regs", regs.rewound(false).to_json())
+        .with("restart", restart)
+        .with("xsave", base64::encode(&xsave))
+        .with("sigmask", Json::Str(mask.to_string()))
+        .with("pending", signals::siginfos_to_json(pending))
+        .with("sigaltstack", altstack)
+        .with("rseq", Json::obj().with("addr", rseq.0).with("len", rseq.1).with("sig", rseq.2))
+        .with("robust_list", Json::obj().with("head", rhead).with("len", rlen))
+        .with("clear_child_tid", ctid)
+        .with("comm", comm.trim_end_matches('\n')))
+}
+
+/// Per-thread kernel settings, applied by injecting into the thread itself.
+pub fn restore_thread_settings(pid: Pid, t: &Json, inj: &mut Injector) -> Result<()> {
+    let tid = inj.tid;
+    signals::restore_sigaltstack(inj, t.get("sigaltstack"))?;
+    inj.call("set_tid_address", nr::SET_TID_ADDRESS, &[t.u64_of("clear_child_tid").unwrap_or(0)])?;
+    if let Some(r) = t.get("robust_list") {
+        let head = r.u64_of("head").unwrap_or(0);
+        if head != 0 {
+            inj.call("set_robust_list", nr::SET_ROBUST_LIST, &[head, r.u64_of("len").unwrap_or(24)])?;
+        }
+    }
+    if let Some(r) = t.get("rseq") {
+        let addr = r.u64_of("addr").unwrap_or(0);
+        if addr != 0 {
+            // The area still holds the old registration's cpu fields; the kernel
+            // rewrites them on the first return to user space.
+            inj.call("rseq", nr::RSEQ, &[addr, r.u64_of("len").unwrap_or(32), 0, r.u64_of("sig").unwrap_or(0)])?;
+        }
+    }
+    if let Some(c) = t.str_of("comm") {
+        let a = inj.put_str(c, 512)?;
+        inj.call("prctl(PR_SET_NAME)", nr::PRCTL, &[PR_SET_NAME, a])?;
+    }
+    signals::requeue(inj, pid, Some(tid), t.arr_of("pending"))?;
+    Ok(())
+}
+
+/// The registers, extended state and mask the thread will run on with.
+pub fn final_state(t: &Json) -> Result<(Regs, Vec<u8>, u64)> {
+    let regs = t.get("regs").and_then(Regs::from_json).ok_or_else(|| Error::new("EIMAGE", "a thread's registers are missing or incomplete in the image"))?;
+    let xsave = t.str_of("xsave").and_then(base64::decode).unwrap_or_default();
+    let mask = t.u64_of("sigmask").unwrap_or(0);
+    Ok((regs, xsave, mask))
+}
+
+pub fn apply_final_state(tid: Pid, regs: &Regs, xsave: &[u8], mask: u64) -> Result<()> {
+    if !xsave.is_empty() {
+        ptrace::set_ext_state(tid, xsave).map_err(|e| e.context(format!("thread {}: restoring FPU/vector state (different CPU features?)", tid)))?;
+    }
+    ptrace::set_regs(tid, regs)?;
+    ptrace::set_sigmask(tid, mask)
+}
