@@ -4,6 +4,7 @@
 pub mod arch;
 pub mod base64;
 pub mod check;
+pub mod dirty;
 pub mod dump;
 pub mod ffi;
 pub mod files;

@@ -1,0 +1,159 @@
+//! The PAGEMAP_SCAN ioctl on /proc/PID/pagemap (Linux 6.7+), and plain
+//! pagemap reading. Debian's headers are 6.1, so the ABI is spelled out here
+//! (include/uapi/linux/fs.h of 6.7).
+
+use crate::sys::{nr, Context, Error, Result, PAGE_SIZE};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+
+// Page categories.
+pub const PAGE_IS_WPALLOWED: u64 = 1 << 0;
+pub const PAGE_IS_WRITTEN: u64 = 1 << 1;
+pub const PAGE_IS_FILE: u64 = 1 << 2;
+pub const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub const PAGE_IS_SWAPPED: u64 = 1 << 4;
+
+// Flags of pm_scan_arg.
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PmScanArg {
+    pub size: u64,
+    pub flags: u64,
+    pub start: u64,
+    pub end: u64,
+    pub walk_end: u64,
+    pub vec: u64,
+    pub vec_len: u64,
+    pub max_pages: u64,
+    pub category_inverted: u64,
+    pub category_mask: u64,
+    pub category_anyof_mask: u64,
+    pub return_mask: u64,
+}
+
+/// _IOWR('f', 16, struct pm_scan_arg)
+pub const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+
+/// Regions per ioctl call; a full vector makes the kernel stop early and
+/// report `walk_end`, from where we go on.
+const VEC_LEN: usize = 1024;
+
+/// A reusable output vector for `scan`.
+pub struct Scanner {
+    vec: Vec<PageRegion>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner::new()
+    }
+}
+
+impl Scanner {
+    pub fn new() -> Scanner {
+        Scanner { vec: vec![PageRegion::default(); VEC_LEN] }
+    }
+
+    /// One PAGEMAP_SCAN walk over [start, end), resumed at `walk_end` until
+    /// the whole range is done. `each` gets every region returned. With
+    /// `want_output == false` no vector is passed (a write-protect-only walk).
+    /// Returns the raw errno on failure (EPERM = an area not registered
+    /// with an async-wp userfaultfd, when PM_SCAN_CHECK_WPASYNC is given).
+    pub fn scan(
+        &mut self,
+        pagemap: &File,
+        start: u64,
+        end: u64,
+        flags: u64,
+        category_mask: u64,
+        return_mask: u64,
+        want_output: bool,
+        mut each: impl FnMut(&PageRegion),
+    ) -> std::result::Result<(), i32> {
+        let mut at = start;
+        while at < end {
+            let mut arg = PmScanArg {
+                size: std::mem::size_of::<PmScanArg>() as u64,
+                flags,
+                start: at,
+                end,
+                category_mask,
+                return_mask,
+                ..Default::default()
+            };
+            if want_output {
+                arg.vec = self.vec.as_mut_ptr() as u64;
+                arg.vec_len = self.vec.len() as u64;
+            }
+            let n = unsafe { crate::sys::raw(nr::IOCTL, &[pagemap.as_raw_fd() as u64, PAGEMAP_SCAN, &mut arg as *mut PmScanArg as u64]) }?;
+            for r in &self.vec[..(n as usize).min(self.vec.len())] {
+                each(r);
+            }
+            if arg.walk_end <= at {
+                // No progress: never loop forever on a kernel surprise.
+                return Err(5);
+            }
+            at = arg.walk_end;
+        }
+        Ok(())
+    }
+}
+
+/// Does this kernel know PAGEMAP_SCAN? (An empty walk over our own stack.)
+pub fn supported() -> bool {
+    let Ok(pm) = File::open("/proc/self/pagemap") else { return false };
+    let x = 0u64;
+    let a = (&x as *const u64 as u64) & !(PAGE_SIZE - 1);
+    let mut s = Scanner::new();
+    s.scan(&pm, a, a + PAGE_SIZE, 0, 0, PAGE_IS_PRESENT, true, |_| {}).is_ok()
+}
+
+// ---- plain /proc/PID/pagemap entries ----
+
+pub const PM_PRESENT: u64 = 1 << 63;
+pub const PM_SWAP: u64 = 1 << 62;
+pub const PM_FILE: u64 = 1 << 61;
+pub const PM_SOFT_DIRTY: u64 = 1 << 55;
+
+/// Read the raw pagemap entries of [start, end) in large batches, calling
+/// `each(first_page_address, entries)` per batch.
+pub fn read_entries(pagemap: &File, start: u64, end: u64, mut each: impl FnMut(u64, &[u64])) -> Result<()> {
+    const BATCH: u64 = 65536;
+    let mut buf = vec![0u64; BATCH.min((end - start) / PAGE_SIZE).max(1) as usize];
+    let mut a = start;
+    while a < end {
+        let cnt = ((end - a) / PAGE_SIZE).min(BATCH) as usize;
+        let b = &mut buf[..cnt];
+        let bytes = unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr() as *mut u8, cnt * 8) };
+        match pagemap.read_exact_at(bytes, (a / PAGE_SIZE) * 8) {
+            Ok(()) => {}
+            // The area went away under us: nothing present there.
+            Err(e) if e.raw_os_error().is_none() => b.fill(0),
+            Err(e) => return Err(Error::from(e)).ctx(format!("reading pagemap at {:#x}", a)),
+        }
+        for e in b.iter_mut() {
+            *e = u64::from_le(*e);
+        }
+        each(a, b);
+        a += cnt as u64 * PAGE_SIZE;
+    }
+    Ok(())
+}
+
+/// Is a pagemap entry a page whose contents we keep? Present or swapped;
+/// in a private file mapping only the copy-on-write (anonymous) pages.
+pub fn entry_has_contents(e: u64, private_file: bool) -> bool {
+    e & (PM_PRESENT | PM_SWAP) != 0 && !(private_file && e & PM_FILE != 0)
+}

@@ -1,0 +1,239 @@
+//! Asynchronous userfaultfd write-protection (Linux 6.7+), read back with
+//! PAGEMAP_SCAN.
+//!
+//! The userfaultfd is created inside the target (an injected syscall, so its
+//! context belongs to the target's mm), copied to us with pidfd_getfd and
+//! closed in the target. Every later step is an ioctl on our copy: register
+//! areas in WP mode, write-protect them, and each round let PAGEMAP_SCAN
+//! report the pages written since and write-protect them again in the same
+//! walk (nothing can slip between reading and re-arming). With WP_ASYNC the
+//! kernel resolves the write faults itself; nobody reads the descriptor.
+
+use super::pagemap_scan::{Scanner, PAGE_IS_FILE, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING};
+use super::pagemap_scan::{entry_has_contents, read_entries};
+use super::{segments, Segment};
+use crate::inject::Injector;
+use crate::memory::{Kind, Vma};
+use crate::sys::{self, nr, Context, Error, Fd, Pid, Result, PAGE_SIZE};
+use std::fs::File;
+
+pub const UFFD_USER_MODE_ONLY: u64 = 1;
+pub const O_NONBLOCK: u64 = 0o4000;
+pub const O_CLOEXEC: u64 = 0o2000000;
+
+pub const UFFD_API: u64 = 0xAA;
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+pub const UFFDIO_REGISTER_MODE_WP: u64 = 2;
+
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+const fn iowr(ty: u64, n: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (ty << 8) | n
+}
+const fn ior(ty: u64, n: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (ty << 8) | n
+}
+pub const UFFDIO_API: u64 = iowr(0xAA, 0x3F, std::mem::size_of::<UffdioApi>());
+pub const UFFDIO_REGISTER: u64 = iowr(0xAA, 0x00, std::mem::size_of::<UffdioRegister>());
+pub const UFFDIO_UNREGISTER: u64 = ior(0xAA, 0x01, std::mem::size_of::<UffdioRange>());
+
+fn ioctl(fd: &Fd, req: u64, arg: u64) -> std::result::Result<i64, i32> {
+    unsafe { sys::raw(nr::IOCTL, &[fd.raw() as u64, req, arg]) }
+}
+
+/// UFFDIO_API with the async write-protect features.
+fn uffd_api(fd: &Fd) -> Result<()> {
+    let mut a = UffdioApi { api: UFFD_API, features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, ioctls: 0 };
+    ioctl(fd, UFFDIO_API, &mut a as *mut _ as u64).map_err(|e| Error::sys("UFFDIO_API (WP_ASYNC | WP_UNPOPULATED)", e))?;
+    Ok(())
+}
+
+fn register(fd: &Fd, start: u64, end: u64) -> std::result::Result<(), i32> {
+    let mut r = UffdioRegister { range: UffdioRange { start, len: end - start }, mode: UFFDIO_REGISTER_MODE_WP, ioctls: 0 };
+    ioctl(fd, UFFDIO_REGISTER, &mut r as *mut _ as u64).map(|_| ())
+}
+
+/// Can this kernel do it? A userfaultfd of our own on a page of our own.
+pub fn supported() -> bool {
+    let Ok(f) = sys::call("userfaultfd", nr::USERFAULTFD, &[O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY]) else { return false };
+    let fd = Fd(f as i32);
+    if uffd_api(&fd).is_err() {
+        return false;
+    }
+    let Ok(m) = sys::call("mmap", nr::MMAP, &[0, PAGE_SIZE, 3, 0x22, u64::MAX, 0]) else { return false };
+    let a = m as u64;
+    let ok = (|| {
+        register(&fd, a, a + PAGE_SIZE).ok()?;
+        let pm = File::open("/proc/self/pagemap").ok()?;
+        let mut s = Scanner::new();
+        let scan = |s: &mut Scanner| -> Option<usize> {
+            let mut n = 0;
+            s.scan(&pm, a, a + PAGE_SIZE, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, PAGE_IS_WRITTEN, true, |r| {
+                n += ((r.end - r.start) / PAGE_SIZE) as usize
+            })
+            .ok()?;
+            Some(n)
+        };
+        unsafe { std::ptr::write_volatile(a as *mut u8, 1) };
+        scan(&mut s)?; // arms
+        if scan(&mut s)? != 0 {
+            return None;
+        }
+        unsafe { std::ptr::write_volatile(a as *mut u8, 2) };
+        (scan(&mut s)? == 1).then_some(())
+    })()
+    .is_some();
+    let _ = sys::call("munmap", nr::MUNMAP, &[a, PAGE_SIZE]);
+    ok
+}
+
+pub struct UffdTracker {
+    pid: Pid,
+    uffd: Fd,
+    pagemap: File,
+    scanner: Scanner,
+    /// Areas that refused registration (start, end, errno), reported wholly each round.
+    pub refused: Vec<(u64, u64, i32)>,
+}
+
+impl UffdTracker {
+    /// Returns the tracker and the ranges armed.
+    pub fn start(pid: Pid, inj: &mut Injector, vmas: &[Vma]) -> Result<(UffdTracker, Vec<(u64, u64)>)> {
+        let tfd = inj.call("userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY)", nr::USERFAULTFD, &[O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY])?;
+        let taken = sys::pidfd_open(pid).and_then(|p| sys::pidfd_getfd(&p, tfd as i32));
+        let closed = inj.call("close(userfaultfd)", nr::CLOSE, &[tfd]);
+        let uffd = taken.ctx(format!("taking the userfaultfd of process {}", pid))?;
+        closed?;
+        uffd_api(&uffd)?;
+        let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
+        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new() };
+        let mut ignored = Vec::new();
+        let armed = t.collect(&[], vmas, &mut ignored)?;
+        Ok((t, armed))
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Written pages of [s, e) (re-arming them). Err(errno) if the range is
+    /// not (or no longer) registered with our userfaultfd.
+    fn scan_written(&mut self, s: u64, e: u64, private_file: bool, out: &mut Vec<u64>) -> std::result::Result<(), i32> {
+        let mask = PAGE_IS_WRITTEN;
+        let ret = PAGE_IS_WRITTEN | PAGE_IS_FILE;
+        self.scanner.scan(&self.pagemap, s, e, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, mask, ret, true, |r| {
+            // Pages of a private file mapping still shared with the file were
+            // only read (faulted in): no contents of their own.
+            if private_file && r.categories & PAGE_IS_FILE != 0 {
+                return;
+            }
+            let mut a = r.start;
+            while a < r.end {
+                out.push(a);
+                a += PAGE_SIZE;
+            }
+        })
+    }
+
+    /// A new area (or new part of one): register the whole area (again: the
+    /// same context may register a range twice), write-protect the part,
+    /// then report every page with contents in it.
+    fn arm_new(&mut self, v: &Vma, s: u64, e: u64, out: &mut Vec<u64>) -> Result<bool> {
+        let pf = v.kind == Kind::File && !v.shared;
+        let armed = match register(&self.uffd, v.start, v.end) {
+            Ok(()) => {
+                let mut scratch = Vec::new();
+                match self.scan_written(s, e, pf, &mut scratch) {
+                    Ok(()) => true,
+                    Err(er) => {
+                        self.note_refused(v, er);
+                        false
+                    }
+                }
+            }
+            Err(er) => {
+                self.note_refused(v, er);
+                false
+            }
+        };
+        read_entries(&self.pagemap, s, e, |b, ents| {
+            for (i, &en) in ents.iter().enumerate() {
+                if entry_has_contents(en, pf) {
+                    out.push(b + i as u64 * PAGE_SIZE);
+                }
+            }
+        })?;
+        Ok(armed)
+    }
+
+    fn note_refused(&mut self, v: &Vma, errno: i32) {
+        if !self.refused.iter().any(|r| r.0 == v.start && r.1 == v.end) {
+            if crate::inject::debug() {
+                eprintln!("phaul: uffd-wp: area {:#x}-{:#x} {} refuses write-protection ({}); it is reported whole every round", v.start, v.end, v.path, sys::strerror(errno));
+            }
+            self.refused.push((v.start, v.end, errno));
+        }
+    }
+
+    /// Returns the ranges now armed (sorted), to be `known` next round.
+    pub fn collect(&mut self, known: &[(u64, u64)], vmas: &[Vma], out: &mut Vec<u64>) -> Result<Vec<(u64, u64)>> {
+        let mut armed = Vec::new();
+        self.refused.retain(|r| vmas.iter().any(|v| v.start == r.0 && v.end == r.1));
+        for v in vmas.iter().filter(|v| v.stores_pages()) {
+            let pf = v.kind == Kind::File && !v.shared;
+            let segs = segments(known, v.start, v.end);
+            let mark = out.len();
+            let mut ok = true;
+            for Segment { start, end, known: seen } in &segs {
+                if *seen {
+                    if let Err(e) = self.scan_written(*start, *end, pf, out) {
+                        if e != 1 {
+                            return Err(Error::sys(format!("PAGEMAP_SCAN of process {} at {:#x}-{:#x}", self.pid, start, end), e));
+                        }
+                        // EPERM: not ours any more (replaced or moved): a new area.
+                        out.truncate(mark);
+                        ok = self.arm_new(v, v.start, v.end, out)?;
+                        break;
+                    }
+                } else {
+                    ok &= self.arm_new(v, *start, *end, out)?;
+                }
+            }
+            if ok {
+                armed.push((v.start, v.end));
+            }
+        }
+        Ok(armed)
+    }
+
+    /// Unregister everything still registered, then close the descriptor.
+    /// (Closing alone unregisters too; doing it first keeps the target's
+    /// areas free of our context even if another copy of the fd lingers.)
+    pub fn stop(self, armed: &[(u64, u64)]) {
+        for &(s, e) in armed {
+            let mut r = UffdioRange { start: s, len: e - s };
+            let _ = ioctl(&self.uffd, UFFDIO_UNREGISTER, &mut r as *mut _ as u64);
+        }
+        drop(self.uffd);
+    }
+}
