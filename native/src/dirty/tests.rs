@@ -186,6 +186,7 @@ fn set(v: &[u64]) -> BTreeSet<u64> {
 fn scenario(m: Method) {
     let (c, region) = Child::spawn(64);
     let pid = c.pid;
+    let fds_before = crate::proc::fds(pid).unwrap();
     let mut tr = start_tracking(m, pid);
     assert_eq!(tr.method(), m);
 
@@ -241,13 +242,9 @@ fn scenario(m: Method) {
     }
     c.write(na, 8);
     assert!(c.alive());
-    if m == Method::UffdWp {
-        // The injected userfaultfd was closed in the child.
-        for fd in crate::proc::fds(pid).unwrap() {
-            let l = std::fs::read_link(format!("/proc/{}/fd/{}", pid, fd)).map(|p| p.display().to_string()).unwrap_or_default();
-            assert!(!l.contains("userfaultfd"), "child still holds {}", l);
-        }
-    }
+    // The injected userfaultfd was closed in the child (it may hold others,
+    // inherited from the test process at fork).
+    assert_eq!(crate::proc::fds(pid).unwrap(), fds_before, "{}: child's descriptors", m.name());
 }
 
 #[test]
