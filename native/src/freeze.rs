@@ -161,7 +161,9 @@ impl Frozen {
         }
     }
 
-    /// Kill every process of the tree (children first) while it is frozen.
+    /// Kill every process of the tree (children first) while it is frozen,
+    /// and reap the traced threads. A thread-group leader is reported only
+    /// after its other threads are gone, so those are waited for first.
     pub fn kill(&mut self) {
         if self.released {
             return;
@@ -171,9 +173,10 @@ impl Frozen {
             let _ = crate::sys::kill(p.pid, 9);
         }
         for p in self.procs.iter().rev() {
-            for t in &p.threads {
-                let _ = ptrace::wait(t.tid);
+            for t in p.threads.iter().filter(|t| t.tid != p.pid) {
+                ptrace::reap(t.tid, 2000);
             }
+            ptrace::reap(p.pid, 2000);
         }
     }
 }

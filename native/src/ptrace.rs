@@ -176,3 +176,15 @@ pub fn event(status: i32) -> i32 {
 pub fn exited(status: i32) -> bool {
     status & 0x7f == 0 || ((status & 0x7f) + 1) as i8 >> 1 > 0
 }
+
+/// Reap a thread we killed, giving up after `ms` (a thread we cannot reap
+/// must not hang phaul).
+pub fn reap(tid: Pid, ms: u64) {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_millis() < ms as u128 {
+        match wait_nohang(tid) {
+            Ok(None) => std::thread::sleep(std::time::Duration::from_micros(200)),
+            _ => return,
+        }
+    }
+}

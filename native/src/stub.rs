@@ -227,6 +227,6 @@ pub fn discard(pids: &[Pid]) {
         let _ = sys::kill(p, 9);
     }
     for &p in pids.iter().rev() {
-        let _ = ptrace::wait(p);
+        ptrace::reap(p, 2000);
     }
 }
