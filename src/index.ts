@@ -4,6 +4,17 @@ export { dump, type DumpOptions } from "./dump.js";
 export { restore, type RestoreOptions } from "./restore.js";
 export { check } from "./check.js";
 export { inspect } from "./inspect.js";
+export {
+  migrate,
+  serve,
+  type MigrateOptions,
+  type MigrateProgress,
+  type MigrateSummary,
+  type ServeOptions,
+  type ServeEvent,
+  type ServeHandle,
+  type TrackMode,
+} from "../migrate/index.js";
 export { PhaulError, ExitCode, exitCodeFor, isPhaulError } from "./errors.js";
 export { callNative, callNativeSync, nativeLibraryPath } from "./native.js";
 export { readImages, writeImages, readInventory } from "./images/index.js";

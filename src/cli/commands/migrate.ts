@@ -1,3 +1,131 @@
-import { placeholder } from "../placeholder.js";
+import ora, { type Ora } from "ora";
+import { migrate, type MigrateProgress, type TrackMode } from "../../../migrate/index.js";
+import { DEFAULT_MAX_DOWNTIME_MS, DEFAULT_MAX_ROUNDS } from "../../../migrate/policy.js";
+import { PhaulError } from "../../errors.js";
+import { requireString } from "../args.js";
+import type { Command } from "../command.js";
+import { bytes, json, table } from "../format.js";
 
-export const command = placeholder("migrate", "live-migrate a process tree to another host");
+const mb = (n: number) => (n / 1e6).toFixed(1);
+
+function number(name: string, v: unknown, integer: boolean): number | undefined {
+  if (v === undefined) return undefined;
+  const t = String(v).trim();
+  const n = (integer ? /^\d+$/ : /^\d+(\.\d+)?$/).test(t) ? Number(t) : NaN;
+  if (!Number.isFinite(n)) throw new PhaulError("EUSAGE", `--${name} must be a ${integer ? "non-negative integer" : "number"}, got ${JSON.stringify(t)}`);
+  return n;
+}
+
+function spinnerProgress(): { onProgress: (p: MigrateProgress) => void; stop: () => void } {
+  let spinner: Ora | undefined;
+  const start = (text: string) => {
+    spinner?.stop();
+    spinner = ora({ text, stream: process.stderr }).start();
+  };
+  return {
+    onProgress(p) {
+      switch (p.phase) {
+        case "connecting":
+          start(`connecting to ${p.to}`);
+          break;
+        case "tracking":
+          spinner?.succeed(`dirty tracking: ${p.method}`);
+          spinner = undefined;
+          break;
+        case "round-start":
+          start(`round ${p.round}: sending${p.round === 0 ? " all memory" : " dirty pages"}`);
+          break;
+        case "round":
+          spinner?.succeed(
+            `round ${p.round}: ${mb(p.bytes)} MB sent, ${mb(p.rate)} MB/s` +
+              (p.round === 0 ? "" : `, ~${mb(p.dirty_bytes)} MB dirty left`),
+          );
+          spinner = undefined;
+          break;
+        case "freezing":
+          start(`frozen (${p.reason}): sending the last pages`);
+          break;
+        case "restoring":
+          if (spinner) spinner.text = `frozen: ${mb(p.bytes)} MB sent, restoring on the destination`;
+          break;
+        case "restored":
+          spinner?.succeed(`running on the destination as pid ${p.pid}; frozen ${p.frozen_ms} ms`);
+          spinner = undefined;
+          break;
+      }
+    },
+    stop() {
+      spinner?.stop();
+      spinner = undefined;
+    },
+  };
+}
+
+export const command: Command = {
+  name: "migrate",
+  summary: "live-migrate a process tree to a host running `phaul serve`",
+  usage: "migrate --to HOST:PORT --pid N [--max-downtime MS] [--max-rounds N] [--track MODE] [--json]",
+  description:
+    "Copies the memory of the tree rooted at N to the destination while it keeps\n" +
+    "running, re-sending written pages round after round until the rest fits the\n" +
+    "downtime budget, then freezes it, sends the last pages and its state, and\n" +
+    "kills it here once it runs there under the same pids. On any failure the\n" +
+    "tree keeps running here.",
+  options: {
+    to: { type: "string", short: "t", arg: "HOST:PORT", description: "destination agent (`phaul serve`)" },
+    pid: { type: "string", short: "p", arg: "N", description: "root of the process tree to migrate" },
+    "max-downtime": { type: "string", arg: "MS", description: `downtime budget in ms (default ${DEFAULT_MAX_DOWNTIME_MS})` },
+    "max-rounds": { type: "string", arg: "N", description: `pre-copy rounds at most (default ${DEFAULT_MAX_ROUNDS}; 0 = stop-and-copy)` },
+    track: { type: "string", arg: "MODE", description: "dirty tracking: auto, uffd-wp, hash or soft-dirty (default auto)" },
+    json: { type: "boolean", description: "print the summary as JSON" },
+  },
+  examples: [
+    "phaul migrate --to 10.0.0.2:7070 --pid 1234",
+    "phaul migrate --to 10.0.0.2:7070 --pid 1234 --max-downtime 20 --json",
+    "phaul migrate --to 10.0.0.2:7070 --pid 1234 --max-rounds 0   # stop-and-copy",
+  ],
+  async run({ values, stdout }) {
+    const to = requireString(this, values, "to");
+    const pid = requireString(this, values, "pid");
+    const maxDowntimeMs = number("max-downtime", values["max-downtime"], false);
+    const maxRounds = number("max-rounds", values["max-rounds"], true);
+    const asJson = values.json === true;
+    const ui = !asJson && process.stderr.isTTY ? spinnerProgress() : undefined;
+    const controller = new AbortController();
+    const cancel = () => controller.abort();
+    process.once("SIGINT", cancel);
+    process.once("SIGTERM", cancel);
+    let s;
+    try {
+      s = await migrate({
+        pid, to,
+        ...(maxDowntimeMs !== undefined ? { maxDowntimeMs } : {}),
+        ...(maxRounds !== undefined ? { maxRounds } : {}),
+        ...(typeof values.track === "string" ? { track: values.track as TrackMode } : {}),
+        ...(ui ? { onProgress: ui.onProgress } : {}),
+        signal: controller.signal,
+      });
+    } finally {
+      ui?.stop();
+      process.off("SIGINT", cancel);
+      process.off("SIGTERM", cancel);
+    }
+    if (asJson) {
+      stdout(json(s));
+      return 0;
+    }
+    const rows = [
+      ["round", "pages", "bytes", "time"],
+      ...s.rounds.map((r) => [String(r.round), String(r.pages), bytes(r.bytes), `${r.ms} ms`]),
+      ["final", String(s.final.pages), bytes(s.final.bytes), `frozen`],
+    ];
+    stdout(
+      `migrated pid ${s.pid} to ${s.to} (running there as pid ${s.dest_pid})\n` +
+        `  dirty tracking: ${s.method}; ${s.rounds.length} pre-copy rounds, stopped: ${s.stop_reason}\n` +
+        table(rows, "    ").join("\n") + "\n" +
+        `  frozen ${s.frozen_ms} ms (freeze to restored, restore ${(s.restore_us / 1000).toFixed(1)} ms); ` +
+        `total ${s.total_ms} ms; ${bytes(s.bytes)} sent\n`,
+    );
+    return 0;
+  },
+};

@@ -1,0 +1,333 @@
+// Control protocol between a migration source (`phaul migrate`) and a
+// destination agent (`phaul serve`): typed messages, msgpackr-encoded, one
+// message per binary WebSocket frame. Page data never travels here: it flows
+// native-to-native over the page connection (see pageserver/).
+//
+// Every message received is validated (type and fields) before anything acts
+// on it; a malformed one is a protocol error that tears the migration down.
+// Unknown extra fields are ignored so that minor additions stay compatible.
+
+import { Packr } from "msgpackr";
+import { PhaulError } from "../src/errors.js";
+
+/** Major protocol version: peers with a different major refuse each other. */
+export const PROTOCOL = 1;
+
+export type Role = "source" | "destination";
+
+export interface Capabilities {
+  arch: string;
+  kernel: string;
+  /** XSAVE feature mask, hex string ("0xe7"). */
+  xcr0: string;
+  xsave_size: number;
+  /** Names of the engine features that work on this host. */
+  features: string[];
+}
+
+export interface LayoutProcess {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  tids: number[];
+}
+
+export interface Layout {
+  processes: LayoutProcess[];
+}
+
+export interface RoundStats {
+  round: number;
+  pages: number;
+  bytes: number;
+  ms: number;
+}
+
+export interface HelloMsg {
+  type: "hello";
+  protocol: number;
+  role: Role;
+  capabilities: Capabilities;
+  /** phaul version of the sender, informative. */
+  software?: string;
+  /** Destination only: port of its page receiver (same host as the control connection). */
+  page_port?: number;
+}
+export interface PrepareMsg {
+  type: "prepare";
+  migration: string;
+  token: string;
+  layout: Layout;
+  page_port?: number;
+}
+export interface PreparedMsg {
+  type: "prepared";
+  page_port: number;
+}
+export interface RoundMsg {
+  type: "round";
+  n: number;
+}
+export interface RoundDoneMsg {
+  type: "round_done";
+  stats: RoundStats;
+}
+/** Source → destination, just before source_freeze: the tree is about to stop. */
+export interface FreezingMsg {
+  type: "freezing";
+}
+export interface FinalMsg {
+  type: "final";
+  state: Record<string, unknown>;
+}
+export interface RestoredMsg {
+  type: "restored";
+  pid: number;
+  restore_us: number;
+  pages?: number;
+  bytes?: number;
+}
+/** Either side: the migration is over and failed (code is a PhaulError code). */
+export interface FailedMsg {
+  type: "failed";
+  code: string;
+  message: string;
+}
+/** Source → destination after `restored`: the source copy is gone. */
+export interface DoneMsg {
+  type: "done";
+}
+
+export type Message =
+  | HelloMsg
+  | PrepareMsg
+  | PreparedMsg
+  | RoundMsg
+  | RoundDoneMsg
+  | FreezingMsg
+  | FinalMsg
+  | RestoredMsg
+  | FailedMsg
+  | DoneMsg;
+
+export type MessageType = Message["type"];
+
+// ---------------------------------------------------------------- encoding
+
+// Plain maps, no records/structures extension: both ends stay simple to read
+// with any msgpack implementation.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: "number" });
+
+/** Largest message accepted (the state document of a big tree can be several MB). */
+export const MAX_MESSAGE_BYTES = 64 << 20;
+
+export function encode(msg: Message): Buffer {
+  validate(msg); // never send what the peer would refuse
+  return packr.pack(msg);
+}
+
+/** Decode and validate one frame; throws PhaulError EPROTO. */
+export function decode(data: Uint8Array): Message {
+  if (data.length > MAX_MESSAGE_BYTES) throw protoError(`message of ${data.length} bytes is too large`);
+  let value: unknown;
+  try {
+    value = packr.unpack(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  } catch (e) {
+    throw protoError(`undecodable message (${(e as Error).message.split("\n")[0]})`);
+  }
+  return validate(value);
+}
+
+// -------------------------------------------------------------- validation
+
+function protoError(message: string): PhaulError {
+  return new PhaulError("EPROTO", `protocol error: ${message}`);
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+
+function obj(v: unknown, where: string): Obj {
+  if (!isObj(v)) throw protoError(`${where} must be a map`);
+  return v;
+}
+
+function str(o: Obj, key: string, where: string, opts: { max?: number; pattern?: RegExp } = {}): string {
+  const v = o[key];
+  if (typeof v !== "string") throw protoError(`${where}.${key} must be a string`);
+  if (v.length > (opts.max ?? 4096)) throw protoError(`${where}.${key} is too long`);
+  if (opts.pattern && !opts.pattern.test(v)) throw protoError(`${where}.${key} has a bad value ${JSON.stringify(v.slice(0, 40))}`);
+  return v;
+}
+
+function int(o: Obj, key: string, where: string, min = 0, max = Number.MAX_SAFE_INTEGER): number {
+  const v = o[key];
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw protoError(`${where}.${key} must be an integer in [${min}, ${max}]`);
+  }
+  return v;
+}
+
+function num(o: Obj, key: string, where: string): number {
+  const v = o[key];
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw protoError(`${where}.${key} must be a non-negative number`);
+  return v;
+}
+
+function optional<T>(o: Obj, key: string, read: () => T): T | undefined {
+  return o[key] === undefined || o[key] === null ? undefined : read();
+}
+
+const ID = /^[A-Za-z0-9_-]{1,128}$/;
+const PID_MAX = 4194304; // PID_MAX_LIMIT on 64-bit
+
+function capabilities(v: unknown): Capabilities {
+  const o = obj(v, "hello.capabilities");
+  const where = "hello.capabilities";
+  const features = o.features;
+  if (!Array.isArray(features) || features.length > 256 || !features.every((f) => typeof f === "string" && f.length <= 64)) {
+    throw protoError(`${where}.features must be a list of names`);
+  }
+  return {
+    arch: str(o, "arch", where, { max: 32, pattern: /^\S+$/ }),
+    kernel: str(o, "kernel", where, { max: 256 }),
+    xcr0: str(o, "xcr0", where, { max: 20, pattern: /^0x[0-9a-fA-F]{1,16}$/ }),
+    xsave_size: int(o, "xsave_size", where, 0, 1 << 20),
+    features: features as string[],
+  };
+}
+
+function layout(v: unknown): Layout {
+  const o = obj(v, "prepare.layout");
+  const procs = o.processes;
+  if (!Array.isArray(procs) || procs.length === 0 || procs.length > 65536) {
+    throw protoError("prepare.layout.processes must be a non-empty list");
+  }
+  return {
+    processes: procs.map((p, i) => {
+      const where = `prepare.layout.processes[${i}]`;
+      const q = obj(p, where);
+      const tids = q.tids;
+      if (!Array.isArray(tids) || tids.length === 0 || tids.length > 65536 ||
+          !tids.every((t) => Number.isSafeInteger(t) && t > 0 && t <= PID_MAX)) {
+        throw protoError(`${where}.tids must be a non-empty list of pids`);
+      }
+      return {
+        pid: int(q, "pid", where, 1, PID_MAX),
+        ppid: int(q, "ppid", where, 0, PID_MAX),
+        pgid: int(q, "pgid", where, 0, PID_MAX),
+        sid: int(q, "sid", where, 0, PID_MAX),
+        tids: tids as number[],
+      };
+    }),
+  };
+}
+
+function roundStats(v: unknown, where: string): RoundStats {
+  const o = obj(v, where);
+  return { round: int(o, "round", where), pages: int(o, "pages", where), bytes: int(o, "bytes", where), ms: num(o, "ms", where) };
+}
+
+/** Check that `value` is a well-formed message and return it typed (extra fields dropped). */
+export function validate(value: unknown): Message {
+  if (!isObj(value)) throw protoError("message must be a map");
+  const type = value.type;
+  if (typeof type !== "string") throw protoError("message without a type");
+  const o = value;
+  switch (type) {
+    case "hello": {
+      const role = str(o, "role", "hello");
+      if (role !== "source" && role !== "destination") throw protoError(`hello.role must be source or destination`);
+      const m: HelloMsg = {
+        type,
+        protocol: int(o, "protocol", "hello", 0, 1 << 30),
+        role,
+        capabilities: capabilities(o.capabilities),
+      };
+      const software = optional(o, "software", () => str(o, "software", "hello", { max: 64 }));
+      if (software !== undefined) m.software = software;
+      const pagePort = optional(o, "page_port", () => int(o, "page_port", "hello", 1, 65535));
+      if (pagePort !== undefined) m.page_port = pagePort;
+      return m;
+    }
+    case "prepare": {
+      const m: PrepareMsg = {
+        type,
+        migration: str(o, "migration", "prepare", { pattern: ID }),
+        token: str(o, "token", "prepare", { pattern: ID }),
+        layout: layout(o.layout),
+      };
+      const pagePort = optional(o, "page_port", () => int(o, "page_port", "prepare", 1, 65535));
+      if (pagePort !== undefined) m.page_port = pagePort;
+      return m;
+    }
+    case "prepared":
+      return { type, page_port: int(o, "page_port", "prepared", 1, 65535) };
+    case "round":
+      return { type, n: int(o, "n", "round", 0, 1 << 20) };
+    case "round_done":
+      return { type, stats: roundStats(o.stats, "round_done.stats") };
+    case "freezing":
+    case "done":
+      return { type };
+    case "final": {
+      const state = obj(o.state, "final.state");
+      if (!Array.isArray(state.processes) || state.processes.length === 0) {
+        throw protoError("final.state.processes must be a non-empty list");
+      }
+      if (typeof state.format !== "number") throw protoError("final.state.format must be a number");
+      return { type, state };
+    }
+    case "restored": {
+      const m: RestoredMsg = {
+        type,
+        pid: int(o, "pid", "restored", 1, PID_MAX),
+        restore_us: num(o, "restore_us", "restored"),
+      };
+      const pages = optional(o, "pages", () => int(o, "pages", "restored"));
+      if (pages !== undefined) m.pages = pages;
+      const bytes = optional(o, "bytes", () => int(o, "bytes", "restored"));
+      if (bytes !== undefined) m.bytes = bytes;
+      return m;
+    }
+    case "failed":
+      return {
+        type,
+        code: str(o, "code", "failed", { max: 64, pattern: /^[A-Z][A-Z0-9_]*$/ }),
+        message: str(o, "message", "failed", { max: 2000 }),
+      };
+    default:
+      throw protoError(`unknown message type ${JSON.stringify(type.slice(0, 40))}`);
+  }
+}
+
+// ------------------------------------------------------------ compatibility
+
+/** Parse "0xe7" into a bigint mask. */
+export function parseMask(hex: string): bigint {
+  return BigInt(hex);
+}
+
+/**
+ * Can a tree dumped on `source` run on `destination`? Returns a reason to
+ * refuse, or undefined. Protocol major, architecture, and the XSAVE features
+ * (a destination lacking a register component the source uses would lose
+ * register state) must fit.
+ */
+export function incompatibility(source: HelloMsg, destination: HelloMsg): string | undefined {
+  if (source.protocol !== destination.protocol) {
+    return `protocol version mismatch: source speaks ${source.protocol}, destination ${destination.protocol}; upgrade phaul on both hosts`;
+  }
+  const s = source.capabilities;
+  const d = destination.capabilities;
+  if (s.arch !== d.arch) return `architecture mismatch: source is ${s.arch}, destination is ${d.arch}`;
+  const missing = parseMask(s.xcr0) & ~parseMask(d.xcr0);
+  if (missing !== 0n) {
+    return `CPU mismatch: destination XCR0 ${d.xcr0} lacks register state the source uses (source ${s.xcr0}, missing bits 0x${missing.toString(16)})`;
+  }
+  return undefined;
+}

@@ -1,0 +1,208 @@
+// Source side of a live migration: handshake with the destination agent,
+// arm dirty tracking, pre-copy rounds while the tree runs, freeze, send the
+// final state, and kill the tree only once the destination reports it
+// restored. Any failure before that resumes the tree (source_finish resume).
+
+import { randomBytes, randomUUID } from "node:crypto";
+import { callNative } from "../src/native.js";
+import { PhaulError, toPhaulError } from "../src/errors.js";
+import { validateDumpPid } from "../src/validate.js";
+import { Channel, connect, formatAddress, parseAddress } from "./channel.js";
+import { hello } from "./capabilities.js";
+import { decide, policyOptions, type StopReason } from "./policy.js";
+import { incompatibility, type Layout, type RoundStats } from "./protocol.js";
+
+export type TrackMode = "auto" | "uffd-wp" | "hash" | "soft-dirty";
+export const TRACK_MODES: TrackMode[] = ["auto", "uffd-wp", "hash", "soft-dirty"];
+
+export interface MigrateOptions {
+  pid: number | string;
+  /** Destination agent, HOST:PORT. */
+  to: string;
+  /** Downtime budget in ms (default 50). */
+  maxDowntimeMs?: number;
+  /** Pre-copy rounds at most, round 0 included (default 8); 0 = stop-and-copy. */
+  maxRounds?: number;
+  /** Dirty-page tracking method (default auto). */
+  track?: TrackMode;
+  onProgress?: (p: MigrateProgress) => void;
+  /** Aborting before the destination restored rolls back (the tree keeps running here). */
+  signal?: AbortSignal;
+}
+
+export type MigrateProgress =
+  | { phase: "connecting"; to: string }
+  | { phase: "tracking"; method: string }
+  | { phase: "round-start"; round: number; estimate_ms: number }
+  | {
+      phase: "round";
+      round: number;
+      pages: number;
+      bytes: number;
+      ms: number;
+      /** Bytes per second of this round. */
+      rate: number;
+      /** Estimate of what is dirty now (what the last round had to send). */
+      dirty_bytes: number;
+    }
+  | { phase: "freezing"; reason: StopReason; estimate_ms: number }
+  | { phase: "restoring"; pages: number; bytes: number; freeze_us: number }
+  | { phase: "restored"; pid: number; frozen_ms: number };
+
+export interface MigrateSummary {
+  pid: number;
+  to: string;
+  migration: string;
+  /** Dirty-page tracking method the engine used. */
+  method: string;
+  /** Pre-copy rounds, in order (empty for stop-and-copy). */
+  rounds: RoundStats[];
+  /** The last round, sent while frozen. */
+  final: { pages: number; bytes: number; freeze_us: number };
+  stop_reason: StopReason;
+  /** Pid on the destination. */
+  dest_pid: number;
+  restore_us: number;
+  /** From the start of source_freeze until `restored` arrived, ms. */
+  frozen_ms: number;
+  /** Whole migration, connect to kill, ms. */
+  total_ms: number;
+  pages: number;
+  bytes: number;
+}
+
+const HELLO_TIMEOUT_MS = 15_000;
+const PREPARE_TIMEOUT_MS = 60_000;
+const ROUND_DONE_TIMEOUT_MS = 120_000;
+const RESTORED_TIMEOUT_MS = 600_000;
+
+function round1(x: number): number {
+  return Math.round(x * 10) / 10;
+}
+
+/** Check and normalise options without touching anything (usage errors). */
+export function migrateOptions(o: MigrateOptions) {
+  const pid = validateDumpPid(o.pid);
+  if (typeof o.to !== "string" || o.to === "") throw new PhaulError("EUSAGE", "--to is required (HOST:PORT of `phaul serve`)");
+  const to = parseAddress(o.to, "--to");
+  const track = o.track ?? "auto";
+  if (!TRACK_MODES.includes(track)) throw new PhaulError("EUSAGE", `--track must be one of ${TRACK_MODES.join(", ")}, got ${JSON.stringify(track)}`);
+  let policy;
+  try {
+    policy = policyOptions(o.maxDowntimeMs, o.maxRounds);
+  } catch (e) {
+    throw new PhaulError("EUSAGE", (e as Error).message);
+  }
+  return { pid, to, track, policy };
+}
+
+/**
+ * Live-migrate the tree rooted at `pid` to the destination agent `to`.
+ * Resolves with the summary once the tree runs there and is gone here; on
+ * any failure the tree is resumed here and a PhaulError is thrown whose
+ * message says so.
+ */
+export async function migrate(options: MigrateOptions): Promise<MigrateSummary> {
+  const { pid, to, track, policy } = migrateOptions(options);
+  const toText = formatAddress(to.host, to.port);
+  const progress = (p: MigrateProgress) => {
+    try {
+      options.onProgress?.(p);
+    } catch {
+      /* a listener's bug must not break the migration */
+    }
+  };
+  const t0 = performance.now();
+  const signal = options.signal;
+  if (signal?.aborted) throw new PhaulError("ECANCELED", `migration of pid ${pid} cancelled before it started`);
+
+  let chan: Channel | undefined;
+  let session: unknown;
+  let killed = false;
+  const onAbort = () => chan?.close("cancelled");
+  signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    progress({ phase: "connecting", to: toText });
+    chan = await connect(to.host, to.port);
+    if (signal?.aborted) throw new PhaulError("ECANCELED", "cancelled");
+    const mine = await hello("source");
+    await chan.send(mine);
+    const theirs = await chan.receive(["hello"], HELLO_TIMEOUT_MS, "hello");
+    if (theirs.role !== "destination") throw new PhaulError("EPROTO", `protocol error: ${toText} is not a destination agent`);
+    const bad = incompatibility(mine, theirs);
+    if (bad) throw new PhaulError("EINCOMPAT", bad);
+    if (theirs.page_port === undefined) throw new PhaulError("EPROTO", `protocol error: destination did not announce its page port`);
+
+    const migration = randomUUID();
+    const token = randomBytes(24).toString("hex");
+    const started = await callNative("source_start", {
+      pid, track, migration, token, page_addr: formatAddress(to.host, theirs.page_port),
+    });
+    session = started.session;
+    const method = String(started.method ?? track);
+    progress({ phase: "tracking", method });
+    if (chan.failed) throw chan.failed;
+
+    await chan.send({ type: "prepare", migration, token, layout: started.layout as Layout, page_port: theirs.page_port });
+    await chan.receive(["prepared"], PREPARE_TIMEOUT_MS, "prepared");
+
+    const rounds: RoundStats[] = [];
+    let decision = decide(rounds, policy);
+    while (decision.action === "round") {
+      const n = rounds.length;
+      progress({ phase: "round-start", round: n, estimate_ms: decision.estimate_ms });
+      await chan.send({ type: "round", n });
+      const sent = callNative("source_round", { session });
+      const done = chan.receive(["round_done"], ROUND_DONE_TIMEOUT_MS, `round_done ${n}`);
+      sent.catch(() => undefined);
+      done.catch(() => undefined);
+      const s = await sent;
+      await done;
+      const stats: RoundStats = { round: n, pages: Number(s.pages) || 0, bytes: Number(s.bytes) || 0, ms: Number(s.ms) || 0 };
+      rounds.push(stats);
+      progress({
+        phase: "round", ...stats,
+        rate: stats.ms > 0 ? (stats.bytes * 1000) / stats.ms : 0,
+        dirty_bytes: n === 0 ? 0 : stats.bytes,
+      });
+      if (chan.failed) throw chan.failed;
+      decision = decide(rounds, policy);
+    }
+
+    progress({ phase: "freezing", reason: decision.reason, estimate_ms: decision.estimate_ms });
+    await chan.send({ type: "freezing" });
+    const tFreeze = performance.now();
+    const frozen = await callNative("source_freeze", { session });
+    const final = { pages: Number(frozen.pages) || 0, bytes: Number(frozen.bytes) || 0, freeze_us: Number(frozen.freeze_us) || 0 };
+    progress({ phase: "restoring", ...final });
+    await chan.send({ type: "final", state: frozen.state as Record<string, unknown> });
+    const restored = await chan.receive(["restored"], RESTORED_TIMEOUT_MS, "restored");
+    const frozenMs = performance.now() - tFreeze;
+
+    // The destination runs the tree now: only now may the source copy go.
+    await callNative("source_finish", { session, action: "kill" });
+    killed = true;
+    await chan.send({ type: "done" }).catch(() => undefined);
+    chan.close("migration complete");
+    progress({ phase: "restored", pid: restored.pid, frozen_ms: round1(frozenMs) });
+
+    const pages = rounds.reduce((n, r) => n + r.pages, final.pages);
+    const bytes = rounds.reduce((n, r) => n + r.bytes, final.bytes);
+    return {
+      pid, to: toText, migration, method, rounds, final, stop_reason: decision.reason,
+      dest_pid: restored.pid, restore_us: restored.restore_us,
+      frozen_ms: round1(frozenMs), total_ms: round1(performance.now() - t0), pages, bytes,
+    };
+  } catch (e) {
+    let err = toPhaulError(e);
+    if (signal?.aborted && err.code !== "ECANCELED") err = new PhaulError("ECANCELED", `cancelled (${err.message})`);
+    if (session !== undefined && !killed) {
+      await callNative("source_finish", { session, action: "resume" }).catch(() => undefined);
+    }
+    if (chan) await chan.abort(err);
+    if (killed) throw err; // cannot happen after the kill, kept for clarity
+    throw new PhaulError(err.code, `migration of pid ${pid} to ${toText} failed: ${err.message}; the process is still running here`, err.details);
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+  }
+}
