@@ -88,6 +88,9 @@ export class Channel {
   /** Send one message; resolves when ws has handed it to the kernel. */
   send(msg: Message): Promise<void> {
     if (this.error) return Promise.reject(this.error);
+    if (this.ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new PhaulError("ECONNRESET", `${this.peer} closed the control connection`));
+    }
     const data = encode(msg);
     return new Promise((resolve, reject) => {
       this.ws.send(data, { binary: true }, (err) => {
