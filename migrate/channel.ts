@@ -108,7 +108,7 @@ export class Channel {
   async receive<T extends MessageType>(types: readonly T[], timeoutMs: number, what: string): Promise<MsgOf<T>> {
     const msg = await this.next(timeoutMs, what);
     if (msg.type === "failed" && !types.includes("failed" as T)) {
-      const e = new PhaulError(msg.code, msg.message);
+      const e = new PhaulError(msg.code, `${this.peer} reported: ${msg.message} (${msg.code})`);
       this.fail(e);
       throw e;
     }

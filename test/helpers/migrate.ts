@@ -1,0 +1,57 @@
+// Shared checks for migration tests: run `phaul migrate --json` and verify the
+// move (same pid, source copy killed, counters going on, no FAIL).
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { assertCliOk, describe as describeCli, runCli, type CliResult } from './cli.js';
+import type { Agent } from './agent.js';
+import { procStat, runningFreely, waitUntil } from './proc.js';
+import { assertNoFail, assertOkSequence, Harness, lastOk, readLog, waitForOk, type Workload } from './workload.js';
+import type { MigrateSummary } from '../../src/index.js';
+
+export interface MigrateRun {
+  summary: MigrateSummary;
+  okAtStart: number;
+  linesAtStart: number;
+}
+
+/** `phaul migrate --json` of w to the agent; checks the source copy is gone and the pid runs on. */
+export interface MigrateCheckOptions {
+  extra?: string[];
+  okTimeoutMs?: number;
+  /** how to run the CLI (default runCli: node bin/phaul.js ARGS) */
+  runner?: (args: string[]) => Promise<CliResult>;
+}
+
+export async function migrateAndCheck(h: Harness, w: Workload, agent: Agent, o: MigrateCheckOptions = {}): Promise<MigrateRun> {
+  const okAtStart = lastOk(w);
+  const linesAtStart = readLog(w).length;
+  const threadsBefore = readdirSync(`/proc/${w.pid}/task`).length;
+  const args = ['migrate', '--to', agent.address, '--pid', String(w.pid), '--json', ...(o.extra ?? [])];
+  const r = await (o.runner ?? ((a: string[]) => runCli(a, 180_000)))(args);
+  assertCliOk(r);
+  const summary = JSON.parse(r.stdout) as MigrateSummary;
+  h.track(summary.dest_pid, w.marker);
+  assert.equal(summary.dest_pid, w.pid, 'migrated under another pid');
+  // the source copy was our child: it must have been killed
+  assert.ok(await waitUntil(() => w.child.exitCode !== null || w.child.signalCode !== null, 5000),
+    `source copy (our child ${w.pid}) did not exit after the migration\n${describeCli(r)}`);
+  assert.equal(w.child.signalCode, 'SIGKILL', 'source copy should have been killed');
+  assert.ok(await waitUntil(() => runningFreely(w.pid).ok, 5000), `migrated pid ${w.pid}: ${runningFreely(w.pid).why}`);
+  assert.notEqual(procStat(w.pid)?.ppid, process.pid, 'migrated process is a child of the test');
+  assert.equal(readdirSync(`/proc/${w.pid}/task`).length, threadsBefore, 'thread count changed');
+  await waitForOk(w, okAtStart + 2, o.okTimeoutMs ?? 20_000);
+  assertNoFail(w);
+  assertOkSequence(w);
+  await agent.waitEvent((e) => e.event === 'restored' && e.pid === w.pid && e.migration === summary.migration, 10_000, 'restored');
+  return { summary, okAtStart, linesAtStart };
+}
+
+export function roundsText(s: MigrateSummary): string {
+  return s.rounds.map((r) => `r${r.round}: ${r.pages} pages ${(r.bytes / 1e6).toFixed(1)} MB ${r.ms} ms`).join('; ') +
+    `; final ${s.final.pages} pages; frozen ${s.frozen_ms} ms; total ${s.total_ms} ms; ${s.method}; ${s.stop_reason}`;
+}
+
+export function gapsSince(w: Workload, line: number): number[] {
+  return readLog(w).slice(line).filter((l) => l.startsWith('GAP ')).map((l) => Number(l.split(' ')[1]));
+}
+

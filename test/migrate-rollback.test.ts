@@ -1,0 +1,119 @@
+// Failed migrations roll back: whatever goes wrong before the destination
+// reports the tree restored, the source process keeps running here, free
+// (not stopped, not traced), with its counters going on and no FAIL, and
+// the destination leaves nothing behind (no stub processes).
+//
+// Faults in the destination agent are injected with PHAUL_FAULT (test-only,
+// see docs/migrate.md): the agent kills itself (SIGKILL) at each phase.
+import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { after, describe, test } from 'node:test';
+import { Agent, startAgent } from './helpers/agent.js';
+import { assertCliError, describe as describeCli, runCli, type CliResult } from './helpers/cli.js';
+import { cmdline, isAlive, runningFreely, waitUntil } from './helpers/proc.js';
+import { assertNoFail, assertOkSequence, Harness, lastOk, waitForOk, type Workload } from './helpers/workload.js';
+
+const hasUnshare = spawnSync('unshare', ['--version'], { stdio: 'ignore' }).status === 0;
+
+function closedPort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Processes other than w.pid running w's command line (a restored copy or a stub that took it over). */
+function copiesOf(w: Workload): number[] {
+  return readdirSync('/proc')
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number)
+    .filter((p) => p !== w.pid && isAlive(p) && (cmdline(p) ?? '').includes(w.marker));
+}
+
+async function assertRolledBack(w: Workload, r: CliResult, agent?: Agent, pattern?: RegExp): Promise<void> {
+  assertCliError(r, pattern);
+  assert.match(r.stderr, /still running here/, describeCli(r));
+  assert.equal(w.child.exitCode, null, `source exited: ${describeCli(r)}`);
+  assert.equal(w.child.signalCode, null, `source killed: ${describeCli(r)}`);
+  assert.ok(await waitUntil(() => runningFreely(w.pid).ok, 5000), `source not running freely: ${runningFreely(w.pid).why}`);
+  const ok = lastOk(w);
+  await waitForOk(w, ok + 2, 20_000);
+  assertNoFail(w);
+  assertOkSequence(w);
+  if (agent) {
+    assert.ok(await waitUntil(() => agent.leftovers().length === 0, 6000),
+      `stub processes left by the agent: ${agent.leftovers().join(' ')}\nagent stderr:\n${agent.stderr}`);
+  }
+  assert.ok(await waitUntil(() => copiesOf(w).length === 0, 6000), `second copy of the workload: ${copiesOf(w).join(' ')}`);
+}
+
+function migrateCli(w: Workload, to: string): Promise<CliResult> {
+  return runCli(['migrate', '--to', to, '--pid', String(w.pid)], 120_000);
+}
+
+describe('migration rollback', () => {
+  const h = new Harness();
+  const agents: Agent[] = [];
+  after(async () => {
+    for (const a of agents) await a.stop();
+    await h.cleanup();
+  });
+
+  test('destination unreachable (closed port)', { timeout: 60_000 }, async () => {
+    const w = await h.start('counter');
+    await waitForOk(w, 1);
+    const r = await migrateCli(w, `127.0.0.1:${await closedPort()}`);
+    await assertRolledBack(w, r, undefined, /connection refused/);
+    await h.kill(w);
+  });
+
+  test('destination refuses: the pid is taken there', { timeout: 60_000, skip: hasUnshare ? false : 'unshare is not installed' }, async (t) => {
+    const w = await h.start('counter');
+    await waitForOk(w, 1);
+    // An agent in a pid namespace of its own where a `sleep` holds the source's pid.
+    const script = `echo ${w.pid - 1} > /proc/sys/kernel/ns_last_pid; sleep 600 & exec "$@"`;
+    const agent = await startAgent({ wrap: ['unshare', '--pid', '--fork', '--kill-child', '--mount-proc', 'sh', '-c', script, 'sh'] });
+    agents.push(agent);
+    const r = await migrateCli(w, agent.address);
+    t.diagnostic(r.stderr.trim());
+    await assertRolledBack(w, r, agent, /taken|in use|EPIDTAKEN|exists/i);
+    const failed = await agent.waitEvent((e) => e.event === 'failed', 5000, 'failed');
+    assert.equal(failed.phase, 'prepare', JSON.stringify(failed));
+    await h.kill(w);
+  });
+
+  const phases: { phase: string; fault: string; workload: string; args?: string[] }[] = [
+    { phase: 'handshake', fault: 'handshake:kill', workload: 'counter' },
+    { phase: 'prepare', fault: 'prepare:kill', workload: 'counter' },
+    // during round 0 of 256 MiB
+    { phase: 'pre-copy round', fault: 'precopy:kill:30', workload: 'bigmem', args: ['256'] },
+    { phase: 'freeze', fault: 'freeze:kill', workload: 'counter' },
+    { phase: 'final transfer', fault: 'final:kill', workload: 'counter' },
+    { phase: 'restore', fault: 'restore:kill:0', workload: 'counter' },
+    { phase: 'pre-copy round (connection dropped, agent lives)', fault: 'precopy:close:30', workload: 'bigmem', args: ['256'] },
+  ];
+  for (const p of phases) {
+    test(`destination agent dies at ${p.phase}`, { timeout: 120_000 }, async (t) => {
+      const w = await h.start(p.workload, { args: p.args, readyTimeoutMs: 30_000 });
+      await waitForOk(w, 1, 40_000);
+      const agent = await startAgent({ fault: p.fault });
+      agents.push(agent);
+      const r = await migrateCli(w, agent.address);
+      t.diagnostic(r.stderr.trim());
+      if (p.fault.includes(':kill')) {
+        assert.ok(await agent.waitExit(5000), 'agent did not die');
+        assert.equal(agent.exit?.signal, 'SIGKILL', `agent exit ${JSON.stringify(agent.exit)}\n${agent.stderr}`);
+      } else {
+        const failed = await agent.waitEvent((e) => e.event === 'failed', 10_000, 'failed');
+        t.diagnostic(`agent: ${String(failed.message)}`);
+      }
+      await assertRolledBack(w, r, agent);
+      await h.kill(w);
+    });
+  }
+});
