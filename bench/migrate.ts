@@ -1,0 +1,167 @@
+// Live migration benchmark: for dirtier workloads of several sizes that
+// rewrite memory at a steady rate, migrate each to a destination agent on
+// this host, once with pre-copy (default policy) and once stop-and-copy
+// (--max-rounds 0), and report rounds, total time, frozen time (source's
+// clock: source_freeze start to `restored`) and the downtime the workload
+// itself saw (largest gap between its 1 ms ticks). Raw loopback TCP
+// throughput is measured in the same run for comparison.
+//
+//   node dist/bench/migrate.js [--sizes 256,1024,4096] [--rate 16] [--out FILE]
+//
+// Prints a table and writes the results as JSON (default
+// dist/bench/migrate-results.json).
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { startAgent, type Agent } from '../test/helpers/agent.js';
+import { PHAUL_JS, REPO, workloadBin } from '../test/helpers/paths.js';
+import { Harness, lastOk, readLog, waitForOk, type Workload } from '../test/helpers/workload.js';
+import type { MigrateSummary } from '../src/index.js';
+
+const { values } = parseArgs({
+  options: {
+    sizes: { type: 'string', default: '256,1024,4096' },
+    rate: { type: 'string', default: '16' },
+    out: { type: 'string', default: path.join(REPO, 'dist', 'bench', 'migrate-results.json') },
+    'blast-mib': { type: 'string', default: '1024' },
+  },
+});
+const sizes = values.sizes!.split(',').map(Number);
+const rate = Number(values.rate);
+const GAP_THRESHOLD_US = 2000;
+
+interface Row {
+  mib: number;
+  mode: 'pre-copy' | 'stop-and-copy';
+  ok: boolean;
+  error?: string;
+  method?: string;
+  rounds?: { round: number; pages: number; bytes: number; ms: number }[];
+  stop_reason?: string;
+  final_bytes?: number;
+  bytes?: number;
+  total_ms?: number;
+  frozen_ms?: number;
+  restore_ms?: number;
+  /** Largest gap between the workload's 1 ms ticks during the migration, ms (below 2 ms counts as 2). */
+  workload_downtime_ms?: number;
+  /** Effective page throughput of the whole migration, MB/s. */
+  mbps?: number;
+}
+
+function run(file: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(file, args, { cwd: REPO, timeout: timeoutMs, maxBuffer: 64 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
+      resolve({ code: e ? (typeof e.code === 'number' ? e.code : null) : 0, stdout, stderr });
+    });
+  });
+}
+
+async function tcpThroughput(mib: number): Promise<{ tool: string; mbps: number; seconds: number }> {
+  const bin = path.join(REPO, 'dist', 'bench', 'tcpblast');
+  try {
+    mkdirSync(path.dirname(bin), { recursive: true });
+    execFileSync('gcc', ['-O2', '-o', bin, path.join(REPO, 'bench', 'tcpblast.c')], { stdio: 'pipe' });
+  } catch (e) {
+    throw new Error(`cannot build bench/tcpblast.c: ${(e as Error).message}`);
+  }
+  let best = { tool: 'tcpblast (C, 1 MiB send/recv, loopback)', mbps: 0, seconds: 0 };
+  for (let i = 0; i < 3; i++) {
+    const r = await run(bin, [String(mib)], 120_000);
+    const m = /seconds=([\d.]+) mbps=([\d.]+)/.exec(r.stdout);
+    if (r.code !== 0 || !m) throw new Error(`tcpblast failed: ${r.stderr}`);
+    if (Number(m[2]) > best.mbps) best = { ...best, seconds: Number(m[1]), mbps: Number(m[2]) };
+  }
+  return best;
+}
+
+async function once(h: Harness, agent: Agent, mib: number, mode: Row['mode']): Promise<Row> {
+  const row: Row = { mib, mode, ok: false };
+  let w: Workload | undefined;
+  try {
+    w = await h.start('dirtier', { args: [String(mib), String(rate), String(GAP_THRESHOLD_US)], readyTimeoutMs: 120_000 });
+    await waitForOk(w, 5, 30_000);
+    const linesAt = readLog(w).length;
+    const extra = mode === 'stop-and-copy' ? ['--max-rounds', '0'] : [];
+    const r = await run(process.execPath, [PHAUL_JS, 'migrate', '--to', agent.address, '--pid', String(w.pid), '--json', ...extra], 600_000);
+    if (r.code !== 0) throw new Error(r.stderr.trim() || `exit ${r.code}`);
+    const s = JSON.parse(r.stdout) as MigrateSummary;
+    h.track(s.dest_pid, w.marker);
+    const okAt = lastOk(w);
+    await waitForOk(w, okAt + 3, 30_000);
+    const lines = readLog(w).slice(linesAt);
+    const fail = lines.find((l) => l.startsWith('FAIL'));
+    if (fail) throw new Error(`workload: ${fail}`);
+    const gaps = lines.filter((l) => l.startsWith('GAP ')).map((l) => Number(l.split(' ')[1]));
+    Object.assign(row, {
+      ok: true,
+      method: s.method,
+      rounds: s.rounds,
+      stop_reason: s.stop_reason,
+      final_bytes: s.final.bytes,
+      bytes: s.bytes,
+      total_ms: s.total_ms,
+      frozen_ms: s.frozen_ms,
+      restore_ms: Math.round(s.restore_us / 100) / 10,
+      workload_downtime_ms: Math.round((gaps.length ? Math.max(...gaps) : GAP_THRESHOLD_US) / 100) / 10,
+      mbps: Math.round(s.bytes / 1e3 / s.total_ms),
+    });
+  } catch (e) {
+    row.error = (e as Error).message.split('\n')[0];
+  } finally {
+    if (w) await h.kill(w).catch(() => undefined);
+  }
+  return row;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === 0 || i === 1 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
+}
+
+async function main(): Promise<void> {
+  if (!existsSync(workloadBin('dirtier'))) throw new Error('test/workloads/bin/dirtier is missing: run `npm run build:workloads`');
+  const h = new Harness();
+  const agent = await startAgent();
+  const results: Row[] = [];
+  let tcp;
+  try {
+    tcp = await tcpThroughput(Number(values['blast-mib']));
+    process.stderr.write(`loopback TCP: ${tcp.mbps} MB/s (${tcp.tool})\n`);
+    for (const mib of sizes) {
+      for (const mode of ['pre-copy', 'stop-and-copy'] as const) {
+        process.stderr.write(`${mib} MiB ${mode} ...\n`);
+        const row = await once(h, agent, mib, mode);
+        results.push(row);
+        process.stderr.write(row.ok ? `  frozen ${row.frozen_ms} ms, workload gap ${row.workload_downtime_ms} ms, total ${row.total_ms} ms\n` : `  failed: ${row.error}\n`);
+      }
+    }
+  } finally {
+    await agent.stop();
+    await h.cleanup().catch(() => undefined);
+  }
+  const header = ['size', 'mode', 'rounds', 'sent MB', 'final MB', 'total ms', 'frozen ms', 'restore ms', 'workload gap ms', 'MB/s'];
+  const body = results.map((r) =>
+    r.ok
+      ? [`${r.mib} MiB`, r.mode, String(r.rounds!.length), (r.bytes! / 1e6).toFixed(0), (r.final_bytes! / 1e6).toFixed(1),
+         String(r.total_ms), String(r.frozen_ms), String(r.restore_ms), String(r.workload_downtime_ms), String(r.mbps)]
+      : [`${r.mib} MiB`, r.mode, 'failed: ' + r.error, '', '', '', '', '', '', ''],
+  );
+  process.stdout.write(
+    `\nphaul live migration, dirtier writing ${rate} MB/s, ${os.cpus().length} CPUs, Linux ${os.release()}\n` +
+      `raw loopback TCP: ${tcp?.mbps} MB/s\n\n` + table([header, ...body]) + '\n',
+  );
+  const doc = { date: new Date().toISOString(), kernel: os.release(), cpus: os.cpus().length, rate_mbps: rate, tcp, results };
+  mkdirSync(path.dirname(values.out!), { recursive: true });
+  writeFileSync(values.out!, JSON.stringify(doc, null, 2) + '\n');
+  process.stdout.write(`\nresults: ${values.out}\n`);
+  if (results.some((r) => !r.ok)) process.exitCode = 1;
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench: ${(e as Error).message}\n`);
+  process.exit(1);
+});
