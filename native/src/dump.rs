@@ -58,7 +58,8 @@ pub fn header(root: Pid) -> Json {
 
 /// Read everything but memory from one frozen process (injecting into its
 /// threads), then its memory once the injections are over.
-fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: &str, stats: &mut DumpStats) -> Result<Json> {
+/// `dir`: where page files go; None when pages travel another way (migration).
+pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<&str>, stats: &mut DumpStats) -> Result<Json> {
     let pid = fz.pid;
     let insn = find_syscall_insn(pid)?;
     let leader = &fz.threads[0];
@@ -85,6 +86,14 @@ fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: &str, stats
     let mut p = res?;
     fin?;
     let vmas: Vec<memory::Vma> = memory::vmas(pid)?.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();
+    p.set("vmas", vmas.iter().map(|v| v.to_json()).collect::<Vec<_>>());
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            p.set("pages", memory::runs_to_json("", &[]));
+            return Ok(p);
+        }
+    };
     let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx("opening pagemap")?;
     let mut pages = Vec::new();
     for v in vmas.iter().filter(|v| v.stores_pages()) {
@@ -99,7 +108,6 @@ fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: &str, stats
     std::io::Write::flush(&mut w).ctx("writing the page file")?;
     stats.pages += pages.len() as u64;
     stats.bytes += bytes;
-    p.set("vmas", vmas.iter().map(|v| v.to_json()).collect::<Vec<_>>());
     p.set("pages", memory::runs_to_json(&name, &runs));
     Ok(p)
 }
@@ -112,6 +120,13 @@ pub fn dump(root: Pid, dir: &str) -> Result<(Frozen, Json, DumpStats)> {
     let t0 = sys::monotonic();
     let frozen = freeze::freeze_tree(root)?;
     let frozen_at = t0.elapsed();
+    let (mut state, stats) = dump_frozen(&frozen, Some(dir))?;
+    state.set("freeze_us", frozen_at.as_micros() as u64);
+    Ok((frozen, state, stats))
+}
+
+/// The state document of an already frozen tree.
+pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>) -> Result<(Json, DumpStats)> {
     let mut files = FileTable::new();
     let mut stats = DumpStats { pages: 0, bytes: 0 };
     let mut procs = Vec::new();
@@ -119,9 +134,8 @@ pub fn dump(root: Pid, dir: &str) -> Result<(Frozen, Json, DumpStats)> {
         procs.push(dump_process(fz, &mut files, dir, &mut stats).ctx(format!("process {}", fz.pid))?);
     }
     let (files, pipes, warnings) = files.finish()?;
-    let mut state = header(root);
+    let mut state = header(frozen.root);
     state.set("processes", procs).set("files", files).set("pipes", pipes);
     state.set("warnings", warnings.into_iter().map(Json::from).collect::<Vec<_>>());
-    state.set("freeze_us", frozen_at.as_micros() as u64);
-    Ok((frozen, state, stats))
+    Ok((state, stats))
 }

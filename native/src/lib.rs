@@ -12,6 +12,7 @@ pub mod freeze;
 pub mod inject;
 pub mod json;
 pub mod memory;
+pub mod migrate;
 pub mod ops;
 pub mod proc;
 pub mod process;

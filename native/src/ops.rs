@@ -1,15 +1,44 @@
-//! Operation dispatch: the JSON requests the C ABI accepts.
+//! Operation dispatch: the JSON requests the C ABI accepts. Operations that
+//! trace processes run in a session engine process (see session.rs).
 
+use crate::ffi::error_json;
+use crate::freeze::Frozen;
 use crate::json::Json;
-use crate::session;
+use crate::session::{self, Engine};
 use crate::sys::{Error, Pid, Result};
 
-fn pid_arg(req: &Json) -> Result<Pid> {
+pub fn pid_arg(req: &Json) -> Result<Pid> {
     req.i64_of("pid").filter(|&p| p > 0 && p <= i32::MAX as i64).map(|p| p as Pid).ok_or_else(|| Error::new("EINVAL", "pid must be a positive integer"))
 }
 
-fn ok() -> Json {
+pub fn ok() -> Json {
     Json::obj().with("ok", true)
+}
+
+fn reply(r: Result<Json>) -> Json {
+    r.unwrap_or_else(|e| error_json(&e))
+}
+
+/// Start a session engine, send it the first request, and keep the session
+/// only if that request succeeded and the engine is not done.
+fn open_session(make: impl FnOnce() -> Box<dyn Engine>, req: &Json) -> Result<Json> {
+    let id = session::start(make)?;
+    let r = session::request(id, req)?;
+    if r.bool_of("ok") && !r.bool_of("session_done") {
+        Ok(r.with("session", id))
+    } else {
+        session::end(id);
+        Ok(r)
+    }
+}
+
+fn continue_session(req: &Json) -> Result<Json> {
+    let id = req.u64_of("session").ok_or_else(|| Error::new("EINVAL", "this operation needs a session"))?;
+    let r = session::request(id, req)?;
+    if r.bool_of("session_done") {
+        session::end(id);
+    }
+    Ok(r)
 }
 
 pub fn dispatch(req: &Json) -> Result<Json> {
@@ -21,63 +50,77 @@ pub fn dispatch(req: &Json) -> Result<Json> {
             c.set("ok", true);
             Ok(c)
         }
-        "dump" => {
-            let pid = pid_arg(req)?;
-            let dir = req.str_of("dir").ok_or_else(|| Error::new("EINVAL", "dump needs dir"))?.to_string();
-            let id = session::start();
-            let r = session::run(id, move |ctx| match crate::dump::dump(pid, &dir) {
-                Ok((frozen, state, stats)) => {
-                    ctx.frozen = Some(frozen);
-                    ok().with("state", state).with("pages", stats.pages).with("bytes", stats.bytes)
+        "dump" => open_session(|| Box::new(DumpEngine { frozen: None }), req),
+        "restore" => open_session(|| Box::new(RestoreEngine), req),
+        "source_start" => open_session(|| Box::new(crate::migrate::source::SourceEngine::default()), req),
+        "dest_prepare" => open_session(|| Box::new(crate::migrate::dest::DestEngine::default()), req),
+        "dump_finish" | "source_round" | "source_freeze" | "source_finish" | "dest_round" | "dest_restore" | "dest_abort" => continue_session(req),
+        _ => Err(Error::new("EREQUEST", format!("unknown op {:?}", op))),
+    }
+}
+
+struct DumpEngine {
+    frozen: Option<Frozen>,
+}
+
+impl Engine for DumpEngine {
+    fn handle(&mut self, req: &Json, done: &mut bool) -> Json {
+        match req.str_of("op").unwrap_or("") {
+            "dump" => {
+                let r = (|| {
+                    let pid = pid_arg(req)?;
+                    let dir = req.str_of("dir").ok_or_else(|| Error::new("EINVAL", "dump needs dir"))?;
+                    let (frozen, state, stats) = crate::dump::dump(pid, dir)?;
+                    self.frozen = Some(frozen);
+                    Ok(ok().with("state", state).with("pages", stats.pages).with("bytes", stats.bytes))
+                })();
+                if r.is_err() {
+                    *done = true;
                 }
-                Err(e) => {
-                    ctx.done = true;
-                    crate::ffi::error_json(&e)
-                }
-            })?;
-            if r.bool_of("ok") {
-                Ok(r.with("session", id))
-            } else {
-                session::end(id);
-                Ok(r)
+                reply(r)
             }
-        }
-        "dump_finish" => {
-            let id = req.u64_of("session").ok_or_else(|| Error::new("EINVAL", "dump_finish needs session"))?;
-            let kill = match req.str_of("action") {
-                Some("kill") => true,
-                Some("resume") => false,
-                _ => return Err(Error::new("EINVAL", "action must be kill or resume")),
-            };
-            let r = session::run(id, move |ctx| {
-                if let Some(mut f) = ctx.frozen.take() {
+            "dump_finish" => {
+                *done = true;
+                let kill = match req.str_of("action") {
+                    Some("kill") => true,
+                    Some("resume") => false,
+                    _ => {
+                        // Safer default for a malformed request: let the tree run.
+                        self.abandon();
+                        return error_json(&Error::new("EINVAL", "action must be kill or resume"));
+                    }
+                };
+                if let Some(mut f) = self.frozen.take() {
                     if kill {
                         f.kill();
                     } else {
                         f.resume();
                     }
                 }
-                ctx.done = true;
-                ok()
-            })?;
-            session::end(id);
-            Ok(r)
+                ok().with("session_done", true)
+            }
+            op => error_json(&Error::new("EREQUEST", format!("{} is not a dump operation", op))),
         }
-        "restore" => {
-            let dir = req.str_of("dir").ok_or_else(|| Error::new("EINVAL", "restore needs dir"))?.to_string();
-            let state = req.get("state").cloned().ok_or_else(|| Error::new("EINVAL", "restore needs state"))?;
-            let id = session::start();
-            let r = session::run(id, move |ctx| {
-                ctx.done = true;
-                let t0 = std::time::Instant::now();
-                match crate::restore::restore(&dir, &state) {
-                    Ok((pid, st)) => ok().with("pid", pid).with("bytes", st.pages_bytes).with("restore_us", t0.elapsed().as_micros() as u64),
-                    Err(e) => crate::ffi::error_json(&e),
-                }
-            });
-            session::end(id);
-            r
-        }
-        _ => Err(Error::new("EREQUEST", format!("unknown op {:?}", op))),
     }
+    fn abandon(&mut self) {
+        if let Some(mut f) = self.frozen.take() {
+            f.resume();
+        }
+    }
+}
+
+struct RestoreEngine;
+
+impl Engine for RestoreEngine {
+    fn handle(&mut self, req: &Json, done: &mut bool) -> Json {
+        *done = true;
+        reply((|| {
+            let dir = req.str_of("dir").ok_or_else(|| Error::new("EINVAL", "restore needs dir"))?;
+            let state = req.get("state").ok_or_else(|| Error::new("EINVAL", "restore needs state"))?;
+            let t0 = std::time::Instant::now();
+            let (pid, st) = crate::restore::restore(dir, state, req.bool_of("pid_ns"))?;
+            Ok(ok().with("pid", pid).with("bytes", st.pages_bytes).with("restore_us", t0.elapsed().as_micros() as u64).with("session_done", true))
+        })())
+    }
+    fn abandon(&mut self) {}
 }

@@ -1,5 +1,6 @@
-//! Restoring a tree from the state document: stubs with the right pids are
-//! created and emptied, then each is filled (memory, files, signals,
+//! Restoring a tree: stubs with the right pids are created and emptied, their
+//! address spaces are laid out and filled (from page files, or from a page
+//! stream during migration), then each is finished (files, signals,
 //! attributes, threads) by injected syscalls, given its registers and let go.
 
 use crate::files::{self, FdChannel};
@@ -10,20 +11,34 @@ use crate::process;
 use crate::ptrace;
 use crate::signals;
 use crate::stub;
-use crate::sys::{self, nr, Context, Error, Pid, Result};
+use crate::sys::{nr, Context, Error, Pid, Result};
 use crate::threads;
 use std::fs::File;
 
-pub struct RestoreStats {
-    pub pages_bytes: u64,
-}
-
-fn pid_of(p: &Json) -> Result<Pid> {
+pub fn pid_of(p: &Json) -> Result<Pid> {
     p.i64_of("pid").filter(|&x| x > 0 && x < (1 << 22)).map(|x| x as Pid).ok_or_else(|| Error::new("EIMAGE", "a process in the image has no valid pid"))
 }
 
+fn tids_of(p: &Json) -> Vec<Pid> {
+    let from_threads: Vec<Pid> = p.arr_of("threads").iter().filter_map(|t| t.i64_of("tid")).map(|t| t as Pid).collect();
+    if from_threads.is_empty() {
+        p.arr_of("tids").iter().filter_map(Json::as_i64).map(|t| t as Pid).collect()
+    } else {
+        from_threads
+    }
+}
+
+pub fn vmas_of(p: &Json) -> Result<Vec<Vma>> {
+    p.arr_of("vmas").iter().map(Vma::from_json).collect()
+}
+
+/// Is any of these pids taken on this host? (Then only a new pid namespace can host them.)
+pub fn any_pid_taken(procs: &[Json]) -> Option<Pid> {
+    procs.iter().flat_map(tids_of).find(|&t| crate::proc::exists(t))
+}
+
 /// Everything that can be checked before any process is created.
-pub fn preflight(state: &Json) -> Result<()> {
+pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
     match state.u64_of("format") {
         Some(1) => {}
         Some(v) => return Err(Error::new("EIMAGE", format!("image format {} is not supported (this phaul reads format 1)", v))),
@@ -36,14 +51,13 @@ pub fn preflight(state: &Json) -> Result<()> {
     if procs.is_empty() {
         return Err(Error::new("EIMAGE", "the image holds no process"));
     }
+    if !pid_ns {
+        if let Some(t) = any_pid_taken(procs) {
+            return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on this host (restore into a new pid namespace with --pid-ns)", t)));
+        }
+    }
     for p in procs {
         let pid = pid_of(p)?;
-        for t in p.arr_of("threads") {
-            let tid = t.i64_of("tid").unwrap_or(0) as Pid;
-            if sys::kill(tid, 0).is_ok() || crate::proc::exists(tid) {
-                return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on this host", tid)));
-            }
-        }
         if p.arr_of("threads").is_empty() {
             return Err(Error::new("EIMAGE", format!("process {} has no threads in the image", pid)));
         }
@@ -56,129 +70,200 @@ pub fn preflight(state: &Json) -> Result<()> {
         for v in p.arr_of("vmas") {
             let vma = Vma::from_json(v)?;
             if vma.kind == Kind::File {
-                let path = vma.path.trim_end_matches(" (deleted)");
-                files::check_file_identity(path, v.get("file"))?;
+                files::check_file_identity(vma.path.trim_end_matches(" (deleted)"), v.get("file"))?;
             }
         }
     }
     Ok(())
 }
 
-struct Built {
-    pid: Pid,
-    leader: Injector,
-    vmas: Vec<Vma>,
+pub struct Stub {
+    /// The pid the process has (in its own pid namespace).
+    pub pid: Pid,
+    /// The same process as phaul sees it (differs inside a new pid namespace).
+    pub host: Pid,
+    pub leader: Injector,
+    /// Areas currently mapped in the stub.
+    pub mapped: Vec<Vma>,
 }
 
-pub fn restore(dir: &str, state: &Json) -> Result<(Pid, RestoreStats)> {
-    preflight(state)?;
-    let procs = state.arr_of("processes");
-    let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
-    let mut created: Vec<Pid> = Vec::new();
-    let res = restore_inner(dir, procs, &opened, &mut created);
-    match res {
-        Ok(s) => Ok((pid_of(&procs[0])?, s)),
+pub struct Tree {
+    pub stubs: Vec<Stub>,
+    /// Host pids of everything created, for discarding on failure.
+    pub created: Vec<Pid>,
+    pub init: Option<Injector>,
+    pub pid_ns: bool,
+}
+
+impl Tree {
+    pub fn discard(&mut self) {
+        stub::discard(&self.created);
+        self.created.clear();
+        self.stubs.clear();
+        self.init = None;
+    }
+    pub fn stub_mut(&mut self, pid: Pid) -> Option<&mut Stub> {
+        self.stubs.iter_mut().find(|s| s.pid == pid)
+    }
+    fn in_tree(&self, pid: Pid) -> bool {
+        self.stubs.iter().any(|s| s.pid == pid)
+    }
+}
+
+/// Create an empty stub for every process (tree order, parents first), each
+/// forked from its parent's stub. `procs` need pid, ppid, pgid, sid, vmas.
+pub fn create_stubs(procs: &[Json], pid_ns: bool) -> Result<Tree> {
+    let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns };
+    match create_stubs_inner(procs, &mut tree) {
+        Ok(()) => Ok(tree),
         Err(e) => {
-            stub::discard(&created);
+            tree.discard();
             Err(e)
         }
     }
 }
 
-fn restore_inner(dir: &str, procs: &[Json], opened: &files::Opened, created: &mut Vec<Pid>) -> Result<RestoreStats> {
-    // 1. Stubs with the right pids, each forked from its (still empty) parent.
-    let mut built: Vec<Built> = Vec::new();
-    for p in procs {
+fn create_stubs_inner(procs: &[Json], tree: &mut Tree) -> Result<()> {
+    if tree.pid_ns {
+        let host = stub::spawn_ns_init()?;
+        tree.created.push(host);
+        let mut inj = stub::attach_injector(host, &[])?;
+        stub::empty(&mut inj, &[])?;
+        stub::become_init(&mut inj)?;
+        tree.init = Some(inj);
+    }
+    for (i, p) in procs.iter().enumerate() {
         let pid = pid_of(p)?;
-        let vmas = p.arr_of("vmas").iter().map(Vma::from_json).collect::<Result<Vec<_>>>()?;
+        let vmas = vmas_of(p)?;
         let ppid = p.i64_of("ppid").unwrap_or(0) as Pid;
-        let first = built.is_empty();
-        match built.iter_mut().find(|b| b.pid == ppid) {
-            Some(parent) if !first => {
-                stub::fork_child(&mut parent.leader, pid)?;
+        let host = if i == 0 {
+            match tree.init.as_mut() {
+                Some(init) => stub::fork_child(init, pid)?,
+                None => stub::spawn_detached(pid)?,
             }
-            _ => {
-                if !first {
-                    return Err(Error::new("EIMAGE", format!("process {} is not a child of any process in the image", pid)));
-                }
-                stub::spawn_detached(pid)?;
-            }
-        }
-        created.push(pid);
-        let mut inj = stub::attach_injector(pid, &vmas)?;
+        } else {
+            let parent = tree.stubs.iter_mut().find(|b| b.pid == ppid);
+            let parent = parent.ok_or_else(|| Error::new("EIMAGE", format!("process {} is not a child of any process in the image", pid)))?;
+            stub::fork_child(&mut parent.leader, pid)?
+        };
+        tree.created.push(host);
+        let mut inj = stub::attach_injector(host, &vmas)?;
         stub::empty(&mut inj, &vmas)?;
-        restore_session(&mut inj, p, pid)?;
-        built.push(Built { pid, leader: inj, vmas });
+        restore_session(&mut inj, p, pid, tree)?;
+        tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new() });
     }
-    // 2. Fill each process.
-    let mut stats = RestoreStats { pages_bytes: 0 };
-    let mut all_threads: Vec<(Pid, Injector, Json)> = Vec::new();
-    for (p, b) in procs.iter().zip(built.iter_mut()) {
-        stats.pages_bytes += build_process(dir, p, b, opened).map_err(|e| e.context(format!("restoring process {}", b.pid)))?;
-    }
-    // 3. Threads, per-thread settings, then registers; nothing runs before all is set.
-    let mut leaders = Vec::new();
-    for (p, b) in procs.iter().zip(built.into_iter()) {
-        let mut leader = b.leader;
-        let ths = p.arr_of("threads");
-        for t in &ths[1..] {
-            let tid = t.i64_of("tid").unwrap_or(0) as Pid;
-            stub::clone_thread(&mut leader, tid)?;
-            created.push(tid);
-            let regs = ptrace::get_regs(tid)?;
-            let mut ti = Injector::new(b.pid, tid, leader.insn(), regs, u64::MAX)?;
-            ti.share_scratch(&leader);
-            threads::restore_thread_settings(b.pid, t, &mut ti)?;
-            all_threads.push((tid, ti, t.clone()));
-        }
-        threads::restore_thread_settings(b.pid, &ths[0], &mut leader)?;
-        signals::requeue(&mut leader, b.pid, None, p.arr_of("shared_pending"))?;
-        leaders.push((b.pid, leader, ths[0].clone()));
-    }
-    // Leaders last: they own the scratch areas the others borrowed.
-    all_threads.extend(leaders);
-    let mut finals = Vec::new();
-    for (tid, inj, t) in all_threads {
-        inj.finish()?;
-        finals.push((tid, threads::final_state(&t)?));
-    }
-    for (tid, (regs, xsave, mask)) in &finals {
-        threads::apply_final_state(*tid, regs, xsave, *mask)?;
-    }
-    for (tid, _) in finals.iter().rev() {
-        ptrace::detach(*tid, 0)?;
-    }
-    Ok(stats)
+    Ok(())
 }
 
-fn build_process(dir: &str, p: &Json, b: &mut Built, opened: &files::Opened) -> Result<u64> {
-    let inj = &mut b.leader;
-    // Memory: map every area, then write the stored pages through /proc/PID/mem.
-    for v in b.vmas.iter().filter(|v| !v.kind.is_special()) {
-        memory::map_vma(inj, v)?;
+/// Session and process group, set while the stub is empty so that children
+/// forked from it afterwards inherit them.
+fn restore_session(inj: &mut Injector, p: &Json, pid: Pid, tree: &Tree) -> Result<()> {
+    let sid = p.i64_of("sid").unwrap_or(0) as Pid;
+    let pgid = p.i64_of("pgid").unwrap_or(0) as Pid;
+    let my_sid = inj.call("getsid", nr::GETSID, &[0])? as Pid;
+    if sid == pid || (my_sid != sid && !tree.in_tree(sid)) {
+        // Its own session, or one whose leader is not here: then a session of
+        // its own rather than phaul's (which ends with phaul's terminal).
+        inj.call("setsid", nr::SETSID, &[])?;
     }
-    let pages = p.get("pages").ok_or_else(|| Error::new("EIMAGE", format!("process {} has no page index", b.pid)))?;
-    let runs = memory::runs_from_json(pages)?;
-    let name = pages.str_of("file").unwrap_or("");
-    if name.contains('/') || name.is_empty() {
-        return Err(Error::new("EIMAGE", "the page file name in the image is not valid"));
+    if pgid == pid {
+        let _ = inj.raw(nr::SETPGID, &[0, 0])?;
+    } else if tree.in_tree(pgid) {
+        let _ = inj.raw(nr::SETPGID, &[0, pgid as u64])?;
     }
-    let pf = File::open(format!("{}/{}", dir, name)).map_err(|_| Error::new("EIMAGE", format!("page file {} is missing", name)))?;
-    let mem = open_mem(b.pid, true)?;
-    let bytes = memory::fill_from_file(&mem, &pf, &runs)?;
-    // Files.
+    Ok(())
+}
+
+fn anon_class(k: &Kind) -> u8 {
+    match k {
+        Kind::Anon | Kind::Heap | Kind::Stack => 0,
+        Kind::File => 1,
+        Kind::Shmem => 2,
+        _ => 3,
+    }
+}
+
+/// Can the contents of `old` serve as part of `new`?
+fn compatible(old: &Vma, new: &Vma) -> bool {
+    anon_class(&old.kind) == anon_class(&new.kind)
+        && anon_class(&new.kind) < 3
+        && old.shared == new.shared
+        && old.path == new.path
+        && (new.kind != Kind::File || old.pgoff.wrapping_add(new.start.wrapping_sub(old.start)) == new.pgoff)
+}
+
+fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = vec![range];
+    for &(hs, he) in holes {
+        let mut next = Vec::new();
+        for (s, e) in out {
+            if he <= s || hs >= e {
+                next.push((s, e));
+                continue;
+            }
+            if s < hs {
+                next.push((s, hs));
+            }
+            if he < e {
+                next.push((he, e));
+            }
+        }
+        out = next;
+    }
+    out
+}
+
+/// Bring the stub's mappings to `want`, keeping the contents of every page
+/// that stays mapped compatibly (an mprotect split, a grown heap), so a
+/// page stream only needs to send the new parts.
+pub fn apply_layout(s: &mut Stub, want: &[Vma]) -> Result<()> {
+    let inj = &mut s.leader;
+    let want: Vec<&Vma> = want.iter().filter(|v| !v.kind.is_special()).collect();
+    let mut kept: Vec<(u64, u64)> = Vec::new();
+    let mut fresh: Vec<(Vma, u64, u64)> = Vec::new();
+    for w in &want {
+        let cover: Vec<(u64, u64)> = s.mapped.iter().filter(|o| compatible(o, w)).map(|o| (o.start.max(w.start), o.end.min(w.end))).filter(|(a, b)| a < b).collect();
+        for &(a, b) in &cover {
+            let old_prot = s.mapped.iter().find(|o| o.start <= a && b <= o.end).map(|o| o.prot);
+            if old_prot != Some(w.prot) {
+                inj.call("mprotect", nr::MPROTECT, &[a, b - a, w.prot as u64])?;
+            }
+            kept.push((a, b));
+        }
+        for (a, b) in subtract((w.start, w.end), &cover) {
+            fresh.push(((*w).clone(), a, b));
+        }
+    }
+    for o in &s.mapped {
+        for (a, b) in subtract((o.start, o.end), &kept) {
+            inj.call("munmap", nr::MUNMAP, &[a, b - a])?;
+        }
+    }
+    for (w, a, b) in fresh {
+        let mut part = w.clone();
+        part.pgoff = w.pgoff + (a - w.start);
+        part.start = a;
+        part.end = b;
+        memory::map_vma(inj, &part)?;
+    }
+    s.mapped = want.into_iter().cloned().collect();
+    Ok(())
+}
+
+/// Files, process attributes, signals, mm fields and exe of one process.
+pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<()> {
+    let inj = &mut s.leader;
     let fds = p.arr_of("fds");
     let park = fds.iter().filter_map(|f| f.u64_of("fd")).max().map(|m| m + 1).unwrap_or(0).max(100);
-    let pidfd = sys::pidfd_open(b.pid)?;
+    let pidfd = crate::sys::pidfd_open(s.host)?;
     let chan = FdChannel::open(inj, &pidfd, park)?;
     for f in fds {
         let id = f.u64_of("file_id").unwrap_or(0);
-        let fd = f.i64_of("fd").filter(|&x| x >= 0 && x < (1 << 20)).ok_or_else(|| Error::new("EIMAGE", "a descriptor number in the image is not valid"))?;
+        let fd = f.i64_of("fd").filter(|&x| (0..1 << 20).contains(&x)).ok_or_else(|| Error::new("EIMAGE", "a descriptor number in the image is not valid"))?;
         let obj = opened.by_id.get(&id).ok_or_else(|| Error::new("EIMAGE", format!("fd {} refers to a file missing from the image", fd)))?;
         chan.install(inj, obj, fd as i32, f.bool_of("cloexec")).ctx(format!("installing fd {}", fd))?;
     }
     chan.close(inj)?;
-    // Process attributes, signals, mm fields and exe.
     process::restore_attrs(inj, p)?;
     signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
     signals::restore_itimers(inj, p.arr_of("itimers"))?;
@@ -190,26 +275,91 @@ fn build_process(dir: &str, p: &Json, b: &mut Built, opened: &files::Opened) -> 
         }
         r?;
     }
-    Ok(bytes)
+    Ok(())
 }
 
-/// Session and process group, set while the stub is empty so that children
-/// forked from it afterwards inherit them.
-fn restore_session(inj: &mut Injector, p: &Json, pid: Pid) -> Result<()> {
-    let sid = p.i64_of("sid").unwrap_or(0) as Pid;
-    let pgid = p.i64_of("pgid").unwrap_or(0) as Pid;
-    let my_sid = inj.call("getsid", nr::GETSID, &[0])? as Pid;
-    if sid == pid || (my_sid != sid && !crate::proc::exists(sid)) {
-        // Its own session, or one whose leader is not here: then a session of
-        // its own rather than phaul's (which ends with phaul's terminal).
-        inj.call("setsid", nr::SETSID, &[])?;
+/// Threads, per-thread settings and registers; then everything runs.
+pub fn finish_tree(procs: &[Json], tree: &mut Tree) -> Result<()> {
+    let mut all_threads: Vec<(Pid, Injector, Json)> = Vec::new();
+    let mut leaders = Vec::new();
+    let stubs = std::mem::take(&mut tree.stubs);
+    for (p, s) in procs.iter().zip(stubs.into_iter()) {
+        let mut leader = s.leader;
+        let ths = p.arr_of("threads");
+        for t in &ths[1..] {
+            let tid = t.i64_of("tid").unwrap_or(0) as Pid;
+            let host = stub::clone_thread(&mut leader, tid)?;
+            tree.created.push(host);
+            let regs = ptrace::get_regs(host)?;
+            let mut ti = Injector::new(s.host, host, leader.insn(), regs, u64::MAX)?;
+            ti.share_scratch(&leader);
+            threads::restore_thread_settings(s.pid, t, &mut ti)?;
+            all_threads.push((host, ti, t.clone()));
+        }
+        threads::restore_thread_settings(s.pid, &ths[0], &mut leader)?;
+        signals::requeue(&mut leader, s.pid, None, p.arr_of("shared_pending"))?;
+        leaders.push((s.host, leader, ths[0].clone()));
     }
-    if pgid != sid || pgid == pid {
-        if pgid == pid {
-            let _ = inj.raw(nr::SETPGID, &[0, 0])?;
-        } else if crate::proc::exists(pgid) {
-            let _ = inj.raw(nr::SETPGID, &[0, pgid as u64])?;
+    // Leaders last: they own the scratch areas the others borrowed.
+    all_threads.extend(leaders);
+    let mut finals = Vec::new();
+    for (tid, inj, t) in all_threads {
+        inj.finish()?;
+        finals.push((tid, threads::final_state(&t)?));
+    }
+    for (tid, (regs, xsave, mask)) in &finals {
+        threads::apply_final_state(*tid, regs, xsave, *mask)?;
+    }
+    if let Some(init) = tree.init.take() {
+        let host = init.tid;
+        init.finish()?;
+        ptrace::detach(host, 0)?;
+    }
+    for (tid, _) in finals.iter().rev() {
+        ptrace::detach(*tid, 0)?;
+    }
+    tree.created.clear();
+    Ok(())
+}
+
+pub struct RestoreStats {
+    pub pages_bytes: u64,
+}
+
+/// Restore from an image directory.
+pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, RestoreStats)> {
+    preflight(state, pid_ns)?;
+    let procs = state.arr_of("processes");
+    let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
+    let mut tree = create_stubs(procs, pid_ns)?;
+    let r = (|| -> Result<RestoreStats> {
+        let mut stats = RestoreStats { pages_bytes: 0 };
+        for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
+            let vmas = vmas_of(p)?;
+            apply_layout(s, &vmas)?;
+            stats.pages_bytes += fill_from_images(dir, p, s).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
+            finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
+        }
+        finish_tree(procs, &mut tree)?;
+        Ok(stats)
+    })();
+    match r {
+        Ok(stats) => Ok((pid_of(&procs[0])?, stats)),
+        Err(e) => {
+            tree.discard();
+            Err(e)
         }
     }
-    Ok(())
+}
+
+fn fill_from_images(dir: &str, p: &Json, s: &Stub) -> Result<u64> {
+    let pages = p.get("pages").ok_or_else(|| Error::new("EIMAGE", format!("process {} has no page index", s.pid)))?;
+    let runs = memory::runs_from_json(pages)?;
+    let name = pages.str_of("file").unwrap_or("");
+    if name.contains('/') || name.is_empty() {
+        return Err(Error::new("EIMAGE", "the page file name in the image is not valid"));
+    }
+    let pf = File::open(format!("{}/{}", dir, name)).map_err(|_| Error::new("EIMAGE", format!("page file {} is missing", name)))?;
+    let mem = open_mem(s.host, true)?;
+    memory::fill_from_file(&mem, &pf, &runs)
 }

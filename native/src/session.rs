@@ -1,80 +1,179 @@
-//! Sessions: a thread of their own for every operation that keeps tracees
-//! between calls. ptrace binds a tracee to the thread that seized it, and the
-//! calls from TypeScript may arrive on any libuv thread, so all ptrace work of
-//! a session runs on its own thread and calls are handed to it as jobs.
+//! Sessions: each operation that traces processes runs in an engine process
+//! of its own, forked from phaul.
+//!
+//! Why a process and not a thread: a ptrace tracer's wait() notifications go
+//! to its whole thread group, and Node's libuv calls waitpid() on the children
+//! it spawned — so with the tracer inside the Node process, libuv steals the
+//! stop notifications of any traced process that Node itself started (a
+//! scheduler embedding phaul does exactly that). A forked engine process is
+//! nobody's parent, owns all tracees of its session, and if phaul dies the
+//! engine sees its socket close and rolls back (resumes frozen processes,
+//! kills unfinished stubs).
+//!
+//! Requests and replies are JSON, length-prefixed, over a socketpair.
 
-use crate::freeze::Frozen;
 use crate::json::Json;
-use crate::sys::{Error, Result};
-use std::any::Any;
+use crate::sys::{self, nr, Error, Fd, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-#[derive(Default)]
-pub struct Ctx {
-    pub frozen: Option<Frozen>,
-    /// Operation-specific state (a migration's tracker, page sender...).
-    pub extra: HashMap<&'static str, Box<dyn Any>>,
-    pub done: bool,
+extern "C" {
+    fn fork() -> i32;
+    fn _exit(code: i32) -> !;
 }
-
-type Job = Box<dyn FnOnce(&mut Ctx) -> Json + Send>;
 
 struct Handle {
-    tx: Sender<(Job, Sender<Json>)>,
+    sock: Mutex<Fd>,
+    pid: i32,
 }
 
-fn registry() -> &'static Mutex<HashMap<u64, Handle>> {
-    static R: OnceLock<Mutex<HashMap<u64, Handle>>> = OnceLock::new();
+fn registry() -> &'static Mutex<HashMap<u64, Arc<Handle>>> {
+    static R: OnceLock<Mutex<HashMap<u64, Arc<Handle>>>> = OnceLock::new();
     R.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
-/// Start a session thread; returns its id.
-pub fn start() -> u64 {
-    let id = NEXT.fetch_add(1, Ordering::SeqCst);
-    let (tx, rx) = channel::<(Job, Sender<Json>)>();
-    std::thread::Builder::new()
-        .name(format!("phaul-session-{}", id))
-        .spawn(move || {
-            let mut ctx = Ctx::default();
-            while let Ok((job, reply)) = rx.recv() {
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut ctx)));
-                let j = r.unwrap_or_else(|_| crate::ffi::error_json(&Error::new("EPANIC", "internal error in the native engine")));
-                let _ = reply.send(j);
-                if ctx.done {
-                    break;
-                }
-            }
-            // Dropping ctx resumes anything still frozen.
-        })
-        .ok();
-    if let Ok(mut r) = registry().lock() {
-        r.insert(id, Handle { tx });
+fn write_all(fd: i32, data: &[u8]) -> Result<()> {
+    let mut off = 0;
+    while off < data.len() {
+        match unsafe { sys::raw(nr::WRITE, &[fd as u64, data[off..].as_ptr() as u64, (data.len() - off) as u64]) } {
+            Ok(n) => off += n as usize,
+            Err(4) => continue,
+            Err(e) => return Err(Error::sys("engine channel write", e)),
+        }
     }
-    id
+    Ok(())
 }
 
-/// Run a job on the session's thread and wait for its reply.
-pub fn run(id: u64, job: impl FnOnce(&mut Ctx) -> Json + Send + 'static) -> Result<Json> {
-    let tx = {
-        let r = registry().lock().map_err(|_| Error::new("EPANIC", "session registry poisoned"))?;
-        r.get(&id).map(|h| h.tx.clone()).ok_or_else(|| Error::new("ESESSION", format!("no session {}", id)))?
-    };
-    let (rtx, rrx) = channel();
-    tx.send((Box::new(job), rtx)).map_err(|_| Error::new("ESESSION", format!("session {} has ended", id)))?;
-    rrx.recv().map_err(|_| Error::new("ESESSION", format!("session {} has ended", id)))
+fn read_exact(fd: i32, buf: &mut [u8]) -> Result<bool> {
+    let mut off = 0;
+    while off < buf.len() {
+        match unsafe { sys::raw(nr::READ, &[fd as u64, buf[off..].as_mut_ptr() as u64, (buf.len() - off) as u64]) } {
+            Ok(0) => return Ok(false),
+            Ok(n) => off += n as usize,
+            Err(4) => continue,
+            Err(e) => return Err(Error::sys("engine channel read", e)),
+        }
+    }
+    Ok(true)
 }
 
-pub fn end(id: u64) {
-    let _ = run(id, |ctx| {
-        ctx.done = true;
-        Json::obj().with("ok", true)
-    });
+pub fn send_msg(fd: i32, j: &Json) -> Result<()> {
+    let body = j.to_string().into_bytes();
+    let mut m = (body.len() as u64).to_le_bytes().to_vec();
+    m.extend_from_slice(&body);
+    write_all(fd, &m)
+}
+
+pub fn recv_msg(fd: i32) -> Result<Option<Json>> {
+    let mut len = [0u8; 8];
+    if !read_exact(fd, &mut len)? {
+        return Ok(None);
+    }
+    let n = u64::from_le_bytes(len) as usize;
+    let mut body = vec![0u8; n];
+    if !read_exact(fd, &mut body)? {
+        return Ok(None);
+    }
+    let text = String::from_utf8(body).map_err(|_| Error::new("EPANIC", "engine channel: not UTF-8"))?;
+    Json::parse(&text).map(Some).map_err(|m| Error::new("EPANIC", m))
+}
+
+/// Per-session state living in the engine process.
+pub trait Engine {
+    /// Handle one request; `done` is set when the session is over.
+    fn handle(&mut self, req: &Json, done: &mut bool) -> Json;
+    /// phaul went away mid-session: undo whatever is half done.
+    fn abandon(&mut self);
+}
+
+/// Fork an engine process running `engine`; returns the session id.
+pub fn start(make: impl FnOnce() -> Box<dyn Engine>) -> Result<u64> {
+    let mut sv = [0i32; 2];
+    sys::call("socketpair", nr::SOCKETPAIR, &[1, 1 | 0o2000000, 0, sv.as_mut_ptr() as u64])?;
+    let (mine, theirs) = (Fd(sv[0]), Fd(sv[1]));
+    // libc's fork: glibc resets its allocator locks in the child, which a raw
+    // clone would not; the child then runs ordinary Rust on one thread.
+    let pid = unsafe { fork() };
+    if pid < 0 {
+        return Err(Error::sys("fork engine", sys::errno()));
+    }
+    if pid == 0 {
+        drop(mine);
+        engine_main(theirs.into_raw(), make());
+    }
+    drop(theirs);
+    let id = NEXT.fetch_add(1, Ordering::SeqCst);
     if let Ok(mut r) = registry().lock() {
-        r.remove(&id);
+        r.insert(id, Arc::new(Handle { sock: Mutex::new(mine), pid }));
+    }
+    Ok(id)
+}
+
+fn engine_main(fd: i32, mut engine: Box<dyn Engine>) -> ! {
+    unsafe {
+        // Node's signal handlers mean nothing here; SIGPIPE stays ignored for sockets.
+        let dfl = [0u64; 4];
+        for sig in 1..=64u64 {
+            if sig == 9 || sig == 19 {
+                continue;
+            }
+            let mut act = dfl;
+            if sig == 13 {
+                act[0] = 1; // SIG_IGN
+            }
+            let _ = sys::raw(nr::RT_SIGACTION, &[sig, act.as_ptr() as u64, 0, 8]);
+        }
+        let zero: u64 = 0;
+        let _ = sys::raw(nr::RT_SIGPROCMASK, &[2, &zero as *const u64 as u64, 0, 8]);
+        let name = b"phaul-engine\0";
+        let _ = sys::raw(nr::PRCTL, &[15, name.as_ptr() as u64]);
+    }
+    loop {
+        let req = match recv_msg(fd) {
+            Ok(Some(r)) => r,
+            _ => {
+                engine.abandon();
+                unsafe { _exit(0) }
+            }
+        };
+        let mut done = false;
+        let reply = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.handle(&req, &mut done)))
+            .unwrap_or_else(|_| crate::ffi::error_json(&Error::new("EPANIC", "internal error in the native engine")));
+        if send_msg(fd, &reply).is_err() {
+            engine.abandon();
+            unsafe { _exit(0) }
+        }
+        if done {
+            unsafe { _exit(0) }
+        }
+    }
+}
+
+/// Send a request to the session's engine and wait for its reply.
+pub fn request(id: u64, req: &Json) -> Result<Json> {
+    let h = registry().lock().map_err(|_| Error::new("EPANIC", "session registry poisoned"))?.get(&id).cloned();
+    let h = h.ok_or_else(|| Error::new("ESESSION", format!("no session {}", id)))?;
+    let sock = h.sock.lock().map_err(|_| Error::new("EPANIC", "session lock poisoned"))?;
+    send_msg(sock.raw(), req)?;
+    match recv_msg(sock.raw())? {
+        Some(r) => Ok(r),
+        None => {
+            drop(sock);
+            end(id);
+            Err(Error::new("ESESSION", format!("the engine process of session {} ended unexpectedly", id)))
+        }
+    }
+}
+
+/// Forget a session and reap its engine process.
+pub fn end(id: u64) {
+    let h = registry().lock().ok().and_then(|mut r| r.remove(&id));
+    if let Some(h) = h {
+        drop(h.sock.lock().map(|s| unsafe { sys::raw(nr::SHUTDOWN, &[s.raw() as u64, 2]) }));
+        let mut st = 0i32;
+        let _ = unsafe { sys::raw(nr::WAIT4, &[h.pid as u64, &mut st as *mut i32 as u64, 0x40000000, 0]) };
     }
 }

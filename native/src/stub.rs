@@ -84,6 +84,66 @@ pub fn spawn_detached(pid: Pid) -> Result<Pid> {
     Ok(pid)
 }
 
+/// Create the init (pid 1) of a new pid namespace, detached from phaul, and
+/// seize it. Processes restored under it keep their pids inside the namespace
+/// even when those pids are taken on the host. Returns its host pid.
+pub fn spawn_ns_init() -> Result<Pid> {
+    let tid_arr: [i32; 1] = [1];
+    const CLONE_NEWPID: u64 = 0x20000000;
+    let args = CloneArgs { flags: CLONE_NEWPID, exit_signal: SIGCHLD, set_tid: tid_arr.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    let args_ptr = &args as *const CloneArgs as u64;
+    let mut p = [0i32; 2];
+    sys::call("pipe2", 293, &[p.as_mut_ptr() as u64, 0o2000000])?;
+    let (r, w) = (sys::Fd(p[0]), sys::Fd(p[1]));
+    let mid = unsafe { sys::raw(nr::CLONE, &[SIGCHLD, 0, 0, 0, 0]) }.map_err(|e| Error::sys("fork", e))?;
+    if mid == 0 {
+        unsafe {
+            match sys::raw(nr::CLONE3, &[args_ptr, std::mem::size_of::<CloneArgs>() as u64]) {
+                Ok(0) => loop {
+                    let _ = sys::raw(nr::PAUSE, &[]);
+                },
+                Ok(child) => {
+                    let b = (child as i32).to_le_bytes();
+                    let _ = sys::raw(nr::WRITE, &[w.raw() as u64, b.as_ptr() as u64, 4]);
+                    let _ = sys::raw(nr::EXIT_GROUP, &[0]);
+                }
+                Err(e) => {
+                    let _ = sys::raw(nr::EXIT_GROUP, &[(e as u64) & 0xff]);
+                }
+            }
+            loop {
+                let _ = sys::raw(nr::EXIT_GROUP, &[1]);
+            }
+        }
+    }
+    drop(w);
+    let st = ptrace::wait(mid as Pid)?;
+    let code = (st >> 8) & 0xff;
+    if st & 0x7f != 0 || code != 0 {
+        return Err(Error::sys("clone3 of a pid namespace init", code));
+    }
+    let mut b = [0u8; 4];
+    sys::call("read pid", nr::READ, &[r.raw() as u64, b.as_mut_ptr() as u64, 4])?;
+    let host = i32::from_le_bytes(b);
+    seize_stub(host)?;
+    Ok(host)
+}
+
+/// Turn an emptied stub into the namespace's init: a few instructions that
+/// reap children until none is left, then exit (which ends the namespace).
+pub fn become_init(inj: &mut Injector) -> Result<()> {
+    let code = crate::arch::INIT_LOOP_CODE;
+    let at = inj.call("mmap(init code)", nr::MMAP, &[0x1000_0000_0000, 4096, 5, 0x22, u64::MAX, 0])?;
+    inj.write_mem(at, code)?;
+    let name = inj.put_str("phaul-ns-init", 0)?;
+    inj.call("prctl(PR_SET_NAME)", nr::PRCTL, &[15, name])?;
+    let mut r = *inj.saved_regs();
+    r.rip = at;
+    r.orig_rax = u64::MAX;
+    inj.set_saved_regs(r);
+    Ok(())
+}
+
 pub fn seize_stub(pid: Pid) -> Result<()> {
     ptrace::seize(pid, STUB_OPTIONS)?;
     ptrace::interrupt(pid)?;
@@ -185,11 +245,9 @@ pub fn empty(inj: &mut Injector, target: &[Vma]) -> Result<()> {
     Ok(())
 }
 
-/// Fork a child stub with pid `pid` out of the (empty) stub behind `inj`.
-pub fn fork_child(inj: &mut Injector, pid: Pid) -> Result<()> {
-    if proc::exists(pid) {
-        return Err(pid_taken(pid));
-    }
+/// Fork a child stub with pid `pid` (in the stub's pid namespace) out of the
+/// (empty) stub behind `inj`. Returns the child's pid as phaul sees it.
+pub fn fork_child(inj: &mut Injector, pid: Pid) -> Result<Pid> {
     let tids: [i32; 1] = [pid];
     let tid_addr = inj.put(&tids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), 3584)?;
     let args = CloneArgs { exit_signal: SIGCHLD, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
@@ -201,11 +259,14 @@ pub fn fork_child(inj: &mut Injector, pid: Pid) -> Result<()> {
     if r < 0 {
         return Err(Error::sys(format!("clone3 for pid {}", pid), (-r) as i32));
     }
-    wait_new(pid)
+    let host = inj.new_children.pop().unwrap_or(r as Pid);
+    wait_new(host)?;
+    Ok(host)
 }
 
 /// Create thread `tid` in the stub (sharing everything a pthread shares).
-pub fn clone_thread(inj: &mut Injector, tid: Pid) -> Result<()> {
+/// Returns its tid as phaul sees it.
+pub fn clone_thread(inj: &mut Injector, tid: Pid) -> Result<Pid> {
     const FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
     let tids: [i32; 1] = [tid];
     let tid_addr = inj.put(&tids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), 3584)?;
@@ -218,7 +279,9 @@ pub fn clone_thread(inj: &mut Injector, tid: Pid) -> Result<()> {
     if r < 0 {
         return Err(Error::sys(format!("clone3 for thread {}", tid), (-r) as i32));
     }
-    wait_new(tid)
+    let host = inj.new_children.pop().unwrap_or(r as Pid);
+    wait_new(host)?;
+    Ok(host)
 }
 
 /// Kill stubs that will not become processes (restore failed).

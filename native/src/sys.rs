@@ -114,6 +114,7 @@ pub mod nr {
         pub const GETPGID: i64 = 121;
         pub const GETSID: i64 = 124;
         pub const RT_SIGQUEUEINFO: i64 = 129;
+        pub const SHUTDOWN: i64 = 48;
         pub const SIGALTSTACK: i64 = 131;
         pub const PERSONALITY: i64 = 135;
         pub const PRCTL: i64 = 157;

@@ -149,3 +149,18 @@ pub fn xsave_info() -> (u64, u64) {
     unsafe { core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi) };
     ((hi as u64) << 32 | lo as u64, r.ebx as u64)
 }
+
+/// Machine code of a pid-namespace init: `for (;;) if (wait4(-1, 0, 0, 0) == -ECHILD) exit(0);`
+pub const INIT_LOOP_CODE: &[u8] = &[
+    0xb8, 0x3d, 0x00, 0x00, 0x00, // mov eax, 61 (wait4)
+    0x48, 0xc7, 0xc7, 0xff, 0xff, 0xff, 0xff, // mov rdi, -1
+    0x31, 0xf6, // xor esi, esi
+    0x31, 0xd2, // xor edx, edx
+    0x45, 0x31, 0xd2, // xor r10d, r10d
+    0x0f, 0x05, // syscall
+    0x48, 0x83, 0xf8, 0xf6, // cmp rax, -10 (ECHILD)
+    0x75, 0xe5, // jne loop
+    0xb8, 0x3c, 0x00, 0x00, 0x00, // mov eax, 60 (exit)
+    0x31, 0xff, // xor edi, edi
+    0x0f, 0x05, // syscall
+];

@@ -1,0 +1,230 @@
+//! Destination side of a live migration: stubs are created up front and
+//! their address spaces are built and filled while pre-copy runs, so the
+//! frozen window holds only the last dirty pages and the non-memory state.
+
+use super::stream;
+use crate::ffi::error_json;
+use crate::files;
+use crate::inject::open_mem;
+use crate::json::Json;
+use crate::memory::Vma;
+use crate::ops::ok;
+use crate::restore::{self, Tree};
+use crate::session::Engine;
+use crate::sys::{Error, Pid, Result, PAGE_SIZE};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct DestEngine {
+    tree: Option<Tree>,
+    listener: Option<TcpListener>,
+    sock: Option<BufReader<TcpStream>>,
+    migration: String,
+    token: String,
+    mems: HashMap<Pid, File>,
+    buf: Vec<u8>,
+    rounds: u64,
+}
+
+impl DestEngine {
+    fn prepare(&mut self, req: &Json) -> Result<Json> {
+        self.migration = req.str_of("migration").unwrap_or("").to_string();
+        self.token = req.str_of("token").unwrap_or("").to_string();
+        let layout = req.get("layout").ok_or_else(|| Error::new("EINVAL", "dest_prepare needs a layout"))?;
+        let procs = layout.arr_of("processes");
+        if procs.is_empty() {
+            return Err(Error::new("EINVAL", "the layout names no process"));
+        }
+        // Pids taken here (always so when source and destination are one
+        // host) are kept inside a new pid namespace, unless told otherwise.
+        let pid_ns = match req.get("pid_ns").and_then(Json::as_bool) {
+            Some(b) => b,
+            None => restore::any_pid_taken(procs).is_some(),
+        };
+        if !pid_ns {
+            if let Some(t) = restore::any_pid_taken(procs) {
+                return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on the destination", t)));
+            }
+        }
+        let host = req.str_of("listen_host").unwrap_or("0.0.0.0");
+        let listener = TcpListener::bind((host, 0)).map_err(|e| Error::new("EADDR", format!("cannot listen for pages on {}: {}", host, e)))?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let mut tree = restore::create_stubs(procs, pid_ns)?;
+        for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
+            let r = restore::vmas_of(p).and_then(|v| restore::apply_layout(s, &v)).and_then(|_| open_mem(s.host, true));
+            match r {
+                Ok(m) => {
+                    self.mems.insert(s.pid, m);
+                }
+                Err(e) => {
+                    tree.discard();
+                    return Err(e);
+                }
+            }
+        }
+        self.tree = Some(tree);
+        self.listener = Some(listener);
+        Ok(ok().with("port", port).with("pid_ns", pid_ns))
+    }
+
+    fn accept(&mut self, timeout: Duration) -> Result<()> {
+        if self.sock.is_some() {
+            return Ok(());
+        }
+        let l = self.listener.as_ref().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
+        l.set_nonblocking(true).map_err(Error::from)?;
+        let t0 = Instant::now();
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).map_err(Error::from)?;
+                    let _ = s.set_read_timeout(Some(timeout));
+                    let mut r = BufReader::with_capacity(4 << 20, s);
+                    let h = stream::read_header(&mut r)?;
+                    if h.kind != stream::HELLO {
+                        continue;
+                    }
+                    let hello = stream::read_json(&mut r, &h)?;
+                    if hello.str_of("migration") != Some(self.migration.as_str()) || hello.str_of("token") != Some(self.token.as_str()) {
+                        // Not ours (or not authorized): drop it and keep waiting.
+                        continue;
+                    }
+                    self.sock = Some(r);
+                    self.listener = None;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if t0.elapsed() > timeout {
+                        return Err(Error::new("ETIMEDOUT", "the source did not open its page stream in time"));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => return Err(Error::from(e).context("accepting the page stream")),
+            }
+        }
+    }
+
+    /// Receive frames up to the next round end; returns (pages, last layouts seen).
+    fn receive_round(&mut self, timeout: Duration) -> Result<(u64, bool)> {
+        self.accept(timeout)?;
+        let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
+        let r = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        let _ = r.get_ref().set_read_timeout(Some(timeout));
+        if self.buf.len() < stream::MAX_PAGES as usize * PAGE_SIZE as usize {
+            self.buf = vec![0u8; stream::MAX_PAGES as usize * PAGE_SIZE as usize];
+        }
+        let mut pages = 0;
+        loop {
+            let h = stream::read_header(r)?;
+            match h.kind {
+                stream::LAYOUT => {
+                    let j = stream::read_json(r, &h)?;
+                    let vmas = j.as_arr().iter().map(Vma::from_json).collect::<Result<Vec<_>>>()?;
+                    let s = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", h.pid)))?;
+                    restore::apply_layout(s, &vmas)?;
+                }
+                stream::PAGES => {
+                    let len = h.payload_len();
+                    let b = &mut self.buf[..len];
+                    r.read_exact(b).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
+                    let mem = self.mems.get(&(h.pid as Pid)).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
+                    mem.write_all_at(b, h.addr).map_err(|e| Error::new("EPROTO", format!("page stream: pages at {:#x} outside the process's memory: {}", h.addr, e)))?;
+                    pages += h.count as u64;
+                }
+                stream::ROUND_END => {
+                    self.rounds += 1;
+                    return Ok((pages, h.count != 0));
+                }
+                _ => return Err(Error::new("EPROTO", "page stream: unexpected frame")),
+            }
+        }
+    }
+
+    fn restore(&mut self, req: &Json, timeout: Duration) -> Result<Json> {
+        let state = req.get("state").ok_or_else(|| Error::new("EINVAL", "dest_restore needs the state"))?;
+        let t0 = Instant::now();
+        let (pages, last) = self.receive_round(timeout)?;
+        if !last {
+            return Err(Error::new("EPROTO", "page stream: the final round was not marked final"));
+        }
+        let recv_us = t0.elapsed().as_micros() as u64;
+        let pid_ns = self.tree.as_ref().map(|t| t.pid_ns).unwrap_or(false);
+        restore::preflight(state, true)?;
+        let _ = pid_ns;
+        let procs = state.arr_of("processes");
+        let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
+        let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
+        if procs.len() != tree.stubs.len() {
+            return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
+        }
+        for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
+            if restore::pid_of(p)? != s.pid {
+                return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
+            }
+            restore::apply_layout(s, &restore::vmas_of(p)?)?;
+            restore::finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
+        }
+        restore::finish_tree(procs, tree)?;
+        let pid = restore::pid_of(&procs[0])?;
+        Ok(ok()
+            .with("pid", pid)
+            .with("pid_ns", pid_ns)
+            .with("pages", pages)
+            .with("bytes", pages * PAGE_SIZE)
+            .with("recv_us", recv_us)
+            .with("restore_us", t0.elapsed().as_micros() as u64)
+            .with("session_done", true))
+    }
+}
+
+fn timeout_of(req: &Json) -> Duration {
+    Duration::from_millis(req.u64_of("timeout_ms").unwrap_or(30_000).clamp(10, 3_600_000))
+}
+
+impl Engine for DestEngine {
+    fn handle(&mut self, req: &Json, done: &mut bool) -> Json {
+        let op = req.str_of("op").unwrap_or("");
+        let r = match op {
+            "dest_prepare" => self.prepare(req),
+            "dest_round" => {
+                let t0 = Instant::now();
+                let round = self.rounds;
+                self.receive_round(timeout_of(req))
+                    .map(|(pages, _)| ok().with("round", round).with("pages", pages).with("bytes", pages * PAGE_SIZE).with("ms", t0.elapsed().as_secs_f64() * 1000.0))
+            }
+            "dest_restore" => self.restore(req, timeout_of(req)),
+            "dest_abort" => {
+                self.abandon();
+                Ok(ok().with("session_done", true))
+            }
+            op => Err(Error::new("EREQUEST", format!("{} is not a destination operation", op))),
+        };
+        match r {
+            Ok(j) => {
+                if j.bool_of("session_done") {
+                    *done = true;
+                }
+                j
+            }
+            Err(e) => {
+                // Any failure ends the migration here: nothing half-built survives.
+                self.abandon();
+                *done = true;
+                error_json(&e).with("session_done", true)
+            }
+        }
+    }
+
+    fn abandon(&mut self) {
+        if let Some(mut t) = self.tree.take() {
+            t.discard();
+        }
+        self.sock = None;
+        self.listener = None;
+    }
+}

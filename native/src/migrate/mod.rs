@@ -1,0 +1,6 @@
+//! Live migration: the source streams pages while the process runs, the
+//! destination builds the process's address space as they arrive.
+
+pub mod dest;
+pub mod source;
+pub mod stream;

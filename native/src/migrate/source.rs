@@ -1,0 +1,228 @@
+//! Source side of a live migration: arm dirty tracking, stream memory while
+//! the tree runs, then freeze and send the last dirty pages and the state.
+
+use super::stream;
+use crate::dirty::{self, Method, Tracker};
+use crate::dump;
+use crate::ffi::error_json;
+use crate::freeze::{self, Frozen};
+use crate::inject::{find_syscall_insn, open_mem, Injector};
+use crate::json::Json;
+use crate::memory::{self, Vma};
+use crate::ops::{ok, pid_arg};
+use crate::proc;
+use crate::session::Engine;
+use crate::sys::{Error, Pid, Result, PAGE_SIZE};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+#[derive(Default)]
+pub struct SourceEngine {
+    root: Pid,
+    frozen: Option<Frozen>,
+    trackers: Vec<Tracker>,
+    sock: Option<BufWriter<TcpStream>>,
+    round: u64,
+    buf: Vec<u8>,
+}
+
+fn layout_entry(fz: &freeze::FrozenProc, vmas: &[Vma]) -> Json {
+    let (_, st) = proc::stat(fz.pid).unwrap_or_default();
+    Json::obj()
+        .with("pid", fz.pid)
+        .with("ppid", fz.ppid)
+        .with("pgid", proc::stat_u64(&st, 5))
+        .with("sid", proc::stat_u64(&st, 6))
+        .with("tids", fz.threads.iter().map(|t| Json::from(t.tid)).collect::<Vec<_>>())
+        .with("vmas", vmas.iter().map(Vma::to_json).collect::<Vec<_>>())
+}
+
+impl SourceEngine {
+    fn start(&mut self, req: &Json) -> Result<Json> {
+        let pid = pid_arg(req)?;
+        dump::validate_target(pid)?;
+        let method = match req.str_of("track").unwrap_or("auto") {
+            "auto" => dirty::best_method(),
+            m => {
+                let m = Method::parse(m).ok_or_else(|| Error::new("EINVAL", format!("unknown tracking method {:?} (auto, uffd-wp, soft-dirty, hash)", m)))?;
+                if !m.available() {
+                    return Err(Error::new("EFEATURE", format!("dirty tracking with {} is not available on this kernel", m.name())));
+                }
+                m
+            }
+        };
+        let addr = req.str_of("page_addr").ok_or_else(|| Error::new("EINVAL", "source_start needs page_addr"))?.to_string();
+        // Connect first: an unreachable destination must not cost a freeze.
+        let sock = TcpStream::connect(&addr).map_err(|e| Error::new("ECONNREFUSED", format!("cannot reach the page server at {}: {}", addr, e)))?;
+        let _ = sock.set_nodelay(true);
+        let mut w = BufWriter::with_capacity(4 << 20, sock);
+        let hello = Json::obj().with("migration", req.str_of("migration").unwrap_or("")).with("token", req.str_of("token").unwrap_or(""));
+        stream::write_json(&mut w, stream::HELLO, 0, &hello)?;
+        self.root = pid;
+        let mut frozen = freeze::freeze_tree(pid)?;
+        let mut layout = Vec::new();
+        let r = (|| -> Result<()> {
+            for fz in &frozen.procs {
+                let vmas = memory::vmas(fz.pid)?;
+                let leader = &fz.threads[0];
+                let mut inj = Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)?;
+                let t = Tracker::start(method, fz.pid, &mut inj, &vmas);
+                inj.finish()?;
+                self.trackers.push(t?);
+                layout.push(layout_entry(fz, &vmas));
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            for t in self.trackers.drain(..) {
+                t.stop();
+            }
+            frozen.resume();
+            return Err(e);
+        }
+        frozen.resume();
+        self.sock = Some(w);
+        Ok(ok().with("method", method.name()).with("layout", Json::obj().with("processes", layout)))
+    }
+
+    /// Send the pages at `pages` (sorted addresses) of `pid`.
+    fn send_pages(&mut self, pid: Pid, pages: &[u64]) -> Result<u64> {
+        let mem = open_mem(pid, false)?;
+        let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        let max = stream::MAX_PAGES as usize;
+        if self.buf.len() < stream::HEADER + max * PAGE_SIZE as usize {
+            self.buf = vec![0u8; stream::HEADER + max * PAGE_SIZE as usize];
+        }
+        let mut sent = 0;
+        let mut i = 0;
+        while i < pages.len() {
+            let mut n = 1;
+            while i + n < pages.len() && n < max && pages[i + n] == pages[i] + n as u64 * PAGE_SIZE {
+                n += 1;
+            }
+            let len = n * PAGE_SIZE as usize;
+            let body = &mut self.buf[stream::HEADER..stream::HEADER + len];
+            if mem.read_exact_at(body, pages[i]).is_err() {
+                // Unmapped meanwhile (or a hole inside a run): send what reads, zeros elsewhere.
+                for k in 0..n {
+                    let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
+                    if mem.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
+                        pg.fill(0);
+                    }
+                }
+            }
+            stream::Header { kind: stream::PAGES, pid: pid as u32, count: n as u32, addr: pages[i] }.encode(&mut self.buf[..stream::HEADER]);
+            w.write_all(&self.buf[..stream::HEADER + len]).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))?;
+            sent += n as u64;
+            i += n;
+        }
+        Ok(sent)
+    }
+
+    /// One round: layout and pages of every process, then a round-end mark.
+    fn round(&mut self, last: bool) -> Result<(u64, u64)> {
+        let mut total = 0;
+        let first = self.round == 0;
+        for ti in 0..self.trackers.len() {
+            let pid = self.trackers[ti].pid();
+            let vmas = memory::vmas(pid)?;
+            let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+            stream::write_json(w, stream::LAYOUT, pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()))?;
+            let mut pages = Vec::new();
+            if first {
+                // Round 0 sends everything present; tracking was armed before, so
+                // writes during this copy show up in the next round.
+                self.trackers[ti].collect(&vmas, &mut pages)?;
+                pages.clear();
+                let pm = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context("pagemap"))?;
+                for v in vmas.iter().filter(|v| v.stores_pages()) {
+                    memory::present_pages(&pm, v, &mut pages)?;
+                }
+            } else {
+                self.trackers[ti].collect(&vmas, &mut pages)?;
+            }
+            total += self.send_pages(pid, &pages)?;
+        }
+        let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        stream::write_round_end(w, self.round, last)?;
+        self.round += 1;
+        Ok((total, total * PAGE_SIZE))
+    }
+
+    fn freeze(&mut self) -> Result<Json> {
+        let t0 = Instant::now();
+        let frozen = freeze::freeze_tree(self.root)?;
+        let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
+        if let Some(p) = frozen.procs.iter().find(|p| !known.contains(&p.pid)) {
+            let pid = p.pid;
+            self.frozen = Some(frozen);
+            return Err(Error::new("EUNSUPPORTED", format!("process {} appeared in the tree during pre-copy; migrate again", pid)));
+        }
+        if let Some(pid) = known.iter().find(|p| !frozen.procs.iter().any(|f| f.pid == **p)) {
+            let pid = *pid;
+            self.frozen = Some(frozen);
+            return Err(Error::new("EUNSUPPORTED", format!("process {} left the tree during pre-copy; migrate again", pid)));
+        }
+        let freeze_us = t0.elapsed().as_micros() as u64;
+        let dumped = dump::dump_frozen(&frozen, None);
+        self.frozen = Some(frozen);
+        let (mut state, _) = dumped?;
+        let (pages, bytes) = self.round(true)?;
+        state.set("freeze_us", freeze_us);
+        Ok(ok().with("state", state).with("pages", pages).with("bytes", bytes).with("freeze_us", freeze_us).with("dump_us", t0.elapsed().as_micros() as u64))
+    }
+
+    fn stop_tracking(&mut self) {
+        for t in self.trackers.drain(..) {
+            t.stop();
+        }
+        self.sock = None;
+    }
+}
+
+impl Engine for SourceEngine {
+    fn handle(&mut self, req: &Json, done: &mut bool) -> Json {
+        let r = match req.str_of("op").unwrap_or("") {
+            "source_start" => self.start(req),
+            "source_round" => {
+                let t0 = Instant::now();
+                let round = self.round;
+                self.round(false).map(|(pages, bytes)| ok().with("round", round).with("pages", pages).with("bytes", bytes).with("ms", t0.elapsed().as_secs_f64() * 1000.0))
+            }
+            "source_freeze" => self.freeze(),
+            "source_finish" => {
+                *done = true;
+                let kill = req.str_of("action") == Some("kill");
+                self.stop_tracking();
+                if let Some(mut f) = self.frozen.take() {
+                    if kill {
+                        f.kill();
+                    } else {
+                        f.resume();
+                    }
+                }
+                Ok(ok().with("session_done", true))
+            }
+            op => Err(Error::new("EREQUEST", format!("{} is not a source operation", op))),
+        };
+        match r {
+            Ok(j) => j,
+            Err(e) => {
+                if req.str_of("op") == Some("source_start") {
+                    *done = true;
+                }
+                error_json(&e)
+            }
+        }
+    }
+
+    fn abandon(&mut self) {
+        self.stop_tracking();
+        if let Some(mut f) = self.frozen.take() {
+            f.resume();
+        }
+    }
+}
