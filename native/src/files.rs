@@ -129,7 +129,7 @@ impl FileTable {
                 return unsupported(&format!("file {} was deleted while open (unlinked files)", target));
             }
             if target.starts_with("/memfd:") {
-                return unsupported(&format!("memfd {}", target));
+                return crate::anonfd::describe(&FileCtx { pidfd, fd, target, md, info, base });
             }
             return Ok(base.with("kind", "reg").with("path", target).with("stat", file_identity(target)));
         }
@@ -164,11 +164,12 @@ impl FileTable {
             }
             return Ok(j);
         }
+        let ctx = FileCtx { pidfd, fd, target, md, info, base };
         if ft.is_socket() {
-            return unsupported(&format!("socket {}", target));
+            return crate::sockets::describe(&ctx);
         }
-        if target.starts_with("anon_inode:") {
-            return unsupported(&format!("{}", &target["anon_inode:".len()..]));
+        if target.starts_with("anon_inode:") || target.starts_with("/memfd:") {
+            return crate::anonfd::describe(&ctx);
         }
         unsupported(target)
     }
@@ -203,6 +204,25 @@ impl FileTable {
         let warnings = self.mark_external_pipes();
         let pipes = std::mem::take(&mut self.pipes).into_values().collect();
         Ok((self.files, pipes, warnings))
+    }
+}
+
+/// What a per-kind module needs to describe one descriptor at dump time.
+pub struct FileCtx<'a> {
+    /// pidfd of the process, for pidfd_getfd (a copy of the descriptor).
+    pub pidfd: &'a Fd,
+    pub fd: i32,
+    /// readlink of /proc/PID/fd/N
+    pub target: &'a str,
+    pub md: &'a std::fs::Metadata,
+    pub info: &'a proc::FdInfo,
+    /// {"id", "flags", "pos"} to extend with "kind" and the kind's fields.
+    pub base: Json,
+}
+
+impl FileCtx<'_> {
+    pub fn unsupported<T>(&self, what: &str) -> Result<T> {
+        Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", self.fd, what)))
     }
 }
 
@@ -305,6 +325,8 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
                 sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, F_SETFL, (flags & O_NONBLOCK) as u64])?;
                 fd
             }
+            k if crate::sockets::handles(k) => crate::sockets::open(f)?,
+            k if crate::anonfd::handles(k) => crate::anonfd::open(f)?,
             k => return Err(Error::new("EIMAGE", format!("file kind {:?} in the image is not known", k))),
         };
         by_id.insert(id, fd);

@@ -1,6 +1,7 @@
 //! phaul's native engine: everything that talks to the kernel about another
 //! process. One module per kind of kernel object; `ffi` is the only door.
 
+pub mod anonfd;
 pub mod arch;
 pub mod base64;
 pub mod check;
@@ -20,6 +21,7 @@ pub mod ptrace;
 pub mod restore;
 pub mod session;
 pub mod signals;
+pub mod sockets;
 pub mod stub;
 pub mod sys;
 pub mod threads;

@@ -264,6 +264,7 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         chan.install(inj, obj, fd as i32, f.bool_of("cloexec")).ctx(format!("installing fd {}", fd))?;
     }
     chan.close(inj)?;
+    crate::anonfd::after_install(inj, p)?;
     process::restore_attrs(inj, p)?;
     signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
     signals::restore_itimers(inj, p.arr_of("itimers"))?;
