@@ -98,10 +98,24 @@ export function prepareDumpDir(dir: string, force = false): void {
     return;
   }
   try {
-    mkdirSync(dir, { recursive: true });
+    makeDirs(dir);
   } catch (e) {
     throw new PhaulError((e as NodeJS.ErrnoException).code === "EACCES" ? "EACCES" : "EUSAGE",
       `cannot create ${dir}: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * mkdir -p, one level at a time: Node's recursive mkdirSync spins forever
+ * under /proc (each level "exists" as far as its retry logic can tell).
+ */
+function makeDirs(dir: string): void {
+  const parts = dir.split("/").filter(Boolean);
+  let cur = "";
+  for (const part of parts) {
+    cur += "/" + part;
+    if (existsSync(cur)) continue;
+    mkdirSync(cur);
   }
 }
 
