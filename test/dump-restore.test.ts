@@ -18,7 +18,7 @@ import {
   type Workload,
 } from './helpers/workload.js';
 
-const BIGMEM_MIB = process.env.PHAUL_TEST_BIGMEM_MIB ?? '512';
+const BIGMEM_MIB = process.env.PHAUL_TEST_BIGMEM_MIB ?? '1024';
 
 interface Spec {
   name: string;
