@@ -18,6 +18,8 @@ import { parseArgs } from 'node:util';
 import { startAgent, type Agent } from '../test/helpers/agent.js';
 import { PHAUL_JS, REPO, workloadBin } from '../test/helpers/paths.js';
 import { Harness, lastOk, readLog, waitForOk, type Workload } from '../test/helpers/workload.js';
+import { adoptMigrated } from '../test/helpers/migrate.js';
+import { waitUntil } from '../test/helpers/proc.js';
 import type { MigrateSummary } from '../src/index.js';
 
 const { values } = parseArgs({
@@ -89,7 +91,8 @@ async function once(h: Harness, agent: Agent, mib: number, mode: Row['mode']): P
     const r = await run(process.execPath, [PHAUL_JS, 'migrate', '--to', agent.address, '--pid', String(w.pid), '--json', ...extra], 600_000);
     if (r.code !== 0) throw new Error(r.stderr.trim() || `exit ${r.code}`);
     const s = JSON.parse(r.stdout) as MigrateSummary;
-    h.track(s.dest_pid, w.marker);
+    await waitUntil(() => w!.child.signalCode !== null || w!.child.exitCode !== null, 5000);
+    await adoptMigrated(h, w, s.dest_pid);
     const okAt = lastOk(w);
     await waitForOk(w, okAt + 3, 30_000);
     const lines = readLog(w).slice(linesAt);

@@ -49,6 +49,8 @@ export type ServeEvent =
       total_ms: number;
       /** The source confirmed it killed its copy. */
       confirmed: boolean;
+      /** Restored inside a new pid namespace (its pids were taken here). */
+      pid_ns: boolean;
     }
   | { event: "failed"; peer: string; migration?: string; pid?: number; phase: ServePhase; code: string; message: string; total_ms: number };
 
@@ -232,7 +234,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
             throw new PhaulError(lost.code, `restored pid ${r.pid}, but the source was lost meanwhile (${lost.message}); killed the restored copy`);
           }
           try {
-            await chan.send({ type: "restored", pid: r.pid, restore_us: r.restore_us, pages: r.pages, bytes: r.bytes });
+            await chan.send({ type: "restored", pid: r.pid, restore_us: r.restore_us, pages: r.pages, bytes: r.bytes, pid_ns: session.pidNamespace });
           } catch (e) {
             killLayout(layout);
             throw new PhaulError("ECONNRESET", `restored pid ${r.pid}, but could not tell the source (${toPhaulError(e).message}); killed the restored copy`);
@@ -249,7 +251,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
           const ev: ServeEvent = {
             event: "restored", peer, migration, pid: r.pid, rounds: rounds.length,
             pages: all.reduce((n, x) => n + x.pages, 0), bytes: all.reduce((n, x) => n + x.bytes, 0),
-            restore_us: r.restore_us, total_ms: elapsed(), confirmed,
+            restore_us: r.restore_us, total_ms: elapsed(), confirmed, pid_ns: session.pidNamespace,
           };
           record({ ...ev, round_stats: rounds, layout });
           emit(ev);

@@ -31,6 +31,8 @@ export interface LayoutProcess {
   pgid: number;
   sid: number;
   tids: number[];
+  /** The engine's memory layout of the process (opaque here, checked by the engine). */
+  vmas?: Record<string, unknown>[];
 }
 
 export interface Layout {
@@ -87,6 +89,8 @@ export interface RestoredMsg {
   restore_us: number;
   pages?: number;
   bytes?: number;
+  /** Restored inside a new pid namespace (its pids were taken on the destination). */
+  pid_ns?: boolean;
 }
 /** Either side: the migration is over and failed (code is a PhaulError code). */
 export interface FailedMsg {
@@ -216,13 +220,20 @@ function layout(v: unknown): Layout {
           !tids.every((t) => Number.isSafeInteger(t) && t > 0 && t <= PID_MAX)) {
         throw protoError(`${where}.tids must be a non-empty list of pids`);
       }
-      return {
+      const out: LayoutProcess = {
         pid: int(q, "pid", where, 1, PID_MAX),
         ppid: int(q, "ppid", where, 0, PID_MAX),
         pgid: int(q, "pgid", where, 0, PID_MAX),
         sid: int(q, "sid", where, 0, PID_MAX),
         tids: tids as number[],
       };
+      if (q.vmas !== undefined && q.vmas !== null) {
+        if (!Array.isArray(q.vmas) || q.vmas.length > 1 << 20 || !q.vmas.every(isObj)) {
+          throw protoError(`${where}.vmas must be a list of maps`);
+        }
+        out.vmas = q.vmas as Record<string, unknown>[];
+      }
+      return out;
     }),
   };
 }
@@ -292,6 +303,10 @@ export function validate(value: unknown): Message {
       if (pages !== undefined) m.pages = pages;
       const bytes = optional(o, "bytes", () => int(o, "bytes", "restored"));
       if (bytes !== undefined) m.bytes = bytes;
+      if (o.pid_ns !== undefined && o.pid_ns !== null) {
+        if (typeof o.pid_ns !== "boolean") throw protoError("restored.pid_ns must be a boolean");
+        m.pid_ns = o.pid_ns;
+      }
       return m;
     }
     case "failed":

@@ -60,8 +60,10 @@ export interface MigrateSummary {
   /** The last round, sent while frozen. */
   final: { pages: number; bytes: number; freeze_us: number };
   stop_reason: StopReason;
-  /** Pid on the destination. */
+  /** Pid on the destination (inside a new pid namespace when pid_ns). */
   dest_pid: number;
+  /** The destination hosts the tree in a new pid namespace because its pids were taken there (always so on one host). */
+  pid_ns: boolean;
   restore_us: number;
   /** From the start of source_freeze until `restored` arrived, ms. */
   frozen_ms: number;
@@ -190,7 +192,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     const bytes = rounds.reduce((n, r) => n + r.bytes, final.bytes);
     return {
       pid, to: toText, migration, method, rounds, final, stop_reason: decision.reason,
-      dest_pid: restored.pid, restore_us: restored.restore_us,
+      dest_pid: restored.pid, pid_ns: restored.pid_ns === true, restore_us: restored.restore_us,
       frozen_ms: round1(frozenMs), total_ms: round1(performance.now() - t0), pages, bytes,
     };
   } catch (e) {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
-import { gapsSince, migrateAndCheck, roundsText } from './helpers/migrate.js';
+import { adoptMigrated, gapsSince, migrateAndCheck, roundsText } from './helpers/migrate.js';
 import { waitUntil } from './helpers/proc.js';
 import { assertNoFail, assertOkSequence, Harness, lastOk, readLog, waitForOk } from './helpers/workload.js';
 import { migrate } from '../src/index.js';
@@ -67,13 +67,14 @@ describe('live migration on one host', () => {
     const linesAtStart = readLog(w).length;
     const phases: string[] = [];
     const s = await migrate({ pid: w.pid, to: agent.address, onProgress: (p) => phases.push(p.phase) });
-    h.track(s.dest_pid, w.marker);
+    const child = w.child;
     t.diagnostic(roundsText(s));
     assert.equal(s.stop_reason, 'converged', roundsText(s));
     assert.ok(s.rounds.length >= 2, `expected at least one dirty round: ${roundsText(s)}`);
     assert.ok(s.final.bytes < s.rounds[0]!.bytes / 10, `final round not small: ${roundsText(s)}`);
     for (const p of ['connecting', 'tracking', 'round-start', 'round', 'freezing', 'restoring', 'restored']) assert.ok(phases.includes(p), `no ${p} progress`);
-    assert.ok(await waitUntil(() => w.child.signalCode !== null, 5000), 'source copy still our child');
+    assert.ok(await waitUntil(() => child.signalCode !== null, 5000), 'source copy still our child');
+    await adoptMigrated(h, w, s.dest_pid);
     await waitForOk(w, okAtStart + 5, 20_000);
     assertNoFail(w);
     assertOkSequence(w);

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { assertCliOk, describe as describeCli, runCli, type CliResult } from './cli.js';
 import type { Agent } from './agent.js';
-import { procStat, runningFreely, waitUntil } from './proc.js';
+import { cmdline, isAlive, procStat, procStatus, runningFreely, waitUntil } from './proc.js';
 import { assertNoFail, assertOkSequence, Harness, lastOk, readLog, waitForOk, type Workload } from './workload.js';
 import type { MigrateSummary } from '../../src/index.js';
 
@@ -15,6 +15,29 @@ export interface MigrateRun {
 }
 
 /** `phaul migrate --json` of w to the agent; checks the source copy is gone and the pid runs on. */
+/**
+ * After a migration on one host the tree runs in a new pid namespace (its
+ * pids were taken by the source itself): its pid there is the old one, its
+ * pid here a new one. Find it by w's marker and NSpid, point w at it, track it.
+ */
+export async function adoptMigrated(h: Harness, w: Workload, innerPid: number): Promise<number> {
+  let found: number | undefined;
+  await waitUntil(() => {
+    for (const n of readdirSync('/proc')) {
+      if (!/^\d+$/.test(n)) continue;
+      const pid = Number(n);
+      if (!(cmdline(pid) ?? '').includes(w.marker)) continue;
+      const ns = (procStatus(pid)?.NSpid ?? '').split(/\s+/).map(Number);
+      if (ns[ns.length - 1] === innerPid && isAlive(pid)) found = pid;
+    }
+    return found !== undefined;
+  }, 5000);
+  assert.ok(found !== undefined, `cannot find the migrated process (pid ${innerPid} inside its namespace, marker ${w.marker})`);
+  w.pid = found;
+  h.track(found, w.marker);
+  return found;
+}
+
 export interface MigrateCheckOptions {
   extra?: string[];
   okTimeoutMs?: number;
@@ -30,19 +53,23 @@ export async function migrateAndCheck(h: Harness, w: Workload, agent: Agent, o: 
   const r = await (o.runner ?? ((a: string[]) => runCli(a, 180_000)))(args);
   assertCliOk(r);
   const summary = JSON.parse(r.stdout) as MigrateSummary;
-  h.track(summary.dest_pid, w.marker);
-  assert.equal(summary.dest_pid, w.pid, 'migrated under another pid');
+  const sourcePid = w.pid;
+  assert.equal(summary.dest_pid, sourcePid, 'migrated under another pid');
   // the source copy was our child: it must have been killed
   assert.ok(await waitUntil(() => w.child.exitCode !== null || w.child.signalCode !== null, 5000),
     `source copy (our child ${w.pid}) did not exit after the migration\n${describeCli(r)}`);
   assert.equal(w.child.signalCode, 'SIGKILL', 'source copy should have been killed');
+  await adoptMigrated(h, w, summary.dest_pid);
+  if (summary.pid_ns) assert.notEqual(w.pid, sourcePid, 'pid namespace reported but the pid here did not change');
   assert.ok(await waitUntil(() => runningFreely(w.pid).ok, 5000), `migrated pid ${w.pid}: ${runningFreely(w.pid).why}`);
   assert.notEqual(procStat(w.pid)?.ppid, process.pid, 'migrated process is a child of the test');
   assert.equal(readdirSync(`/proc/${w.pid}/task`).length, threadsBefore, 'thread count changed');
+  const ns = (procStatus(w.pid)?.NSpid ?? '').split(/\s+/).map(Number);
+  assert.equal(ns[ns.length - 1], sourcePid, `pid inside its namespace: NSpid ${ns.join(' ')}`);
   await waitForOk(w, okAtStart + 2, o.okTimeoutMs ?? 20_000);
   assertNoFail(w);
   assertOkSequence(w);
-  await agent.waitEvent((e) => e.event === 'restored' && e.pid === w.pid && e.migration === summary.migration, 10_000, 'restored');
+  await agent.waitEvent((e) => e.event === 'restored' && e.pid === sourcePid && e.migration === summary.migration, 10_000, 'restored');
   return { summary, okAtStart, linesAtStart };
 }
 
