@@ -119,6 +119,7 @@ impl DestEngine {
             self.buf = vec![0u8; stream::MAX_PAGES as usize * PAGE_SIZE as usize];
         }
         let mut pages = 0;
+        let (mut t_read, mut t_write) = (Duration::ZERO, Duration::ZERO);
         loop {
             let h = stream::read_header(r)?;
             match h.kind {
@@ -131,12 +132,19 @@ impl DestEngine {
                 stream::PAGES => {
                     let len = h.payload_len();
                     let b = &mut self.buf[..len];
+                    let t = Instant::now();
                     r.read_exact(b).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
-                    let mem = self.mems.get(&(h.pid as Pid)).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
-                    mem.write_all_at(b, h.addr).map_err(|e| Error::new("EPROTO", format!("page stream: pages at {:#x} outside the process's memory: {}", h.addr, e)))?;
+                    t_read += t.elapsed();
+                    let t = Instant::now();
+                    let s = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
+                    write_pages(s.host, self.mems.get(&s.pid), h.addr, b)?;
+                    t_write += t.elapsed();
                     pages += h.count as u64;
                 }
                 stream::ROUND_END => {
+                    if crate::inject::debug() {
+                        eprintln!("phaul: dest round: {} pages, read {:?}, write {:?}", pages, t_read, t_write);
+                    }
                     self.rounds += 1;
                     return Ok((pages, h.count != 0));
                 }
@@ -227,4 +235,20 @@ impl Engine for DestEngine {
         self.sock = None;
         self.listener = None;
     }
+}
+
+/// Write a frame's pages into the stub. process_vm_writev pins pages in
+/// batches (fast on fresh memory, where /proc/PID/mem faults one page per
+/// call); it refuses read-only areas, which /proc/PID/mem writes through.
+fn write_pages(host: Pid, mem: Option<&File>, addr: u64, data: &[u8]) -> Result<()> {
+    let local = [data.as_ptr() as u64, data.len() as u64];
+    let remote = [addr, data.len() as u64];
+    let r = unsafe { crate::sys::raw(crate::sys::nr::PROCESS_VM_WRITEV, &[host as u64, local.as_ptr() as u64, 1, remote.as_ptr() as u64, 1, 0]) };
+    if let Ok(n) = r {
+        if n as usize == data.len() {
+            return Ok(());
+        }
+    }
+    let mem = mem.ok_or_else(|| Error::new("EPROTO", "page stream: pages for a process without memory"))?;
+    mem.write_all_at(data, addr).map_err(|e| Error::new("EPROTO", format!("page stream: pages at {:#x} outside the process's memory: {}", addr, e)))
 }
