@@ -1,0 +1,158 @@
+//! NETLINK_SOCK_DIAG lookups by socket inode: the listen backlog of TCP
+//! sockets (inet_diag: idiag_wqueue of a listener), the peer and queue
+//! lengths of unix sockets (unix_diag). The netlink socket is opened in the
+//! network namespace of the examined socket (SIOCGSKNS), from a short-lived
+//! thread that enters it, so a target in another namespace is seen too.
+
+use super::{snr, AF_NETLINK, AF_UNIX};
+use crate::sys::{self, Error, Fd, Result};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::FromRawFd;
+
+const NETLINK_SOCK_DIAG: u64 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const SIOCGSKNS: u64 = 0x894C;
+const CLONE_NEWNET: u64 = 0x40000000;
+
+/// A netlink diag socket in the namespace of socket `of`.
+fn diag_socket(of: &Fd) -> Result<Fd> {
+    let open = || sys::call("socket(AF_NETLINK)", snr::SOCKET, &[AF_NETLINK as u64, 3 /* SOCK_RAW */ | super::SOCK_CLOEXEC, NETLINK_SOCK_DIAG]).map(|f| Fd(f as i32));
+    let ns = match sys::call("SIOCGSKNS", crate::sys::nr::IOCTL, &[of.raw() as u64, SIOCGSKNS, 0]) {
+        Ok(f) => Fd(f as i32),
+        Err(_) => return open(),
+    };
+    let theirs = unsafe { std::fs::File::from_raw_fd(ns.into_raw()) };
+    let same = match (theirs.metadata(), std::fs::metadata("/proc/thread-self/ns/net")) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => true,
+    };
+    if same {
+        return open();
+    }
+    let nsfd = std::os::unix::io::AsRawFd::as_raw_fd(&theirs);
+    let r = std::thread::spawn(move || -> Result<i32> {
+        sys::call("setns(net)", snr::SETNS, &[nsfd as u64, CLONE_NEWNET])?;
+        open().map(|f| f.into_raw())
+    })
+    .join()
+    .map_err(|_| Error::new("EINTERNAL", "sock_diag thread panicked"))??;
+    Ok(Fd(r))
+}
+
+/// Send one request, collect the payloads of all answers of `SOCK_DIAG_BY_FAMILY`.
+fn request(nl: &Fd, req: &[u8], dump: bool) -> Result<Vec<Vec<u8>>> {
+    let mut msg = Vec::with_capacity(16 + req.len());
+    msg.extend_from_slice(&((16 + req.len()) as u32).to_le_bytes());
+    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_le_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 }).to_le_bytes());
+    msg.extend_from_slice(&1u32.to_le_bytes());
+    msg.extend_from_slice(&0u32.to_le_bytes());
+    msg.extend_from_slice(req);
+    // sockaddr_nl of the kernel
+    let mut sa = [0u8; 12];
+    sa[0..2].copy_from_slice(&(AF_NETLINK as u16).to_le_bytes());
+    sys::call("sock_diag request", snr::SENDTO, &[nl.raw() as u64, msg.as_ptr() as u64, msg.len() as u64, 0, sa.as_ptr() as u64, 12])?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = sys::call("sock_diag answer", snr::RECVFROM, &[nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0])? as usize;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_le_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_le_bytes(buf[off + 4..off + 6].try_into().unwrap());
+            if len < 16 || off + len > n {
+                return Ok(out);
+            }
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let e = i32::from_le_bytes(buf[off + 16..off + 20].try_into().unwrap());
+                    if e == 0 {
+                        return Ok(out);
+                    }
+                    return Err(Error::sys("sock_diag", -e));
+                }
+                _ => out.push(buf[off + 16..off + len].to_vec()),
+            }
+            off += (len + 3) & !3;
+        }
+        if !dump {
+            return Ok(out);
+        }
+    }
+}
+
+/// inet_diag_msg for the socket with inode `ino` (family, protocol).
+/// Returns (state, rqueue, wqueue).
+pub fn inet_lookup(of: &Fd, family: i32, protocol: u8, ino: u64) -> Result<Option<(u8, u32, u32)>> {
+    let nl = diag_socket(of)?;
+    let mut req = [0u8; 56];
+    req[0] = family as u8;
+    req[1] = protocol;
+    req[4..8].copy_from_slice(&u32::MAX.to_le_bytes()); // all states
+    for m in request(&nl, &req, true)? {
+        if m.len() < 72 {
+            continue;
+        }
+        let inode = u32::from_le_bytes(m[68..72].try_into().unwrap()) as u64;
+        if inode == ino {
+            let rq = u32::from_le_bytes(m[56..60].try_into().unwrap());
+            let wq = u32::from_le_bytes(m[60..64].try_into().unwrap());
+            return Ok(Some((m[1], rq, wq)));
+        }
+    }
+    Ok(None)
+}
+
+pub struct UnixInfo {
+    pub state: u8,
+    pub peer: u64,
+    pub rqueue: u32,
+    pub wqueue: u32,
+}
+
+/// unix_diag of the socket with inode `ino`.
+pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
+    let nl = diag_socket(of)?;
+    let mut req = [0u8; 24];
+    req[0] = AF_UNIX as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    req[8..12].copy_from_slice(&(ino as u32).to_le_bytes());
+    req[12..16].copy_from_slice(&(4u32 /* PEER */ | 16 /* RQLEN */).to_le_bytes());
+    req[16..24].copy_from_slice(&[0xff; 8]);
+    let msgs = match request(&nl, &req, false) {
+        Ok(m) => m,
+        Err(e) if e.errno == 2 => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    for m in msgs {
+        if m.len() < 16 || u32::from_le_bytes(m[4..8].try_into().unwrap()) as u64 != ino {
+            continue;
+        }
+        let mut info = UnixInfo { state: m[2], peer: 0, rqueue: 0, wqueue: 0 };
+        let mut off = 16;
+        while off + 4 <= m.len() {
+            let len = u16::from_le_bytes(m[off..off + 2].try_into().unwrap()) as usize;
+            let ty = u16::from_le_bytes(m[off + 2..off + 4].try_into().unwrap());
+            if len < 4 || off + len > m.len() {
+                break;
+            }
+            let p = &m[off + 4..off + len];
+            match ty {
+                2 if p.len() >= 4 => info.peer = u32::from_le_bytes(p[0..4].try_into().unwrap()) as u64,
+                4 if p.len() >= 8 => {
+                    info.rqueue = u32::from_le_bytes(p[0..4].try_into().unwrap());
+                    info.wqueue = u32::from_le_bytes(p[4..8].try_into().unwrap());
+                }
+                _ => {}
+            }
+            off += (len + 3) & !3;
+        }
+        return Ok(Some(info));
+    }
+    Ok(None)
+}
