@@ -61,4 +61,12 @@ describe('sockets', () => {
     assertOkSequence(w);
     await h.kill(w);
   });
+
+  test('UDP v4 and v6: bound and connected sockets keep addresses and peers', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('sock_udp');
+    await waitForOk(w, 2);
+    await roundTrip(w, t);
+    assertOkSequence(w);
+    await h.kill(w);
+  });
 });
