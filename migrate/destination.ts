@@ -26,6 +26,12 @@ export interface ServeOptions {
   onEvent?: (event: ServeEvent) => void;
   /** Test-only fault injection (PHAUL_FAULT syntax, docs/migrate.md). */
   fault?: string;
+  /**
+   * Pids of the migrated tree already taken here (always so when source and
+   * destination are one host): "auto" (default) restores the tree in a new
+   * pid namespace, "never" refuses the migration (EPIDTAKEN).
+   */
+  pidNamespace?: "auto" | "never";
   /** How long to wait for the source's page connection and for each round, ms (default 60000). */
   roundTimeoutMs?: number;
 }
@@ -106,6 +112,9 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     }
   }
   const roundTimeoutMs = options.roundTimeoutMs ?? 60_000;
+  if (options.pidNamespace !== undefined && options.pidNamespace !== "auto" && options.pidNamespace !== "never") {
+    throw new PhaulError("EUSAGE", `--pid-ns must be auto or never, got ${JSON.stringify(options.pidNamespace)}`);
+  }
   const emit = (e: ServeEvent) => {
     try {
       options.onEvent?.(e);
@@ -198,7 +207,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       migration = p.migration;
       layout = p.layout;
       closeFault("prepare");
-      session = await pages.prepare(p.migration, p.token, p.layout);
+      session = await pages.prepare(p.migration, p.token, p.layout, options.pidNamespace === "never" ? false : undefined);
       if (chan.failed) throw chan.failed;
       await chan.send({ type: "prepared", page_port: pages.port });
       emit({

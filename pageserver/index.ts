@@ -106,8 +106,9 @@ export class PageServer {
   }
 
   /** Check the pids of `layout` are free here (else a pid namespace hosts them) and create stub processes for them. */
-  async prepare(migration: string, token: string, layout: Layout): Promise<PageSession> {
+  async prepare(migration: string, token: string, layout: Layout, pidNamespace?: boolean): Promise<PageSession> {
     const args: Record<string, unknown> = { migration, token, layout };
+    if (pidNamespace !== undefined) args.pid_ns = pidNamespace;
     if (this.mode === "relay") args.listen_host = "127.0.0.1";
     const reply = await callNative("dest_prepare", args);
     if (reply.session === undefined || reply.session === null) {

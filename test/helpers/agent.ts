@@ -20,6 +20,8 @@ export interface AgentOptions {
   netns?: string;
   /** PHAUL_FAULT for the agent (test-only fault injection) */
   fault?: string;
+  /** extra `serve` arguments */
+  args?: string[];
   /** command prefix, e.g. ['unshare', '--pid', '--fork', ...] (argv before node) */
   wrap?: string[];
 }
@@ -36,7 +38,7 @@ export class Agent {
   constructor(readonly opts: AgentOptions = {}) {
     this.host = opts.host ?? '127.0.0.1';
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'phaul-agent-'));
-    const node = [process.execPath, PHAUL_JS, 'serve', '--listen', `${this.host}:0`, '--json', '--dir', this.dir];
+    const node = [process.execPath, PHAUL_JS, 'serve', '--listen', `${this.host}:0`, '--json', '--dir', this.dir, ...(opts.args ?? [])];
     const argv = [...(opts.netns ? ['ip', 'netns', 'exec', opts.netns] : []), ...(opts.wrap ?? []), ...node];
     const env = { ...process.env };
     delete env.PHAUL_FAULT;

@@ -23,7 +23,7 @@ function line(e: ServeEvent): string | undefined {
 export const command: Command = {
   name: "serve",
   summary: "run a destination agent that receives live migrations",
-  usage: "serve [--listen HOST:PORT] [--page-port P] [--dir DIR] [--json]",
+  usage: "serve [--listen HOST:PORT] [--page-port P] [--dir DIR] [--pid-ns auto|never] [--json]",
   description:
     `Accepts \`phaul migrate\` connections on HOST:PORT (default ${DEFAULT_LISTEN}) and\n` +
     "restores the migrated trees here with their original pids. Page data comes\n" +
@@ -35,6 +35,7 @@ export const command: Command = {
     listen: { type: "string", short: "l", arg: "HOST:PORT", description: `control address (default ${DEFAULT_LISTEN}; port 0 picks one)` },
     "page-port": { type: "string", arg: "P", description: "port for page data on the same host (default: any free port)" },
     dir: { type: "string", short: "d", arg: "DIR", description: "keep a JSON record of each migration in DIR" },
+    "pid-ns": { type: "string", arg: "MODE", description: "pids taken here: auto (new pid namespace, default) or never (refuse)" },
     json: { type: "boolean", description: "log events as JSON lines" },
   },
   examples: [
@@ -54,6 +55,7 @@ export const command: Command = {
       listen: typeof values.listen === "string" ? values.listen : DEFAULT_LISTEN,
       ...(pagePort !== undefined ? { pagePort } : {}),
       ...(typeof values.dir === "string" ? { dir: values.dir } : {}),
+      ...(typeof values["pid-ns"] === "string" ? { pidNamespace: values["pid-ns"] as "auto" | "never" } : {}),
       ...(process.env.PHAUL_FAULT ? { fault: process.env.PHAUL_FAULT } : {}),
       onEvent(e) {
         if (asJson) stdout(JSON.stringify({ time: new Date().toISOString(), ...e }) + "\n");
