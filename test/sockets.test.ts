@@ -23,13 +23,13 @@ const h = new Harness();
 after(() => h.cleanup());
 
 /** Dump w (it must disappear), restore it under the same pid, wait for two more OK lines. */
-async function roundTrip(w: Workload, t: { diagnostic(msg: string): void }): Promise<void> {
+async function roundTrip(w: Workload, t: { diagnostic(msg: string): void }, others: number[] = []): Promise<void> {
   const images = path.join(w.dir, `images-${Date.now()}`);
   mkdirSync(images);
   const d = await dump(w.pid, images);
   assertCliOk(d);
   t.diagnostic(`${w.name}: dump took ${d.ms} ms`);
-  assert.ok(await waitPidGone(w.pid, 5000), `pid ${w.pid} still exists after dump`);
+  for (const p of [w.pid, ...others]) assert.ok(await waitPidGone(p, 5000), `pid ${p} still exists after dump`);
   assertNoFail(w);
   const okAtDump = lastOk(w);
   const pid = await restore(images);
@@ -66,6 +66,16 @@ describe('sockets', () => {
     const w = await h.start('sock_udp');
     await waitForOk(w, 2);
     await roundTrip(w, t);
+    assertOkSequence(w);
+    await h.kill(w);
+  });
+
+  test('unix: socketpairs (stream, dgram, seqpacket, shared with a child) with queued data, listeners, bound dgram', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('sock_unix');
+    await waitForOk(w, 2);
+    const child = Number(readLog(w).find((l) => l.startsWith('CHILD '))!.split(' ')[1]);
+    await roundTrip(w, t, [child]);
+    await roundTrip(w, t, [child]);
     assertOkSequence(w);
     await h.kill(w);
   });
