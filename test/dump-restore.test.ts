@@ -55,6 +55,7 @@ const specs: Spec[] = [
   },
   { name: 'files' },
   { name: 'procattrs' },
+  { name: 'creds' },
   {
     name: 'tree',
     async afterRestore(w) {

@@ -5,6 +5,7 @@ pub mod anonfd;
 pub mod arch;
 pub mod base64;
 pub mod check;
+pub mod creds;
 pub mod dirty;
 pub mod dump;
 pub mod ffi;

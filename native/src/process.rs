@@ -76,6 +76,8 @@ pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
         .with("root", proc::readlink(&format!("/proc/{}/root", pid))?)
         .with("umask", umask)
         .with("rlimits", rlimits(pid)?)
+        .with("creds", crate::creds::dump_creds(pid)?)
+        .with("personality", crate::creds::dump_personality(pid))
         .with("mm", mm))
 }
 

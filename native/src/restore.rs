@@ -268,6 +268,7 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     process::restore_attrs(inj, p)?;
     signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
     signals::restore_itimers(inj, p.arr_of("itimers"))?;
+    crate::creds::restore_personality(inj, p)?;
     let exe_fd = process::open_exe_in_stub(inj, p)?;
     if let Some(mm) = p.get("mm") {
         let r = process::restore_mm(inj, mm, exe_fd);
@@ -281,7 +282,8 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
 
 /// Threads, per-thread settings and registers; then everything runs.
 pub fn finish_tree(procs: &[Json], tree: &mut Tree) -> Result<()> {
-    let mut all_threads: Vec<(Pid, Injector, Json)> = Vec::new();
+    // (host tid, injector, thread state, credentials of its process)
+    let mut all_threads: Vec<(Pid, Injector, Json, Option<Json>)> = Vec::new();
     let mut leaders = Vec::new();
     let stubs = std::mem::take(&mut tree.stubs);
     for (p, s) in procs.iter().zip(stubs.into_iter()) {
@@ -295,16 +297,17 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree) -> Result<()> {
             let mut ti = Injector::new(s.host, host, leader.insn(), regs, u64::MAX)?;
             ti.share_scratch(&leader);
             threads::restore_thread_settings(s.pid, t, &mut ti)?;
-            all_threads.push((host, ti, t.clone()));
+            all_threads.push((host, ti, t.clone(), p.get("creds").cloned()));
         }
         threads::restore_thread_settings(s.pid, &ths[0], &mut leader)?;
         signals::requeue(&mut leader, s.pid, None, p.arr_of("shared_pending"))?;
-        leaders.push((s.host, leader, ths[0].clone()));
+        leaders.push((s.host, leader, ths[0].clone(), p.get("creds").cloned()));
     }
     // Leaders last: they own the scratch areas the others borrowed.
     all_threads.extend(leaders);
     let mut finals = Vec::new();
-    for (tid, inj, t) in all_threads {
+    for (tid, mut inj, t, creds) in all_threads {
+        crate::creds::restore_creds(&mut inj, creds.as_ref()).map_err(|e| e.context(format!("thread {}: credentials", tid)))?;
         inj.finish()?;
         finals.push((tid, threads::final_state(&t)?));
     }

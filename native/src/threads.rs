@@ -48,7 +48,8 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
         .with("rseq", Json::obj().with("addr", rseq.0).with("len", rseq.1).with("sig", rseq.2))
         .with("robust_list", Json::obj().with("head", rhead).with("len", rlen))
         .with("clear_child_tid", ctid)
-        .with("comm", comm.trim_end_matches('\n')))
+        .with("comm", comm.trim_end_matches('\n'))
+        .with("sched", crate::creds::dump_sched(pid, tid)))
 }
 
 /// Per-thread kernel settings, applied by injecting into the thread itself.
@@ -74,6 +75,7 @@ pub fn restore_thread_settings(pid: Pid, t: &Json, inj: &mut Injector) -> Result
         let a = inj.put_str(c, 512)?;
         inj.call("prctl(PR_SET_NAME)", nr::PRCTL, &[PR_SET_NAME, a])?;
     }
+    crate::creds::restore_sched(inj, t.get("sched"))?;
     signals::requeue(inj, pid, Some(tid), t.arr_of("pending"))?;
     Ok(())
 }

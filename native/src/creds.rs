@@ -1,0 +1,136 @@
+//! Credentials (uids, gids, groups, capabilities, no_new_privs), scheduling
+//! policy and nice value, and personality.
+//!
+//! Credentials are per thread in Linux: they are restored in every thread,
+//! as the very last injected step, because a thread that has dropped root can
+//! no longer do the privileged parts of a restore.
+
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::proc;
+use crate::sys::{nr, Error, Pid, Result};
+
+fn ids(s: &str) -> Vec<Json> {
+    s.split_whitespace().filter_map(|x| x.parse::<u64>().ok()).map(Json::U64).collect()
+}
+
+fn hex(s: &str) -> u64 {
+    u64::from_str_radix(s.trim(), 16).unwrap_or(0)
+}
+
+pub fn dump_creds(pid: Pid) -> Result<Json> {
+    let f = |k: &str| proc::status_field(pid, k).unwrap_or_default();
+    match f("Seccomp").trim() {
+        "0" | "" => {}
+        "1" => return Err(Error::new("EUNSUPPORTED", format!("process {} runs in seccomp strict mode, which is not supported", pid))),
+        _ => return Err(Error::new("EUNSUPPORTED", format!("process {} has seccomp filters, which are not supported", pid))),
+    }
+    Ok(Json::obj()
+        .with("uid", ids(&f("Uid")))
+        .with("gid", ids(&f("Gid")))
+        .with("groups", ids(&f("Groups")))
+        .with("cap_inh", Json::Str(hex(&f("CapInh")).to_string()))
+        .with("cap_prm", Json::Str(hex(&f("CapPrm")).to_string()))
+        .with("cap_eff", Json::Str(hex(&f("CapEff")).to_string()))
+        .with("cap_bnd", Json::Str(hex(&f("CapBnd")).to_string()))
+        .with("cap_amb", Json::Str(hex(&f("CapAmb")).to_string()))
+        .with("no_new_privs", f("NoNewPrivs").trim() == "1"))
+}
+
+pub fn dump_personality(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/personality", pid)).map(|s| hex(&s)).unwrap_or(0)
+}
+
+/// Per-thread scheduling: policy, real-time priority, nice.
+pub fn dump_sched(pid: Pid, tid: Pid) -> Json {
+    let st = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).unwrap_or_default();
+    let fields: Vec<String> = st.rsplit_once(')').map(|(_, r)| r.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    let g = |n: usize| fields.get(n - 3).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    Json::obj().with("policy", g(41)).with("priority", g(40)).with("nice", g(19))
+}
+
+pub fn restore_personality(inj: &mut Injector, p: &Json) -> Result<()> {
+    if let Some(v) = p.u64_of("personality") {
+        inj.call("personality", nr::PERSONALITY, &[v & 0xffff_ffff])?;
+    }
+    Ok(())
+}
+
+pub fn restore_sched(inj: &mut Injector, s: Option<&Json>) -> Result<()> {
+    let s = match s {
+        Some(s) => s,
+        None => return Ok(()),
+    };
+    const SCHED_RESET_ON_FORK: i64 = 0x40000000;
+    let policy = s.i64_of("policy").unwrap_or(0) & !SCHED_RESET_ON_FORK;
+    let prio = s.i64_of("priority").unwrap_or(0);
+    if policy != 0 || prio != 0 {
+        let param = (prio as i32).to_le_bytes();
+        let a = inj.put(&param, 3840)?;
+        inj.call("sched_setscheduler", 144, &[0, policy as u64, a])?;
+    }
+    let nice = s.i64_of("nice").unwrap_or(0);
+    // PRIO_PROCESS with who = 0 means the calling thread here.
+    inj.call("setpriority", 141, &[0, 0, nice as u64])?;
+    Ok(())
+}
+
+fn cap_last() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
+}
+
+/// Become the saved identity. Runs in each thread, after everything else.
+pub fn restore_creds(inj: &mut Injector, c: Option<&Json>) -> Result<()> {
+    let c = match c {
+        Some(c) => c,
+        None => return Ok(()),
+    };
+    let list = |k: &str| -> Vec<u64> { c.arr_of(k).iter().filter_map(Json::as_u64).collect() };
+    let (uid, gid, groups) = (list("uid"), list("gid"), list("groups"));
+    if uid.len() != 4 || gid.len() != 4 {
+        return Err(Error::new("EIMAGE", "credentials in the image are incomplete"));
+    }
+    let cap = |k: &str| c.u64_of(k).unwrap_or(0);
+    const PR_SET_KEEPCAPS: u64 = 8;
+    const PR_CAPBSET_DROP: u64 = 24;
+    const PR_SET_NO_NEW_PRIVS: u64 = 38;
+    const PR_CAP_AMBIENT: u64 = 47;
+    const PR_CAP_AMBIENT_RAISE: u64 = 2;
+    inj.call("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 1])?;
+    let bnd = cap("cap_bnd");
+    for bit in 0..=cap_last().min(63) {
+        if bnd & (1 << bit) == 0 {
+            inj.call("prctl(PR_CAPBSET_DROP)", nr::PRCTL, &[PR_CAPBSET_DROP, bit])?;
+        }
+    }
+    let g: Vec<u8> = groups.iter().flat_map(|x| (*x as u32).to_le_bytes()).collect();
+    let ga = if g.is_empty() { 0 } else { inj.put(&g, 3072)? };
+    inj.call("setgroups", 116, &[groups.len() as u64, ga])?;
+    inj.call("setresgid", 119, &[gid[0], gid[1], gid[2]])?;
+    inj.raw(123, &[gid[3]])?; // setfsgid returns the previous value
+    inj.call("setresuid", 117, &[uid[0], uid[1], uid[2]])?;
+    inj.raw(122, &[uid[3]])?; // setfsuid
+    // capset v3: header {version, pid=0}, then {effective, permitted, inheritable} x 2 (low, high 32 bits).
+    let (eff, prm, inh) = (cap("cap_eff"), cap("cap_prm"), cap("cap_inh"));
+    let mut b = Vec::new();
+    b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+    b.extend_from_slice(&0i32.to_le_bytes());
+    for half in [0u32, 32] {
+        for v in [eff, prm, inh] {
+            b.extend_from_slice(&((v >> half) as u32).to_le_bytes());
+        }
+    }
+    let a = inj.put(&b, 3200)?;
+    inj.call("capset", 126, &[a, a + 8])?;
+    let amb = cap("cap_amb");
+    for bit in 0..64 {
+        if amb & (1 << bit) != 0 {
+            inj.call("prctl(PR_CAP_AMBIENT_RAISE)", nr::PRCTL, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit, 0, 0])?;
+        }
+    }
+    inj.call("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 0])?;
+    if c.bool_of("no_new_privs") {
+        inj.call("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0])?;
+    }
+    Ok(())
+}
