@@ -125,10 +125,7 @@ impl FileTable {
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
         if ft.is_file() {
-            if target.ends_with(" (deleted)") {
-                return unsupported(&format!("file {} was deleted while open (unlinked files)", target));
-            }
-            if target.starts_with("/memfd:") {
+            if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
                 return crate::anonfd::describe(&FileCtx { pidfd, fd, target, md, info, base });
             }
             return Ok(base.with("kind", "reg").with("path", target).with("stat", file_identity(target)));

@@ -302,6 +302,9 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
             inj.call(&format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, len, prot, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0])?;
         }
         Kind::File => {
+            if let Some(r) = crate::anonfd::map_vma(inj, v) {
+                return r;
+            }
             let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
             let write = v.shared && v.prot & PROT_WRITE != 0;
             let p = inj.put_str(path, 0)?;

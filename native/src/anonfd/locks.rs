@@ -1,0 +1,84 @@
+//! File locks (flock, POSIX fcntl, OFD), read from the `lock:` lines of
+//! fdinfo and taken again from inside the restored process.
+
+use super::nr as anr;
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::sys::{nr, Error, Pid, Result};
+
+const F_SETLK: u64 = 6;
+const F_OFD_SETLK: u64 = 37;
+const LOCK_SH: u64 = 1;
+const LOCK_EX: u64 = 2;
+const LOCK_NB: u64 = 4;
+
+pub fn dump(pid: Pid) -> Result<Vec<Json>> {
+    let mut out = Vec::new();
+    for fd in crate::proc::fds(pid)? {
+        let info = match crate::proc::fdinfo(pid, fd) {
+            Ok(i) => i,
+            Err(_) => continue,
+        };
+        for l in info.raw.lines().filter(|l| l.starts_with("lock:") && !l.contains("->")) {
+            // lock:	1: POSIX  ADVISORY  WRITE 1234 08:01:5678 0 EOF
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let bad = || Error::new("EPROC", format!("fd {}: lock line not understood: {}", fd, l));
+            if t.len() < 9 {
+                return Err(bad());
+            }
+            let kind = match t[2] {
+                "POSIX" => "posix",
+                "FLOCK" => "flock",
+                "OFDLCK" => "ofd",
+                other => return Err(Error::new("EUNSUPPORTED", format!("fd {}: {} lock is not supported", fd, other.to_lowercase()))),
+            };
+            if t[3] != "ADVISORY" {
+                return Err(Error::new("EUNSUPPORTED", format!("fd {}: {} lock is not supported", fd, t[3].to_lowercase())));
+            }
+            let write = match t[4] {
+                "WRITE" => true,
+                "READ" => false,
+                _ => return Err(Error::new("EUNSUPPORTED", format!("fd {}: lock of type {} is not supported", fd, t[4]))),
+            };
+            let start: u64 = t[7].parse().map_err(|_| bad())?;
+            let end: u64 = if t[8] == "EOF" { 0 } else { t[8].parse::<u64>().map_err(|_| bad())? + 1 };
+            out.push(Json::obj().with("fd", fd).with("kind", kind).with("write", write).with("start", start).with("end", end));
+        }
+    }
+    Ok(out)
+}
+
+pub fn restore(inj: &mut Injector, p: &Json) -> Result<()> {
+    for l in p.arr_of("file_locks") {
+        let fd = l.u64_of("fd").unwrap_or(0);
+        let write = l.bool_of("write");
+        let kind = l.str_of("kind").unwrap_or("");
+        let held = |e: Error| {
+            if e.errno == 11 || e.errno == 13 {
+                Error::new("ELOCKED", format!("fd {}: the {} lock is held by another process", fd, kind))
+            } else {
+                e
+            }
+        };
+        match kind {
+            "flock" => {
+                inj.call(&format!("flock(fd {})", fd), anr::FLOCK, &[fd, if write { LOCK_EX } else { LOCK_SH } | LOCK_NB]).map_err(held)?;
+            }
+            "posix" | "ofd" => {
+                let start = l.u64_of("start").unwrap_or(0);
+                let end = l.u64_of("end").unwrap_or(0);
+                let len = if end == 0 { 0 } else { end - start };
+                // struct flock: short type, short whence, off_t start, off_t len, pid_t pid
+                let mut fl = vec![0u8; 32];
+                fl[0..2].copy_from_slice(&(if write { 1i16 } else { 0i16 }).to_le_bytes());
+                fl[8..16].copy_from_slice(&start.to_le_bytes());
+                fl[16..24].copy_from_slice(&len.to_le_bytes());
+                let a = inj.put(&fl, 2048)?;
+                let cmd = if kind == "ofd" { F_OFD_SETLK } else { F_SETLK };
+                inj.call(&format!("fcntl(fd {}, {} lock)", fd, kind), nr::FCNTL, &[fd, cmd, a]).map_err(held)?;
+            }
+            k => return Err(Error::new("EIMAGE", format!("lock kind {:?} in the image is not known", k))),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! memfd: name, contents, size, seals; every description and every mapping
+//! of one memfd refer to one restored object.
+
+use super::{fd_of, nr, open_flags, pass_fd, read_contents, registry, reopen, write_contents, MAX_CONTENTS};
+use crate::base64;
+use crate::files::FileCtx;
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::memory::Vma;
+use crate::sys::{self, Error, Fd, Pid, Result};
+use std::os::unix::fs::MetadataExt;
+
+const MFD_CLOEXEC: u64 = 1;
+const MFD_ALLOW_SEALING: u64 = 2;
+const F_ADD_SEALS: u64 = 1033;
+const F_GET_SEALS: u64 = 1034;
+const F_SEAL_SEAL: u64 = 1;
+/// Registry tag of memfd objects.
+pub(crate) const TAG: u8 = 1;
+
+fn name_of(target: &str) -> &str {
+    let t = target.strip_prefix("/memfd:").unwrap_or(target);
+    t.strip_suffix(" (deleted)").unwrap_or(t)
+}
+
+pub fn describe(ctx: &FileCtx) -> Result<Json> {
+    let stolen = sys::pidfd_getfd(ctx.pidfd, ctx.fd)?;
+    let size = ctx.md.size();
+    if size > MAX_CONTENTS {
+        return ctx.unsupported(&format!("memfd {} of {} bytes (more than {} MiB)", name_of(ctx.target), size, MAX_CONTENTS >> 20));
+    }
+    if ctx.md.blksize() > 4096 && ctx.md.blksize() % (2 << 20) == 0 {
+        return ctx.unsupported(&format!("hugetlb memfd {}", name_of(ctx.target)));
+    }
+    let seals = sys::call("F_GET_SEALS", crate::sys::nr::FCNTL, &[stolen.raw() as u64, F_GET_SEALS])?;
+    let data = read_contents(&stolen, size)?;
+    Ok(ctx
+        .base
+        .clone()
+        .with("kind", "memfd")
+        .with("name", name_of(ctx.target))
+        .with("memfd_id", ctx.md.ino())
+        .with("size", size)
+        .with("seals", seals as u64)
+        .with("data", base64::encode(&data)))
+}
+
+fn create(f: &Json) -> Result<Fd> {
+    let name = f.str_of("name").unwrap_or("");
+    let c = sys::cstr(name)?;
+    let fd = fd_of(sys::call(&format!("memfd_create {}", name), nr::MEMFD_CREATE, &[c.as_ptr() as u64, MFD_CLOEXEC | MFD_ALLOW_SEALING])?);
+    let data = f.str_of("data").and_then(base64::decode).ok_or_else(|| Error::new("EIMAGE", format!("memfd {} contents in the image are malformed", name)))?;
+    write_contents(&fd, &data)?;
+    sys::call("ftruncate memfd", nr::FTRUNCATE, &[fd.raw() as u64, f.u64_of("size").unwrap_or(data.len() as u64)])?;
+    let seals = f.u64_of("seals").unwrap_or(0);
+    if seals != 0 {
+        sys::call(&format!("F_ADD_SEALS {:#x} on memfd {}", seals, name), crate::sys::nr::FCNTL, &[fd.raw() as u64, F_ADD_SEALS, seals])?;
+    }
+    let _ = F_SEAL_SEAL;
+    Ok(fd)
+}
+
+pub fn open(f: &Json) -> Result<Fd> {
+    let id = f.u64_of("memfd_id").unwrap_or(0);
+    let name = f.str_of("name").unwrap_or("").to_string();
+    let mut reg = registry();
+    if !reg.objects.contains_key(&(TAG, id)) {
+        let obj = create(f)?;
+        reg.objects.insert((TAG, id), (name, obj));
+    }
+    let obj = &reg.objects[&(TAG, id)].1;
+    reopen(obj, open_flags(f), f.u64_of("pos").unwrap_or(0))
+}
+
+/// A memory area "/memfd:NAME (deleted)": map the restored memfd of that
+/// name (passed into the stub for the call).
+pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
+    let name = name_of(&v.path).to_string();
+    let fd = {
+        let reg = registry();
+        let found: Vec<&Fd> = reg.objects.iter().filter(|((t, _), (n, _))| *t == TAG && *n == name).map(|(_, (_, f))| f).collect();
+        match found.len() {
+            1 => Fd(sys::call("dup", crate::sys::nr::FCNTL, &[found[0].raw() as u64, 1030, 0])? as i32),
+            0 => {
+                return Err(Error::new(
+                    "EUNSUPPORTED",
+                    format!("memory area {:#x}-{:#x}: memfd {} whose descriptor is not in the image is not supported", v.start, v.end, name),
+                ))
+            }
+            _ => {
+                return Err(Error::new(
+                    "EUNSUPPORTED",
+                    format!("memory area {:#x}-{:#x}: several memfds are named {}; mapping one of them is not supported", v.start, v.end, name),
+                ))
+            }
+        }
+    };
+    const AT: i32 = 1000;
+    pass_fd(inj, &fd, AT)?;
+    let flags = if v.shared { 0x01 } else { 0x02 } | 0x10; // MAP_SHARED/PRIVATE | MAP_FIXED
+    let r = inj.call(&format!("mmap memfd {} at {:#x}", name, v.start), crate::sys::nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, AT as u64, v.pgoff]);
+    inj.call("close", crate::sys::nr::CLOSE, &[AT as u64])?;
+    r.map(|_| ())
+}
+
+/// Dump side: a memfd mapped by a process must also be open as a
+/// descriptor of that process (its contents are saved through it).
+pub fn check_mappings(pid: Pid) -> Result<()> {
+    let maps = crate::proc::maps(pid)?;
+    let mut fd_inos = Vec::new();
+    for fd in crate::proc::fds(pid)? {
+        if let Ok(md) = std::fs::metadata(format!("/proc/{}/fd/{}", pid, fd)) {
+            fd_inos.push(md.ino());
+        }
+    }
+    for m in maps.iter().filter(|m| m.path.starts_with("/memfd:")) {
+        if !fd_inos.contains(&m.ino) {
+            return Err(Error::new(
+                "EUNSUPPORTED",
+                format!("memory area {:#x}-{:#x}: memfd {} mapped after its descriptor was closed is not supported", m.start, m.end, name_of(&m.path)),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Descriptors without a usable path: eventfd, timerfd, signalfd, epoll,
+//! inotify, memfd and regular files unlinked while open; plus per-process
+//! kernel state that hangs off no descriptor: POSIX timers and file locks.
+//!
+//! Dump: `describe` reads fdinfo (and a stolen copy of the descriptor, taken
+//! with pidfd_getfd) and returns the file description as JSON.
+//! Restore: `open` re-creates the object inside phaul; files.rs passes it
+//! into the stub with SCM_RIGHTS. What needs the target's own descriptor
+//! numbers (epoll watches, locks) or its own identity (POSIX timers) is done
+//! by injected syscalls in `after_install`. See docs/event-fds.md.
+
+use crate::files::FileCtx;
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::sys::{self, Error, Fd, Pid, Result};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+pub mod epoll;
+pub mod eventfd;
+pub mod inotify;
+pub mod locks;
+pub mod memfd;
+pub mod posix_timers;
+pub mod signalfd;
+pub mod timerfd;
+pub mod unlinked;
+
+pub(crate) const O_NONBLOCK: u32 = 0o4000;
+pub(crate) const O_CLOEXEC: u32 = 0o2000000;
+pub(crate) const O_CREAT: u32 = 0o100;
+pub(crate) const O_EXCL: u32 = 0o200;
+pub(crate) const O_TRUNC: u32 = 0o1000;
+pub(crate) const O_NOCTTY: u32 = 0o400;
+
+/// Contents kept in the image for memfds and unlinked files, at most.
+pub const MAX_CONTENTS: u64 = 64 << 20;
+
+/// x86_64 syscall numbers used only here.
+pub(crate) mod nr {
+    pub const FLOCK: i64 = 73;
+    pub const FTRUNCATE: i64 = 77;
+    pub const UNLINK: i64 = 87;
+    pub const FCHMOD: i64 = 91;
+    pub const FCHOWN: i64 = 93;
+    pub const CLOCK_GETTIME: i64 = 228;
+    pub const EPOLL_CTL: i64 = 233;
+    pub const INOTIFY_ADD_WATCH: i64 = 254;
+    pub const INOTIFY_RM_WATCH: i64 = 255;
+    pub const TIMERFD_CREATE: i64 = 283;
+    pub const TIMERFD_SETTIME: i64 = 286;
+    pub const TIMERFD_GETTIME: i64 = 287;
+    pub const SIGNALFD4: i64 = 289;
+    pub const EVENTFD2: i64 = 290;
+    pub const EPOLL_CREATE1: i64 = 291;
+    pub const INOTIFY_INIT1: i64 = 294;
+    pub const OPEN_BY_HANDLE_AT: i64 = 304;
+    pub const MEMFD_CREATE: i64 = 319;
+}
+
+pub fn handles(kind: &str) -> bool {
+    matches!(kind, "eventfd" | "epoll" | "timerfd" | "signalfd" | "inotify" | "memfd" | "unlinked")
+}
+
+pub fn describe(ctx: &FileCtx) -> Result<Json> {
+    let t = ctx.target;
+    if t.starts_with("/memfd:") {
+        return memfd::describe(ctx);
+    }
+    if t.ends_with(" (deleted)") && ctx.md.file_type().is_file() {
+        return unlinked::describe(ctx);
+    }
+    match t {
+        "anon_inode:[eventfd]" => eventfd::describe(ctx),
+        "anon_inode:[timerfd]" => timerfd::describe(ctx),
+        "anon_inode:[signalfd]" => signalfd::describe(ctx),
+        "anon_inode:[eventpoll]" => epoll::describe(ctx),
+        "anon_inode:inotify" => inotify::describe(ctx),
+        _ => ctx.unsupported(t.strip_prefix("anon_inode:").unwrap_or(t)),
+    }
+}
+
+pub fn open(f: &Json) -> Result<Fd> {
+    let kind = f.str_of("kind").unwrap_or("");
+    let fd = match kind {
+        "eventfd" => eventfd::open(f)?,
+        "timerfd" => timerfd::open(f)?,
+        "signalfd" => signalfd::open(f)?,
+        "epoll" => epoll::open(f)?,
+        "inotify" => inotify::open(f)?,
+        "memfd" => memfd::open(f)?,
+        "unlinked" => unlinked::open(f)?,
+        k => return Err(Error::new("EIMAGE", format!("descriptor kind {:?} cannot be restored", k))),
+    };
+    if let Some(id) = f.u64_of("id") {
+        registry().files.insert(id, f.clone());
+    }
+    Ok(fd)
+}
+
+/// After every descriptor of a process is installed (epoll watches name
+/// target descriptor numbers, so they are added from inside the target).
+/// Also restores the per-process extras (POSIX timers, file locks).
+pub fn after_install(inj: &mut Injector, p: &Json) -> Result<()> {
+    epoll::after_install(inj, p)?;
+    restore_process_extras(inj, p)
+}
+
+/// Per-process state read by injecting into the frozen process: fields to
+/// add to the process document ("posix_timers", "file_locks").
+pub fn dump_process_extras(inj: &mut Injector, pid: Pid) -> Result<Vec<(&'static str, Json)>> {
+    memfd::check_mappings(pid)?;
+    let mut out = Vec::new();
+    let timers = posix_timers::dump(inj, pid)?;
+    if !timers.is_empty() {
+        out.push(("posix_timers", Json::from(timers)));
+    }
+    let locks = locks::dump(pid)?;
+    if !locks.is_empty() {
+        out.push(("file_locks", Json::from(locks)));
+    }
+    Ok(out)
+}
+
+/// The restore side of `dump_process_extras` (called from `after_install`,
+/// once every descriptor of the process is in place).
+pub fn restore_process_extras(inj: &mut Injector, p: &Json) -> Result<()> {
+    posix_timers::restore(inj, p)?;
+    locks::restore(inj, p)
+}
+
+/// A memory area of a memfd or of an unlinked file: mapped from the object
+/// restored by `open`. None: not ours, map as usual.
+pub fn map_vma(inj: &mut Injector, v: &crate::memory::Vma) -> Option<Result<()>> {
+    if v.path.starts_with("/memfd:") {
+        return Some(memfd::map_vma(inj, v));
+    }
+    if v.path.ends_with(" (deleted)") {
+        return unlinked::map_vma(inj, v);
+    }
+    None
+}
+
+// ---- shared helpers ----
+
+/// Objects restored by `open`, for later steps of the same restore
+/// (the engine runs each session in a process of its own).
+pub(crate) struct Registry {
+    /// file id -> its image entry
+    pub files: BTreeMap<u64, Json>,
+    /// memfd_id / unlinked_id -> (name or path, the object)
+    pub objects: BTreeMap<(u8, u64), (String, Fd)>,
+    /// epoll file ids whose watches were added already
+    pub epoll_done: Vec<u64>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+pub(crate) fn registry() -> RegistryGuard {
+    let mut g = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    if g.is_none() {
+        *g = Some(Registry { files: BTreeMap::new(), objects: BTreeMap::new(), epoll_done: Vec::new() });
+    }
+    RegistryGuard(g)
+}
+
+pub(crate) struct RegistryGuard(std::sync::MutexGuard<'static, Option<Registry>>);
+impl std::ops::Deref for RegistryGuard {
+    type Target = Registry;
+    fn deref(&self) -> &Registry {
+        self.0.as_ref().expect("registry")
+    }
+}
+impl std::ops::DerefMut for RegistryGuard {
+    fn deref_mut(&mut self) -> &mut Registry {
+        self.0.as_mut().expect("registry")
+    }
+}
+
+/// The value after "key:" on a line of fdinfo text.
+pub(crate) fn field<'a>(raw: &'a str, key: &str) -> Option<&'a str> {
+    raw.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(str::trim))
+}
+
+pub(crate) fn hex_field(raw: &str, key: &str) -> Option<u64> {
+    field(raw, key).and_then(|v| u64::from_str_radix(v, 16).ok())
+}
+
+/// "key1:v1 key2:v2 ..." tokens of one fdinfo line.
+pub(crate) fn tokens(line: &str) -> BTreeMap<&str, &str> {
+    let mut m = BTreeMap::new();
+    let mut it = line.split_whitespace().peekable();
+    while let Some(t) = it.next() {
+        if let Some((k, v)) = t.split_once(':') {
+            if v.is_empty() {
+                // "tfd:      5": the value is the next token
+                if let Some(v) = it.next() {
+                    m.insert(k, v);
+                }
+            } else {
+                m.insert(k, v);
+            }
+        }
+    }
+    m
+}
+
+pub(crate) fn pid_of_pidfd(pidfd: &Fd) -> Result<Pid> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.raw())).map_err(Error::from)?;
+    field(&info, "Pid").and_then(|v| v.parse().ok()).ok_or_else(|| Error::new("EPROC", "pidfd has no pid"))
+}
+
+pub(crate) fn open_flags(f: &Json) -> u32 {
+    f.u64_of("flags").unwrap_or(0) as u32 & !(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | O_NOCTTY)
+}
+
+pub(crate) fn fd_of(r: i64) -> Fd {
+    Fd(r as i32)
+}
+
+/// Read up to `len` bytes of a file from offset 0 (through a read-only
+/// description of its own: `fd` may be write-only).
+pub(crate) fn read_contents(fd: &Fd, len: u64) -> Result<Vec<u8>> {
+    let fd = &reopen(fd, 0, 0)?;
+    let mut data = vec![0u8; len as usize];
+    let mut got = 0usize;
+    while got < data.len() {
+        let n = sys::call("pread", crate::sys::nr::PREAD64, &[fd.raw() as u64, data[got..].as_mut_ptr() as u64, (data.len() - got) as u64, got as u64])?;
+        if n <= 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    data.truncate(got);
+    Ok(data)
+}
+
+pub(crate) fn write_contents(fd: &Fd, data: &[u8]) -> Result<()> {
+    let mut off = 0usize;
+    while off < data.len() {
+        let n = sys::call("pwrite", crate::sys::nr::PWRITE64, &[fd.raw() as u64, data[off..].as_ptr() as u64, (data.len() - off) as u64, off as u64])?;
+        if n <= 0 {
+            return Err(Error::new("EIO", "short write restoring file contents"));
+        }
+        off += n as usize;
+    }
+    Ok(())
+}
+
+/// Open another description of the object behind `fd` (via /proc/self/fd)
+/// with `flags`, at offset `pos`.
+pub(crate) fn reopen(fd: &Fd, flags: u32, pos: u64) -> Result<Fd> {
+    let p = sys::cstr(&format!("/proc/self/fd/{}", fd.raw()))?;
+    let nfd = fd_of(sys::call("reopen", crate::sys::nr::OPEN, &[p.as_ptr() as u64, (flags | O_CLOEXEC) as u64, 0])?);
+    if pos != 0 {
+        sys::call("lseek", crate::sys::nr::LSEEK, &[nfd.raw() as u64, pos, 0])?;
+    }
+    Ok(nfd)
+}
+
+/// Pass `fd` into the process behind `inj` as descriptor number `at`
+/// (used before its descriptor table is restored, for mappings).
+pub(crate) fn pass_fd(inj: &mut Injector, fd: &Fd, at: i32) -> Result<()> {
+    let pidfd = sys::pidfd_open(inj.pid)?;
+    let chan = crate::files::FdChannel::open(inj, &pidfd, at as u64 + 1)?;
+    let r = chan.install(inj, fd, at, true);
+    chan.close(inj)?;
+    r
+}
+
+pub(crate) fn timespec_ns(b: &[u8]) -> u64 {
+    let s = i64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8])).max(0) as u64;
+    let ns = i64::from_le_bytes(b[8..16].try_into().unwrap_or([0; 8])).max(0) as u64;
+    s.saturating_mul(1_000_000_000).saturating_add(ns)
+}
+
+pub(crate) fn ns_timespec(ns: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&((ns / 1_000_000_000) as i64).to_le_bytes());
+    out.extend_from_slice(&((ns % 1_000_000_000) as i64).to_le_bytes());
+}

@@ -1,0 +1,102 @@
+//! Regular files unlinked while open: contents are saved (up to
+//! MAX_CONTENTS) and the file comes back as an unlinked file in the same
+//! directory, with the same offset, flags and mode.
+
+use super::{fd_of, nr, open_flags, pass_fd, read_contents, registry, reopen, write_contents, MAX_CONTENTS, O_CLOEXEC, O_CREAT, O_EXCL};
+use crate::base64;
+use crate::files::FileCtx;
+use crate::inject::Injector;
+use crate::json::Json;
+use crate::memory::Vma;
+use crate::sys::{self, cstr, Error, Fd, Result};
+use std::os::unix::fs::MetadataExt;
+
+pub(crate) const TAG: u8 = 2;
+const O_RDWR: u32 = 2;
+const O_TMPFILE: u32 = 0o20200000;
+
+pub fn describe(ctx: &FileCtx) -> Result<Json> {
+    let path = ctx.target.strip_suffix(" (deleted)").unwrap_or(ctx.target);
+    let size = ctx.md.size();
+    if size > MAX_CONTENTS {
+        return ctx.unsupported(&format!("file {} unlinked while open, of {} bytes (more than {} MiB)", ctx.target, size, MAX_CONTENTS >> 20));
+    }
+    if ctx.md.nlink() > 0 {
+        return ctx.unsupported(&format!("file {} unlinked while open but still linked elsewhere", ctx.target));
+    }
+    let stolen = sys::pidfd_getfd(ctx.pidfd, ctx.fd)?;
+    let data = read_contents(&stolen, size)?;
+    Ok(ctx
+        .base
+        .clone()
+        .with("kind", "unlinked")
+        .with("path", path)
+        .with("unlinked_id", ctx.md.ino())
+        .with("size", size)
+        .with("mode", ctx.md.mode() & 0o7777)
+        .with("uid", ctx.md.uid())
+        .with("gid", ctx.md.gid())
+        .with("data", base64::encode(&data)))
+}
+
+fn create(f: &Json) -> Result<Fd> {
+    let path = f.str_of("path").unwrap_or("");
+    let mode = f.u64_of("mode").unwrap_or(0o600) & 0o7777;
+    let dir = std::path::Path::new(path).parent().and_then(|p| p.to_str()).unwrap_or("/");
+    let c = cstr(path)?;
+    // Same name first (the link then reads "PATH (deleted)" as before), else
+    // an O_TMPFILE in the same directory.
+    let fd = match sys::call("create", crate::sys::nr::OPEN, &[c.as_ptr() as u64, (O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC) as u64, mode]) {
+        Ok(fd) => {
+            let fd = fd_of(fd);
+            sys::call("unlink", nr::UNLINK, &[c.as_ptr() as u64])?;
+            fd
+        }
+        Err(_) => {
+            let d = cstr(dir)?;
+            fd_of(sys::call(&format!("open {} O_TMPFILE", dir), crate::sys::nr::OPEN, &[d.as_ptr() as u64, (O_RDWR | O_TMPFILE | O_CLOEXEC) as u64, mode]).map_err(
+                |e| Error::new("EFILE", format!("cannot re-create unlinked file {} in {}: {}", path, dir, e.message)),
+            )?)
+        }
+    };
+    let data = f.str_of("data").and_then(base64::decode).ok_or_else(|| Error::new("EIMAGE", format!("contents of {} in the image are malformed", path)))?;
+    write_contents(&fd, &data)?;
+    sys::call("ftruncate", nr::FTRUNCATE, &[fd.raw() as u64, f.u64_of("size").unwrap_or(data.len() as u64)])?;
+    if let (Some(u), Some(g)) = (f.u64_of("uid"), f.u64_of("gid")) {
+        let _ = sys::call("fchown", nr::FCHOWN, &[fd.raw() as u64, u, g]);
+    }
+    sys::call("fchmod", nr::FCHMOD, &[fd.raw() as u64, mode])?;
+    Ok(fd)
+}
+
+pub fn open(f: &Json) -> Result<Fd> {
+    let id = f.u64_of("unlinked_id").unwrap_or(0);
+    let path = f.str_of("path").unwrap_or("").to_string();
+    let mut reg = registry();
+    if !reg.objects.contains_key(&(TAG, id)) {
+        let obj = create(f)?;
+        reg.objects.insert((TAG, id), (path, obj));
+    }
+    let obj = &reg.objects[&(TAG, id)].1;
+    reopen(obj, open_flags(f), f.u64_of("pos").unwrap_or(0))
+}
+
+/// A mapping of "PATH (deleted)" whose file is in the image as an unlinked
+/// file: map the restored object. Otherwise None (mapped as before).
+pub fn map_vma(inj: &mut Injector, v: &Vma) -> Option<Result<()>> {
+    let path = v.path.strip_suffix(" (deleted)")?;
+    let fd = {
+        let reg = registry();
+        let (_, (_, f)) = reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path)?;
+        sys::call("dup", crate::sys::nr::FCNTL, &[f.raw() as u64, 1030, 0]).map(|x| Fd(x as i32))
+    };
+    Some((|| {
+        let fd = fd?;
+        const AT: i32 = 1001;
+        pass_fd(inj, &fd, AT)?;
+        let flags = if v.shared { 0x01 } else { 0x02 } | 0x10;
+        let r = inj.call(&format!("mmap {} at {:#x}", v.path, v.start), crate::sys::nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, AT as u64, v.pgoff]);
+        inj.call("close", crate::sys::nr::CLOSE, &[AT as u64])?;
+        r.map(|_| ())
+    })())
+}
