@@ -216,7 +216,10 @@ export interface DumpSummary {
 }
 
 export interface RestoreResult {
+  /** The restored root's pid, as the restored processes see it. */
   pid: number;
+  /** The same process as this host sees it (differs only with pidNs). */
+  hostPid: number;
 }
 
 export interface Feature {

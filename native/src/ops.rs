@@ -118,8 +118,8 @@ impl Engine for RestoreEngine {
             let dir = req.str_of("dir").ok_or_else(|| Error::new("EINVAL", "restore needs dir"))?;
             let state = req.get("state").ok_or_else(|| Error::new("EINVAL", "restore needs state"))?;
             let t0 = std::time::Instant::now();
-            let (pid, st) = crate::restore::restore(dir, state, req.bool_of("pid_ns"))?;
-            Ok(ok().with("pid", pid).with("bytes", st.pages_bytes).with("restore_us", t0.elapsed().as_micros() as u64).with("session_done", true))
+            let (pid, host, st) = crate::restore::restore(dir, state, req.bool_of("pid_ns"))?;
+            Ok(ok().with("pid", pid).with("host_pid", host).with("bytes", st.pages_bytes).with("restore_us", t0.elapsed().as_micros() as u64).with("session_done", true))
         })())
     }
     fn abandon(&mut self) {}

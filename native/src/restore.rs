@@ -331,11 +331,13 @@ pub struct RestoreStats {
 }
 
 /// Restore from an image directory.
-pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, RestoreStats)> {
+/// Returns (root pid, root pid as this host sees it, stats).
+pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, RestoreStats)> {
     preflight(state, pid_ns)?;
     let procs = state.arr_of("processes");
     let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
     let mut tree = create_stubs(procs, pid_ns)?;
+    let host = tree.stubs.first().map(|s| s.host).unwrap_or(0);
     let r = (|| -> Result<RestoreStats> {
         let mut stats = RestoreStats { pages_bytes: 0 };
         for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
@@ -348,7 +350,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, RestoreSta
         Ok(stats)
     })();
     match r {
-        Ok(stats) => Ok((pid_of(&procs[0])?, stats)),
+        Ok(stats) => Ok((pid_of(&procs[0])?, host, stats)),
         Err(e) => {
             tree.discard();
             Err(e)
