@@ -56,6 +56,7 @@ const specs: Spec[] = [
   { name: 'files' },
   { name: 'procattrs' },
   { name: 'creds' },
+  { name: 'zombie' },
   {
     name: 'tree',
     async afterRestore(w) {

@@ -68,6 +68,9 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         let mut p = process::dump_process(pid, &mut inj)?;
         p.set("sigactions", signals::dump_sigactions(&mut inj)?);
         p.set("itimers", signals::dump_itimers(&mut inj)?);
+        for (k, v) in crate::anonfd::dump_process_extras(&mut inj, pid)? {
+            p.set(k, v);
+        }
         p.set("shared_pending", signals::siginfos_to_json(ptrace::peek_siginfo(leader.tid, true)?));
         let mut ths = vec![threads::dump_thread(pid, leader.tid, &leader.regs, leader.sigmask, &mut inj)?];
         for t in &fz.threads[1..] {
@@ -125,12 +128,33 @@ pub fn dump(root: Pid, dir: &str) -> Result<(Frozen, Json, DumpStats)> {
     Ok((frozen, state, stats))
 }
 
+/// A zombie: only its place in the tree and its wait status survive.
+fn zombie_json(pid: Pid, status: i32) -> Json {
+    let (comm, st) = crate::proc::stat(pid).unwrap_or_default();
+    Json::obj()
+        .with("pid", pid)
+        .with("comm", comm)
+        .with("ppid", crate::proc::stat_u64(&st, 4))
+        .with("pgid", crate::proc::stat_u64(&st, 5))
+        .with("sid", crate::proc::stat_u64(&st, 6))
+        .with("zombie", true)
+        .with("exit_code", status as i64)
+        .with("threads", Vec::<Json>::new())
+        .with("vmas", Vec::<Json>::new())
+        .with("fds", Vec::<Json>::new())
+        .with("pages", memory::runs_to_json("", &[]))
+}
+
 /// The state document of an already frozen tree.
 pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>) -> Result<(Json, DumpStats)> {
     let mut files = FileTable::new();
     let mut stats = DumpStats { pages: 0, bytes: 0 };
     let mut procs = Vec::new();
     for fz in &frozen.procs {
+        if let Some(status) = fz.zombie {
+            procs.push(zombie_json(fz.pid, status));
+            continue;
+        }
         procs.push(dump_process(fz, &mut files, dir, &mut stats).ctx(format!("process {}", fz.pid))?);
     }
     let (files, pipes, warnings) = files.finish()?;

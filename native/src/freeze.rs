@@ -23,6 +23,8 @@ pub struct FrozenProc {
     pub pid: Pid,
     pub ppid: Pid,
     pub threads: Vec<FrozenThread>,
+    /// A zombie (exited, not yet reaped by its parent): its wait status.
+    pub zombie: Option<i32>,
 }
 
 pub struct Frozen {
@@ -58,6 +60,10 @@ fn wait_interrupted(tid: Pid) -> Result<bool> {
     }
 }
 
+fn is_zombie(pid: Pid) -> bool {
+    proc::stat(pid).map(|(_, f)| f.first().map(|s| s == "Z").unwrap_or(false)).unwrap_or(false)
+}
+
 const fn libc_sigtrap() -> i32 {
     5
 }
@@ -65,6 +71,7 @@ const fn libc_sigtrap() -> i32 {
 pub fn freeze_tree(root: Pid) -> Result<Frozen> {
     let mut seized: BTreeMap<Pid, Vec<Pid>> = BTreeMap::new(); // pid -> tids
     let mut order: Vec<Pid> = Vec::new();
+    let mut zombies: Vec<Pid> = Vec::new();
     let mut frozen = Frozen { root, procs: Vec::new(), released: false };
     let res = (|| -> Result<()> {
         loop {
@@ -76,6 +83,14 @@ pub fn freeze_tree(root: Pid) -> Result<Frozen> {
                 queue.extend(proc::children(p));
             }
             for p in walk {
+                if p != root && !zombies.contains(&p) && is_zombie(p) {
+                    zombies.push(p);
+                    order.push(p);
+                    changed = true;
+                }
+                if zombies.contains(&p) {
+                    continue;
+                }
                 let tids = match proc::tasks(p) {
                     Ok(t) => t,
                     Err(_) if p != root => continue, // exited meanwhile
@@ -126,13 +141,14 @@ pub fn freeze_tree(root: Pid) -> Result<Frozen> {
         }
         // Leader first, as proc::tasks orders it.
         threads.sort_by_key(|t| if t.tid == *p { 0 } else { t.tid });
-        frozen.procs.push(FrozenProc { pid: *p, ppid: ppid_of(*p), threads });
+        let zombie = zombies.contains(p).then(|| proc::stat(*p).map(|(_, f)| proc::stat_u64(&f, 52) as i32).unwrap_or(0));
+        frozen.procs.push(FrozenProc { pid: *p, ppid: ppid_of(*p), threads, zombie });
     }
     if let Err(e) = res {
         frozen.resume();
         return Err(e);
     }
-    frozen.procs.retain(|p| !p.threads.is_empty());
+    frozen.procs.retain(|p| !p.threads.is_empty() || p.zombie.is_some());
     if frozen.procs.first().map(|p| p.pid) != Some(root) {
         frozen.resume();
         return Err(Error::new("ESRCH", format!("process {} exited while being frozen", root)));
@@ -143,6 +159,11 @@ pub fn freeze_tree(root: Pid) -> Result<Frozen> {
 impl Frozen {
     pub fn all_tids(&self) -> impl Iterator<Item = (Pid, &FrozenThread)> {
         self.procs.iter().flat_map(|p| p.threads.iter().map(move |t| (p.pid, t)))
+    }
+
+    /// The processes that run (zombies have nothing to read but their status).
+    pub fn live(&self) -> impl Iterator<Item = &FrozenProc> {
+        self.procs.iter().filter(|p| p.zombie.is_none())
     }
 
     /// Let the tree run on exactly as it was: registers and masks are put back
@@ -172,7 +193,7 @@ impl Frozen {
         for p in self.procs.iter().rev() {
             let _ = crate::sys::kill(p.pid, 9);
         }
-        for p in self.procs.iter().rev() {
+        for p in self.procs.iter().rev().filter(|p| p.zombie.is_none()) {
             for t in p.threads.iter().filter(|t| t.tid != p.pid) {
                 ptrace::reap(t.tid, 2000);
             }

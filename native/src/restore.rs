@@ -28,6 +28,15 @@ fn tids_of(p: &Json) -> Vec<Pid> {
     }
 }
 
+pub fn is_zombie(p: &Json) -> bool {
+    p.bool_of("zombie")
+}
+
+/// The processes that run, in tree order (zombies are only re-created).
+pub fn live_procs(procs: &[Json]) -> Vec<Json> {
+    procs.iter().filter(|p| !is_zombie(p)).cloned().collect()
+}
+
 pub fn vmas_of(p: &Json) -> Result<Vec<Vma>> {
     p.arr_of("vmas").iter().map(Vma::from_json).collect()
 }
@@ -56,7 +65,7 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
             return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on this host (restore into a new pid namespace with --pid-ns)", t)));
         }
     }
-    for p in procs {
+    for p in procs.iter().filter(|p| !is_zombie(p)) {
         let pid = pid_of(p)?;
         if p.arr_of("threads").is_empty() {
             return Err(Error::new("EIMAGE", format!("process {} has no threads in the image", pid)));
@@ -134,8 +143,16 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree) -> Result<()> {
     }
     for (i, p) in procs.iter().enumerate() {
         let pid = pid_of(p)?;
-        let vmas = vmas_of(p)?;
         let ppid = p.i64_of("ppid").unwrap_or(0) as Pid;
+        if is_zombie(p) {
+            let parent = tree.stubs.iter_mut().find(|b| b.pid == ppid);
+            let parent = parent.ok_or_else(|| Error::new("EIMAGE", format!("zombie {} has no parent in the image", pid)))?;
+            let host = stub::fork_child(&mut parent.leader, pid)?;
+            tree.created.push(host);
+            stub::become_zombie(host, p.i64_of("exit_code").unwrap_or(0) as i32, p.str_of("comm").unwrap_or(""))?;
+            continue;
+        }
+        let vmas = vmas_of(p)?;
         let host = if i == 0 {
             match tree.init.as_mut() {
                 Some(init) => stub::fork_child(init, pid)?,
@@ -334,9 +351,11 @@ pub struct RestoreStats {
 /// Returns (root pid, root pid as this host sees it, stats).
 pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, RestoreStats)> {
     preflight(state, pid_ns)?;
-    let procs = state.arr_of("processes");
+    let all = state.arr_of("processes");
     let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
-    let mut tree = create_stubs(procs, pid_ns)?;
+    let mut tree = create_stubs(all, pid_ns)?;
+    let live = live_procs(all);
+    let procs = &live[..];
     let host = tree.stubs.first().map(|s| s.host).unwrap_or(0);
     let r = (|| -> Result<RestoreStats> {
         let mut stats = RestoreStats { pages_bytes: 0 };

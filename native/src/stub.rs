@@ -293,3 +293,40 @@ pub fn discard(pids: &[Pid]) {
         ptrace::reap(p, 2000);
     }
 }
+
+/// Make a fresh child stub exit with wait status `status` and leave it a
+/// zombie for its (stopped) parent to reap, as it was.
+pub fn become_zombie(host: Pid, status: i32, comm: &str) -> Result<()> {
+    {
+        let regs = ptrace::get_regs(host)?;
+        let mut inj = Injector::new(host, host, find_syscall_insn(host)?, regs, u64::MAX)?;
+        let a = inj.put_str(comm, 0)?;
+        inj.call("prctl(PR_SET_NAME)", nr::PRCTL, &[15, a])?;
+        inj.finish()?;
+    }
+    let sig = status & 0x7f;
+    if sig != 0 {
+        // Killed by a signal: deliver that signal with its default action.
+        sys::kill(host, sig)?;
+        loop {
+            let st = ptrace::wait(host)?;
+            if !ptrace::stopped(st) {
+                return Ok(());
+            }
+            let s = ptrace::stop_sig(st);
+            ptrace::cont(host, if s == sig { sig } else { 0 })?;
+        }
+    }
+    let insn = find_syscall_insn(host)?;
+    let mut r = ptrace::get_regs(host)?;
+    r.set_syscall(insn, nr::EXIT_GROUP, &[((status >> 8) & 0xff) as u64]);
+    ptrace::set_regs(host, &r)?;
+    ptrace::cont(host, 0)?;
+    loop {
+        let st = ptrace::wait(host)?;
+        if !ptrace::stopped(st) {
+            return Ok(());
+        }
+        ptrace::cont(host, 0)?;
+    }
+}

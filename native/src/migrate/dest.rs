@@ -55,7 +55,7 @@ impl DestEngine {
         let listener = TcpListener::bind((host, 0)).map_err(|e| Error::new("EADDR", format!("cannot listen for pages on {}: {}", host, e)))?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut tree = restore::create_stubs(procs, pid_ns)?;
-        for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
+        for (p, s) in restore::live_procs(procs).iter().zip(tree.stubs.iter_mut()) {
             let r = restore::vmas_of(p).and_then(|v| restore::apply_layout(s, &v)).and_then(|_| open_mem(s.host, true));
             match r {
                 Ok(m) => {
@@ -164,7 +164,8 @@ impl DestEngine {
         let pid_ns = self.tree.as_ref().map(|t| t.pid_ns).unwrap_or(false);
         restore::preflight(state, true)?;
         let _ = pid_ns;
-        let procs = state.arr_of("processes");
+        let live = restore::live_procs(state.arr_of("processes"));
+        let procs = &live[..];
         let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
         if procs.len() != tree.stubs.len() {

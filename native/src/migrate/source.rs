@@ -65,7 +65,10 @@ impl SourceEngine {
         let mut frozen = freeze::freeze_tree(pid)?;
         let mut layout = Vec::new();
         let r = (|| -> Result<()> {
-            for fz in &frozen.procs {
+            for fz in frozen.procs.iter().filter(|p| p.zombie.is_some()) {
+                layout.push(layout_entry(fz, &[]).with("zombie", true).with("exit_code", fz.zombie.unwrap_or(0) as i64));
+            }
+            for fz in frozen.live() {
                 let vmas = memory::vmas(fz.pid)?;
                 let leader = &fz.threads[0];
                 let mut inj = Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)?;
@@ -156,13 +159,13 @@ impl SourceEngine {
         let t0 = Instant::now();
         let frozen = freeze::freeze_tree(self.root)?;
         let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
-        if let Some(p) = frozen.procs.iter().find(|p| !known.contains(&p.pid)) {
-            let pid = p.pid;
+        let appeared = frozen.live().map(|p| p.pid).find(|p| !known.contains(p));
+        if let Some(pid) = appeared {
             self.frozen = Some(frozen);
             return Err(Error::new("EUNSUPPORTED", format!("process {} appeared in the tree during pre-copy; migrate again", pid)));
         }
-        if let Some(pid) = known.iter().find(|p| !frozen.procs.iter().any(|f| f.pid == **p)) {
-            let pid = *pid;
+        let left = known.iter().copied().find(|p| !frozen.live().any(|f| f.pid == *p));
+        if let Some(pid) = left {
             self.frozen = Some(frozen);
             return Err(Error::new("EUNSUPPORTED", format!("process {} left the tree during pre-copy; migrate again", pid)));
         }
