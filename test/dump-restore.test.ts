@@ -57,6 +57,7 @@ const specs: Spec[] = [
   { name: 'procattrs' },
   { name: 'creds' },
   { name: 'zombie' },
+  { name: 'shm_tree' },
   {
     name: 'tree',
     async afterRestore(w) {

@@ -298,9 +298,7 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
             }
             inj.call(&format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])?;
         }
-        Kind::Shmem => {
-            inj.call(&format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, len, prot, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0])?;
-        }
+        Kind::Shmem => map_shared_anon(inj, v, prot)?,
         Kind::File => {
             if let Some(r) = crate::anonfd::map_vma(inj, v) {
                 return r;
@@ -341,4 +339,38 @@ pub fn fill_from_file(mem: &File, pages: &File, runs: &[PageRun]) -> Result<u64>
         }
     }
     Ok(total)
+}
+
+/// Shared anonymous memory seen in this restore: object id -> (host pid, start, end, pgoff)
+/// of its first mapping, so that later processes map the very same object.
+fn shared_objects() -> &'static std::sync::Mutex<std::collections::HashMap<u64, (Pid, u64, u64, u64)>> {
+    static S: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u64, (Pid, u64, u64, u64)>>> = std::sync::OnceLock::new();
+    S.get_or_init(Default::default)
+}
+
+/// A MAP_SHARED|MAP_ANONYMOUS area (nginx's shared zones, a parent and its
+/// forked children): the first process creates the object; the others map
+/// it through /proc/PID/map_files of the first, so writes stay shared and
+/// /proc/PID/maps still reads "/dev/zero (deleted)".
+fn map_shared_anon(inj: &mut Injector, v: &Vma, prot: u64) -> Result<()> {
+    let len = v.end - v.start;
+    let first = shared_objects().lock().ok().and_then(|m| m.get(&v.ino).copied());
+    match first {
+        Some((host, s, e, pgoff)) if host != inj.pid || !(s <= v.start && v.end <= e) => {
+            let path = format!("/proc/{}/map_files/{:x}-{:x}", host, s, e);
+            let p = inj.put_str(&path, 0)?;
+            let fd = inj.call(&format!("open {}", path), nr::OPEN, &[p, 2 | 0o2000000, 0])?;
+            let off = v.pgoff.saturating_sub(pgoff);
+            let r = inj.call(&format!("mmap shared {:#x}", v.start), nr::MMAP, &[v.start, len, prot, MAP_SHARED | MAP_FIXED, fd, off]);
+            inj.call("close", nr::CLOSE, &[fd])?;
+            r?;
+        }
+        _ => {
+            inj.call(&format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, len, prot, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, u64::MAX, 0])?;
+            if let Ok(mut m) = shared_objects().lock() {
+                m.entry(v.ino).or_insert((inj.pid, v.start, v.end, v.pgoff));
+            }
+        }
+    }
+    Ok(())
 }
