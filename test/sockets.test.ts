@@ -3,7 +3,8 @@
 // established TCP connections with data in flight both ways (TCP_REPAIR).
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { assertCliOk, dump, restore } from './helpers/cli.js';
@@ -47,6 +48,68 @@ function ssListen(port: number): { recvQ: number; sendQ: number } | undefined {
   return { recvQ: Number(f[1]), sendQ: Number(f[2]) };
 }
 
+/** Byte i of each direction's stream: byte i%4 (little endian) of counter i/4 (as sock_tcp.c). */
+function streamByte(i: number): number {
+  return (Math.floor(i / 4) >>> (8 * (i % 4))) & 0xff;
+}
+
+/** The peer of sock_tcp: outside the dumped tree, sends and checks the counter streams. */
+class Peer {
+  server = net.createServer();
+  sock?: net.Socket;
+  inPos = 0;
+  outPos = 0;
+  held = false;
+  events: string[] = [];
+  private timer?: NodeJS.Timeout;
+
+  listen(host: string): Promise<number> {
+    this.server.on('connection', (s) => {
+      this.sock = s;
+      s.on('data', (buf: Buffer) => {
+        for (const b of buf) {
+          if (b !== streamByte(this.inPos)) this.events.push(`bad byte ${b} at ${this.inPos}`);
+          this.inPos++;
+        }
+      });
+      for (const ev of ['end', 'close', 'error'] as const) s.on(ev, (e?: unknown) => this.events.push(`${ev} ${e ?? ''}`));
+      this.timer = setInterval(() => {
+        if (!this.held && s.writableLength < 65536) this.write(8192);
+      }, 5);
+    });
+    return new Promise((resolve) => this.server.listen(0, host, () => resolve((this.server.address() as net.AddressInfo).port)));
+  }
+
+  write(n: number): void {
+    const b = Buffer.alloc(n);
+    for (let i = 0; i < n; i++) b[i] = streamByte(this.outPos + i);
+    this.outPos += n;
+    this.sock!.write(b);
+  }
+
+  hold(): void {
+    this.held = true;
+    this.sock!.pause();
+  }
+
+  release(): void {
+    this.held = false;
+    this.sock!.resume();
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.sock?.destroy();
+    this.server.close();
+  }
+}
+
+function counters(line: string): { inPos: number; outPos: number } {
+  const m = /in=(\d+) out=(\d+)/.exec(line);
+  assert.ok(m, `no in=/out= in ${line}`);
+  return { inPos: Number(m[1]), outPos: Number(m[2]) };
+}
+
 describe('sockets', () => {
   test('TCP listeners v4 and v6: address, backlog, options, accept', { timeout: 90_000 }, async (t) => {
     const w = await h.start('sock_listen');
@@ -79,4 +142,52 @@ describe('sockets', () => {
     assertOkSequence(w);
     await h.kill(w);
   });
+
+  for (const family of [4, 6]) {
+    test(`established TCP (IPv${family}) with data queued both ways survives dump and restore unnoticed by the peer`, { timeout: 120_000 }, async (t) => {
+      const peer = new Peer();
+      try {
+        const port = await peer.listen(family === 4 ? '127.0.0.1' : '::1');
+        const w = await h.start('sock_tcp', { args: [String(port), String(family)] });
+        await waitForOk(w, 3);
+        // stop both directions with data in flight: the peer stops reading and
+        // writing, the workload stops reading and fills its socket
+        peer.hold();
+        const hold = `${w.log}.hold`;
+        writeFileSync(hold, '');
+        const held = counters(await waitForLine(w, (l) => l.startsWith('HELD'), 10_000, 'HELD'));
+        peer.write(20000); // lands unread in the workload's receive queue
+        await new Promise((r) => setTimeout(r, 300));
+        const sentAtDump = peer.outPos;
+        t.diagnostic(`workload sent ${held.outPos} bytes, peer has read ${peer.inPos}; peer sent ${sentAtDump}, workload has read ${held.inPos}`);
+        assert.ok(held.outPos > peer.inPos, 'workload has data in flight');
+        assert.ok(sentAtDump > held.inPos, 'peer has data in flight');
+
+        const images = path.join(w.dir, 'images');
+        mkdirSync(images);
+        const d = await dump(w.pid, images);
+        assertCliOk(d);
+        assert.ok(await waitPidGone(w.pid, 5000), 'workload still exists after dump');
+        const pid = await restore(images);
+        h.track(pid, w.marker);
+        assert.equal(pid, w.pid);
+        rmSync(hold);
+        peer.release();
+        const okAtDump = lastOk(w);
+        await waitForOk(w, okAtDump + 5, 20_000);
+        // both streams continued past what was queued at the dump
+        const deadline = Date.now() + 10_000;
+        while (peer.inPos <= held.outPos && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+        assert.ok(peer.inPos > held.outPos, `peer read ${peer.inPos} bytes, workload had sent ${held.outPos} at the dump`);
+        const last = readLog(w).filter((l) => l.startsWith('OK ')).pop()!;
+        assert.ok(counters(last).inPos > sentAtDump, `workload read ${counters(last).inPos}, peer had sent ${sentAtDump}`);
+        assert.deepEqual(peer.events, [], 'the peer saw the connection break');
+        assertNoFail(w);
+        assertOkSequence(w);
+        await h.kill(w);
+      } finally {
+        peer.close();
+      }
+    });
+  }
 });
