@@ -42,8 +42,18 @@ pub fn vmas_of(p: &Json) -> Result<Vec<Vma>> {
 }
 
 /// Is any of these pids taken on this host? (Then only a new pid namespace can host them.)
+/// A pid held by a dead process that only waits to be reaped (the dumped tree
+/// itself, just killed: this host's init reaps orphans slowly) is waited for.
 pub fn any_pid_taken(procs: &[Json]) -> Option<Pid> {
-    procs.iter().flat_map(tids_of).find(|&t| crate::proc::exists(t))
+    let t0 = std::time::Instant::now();
+    loop {
+        let taken = procs.iter().flat_map(tids_of).find(|&t| crate::proc::exists(t))?;
+        let dying = crate::proc::stat(taken).map(|(_, f)| matches!(f.first().map(String::as_str), Some("Z") | Some("X"))).unwrap_or(true);
+        if !dying || t0.elapsed() > std::time::Duration::from_secs(5) {
+            return Some(taken);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Everything that can be checked before any process is created.

@@ -16,11 +16,23 @@ fn parse_sigaction(b: &[u8]) -> [u64; 4] {
     [g(0), g(1), g(2), g(3)]
 }
 
+/// Signals whose disposition is not the default (caught or ignored), from
+/// /proc/PID/status: only those are asked for, which keeps the frozen time
+/// of a migration short (one injected syscall each).
+fn non_default(pid: Pid) -> u64 {
+    let f = |k: &str| crate::proc::status_field(pid, k).ok().and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    match (f("SigCgt"), f("SigIgn")) {
+        (Some(c), Some(i)) => c | i,
+        _ => u64::MAX,
+    }
+}
+
 pub fn dump_sigactions(inj: &mut Injector) -> Result<Vec<Json>> {
     let buf = inj.scratch(4096)?;
     let mut out = Vec::new();
+    let wanted = non_default(inj.pid);
     for sig in 1..=NSIG {
-        if sig == SIGKILL || sig == SIGSTOP {
+        if sig == SIGKILL || sig == SIGSTOP || wanted & (1 << (sig - 1)) == 0 {
             continue;
         }
         inj.call("rt_sigaction(get)", nr::RT_SIGACTION, &[sig, 0, buf, 8])?;
@@ -34,11 +46,17 @@ pub fn dump_sigactions(inj: &mut Injector) -> Result<Vec<Json>> {
 }
 
 /// Set every handler: the listed ones as saved, all others back to default
-/// (the stub inherited phaul's own handlers, which mean nothing in the target).
+/// (the stub inherited the engine's dispositions; only those that are not
+/// the default need resetting).
 pub fn restore_sigactions(inj: &mut Injector, acts: &[Json]) -> Result<()> {
     let buf = inj.scratch(4096)?;
+    let inherited = non_default(inj.pid);
     for sig in 1..=NSIG {
         if sig == SIGKILL || sig == SIGSTOP {
+            continue;
+        }
+        let listed = acts.iter().any(|a| a.u64_of("sig") == Some(sig));
+        if !listed && inherited & (1 << (sig - 1)) == 0 {
             continue;
         }
         let a = acts.iter().find(|a| a.u64_of("sig") == Some(sig));
