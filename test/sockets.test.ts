@@ -7,8 +7,8 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { assertCliOk, dump, restore } from './helpers/cli.js';
-import { procStat, waitPidGone } from './helpers/proc.js';
+import { assertCliError, assertCliOk, dump, restore } from './helpers/cli.js';
+import { isAlive, procStat, sleep, waitPidGone } from './helpers/proc.js';
 import {
   assertNoFail,
   assertOkSequence,
@@ -190,4 +190,31 @@ describe('sockets', () => {
       }
     });
   }
+
+  test('an unsupported socket (netlink) fails the dump with one line and the process keeps running', { timeout: 60_000 }, async () => {
+    const dir = h.tempDir('phaul-sock-unsup-');
+    const marker = path.join(dir, 'marker');
+    const py = execFileSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' }).trim();
+    const child = h.spawnDetached(
+      py,
+      ['-c', 'import socket, time, sys; s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); open(sys.argv[1], "w").write("up"); time.sleep(600)', marker],
+      dir,
+      marker,
+    );
+    for (let i = 0; i < 200; i++) {
+      try {
+        execFileSync('test', ['-s', marker]);
+        break;
+      } catch {
+        await sleep(25);
+      }
+    }
+    const images = path.join(dir, 'images');
+    mkdirSync(images);
+    const r = await dump(child.pid!, images);
+    assertCliError(r, /fd \d+: netlink raw socket .*is not supported/);
+    assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
+    assert.ok(isAlive(child.pid!), 'process was not left running');
+    await h.kill({ pid: child.pid!, marker });
+  });
 });
