@@ -46,13 +46,15 @@ function callParams(req: Buffer, out: Buffer) {
   };
 }
 
-function takeParams(out: Buffer) {
+// The engine keeps a reply that did not fit under the address of the buffer
+// the call was given; `old` must be that very buffer (still referenced).
+function takeParams(old: Buffer, out: Buffer) {
   return {
     library: LIBRARY_KEY,
     funcName: "phaul_take_reply",
     retType: DataType.I64,
-    paramsType: [DataType.U8Array, DataType.U64],
-    paramsValue: [out, out.length],
+    paramsType: [DataType.U8Array, DataType.U8Array, DataType.U64],
+    paramsValue: [old, out, out.length],
   };
 }
 
@@ -60,12 +62,12 @@ function encodeRequest(op: string, args: object): Buffer {
   return Buffer.from(JSON.stringify({ ...args, op }), "utf8");
 }
 
-// The reply kept by the engine after an overflow is fetched synchronously: it
-// is a copy, and doing it at once keeps another call from replacing it.
-function takeKeptReply(needed: number): Buffer {
+// A reply that overflowed the call's buffer is fetched at once, keyed by
+// that buffer, so calls in flight at the same time never mix their replies.
+function takeKeptReply(old: Buffer, needed: number): Buffer {
   let out = Buffer.allocUnsafe(needed);
   for (;;) {
-    const n = Number(load(takeParams(out)));
+    const n = Number(load(takeParams(old, out)));
     if (n >= 0) return out.subarray(0, n);
     out = Buffer.allocUnsafe(-n);
   }
@@ -92,10 +94,6 @@ function parseReply(op: string, bytes: Buffer): unknown {
   return reply;
 }
 
-// Async calls are queued one after another: the engine keeps at most one
-// overflowed reply, and two calls in flight could overwrite each other's.
-let queue: Promise<unknown> = Promise.resolve();
-
 export interface CallOptions {
   /** Initial reply buffer size; it grows when the reply does not fit. */
   replyCap?: number;
@@ -112,11 +110,11 @@ export function callNative(op: string, args: object = {}, options: CallOptions =
     const out = Buffer.allocUnsafe(options.replyCap ?? DEFAULT_REPLY_CAP);
     // req and out stay referenced by this closure until the promise settles.
     const n = Number(await load({ ...callParams(req, out), runInNewThread: true }));
-    return parseReply(op, n >= 0 ? out.subarray(0, n) : takeKeptReply(-n));
+    return parseReply(op, n >= 0 ? out.subarray(0, n) : takeKeptReply(out, -n));
   };
-  const result = queue.then(run, run);
-  queue = result.catch(() => undefined);
-  return result;
+  // Calls run concurrently (a destination round waits for data that a source
+  // round in the same process sends); each engine session has its own process.
+  return run();
 }
 
 /** Same as callNative, blocking the event loop; for short ops only. */
@@ -125,5 +123,5 @@ export function callNativeSync(op: string, args: object = {}, options: CallOptio
   const req = encodeRequest(op, args);
   const out = Buffer.allocUnsafe(options.replyCap ?? DEFAULT_REPLY_CAP);
   const n = Number(load(callParams(req, out)));
-  return parseReply(op, n >= 0 ? out.subarray(0, n) : takeKeptReply(-n));
+  return parseReply(op, n >= 0 ? out.subarray(0, n) : takeKeptReply(out, -n));
 }

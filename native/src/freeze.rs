@@ -173,6 +173,8 @@ impl Frozen {
             return;
         }
         self.released = true;
+        // TCP connections put into repair mode by the dump must work again.
+        crate::sockets::unrepair_all();
         for p in &self.procs {
             for t in &p.threads {
                 let _ = ptrace::set_sigmask(t.tid, t.sigmask);
