@@ -29,5 +29,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+# npm ci when the lock file is usable; some npm setups (omit-lockfile-registry-resolved)
+# write locks that npm ci then rejects for other platforms' optional packages.
+if ! { [ -f package-lock.json ] && npm ci --no-audit --no-fund --loglevel=error 2>/dev/null; }; then
+  npm install --no-audit --no-fund --loglevel=error
+fi
 npm run --silent build
