@@ -2,5 +2,6 @@
 //! destination builds the process's address space as they arrive.
 
 pub mod dest;
+pub mod handoff;
 pub mod source;
 pub mod stream;

@@ -1,6 +1,7 @@
 //! Source side of a live migration: arm dirty tracking, stream memory while
 //! the tree runs, then freeze and send the last dirty pages and the state.
 
+use super::handoff::Handoff;
 use super::stream;
 use crate::dirty::{self, Method, Tracker};
 use crate::dump;
@@ -27,6 +28,7 @@ pub struct SourceEngine {
     sock: Option<BufWriter<TcpStream>>,
     round: u64,
     buf: Vec<u8>,
+    handoff: Option<Handoff>,
 }
 
 fn layout_entry(fz: &freeze::FrozenProc, vmas: &[Vma]) -> Json {
@@ -156,6 +158,12 @@ impl SourceEngine {
     }
 
     fn freeze(&mut self) -> Result<Json> {
+        // Sockets change hands at this freeze (see handoff.rs): new
+        // connections are held back first, queued ones get accepted.
+        let mut handoff = Handoff::default();
+        let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
+        handoff.before_freeze(self.root, &known, std::time::Duration::from_millis(200));
+        self.handoff = Some(handoff);
         let t0 = Instant::now();
         let frozen = freeze::freeze_tree(self.root)?;
         let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
@@ -170,12 +178,31 @@ impl SourceEngine {
             return Err(Error::new("EUNSUPPORTED", format!("process {} left the tree during pre-copy; migrate again", pid)));
         }
         let freeze_us = t0.elapsed().as_micros() as u64;
+        if let Some(h) = self.handoff.as_mut() {
+            h.after_freeze(&frozen);
+        }
         let dumped = dump::dump_frozen(&frozen, None);
         self.frozen = Some(frozen);
         let (mut state, _) = dumped?;
         let (pages, bytes) = self.round(true)?;
         state.set("freeze_us", freeze_us);
-        Ok(ok().with("state", state).with("pages", pages).with("bytes", bytes).with("freeze_us", freeze_us).with("dump_us", t0.elapsed().as_micros() as u64))
+        let mut handoff_json = Json::obj();
+        if let (Some(h), Some(f)) = (self.handoff.as_mut(), self.frozen.as_ref()) {
+            h.detach(f, &state)?;
+            handoff_json = h.stats.clone().with("warnings", h.warnings.iter().map(|w| Json::from(w.as_str())).collect::<Vec<_>>());
+        }
+        Ok(ok().with("state", state).with("handoff", handoff_json).with("pages", pages).with("bytes", bytes).with("freeze_us", freeze_us).with("dump_us", t0.elapsed().as_micros() as u64))
+    }
+
+    /// The tree stays here: give it back the sockets detached at the freeze.
+    fn rollback_sockets(&mut self, f: &Frozen, res: Json) -> Json {
+        match self.handoff.as_mut().map(|h| h.reattach(f)) {
+            Some(Err(e)) => {
+                eprintln!("phaul: rollback: {}", e.message);
+                res.with("rollback_error", e.message.as_str())
+            }
+            _ => res,
+        }
     }
 
     fn stop_tracking(&mut self) {
@@ -200,14 +227,20 @@ impl Engine for SourceEngine {
                 *done = true;
                 let kill = req.str_of("action") == Some("kill");
                 self.stop_tracking();
+                let mut res = ok().with("session_done", true);
                 if let Some(mut f) = self.frozen.take() {
                     if kill {
                         f.kill();
                     } else {
+                        res = self.rollback_sockets(&f, res);
                         f.resume();
                     }
                 }
-                Ok(ok().with("session_done", true))
+                if let Some(mut h) = self.handoff.take() {
+                    let us = h.release();
+                    res.set("release_us", us);
+                }
+                Ok(res)
             }
             op => Err(Error::new("EREQUEST", format!("{} is not a source operation", op))),
         };
@@ -225,7 +258,11 @@ impl Engine for SourceEngine {
     fn abandon(&mut self) {
         self.stop_tracking();
         if let Some(mut f) = self.frozen.take() {
+            let _ = self.rollback_sockets(&f, ok());
             f.resume();
+        }
+        if let Some(mut h) = self.handoff.take() {
+            h.release();
         }
     }
 }

@@ -132,6 +132,11 @@ pub fn open(f: &Json) -> Result<Fd> {
     Ok(fd)
 }
 
+/// An AF_INET/AF_INET6 sockaddr as {"ip", "port"} (for migrate::handoff).
+pub fn addr_json_pub(raw: &[u8]) -> Option<Json> {
+    inet::addr_json(raw)
+}
+
 // ---- sockets left in repair mode by a dump ----
 
 /// Copies of dumped TCP sockets put in repair mode: they stay in repair mode

@@ -1,0 +1,424 @@
+//! Handing a tree's network endpoints over to the destination when both
+//! run in one network stack (one host): the kernel refuses a second socket
+//! with the 4-tuple of a live established connection (connect in repair mode:
+//! EADDRNOTAVAIL), a second listener on a port (EADDRINUSE), a second UDP
+//! socket on a bound port and a second unix socket on an abstract name. So at
+//! the final freeze, once the state is dumped, the source's copies are
+//! *detached*: close() is injected into every frozen process for each such
+//! descriptor and phaul drops its own copies (the TCP connections are in
+//! repair mode, so closing them sends neither FIN nor RST). On rollback the
+//! sockets are recreated from the dumped JSON and installed back at their
+//! descriptor numbers (and into the epoll sets that watched them) before the
+//! tree resumes.
+//!
+//! While no socket exists, a packet from a peer would draw a reset (TCP) or
+//! an ICMP error (UDP). A per-migration nftables table (`inet phaul_*`)
+//! drops them: SYNs to the tree's listening ports from just before the
+//! freeze (new clients retry their SYN after 1 s), and every packet of the
+//! tree's established connections and UDP ports from the freeze on. The
+//! table is deleted once the destination runs the tree (source_finish kill)
+//! or the source resumes it (rollback). Without `nft` the handoff still
+//! works but is not protected (reported in the warnings).
+
+use crate::files::FdChannel;
+use crate::freeze::Frozen;
+use crate::inject::{find_syscall_insn, Injector};
+use crate::json::Json;
+use crate::proc;
+use crate::sys::{self, nr, Error, Fd, Pid, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SOL_SOCKET: i32 = 1;
+const SO_ACCEPTCONN: i32 = 30;
+const SO_DOMAIN: i32 = 39;
+const SO_PROTOCOL: i32 = 38;
+const SOL_TCP: i32 = 6;
+const TCP_INFO: i32 = 11;
+
+pub struct Handoff {
+    netns_pid: Pid,
+    table: Option<String>,
+    /// the table exists and has a chain
+    created: bool,
+    /// socket file entries (from the dumped state) detached from the source
+    files: Vec<Json>,
+    /// per process: (fd, file id, cloexec)
+    fds: BTreeMap<Pid, Vec<(i32, u64, bool)>>,
+    /// (owner pid, epoll fd, target fd, events, data) watches lost by the detach
+    watches: Vec<(Pid, i32, i32, u32, u64)>,
+    pub warnings: Vec<String>,
+    pub stats: Json,
+}
+
+impl Default for Handoff {
+    fn default() -> Self {
+        Handoff {
+            netns_pid: 0,
+            table: None,
+            created: false,
+            files: Vec::new(),
+            fds: BTreeMap::new(),
+            watches: Vec::new(),
+            warnings: Vec::new(),
+            stats: Json::obj(),
+        }
+    }
+}
+
+fn nft_path() -> Option<String> {
+    for p in ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"] {
+        if std::path::Path::new(p).exists() {
+            return Some(p.to_string());
+        }
+    }
+    None
+}
+
+fn same_netns(pid: Pid) -> bool {
+    match (proc::readlink("/proc/self/ns/net"), proc::readlink(&format!("/proc/{}/ns/net", pid))) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// Run `nft -f -` with `script`, in the network namespace of `pid`.
+fn nft(pid: Pid, script: &str) -> Result<()> {
+    let path = nft_path().ok_or_else(|| Error::new("ENOENT", "nft is not installed (Debian package nftables)"))?;
+    let mut cmd = if same_netns(pid) {
+        Command::new(&path)
+    } else {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/proc/{}/ns/net", pid)).arg("--").arg(&path);
+        c
+    };
+    let mut child = cmd
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new("ENFT", format!("cannot run {}: {}", path, e)))?;
+    if let Some(mut i) = child.stdin.take() {
+        let _ = i.write_all(script.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| Error::new("ENFT", format!("nft: {}", e)))?;
+    if !out.status.success() {
+        return Err(Error::new("ENFT", format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(())
+}
+
+fn getsockopt_int(fd: &Fd, level: i32, opt: i32) -> Option<i32> {
+    let mut v: i32 = 0;
+    let mut len: u32 = 4;
+    unsafe { sys::raw(55, &[fd.raw() as u64, level as u64, opt as u64, &mut v as *mut i32 as u64, &mut len as *mut u32 as u64]) }.ok().map(|_| v)
+}
+
+fn tcp_state(fd: &Fd) -> Option<u8> {
+    let mut info = [0u8; 8];
+    let mut len: u32 = 8;
+    unsafe { sys::raw(55, &[fd.raw() as u64, SOL_TCP as u64, TCP_INFO as u64, info.as_mut_ptr() as u64, &mut len as *mut u32 as u64]) }.ok().map(|_| info[0])
+}
+
+fn name_of(fd: &Fd, peer: bool) -> Option<Json> {
+    let mut buf = [0u8; 128];
+    let mut len: u32 = 128;
+    let n = if peer { 52 } else { 51 };
+    unsafe { sys::raw(n, &[fd.raw() as u64, buf.as_mut_ptr() as u64, &mut len as *mut u32 as u64]) }.ok()?;
+    crate::sockets::addr_json_pub(&buf[..(len as usize).min(128)])
+}
+
+/// Copies of every distinct socket of `pids` (by inode).
+fn socket_copies(pids: &[Pid]) -> Vec<Fd> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for &pid in pids {
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(f) => f,
+            Err(_) => continue,
+        };
+        for fd in proc::fds(pid).unwrap_or_default() {
+            let t = proc::readlink(&format!("/proc/{}/fd/{}", pid, fd)).unwrap_or_default();
+            if !t.starts_with("socket:[") || !seen.insert(t) {
+                continue;
+            }
+            if let Ok(c) = sys::pidfd_getfd(&pidfd, fd) {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn ip_match(a: &Json, dir: &str) -> String {
+    let ip = a.str_of("ip").unwrap_or("");
+    if ip.contains(':') {
+        format!("ip6 {}addr {}", dir, ip)
+    } else {
+        format!("ip {}addr {}", dir, ip)
+    }
+}
+
+impl Handoff {
+    fn table(&mut self) -> String {
+        if self.table.is_none() {
+            let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            self.table = Some(format!("phaul_{}_{}", self.netns_pid, n % 1_000_000_000));
+        }
+        self.table.clone().unwrap_or_default()
+    }
+
+    /// Add rules (one per line), creating the table on first use.
+    fn add_rules(&mut self, rules: &[String]) {
+        if rules.is_empty() {
+            return;
+        }
+        if nft_path().is_none() {
+            self.warnings.push("nft is not installed: peers' packets are not held back while the sockets change hands (a reset is possible)".into());
+            return;
+        }
+        let t = self.table();
+        let mut s = String::new();
+        if !self.created {
+            s += &format!("table inet {t} {{\n chain hold {{\n  type filter hook prerouting priority -300; policy accept;\n }}\n}}\n");
+        }
+        for r in rules {
+            s += &format!("add rule inet {t} hold {r}\n");
+        }
+        match nft(self.netns_pid, &s) {
+            Ok(()) => self.created = true,
+            Err(e) => self.warnings.push(format!("packets are not held back during the handoff: {}", e.message)),
+        }
+    }
+
+    /// Before the final freeze: hold back new connections to the tree's
+    /// listening TCP ports and give the tree up to `drain` to accept the
+    /// connections already queued (a queued connection is reset when its
+    /// listener is closed).
+    pub fn before_freeze(&mut self, root: Pid, pids: &[Pid], drain: Duration) {
+        self.netns_pid = root;
+        let t0 = Instant::now();
+        let copies = socket_copies(pids);
+        let listeners: Vec<&Fd> = copies.iter().filter(|c| getsockopt_int(c, SOL_SOCKET, SO_ACCEPTCONN) == Some(1)).collect();
+        let mut ports = BTreeSet::new();
+        for l in &listeners {
+            let d = getsockopt_int(l, SOL_SOCKET, SO_DOMAIN).unwrap_or(0);
+            if (d == 2 || d == 10) && getsockopt_int(l, SOL_SOCKET, SO_PROTOCOL) == Some(6) {
+                if let Some(p) = name_of(l, false).and_then(|a| a.u64_of("port")) {
+                    ports.insert(p);
+                }
+            }
+        }
+        let rules: Vec<String> = ports.iter().map(|p| format!("tcp dport {} tcp flags & (syn | ack) == syn drop", p)).collect();
+        self.add_rules(&rules);
+        let locked_us = t0.elapsed().as_micros() as u64;
+        // Wait until no listener has a connection waiting to be accepted.
+        let deadline = Instant::now() + drain;
+        let mut pending;
+        loop {
+            let mut pfds: Vec<[i32; 2]> = listeners.iter().map(|l| [l.raw(), 1 /* POLLIN */]).collect();
+            pending = if pfds.is_empty() { 0 } else { unsafe { sys::raw(7 /* poll */, &[pfds.as_mut_ptr() as u64, pfds.len() as u64, 0]) }.unwrap_or(0) };
+            if pending == 0 || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if pending > 0 {
+            self.warnings.push(format!("{} listener(s) still had connections waiting to be accepted at the freeze; those are reset", pending));
+        }
+        self.stats = Json::obj()
+            .with("listen_ports", ports.len() as u64)
+            .with("syn_hold_us", locked_us)
+            .with("drain_us", (t0.elapsed().as_micros() as u64).saturating_sub(locked_us));
+    }
+
+    /// Right after the freeze, before the dump reads the connections: hold
+    /// back every packet of the tree's established TCP connections and to
+    /// its bound UDP ports.
+    pub fn after_freeze(&mut self, frozen: &Frozen) {
+        let t0 = Instant::now();
+        let pids: Vec<Pid> = frozen.live().map(|p| p.pid).collect();
+        let copies = socket_copies(&pids);
+        let mut rules = Vec::new();
+        for c in &copies {
+            let d = getsockopt_int(c, SOL_SOCKET, SO_DOMAIN).unwrap_or(0);
+            if d != 2 && d != 10 {
+                continue;
+            }
+            match getsockopt_int(c, SOL_SOCKET, SO_PROTOCOL) {
+                Some(6) if tcp_state(c) == Some(1) => {
+                    if let (Some(l), Some(p)) = (name_of(c, false), name_of(c, true)) {
+                        rules.push(format!(
+                            "{} tcp sport {} {} tcp dport {} drop",
+                            ip_match(&p, "s"),
+                            p.u64_of("port").unwrap_or(0),
+                            ip_match(&l, "d"),
+                            l.u64_of("port").unwrap_or(0)
+                        ));
+                    }
+                }
+                Some(17) => {
+                    if let Some(port) = name_of(c, false).and_then(|a| a.u64_of("port")).filter(|p| *p != 0) {
+                        rules.push(format!("udp dport {} drop", port));
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(copies);
+        let n = rules.len();
+        self.add_rules(&rules);
+        self.stats.set("held_connections", n as u64).set("hold_us", t0.elapsed().as_micros() as u64);
+    }
+
+    /// After the dump: close the sockets that would collide with the
+    /// destination's in every process of the frozen tree.
+    pub fn detach(&mut self, frozen: &Frozen, state: &Json) -> Result<()> {
+        let t0 = Instant::now();
+        let mut ids = BTreeSet::new();
+        for f in state.arr_of("files") {
+            if collides(f) {
+                if let Some(id) = f.u64_of("id") {
+                    ids.insert(id);
+                    self.files.push(f.clone());
+                }
+            }
+        }
+        if ids.is_empty() {
+            crate::sockets::forget_repaired();
+            return Ok(());
+        }
+        // epoll watches on those sockets vanish with them: remember them for a rollback.
+        for p in state.arr_of("processes") {
+            let pid = p.i64_of("pid").unwrap_or(0) as Pid;
+            for fde in p.arr_of("fds") {
+                let id = fde.u64_of("file_id").unwrap_or(0);
+                let fd = fde.i64_of("fd").unwrap_or(-1) as i32;
+                if ids.contains(&id) {
+                    self.fds.entry(pid).or_default().push((fd, id, fde.bool_of("cloexec")));
+                }
+            }
+        }
+        for f in state.arr_of("files").iter().filter(|f| f.str_of("kind") == Some("epoll")) {
+            let owner = f.i64_of("owner_pid").unwrap_or(0) as Pid;
+            let id = f.u64_of("id").unwrap_or(0);
+            let epfd = state
+                .arr_of("processes")
+                .iter()
+                .find(|p| p.i64_of("pid") == Some(owner as i64))
+                .and_then(|p| p.arr_of("fds").iter().find(|x| x.u64_of("file_id") == Some(id)).and_then(|x| x.i64_of("fd")));
+            let epfd = match epfd {
+                Some(e) => e as i32,
+                None => continue,
+            };
+            let mine = self.fds.get(&owner).cloned().unwrap_or_default();
+            for w in f.arr_of("watches") {
+                let tfd = w.i64_of("tfd").unwrap_or(-1) as i32;
+                if mine.iter().any(|(fd, _, _)| *fd == tfd) {
+                    self.watches.push((owner, epfd, tfd, w.u64_of("events").unwrap_or(0) as u32, w.u64_of("data").unwrap_or(0)));
+                }
+            }
+        }
+        for fz in frozen.live() {
+            let fds = match self.fds.get(&fz.pid) {
+                Some(v) => v.clone(),
+                None => continue,
+            };
+            let mut inj = injector(fz)?;
+            for (fd, _, _) in &fds {
+                // EBADF: another process sharing this fd table closed it already.
+                let _ = inj.raw(nr::CLOSE, &[*fd as u64])?;
+            }
+            inj.finish()?;
+        }
+        // phaul's own copies of the repaired connections: closing them in
+        // repair mode sends nothing.
+        crate::sockets::forget_repaired();
+        self.stats.set("detached", ids.len() as u64).set("detach_us", t0.elapsed().as_micros() as u64);
+        Ok(())
+    }
+
+    /// Rollback: recreate the detached sockets and put them back, at their
+    /// numbers and in their epoll sets, into the (still frozen) tree.
+    pub fn reattach(&mut self, frozen: &Frozen) -> Result<()> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let mut opened: BTreeMap<u64, Fd> = BTreeMap::new();
+        for f in std::mem::take(&mut self.files) {
+            let id = f.u64_of("id").unwrap_or(0);
+            opened.insert(id, crate::sockets::open(&f).map_err(|e| e.context("recreating a socket on rollback"))?);
+        }
+        for fz in frozen.live() {
+            let fds = match self.fds.get(&fz.pid) {
+                Some(v) => v.clone(),
+                None => continue,
+            };
+            let mut inj = injector(fz)?;
+            let park = proc::fds(fz.pid).unwrap_or_default().into_iter().chain(fds.iter().map(|x| x.0)).max().unwrap_or(0) as u64 + 1;
+            let pidfd = sys::pidfd_open(fz.pid)?;
+            let chan = FdChannel::open(&mut inj, &pidfd, park.max(100))?;
+            for (fd, id, cloexec) in &fds {
+                if let Some(obj) = opened.get(id) {
+                    chan.install(&mut inj, obj, *fd, *cloexec)?;
+                }
+            }
+            chan.close(&mut inj)?;
+            for (owner, epfd, tfd, events, data) in self.watches.iter().filter(|w| w.0 == fz.pid) {
+                let _ = owner;
+                let mut ev = Vec::with_capacity(12);
+                ev.extend_from_slice(&events.to_le_bytes());
+                ev.extend_from_slice(&data.to_le_bytes());
+                let a = inj.put(&ev, 2048)?;
+                inj.call("epoll_ctl(ADD) on rollback", 233 /* epoll_ctl */, &[*epfd as u64, 1, *tfd as u64, a])?;
+            }
+            inj.finish()?;
+        }
+        self.fds.clear();
+        self.watches.clear();
+        Ok(())
+    }
+
+    /// Let the peers' packets through again.
+    pub fn release(&mut self) -> u64 {
+        let t0 = Instant::now();
+        if let (Some(t), true) = (self.table.take(), self.created) {
+            self.created = false;
+            if let Err(e) = nft(self.netns_pid, &format!("delete table inet {}\n", t)) {
+                eprintln!("phaul: cannot delete nftables table {}: {}", t, e.message);
+            }
+        }
+        t0.elapsed().as_micros() as u64
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn injector(fz: &crate::freeze::FrozenProc) -> Result<Injector> {
+    let leader = &fz.threads[0];
+    Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)
+}
+
+/// Would a socket like this one, created on the destination while the
+/// source's exists, collide with it?
+fn collides(f: &Json) -> bool {
+    let s = match f.get("sock") {
+        Some(s) => s,
+        None => return false,
+    };
+    let state = s.str_of("state").unwrap_or("");
+    let port = s.get("local").and_then(|l| l.u64_of("port")).unwrap_or(0);
+    match f.str_of("kind") {
+        Some("sock_tcp") => matches!(state, "listen" | "established") || (state == "bound" && port != 0),
+        Some("sock_udp") => port != 0,
+        Some("sock_unix") => matches!(state, "listen" | "bound") && s.get("local").and_then(|l| l.str_of("path")).map(|p| !p.is_empty()).unwrap_or(false),
+        _ => false,
+    }
+}
