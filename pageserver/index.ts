@@ -100,7 +100,12 @@ export class PageServer {
     sock.on("error", () => up.destroy());
     sock.on("close", () => up.destroy());
     up.on("close", () => sock.destroy());
-    sock.pipe(up);
+    // No backpressure towards the source: the engine's source_freeze sends
+    // the final round before dest_restore (which needs the state it
+    // returns) starts reading, so a final round larger than the socket
+    // buffers would deadlock. The backlog is held here until the engine reads.
+    sock.on("data", (d) => up.write(d));
+    sock.on("end", () => up.end());
     up.pipe(sock);
     sock.resume();
   }
