@@ -150,6 +150,17 @@ pub fn open_exe_in_stub(inj: &mut Injector, p: &Json) -> Result<Option<u64>> {
         Some(x) if !x.is_empty() => x.trim_end_matches(" (deleted)").to_string(),
         _ => return Ok(None),
     };
+    // The stub already runs this very executable (a Node.js program restored
+    // by phaul's own node): keep it. Replacing it would fail with EBUSY, as
+    // the kernel refuses to change exe while the old file is still mapped.
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(cur), Ok(want)) = (std::fs::metadata(format!("/proc/{}/exe", inj.pid)), std::fs::metadata(&path)) {
+            if cur.dev() == want.dev() && cur.ino() == want.ino() {
+                return Ok(None);
+            }
+        }
+    }
     let a = inj.put_str(&path, 0)?;
     match inj.raw(nr::OPEN, &[a, 0o2000000, 0])? {
         r if r >= 0 => Ok(Some(r as u64)),
