@@ -16,6 +16,7 @@ pub mod json;
 pub mod memory;
 pub mod migrate;
 pub mod ops;
+pub mod pageserver;
 pub mod proc;
 pub mod process;
 pub mod ptrace;

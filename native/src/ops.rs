@@ -32,6 +32,40 @@ fn open_session(make: impl FnOnce() -> Box<dyn Engine>, req: &Json) -> Result<Js
     }
 }
 
+/// Destination sessions waiting for their page stream from the agent-wide
+/// listener: session id -> (migration, token).
+fn awaiting_stream() -> &'static std::sync::Mutex<std::collections::HashMap<u64, (String, String)>> {
+    static A: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u64, (String, String)>>> = std::sync::OnceLock::new();
+    A.get_or_init(Default::default)
+}
+
+/// A destination op that reads pages: the first one brings the page stream
+/// along, claimed from the agent's listener (when the agent has one).
+fn dest_with_stream(req: &Json) -> Result<Json> {
+    let id = req.u64_of("session").ok_or_else(|| Error::new("EINVAL", "this operation needs a session"))?;
+    let waiting = awaiting_stream().lock().ok().and_then(|mut a| a.remove(&id));
+    let r = match waiting {
+        Some((migration, token)) => {
+            let timeout = std::time::Duration::from_millis(req.u64_of("timeout_ms").unwrap_or(30_000).clamp(10, 3_600_000));
+            let stream = match crate::pageserver::claim(&migration, &token, timeout) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = session::request(id, &Json::obj().with("op", "dest_abort").with("session", id));
+                    session::end(id);
+                    return Err(e);
+                }
+            };
+            let fd = crate::sys::Fd(std::os::unix::io::IntoRawFd::into_raw_fd(stream));
+            session::request_with_fd(id, req, Some(&fd))?
+        }
+        None => session::request(id, req)?,
+    };
+    if r.bool_of("session_done") {
+        session::end(id);
+    }
+    Ok(r)
+}
+
 fn continue_session(req: &Json) -> Result<Json> {
     let id = req.u64_of("session").ok_or_else(|| Error::new("EINVAL", "this operation needs a session"))?;
     let r = session::request(id, req)?;
@@ -53,8 +87,23 @@ pub fn dispatch(req: &Json) -> Result<Json> {
         "dump" => open_session(|| Box::new(DumpEngine { frozen: None }), req),
         "restore" => open_session(|| Box::new(RestoreEngine), req),
         "source_start" => open_session(|| Box::new(crate::migrate::source::SourceEngine::default()), req),
-        "dest_prepare" => open_session(|| Box::new(crate::migrate::dest::DestEngine::default()), req),
-        "dump_finish" | "source_round" | "source_freeze" | "source_finish" | "dest_round" | "dest_restore" | "dest_abort" => continue_session(req),
+        "dest_prepare" => {
+            let r = open_session(|| Box::new(crate::migrate::dest::DestEngine::default()), req)?;
+            if let (Some(id), true) = (r.u64_of("session"), crate::pageserver::is_listening()) {
+                if let Ok(mut a) = awaiting_stream().lock() {
+                    a.insert(id, (req.str_of("migration").unwrap_or("").to_string(), req.str_of("token").unwrap_or("").to_string()));
+                }
+            }
+            Ok(r)
+        }
+        "pageserver_listen" => {
+            let host = req.str_of("host").unwrap_or("127.0.0.1");
+            let port = req.u64_of("port").unwrap_or(0).min(65535) as u16;
+            Ok(ok().with("port", crate::pageserver::listen(host, port)?))
+        }
+        "pageserver_status" => Ok(crate::pageserver::status().with("ok", true)),
+        "dest_round" | "dest_restore" => dest_with_stream(req),
+        "dump_finish" | "source_round" | "source_freeze" | "source_finish" | "dest_commit" | "dest_abort" => continue_session(req),
         _ => Err(Error::new("EREQUEST", format!("unknown op {:?}", op))),
     }
 }

@@ -67,9 +67,55 @@ pub fn send_msg(fd: i32, j: &Json) -> Result<()> {
     write_all(fd, &m)
 }
 
+/// Send the 8-byte length prefix with a descriptor attached (SCM_RIGHTS).
+fn send_prefix_with_fd(sock: i32, prefix: &[u8; 8], pass: i32) -> Result<()> {
+    let iov = [prefix.as_ptr() as u64, 8u64];
+    let mut cmsg = [0u8; 24];
+    cmsg[0..8].copy_from_slice(&20u64.to_le_bytes());
+    cmsg[8..12].copy_from_slice(&1i32.to_le_bytes());
+    cmsg[12..16].copy_from_slice(&1i32.to_le_bytes());
+    cmsg[16..20].copy_from_slice(&pass.to_le_bytes());
+    let msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, cmsg.as_ptr() as u64, 24, 0];
+    sys::call("sendmsg(engine)", nr::SENDMSG, &[sock as u64, msg.as_ptr() as u64, 0]).map(|_| ())
+}
+
+thread_local! {
+    static PASSED: std::cell::RefCell<Option<Fd>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A descriptor that came with the current request (engine side), if any.
+pub fn take_passed_fd() -> Option<Fd> {
+    PASSED.with(|p| p.borrow_mut().take())
+}
+
+/// Read the length prefix with recvmsg, keeping a descriptor passed with it.
+fn recv_prefix(fd: i32, len: &mut [u8; 8]) -> Result<bool> {
+    let iov = [len.as_mut_ptr() as u64, 8u64];
+    let mut cmsg = [0u8; 24];
+    let mut msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, cmsg.as_mut_ptr() as u64, 24, 0];
+    let n = loop {
+        match unsafe { sys::raw(nr::RECVMSG, &[fd as u64, msg.as_mut_ptr() as u64, 0x40000000 /* MSG_CMSG_CLOEXEC */]) } {
+            Ok(n) => break n as usize,
+            Err(4) => continue,
+            Err(e) => return Err(Error::sys("engine channel read", e)),
+        }
+    };
+    if n == 0 {
+        return Ok(false);
+    }
+    if msg[5] >= 20 && i32::from_le_bytes(cmsg[8..12].try_into().unwrap_or([0; 4])) == 1 && i32::from_le_bytes(cmsg[12..16].try_into().unwrap_or([0; 4])) == 1 {
+        let passed = i32::from_le_bytes(cmsg[16..20].try_into().unwrap_or([0; 4]));
+        PASSED.with(|p| *p.borrow_mut() = Some(Fd(passed)));
+    }
+    if n < 8 {
+        return read_exact(fd, &mut len[n..]);
+    }
+    Ok(true)
+}
+
 pub fn recv_msg(fd: i32) -> Result<Option<Json>> {
     let mut len = [0u8; 8];
-    if !read_exact(fd, &mut len)? {
+    if !recv_prefix(fd, &mut len)? {
         return Ok(None);
     }
     let n = u64::from_le_bytes(len) as usize;
@@ -154,10 +200,22 @@ fn engine_main(fd: i32, mut engine: Box<dyn Engine>) -> ! {
 
 /// Send a request to the session's engine and wait for its reply.
 pub fn request(id: u64, req: &Json) -> Result<Json> {
+    request_with_fd(id, req, None)
+}
+
+/// The same, handing the engine a descriptor (a page stream) with the request.
+pub fn request_with_fd(id: u64, req: &Json, pass: Option<&Fd>) -> Result<Json> {
     let h = registry().lock().map_err(|_| Error::new("EPANIC", "session registry poisoned"))?.get(&id).cloned();
     let h = h.ok_or_else(|| Error::new("ESESSION", format!("no session {}", id)))?;
     let sock = h.sock.lock().map_err(|_| Error::new("EPANIC", "session lock poisoned"))?;
-    send_msg(sock.raw(), req)?;
+    match pass {
+        Some(f) => {
+            let body = req.to_string().into_bytes();
+            send_prefix_with_fd(sock.raw(), &(body.len() as u64).to_le_bytes(), f.raw())?;
+            write_all(sock.raw(), &body)?;
+        }
+        None => send_msg(sock.raw(), req)?,
+    }
     match recv_msg(sock.raw())? {
         Some(r) => Ok(r),
         None => {

@@ -76,6 +76,14 @@ impl DestEngine {
         if self.sock.is_some() {
             return Ok(());
         }
+        if let Some(fd) = crate::session::take_passed_fd() {
+            // Handed over by the agent's page listener, HELLO already checked.
+            let s = unsafe { <TcpStream as std::os::unix::io::FromRawFd>::from_raw_fd(fd.into_raw()) };
+            let _ = s.set_read_timeout(Some(timeout));
+            self.sock = Some(BufReader::with_capacity(4 << 20, s));
+            self.listener = None;
+            return Ok(());
+        }
         let l = self.listener.as_ref().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
         l.set_nonblocking(true).map_err(Error::from)?;
         let t0 = Instant::now();

@@ -29,6 +29,7 @@ pub struct SourceEngine {
     round: u64,
     buf: Vec<u8>,
     handoff: Option<Handoff>,
+    sender: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 fn layout_entry(fz: &freeze::FrozenProc, vmas: &[Vma]) -> Json {
@@ -93,70 +94,42 @@ impl SourceEngine {
         Ok(ok().with("method", method.name()).with("layout", Json::obj().with("processes", layout)))
     }
 
-    /// Send the pages at `pages` (sorted addresses) of `pid`.
-    fn send_pages(&mut self, pid: Pid, pages: &[u64]) -> Result<u64> {
-        let mem = open_mem(pid, false)?;
-        let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-        let max = stream::MAX_PAGES as usize;
-        if self.buf.len() < stream::HEADER + max * PAGE_SIZE as usize {
-            self.buf = vec![0u8; stream::HEADER + max * PAGE_SIZE as usize];
-        }
-        let mut sent = 0;
-        let mut i = 0;
-        while i < pages.len() {
-            let mut n = 1;
-            while i + n < pages.len() && n < max && pages[i + n] == pages[i] + n as u64 * PAGE_SIZE {
-                n += 1;
-            }
-            let len = n * PAGE_SIZE as usize;
-            let body = &mut self.buf[stream::HEADER..stream::HEADER + len];
-            if mem.read_exact_at(body, pages[i]).is_err() {
-                // Unmapped meanwhile (or a hole inside a run): send what reads, zeros elsewhere.
-                for k in 0..n {
-                    let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
-                    if mem.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
-                        pg.fill(0);
-                    }
-                }
-            }
-            stream::Header { kind: stream::PAGES, pid: pid as u32, count: n as u32, addr: pages[i] }.encode(&mut self.buf[..stream::HEADER]);
-            w.write_all(&self.buf[..stream::HEADER + len]).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))?;
-            sent += n as u64;
-            i += n;
-        }
-        Ok(sent)
-    }
-
     /// One round: layout and pages of every process, then a round-end mark.
     fn round(&mut self, last: bool) -> Result<(u64, u64)> {
-        let mut total = 0;
+        let work = self.collect_round()?;
+        let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        let total = write_round(w, &mut self.buf, &work, self.round, last)?;
+        self.round += 1;
+        Ok((total, total * PAGE_SIZE))
+    }
+
+    /// What a round sends: each process's layout and its pages to send.
+    fn collect_round(&mut self) -> Result<Vec<(Pid, Vec<Vma>, Vec<u64>)>> {
         let first = self.round == 0;
-        for ti in 0..self.trackers.len() {
-            let pid = self.trackers[ti].pid();
+        let mut work = Vec::new();
+        for t in self.trackers.iter_mut() {
+            let pid = t.pid();
             let vmas = memory::vmas(pid)?;
-            let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-            stream::write_json(w, stream::LAYOUT, pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()))?;
             let mut pages = Vec::new();
+            t.collect(&vmas, &mut pages)?;
             if first {
                 // Round 0 sends everything present; tracking was armed before, so
                 // writes during this copy show up in the next round.
-                self.trackers[ti].collect(&vmas, &mut pages)?;
                 pages.clear();
                 let pm = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context("pagemap"))?;
                 for v in vmas.iter().filter(|v| v.stores_pages()) {
                     memory::present_pages(&pm, v, &mut pages)?;
                 }
-            } else {
-                self.trackers[ti].collect(&vmas, &mut pages)?;
             }
-            total += self.send_pages(pid, &pages)?;
+            work.push((pid, vmas, pages));
         }
-        let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-        stream::write_round_end(w, self.round, last)?;
-        self.round += 1;
-        Ok((total, total * PAGE_SIZE))
+        Ok(work)
     }
 
+    /// Freeze, start sending the last dirty pages at once (on a thread of its
+    /// own), and dump the rest of the state meanwhile: the page transfer and
+    /// the state dump overlap, and the destination can read the final round
+    /// before it has the state, so nothing waits on a full socket buffer.
     fn freeze(&mut self) -> Result<Json> {
         // Sockets change hands at this freeze (see handoff.rs): new
         // connections are held back first, queued ones get accepted.
@@ -181,17 +154,35 @@ impl SourceEngine {
         if let Some(h) = self.handoff.as_mut() {
             h.after_freeze(&frozen);
         }
+        let work = match self.collect_round() {
+            Ok(w) => w,
+            Err(e) => {
+                self.frozen = Some(frozen);
+                return Err(e);
+            }
+        };
+        let pages: u64 = work.iter().map(|w| w.2.len() as u64).sum();
+        let mut sock = self.sock.take().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        let mut buf = std::mem::take(&mut self.buf);
+        let round = self.round;
+        self.round += 1;
+        self.sender = Some(std::thread::spawn(move || write_round(&mut sock, &mut buf, &work, round, true).map(|_| ())));
         let dumped = dump::dump_frozen(&frozen, None);
         self.frozen = Some(frozen);
         let (mut state, _) = dumped?;
-        let (pages, bytes) = self.round(true)?;
         state.set("freeze_us", freeze_us);
         let mut handoff_json = Json::obj();
         if let (Some(h), Some(f)) = (self.handoff.as_mut(), self.frozen.as_ref()) {
             h.detach(f, &state)?;
             handoff_json = h.stats.clone().with("warnings", h.warnings.iter().map(|w| Json::from(w.as_str())).collect::<Vec<_>>());
         }
-        Ok(ok().with("state", state).with("handoff", handoff_json).with("pages", pages).with("bytes", bytes).with("freeze_us", freeze_us).with("dump_us", t0.elapsed().as_micros() as u64))
+        Ok(ok()
+            .with("state", state)
+            .with("handoff", handoff_json)
+            .with("pages", pages)
+            .with("bytes", pages * PAGE_SIZE)
+            .with("freeze_us", freeze_us)
+            .with("dump_us", t0.elapsed().as_micros() as u64))
     }
 
     /// The tree stays here: give it back the sockets detached at the freeze.
@@ -202,6 +193,14 @@ impl SourceEngine {
                 res.with("rollback_error", e.message.as_str())
             }
             _ => res,
+        }
+    }
+
+    /// Wait for the final round to be on its way (its socket written).
+    fn join_sender(&mut self) -> Result<()> {
+        match self.sender.take() {
+            Some(h) => h.join().map_err(|_| Error::new("EPANIC", "the page sender failed"))?,
+            None => Ok(()),
         }
     }
 
@@ -226,7 +225,18 @@ impl Engine for SourceEngine {
             "source_finish" => {
                 *done = true;
                 let kill = req.str_of("action") == Some("kill");
+                let sent = self.join_sender();
                 self.stop_tracking();
+                if kill {
+                    if let Err(e) = sent {
+                        // The destination cannot have the last pages: never kill then.
+                        if let Some(mut f) = self.frozen.take() {
+                            let _ = self.rollback_sockets(&f, ok());
+                            f.resume();
+                        }
+                        return error_json(&e.context("final pages were not sent; the process was resumed"));
+                    }
+                }
                 let mut res = ok().with("session_done", true);
                 if let Some(mut f) = self.frozen.take() {
                     if kill {
@@ -256,6 +266,7 @@ impl Engine for SourceEngine {
     }
 
     fn abandon(&mut self) {
+        let _ = self.join_sender();
         self.stop_tracking();
         if let Some(mut f) = self.frozen.take() {
             let _ = self.rollback_sockets(&f, ok());
@@ -265,4 +276,49 @@ impl Engine for SourceEngine {
             h.release();
         }
     }
+}
+
+/// Send one round: for each process its layout and pages, then the round end.
+fn write_round(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, work: &[(Pid, Vec<Vma>, Vec<u64>)], round: u64, last: bool) -> Result<u64> {
+    let mut total = 0;
+    for (pid, vmas, pages) in work {
+        stream::write_json(w, stream::LAYOUT, *pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()))?;
+        total += send_pages(w, buf, *pid, pages)?;
+    }
+    stream::write_round_end(w, round, last)?;
+    Ok(total)
+}
+
+/// Send the pages at `pages` (sorted addresses) of `pid`, in runs of up to
+/// a frame each, read straight from its memory.
+fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: &[u64]) -> Result<u64> {
+    let mem = open_mem(pid, false)?;
+    let max = stream::MAX_PAGES as usize;
+    if buf.len() < stream::HEADER + max * PAGE_SIZE as usize {
+        *buf = vec![0u8; stream::HEADER + max * PAGE_SIZE as usize];
+    }
+    let mut sent = 0;
+    let mut i = 0;
+    while i < pages.len() {
+        let mut n = 1;
+        while i + n < pages.len() && n < max && pages[i + n] == pages[i] + n as u64 * PAGE_SIZE {
+            n += 1;
+        }
+        let len = n * PAGE_SIZE as usize;
+        let body = &mut buf[stream::HEADER..stream::HEADER + len];
+        if mem.read_exact_at(body, pages[i]).is_err() {
+            // Unmapped meanwhile (or a hole inside a run): send what reads, zeros elsewhere.
+            for k in 0..n {
+                let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
+                if mem.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
+                    pg.fill(0);
+                }
+            }
+        }
+        stream::Header { kind: stream::PAGES, pid: pid as u32, count: n as u32, addr: pages[i] }.encode(&mut buf[..stream::HEADER]);
+        w.write_all(&buf[..stream::HEADER + len]).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))?;
+        sent += n as u64;
+        i += n;
+    }
+    Ok(sent)
 }
