@@ -104,13 +104,8 @@ describe('sockets and event descriptors under live migration', () => {
     });
   }
 
-  // Known failures of the migration path (not of the socket handover), see docs/servers.md:
-  const todo: Record<string, string> = {
-    signalfd: 'destination: re-queueing the pending signals inside the new pid namespace fails (rt_tgsigqueueinfo: EPERM)',
-    memfd: 'destination: dest_prepare maps the memfd area before the memfd exists ("memfd ... whose descriptor is not in the image")',
-  };
   for (const name of ['eventfd', 'epoll', 'timerfd', 'signalfd', 'inotify', 'memfd']) {
-    test(`evfd_${name}`, { timeout: 60_000, todo: todo[name] }, async (t) => {
+    test(`evfd_${name}`, { timeout: 60_000 }, async (t) => {
       const w = await h.start(`evfd_${name}`);
       await waitForOk(w, 5);
       const { summary } = await migrateAndCheck(h, w, agent);

@@ -112,6 +112,8 @@ pub struct Tree {
     pub created: Vec<Pid>,
     pub init: Option<Injector>,
     pub pid_ns: bool,
+    /// Fully restored threads kept stopped until `release` (two-phase commit).
+    pub held: Vec<Pid>,
 }
 
 impl Tree {
@@ -132,7 +134,7 @@ impl Tree {
 /// Create an empty stub for every process (tree order, parents first), each
 /// forked from its parent's stub. `procs` need pid, ppid, pgid, sid, vmas.
 pub fn create_stubs(procs: &[Json], pid_ns: bool) -> Result<Tree> {
-    let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns };
+    let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns, held: Vec::new() };
     match create_stubs_inner(procs, &mut tree) {
         Ok(()) => Ok(tree),
         Err(e) => {
@@ -307,8 +309,9 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     Ok(())
 }
 
-/// Threads, per-thread settings and registers; then everything runs.
-pub fn finish_tree(procs: &[Json], tree: &mut Tree) -> Result<()> {
+/// Threads, per-thread settings and registers; then everything runs, or,
+/// with `hold`, stays stopped until `release` (a migration's commit).
+pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     // (host tid, injector, thread state, credentials of its process)
     let mut all_threads: Vec<(Pid, Injector, Json, Option<Json>)> = Vec::new();
     let mut leaders = Vec::new();
@@ -323,10 +326,17 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree) -> Result<()> {
             let regs = ptrace::get_regs(host)?;
             let mut ti = Injector::new(s.host, host, leader.insn(), regs, u64::MAX)?;
             ti.share_scratch(&leader);
-            threads::restore_thread_settings(s.pid, t, &mut ti)?;
+            threads::restore_thread_settings(t, &mut ti)?;
             all_threads.push((host, ti, t.clone(), p.get("creds").cloned()));
         }
-        threads::restore_thread_settings(s.pid, &ths[0], &mut leader)?;
+        threads::restore_thread_settings(&ths[0], &mut leader)?;
+        // Signals are queued from the leader: the kernel lets a process queue
+        // any siginfo only to itself, and checks that against the caller's
+        // own id, which for a queue aimed at another thread is the leader's.
+        for t in ths {
+            let tid = t.i64_of("tid").unwrap_or(0) as Pid;
+            signals::requeue(&mut leader, s.pid, Some(tid), t.arr_of("pending"))?;
+        }
         signals::requeue(&mut leader, s.pid, None, p.arr_of("shared_pending"))?;
         leaders.push((s.host, leader, ths[0].clone(), p.get("creds").cloned()));
     }
@@ -344,10 +354,19 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree) -> Result<()> {
     if let Some(init) = tree.init.take() {
         let host = init.tid;
         init.finish()?;
-        ptrace::detach(host, 0)?;
+        tree.held.push(host);
     }
-    for (tid, _) in finals.iter().rev() {
-        ptrace::detach(*tid, 0)?;
+    tree.held.extend(finals.iter().rev().map(|(tid, _)| *tid));
+    if hold {
+        return Ok(());
+    }
+    release(tree)
+}
+
+/// Let a restored tree run: every thread is detached, the namespace's init first.
+pub fn release(tree: &mut Tree) -> Result<()> {
+    for tid in std::mem::take(&mut tree.held) {
+        ptrace::detach(tid, 0)?;
     }
     tree.created.clear();
     Ok(())
@@ -375,7 +394,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
             stats.pages_bytes += fill_from_images(dir, p, s).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
             finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
-        finish_tree(procs, &mut tree)?;
+        finish_tree(procs, &mut tree, false)?;
         Ok(stats)
     })();
     match r {

@@ -53,8 +53,8 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
 }
 
 /// Per-thread kernel settings, applied by injecting into the thread itself.
-pub fn restore_thread_settings(pid: Pid, t: &Json, inj: &mut Injector) -> Result<()> {
-    let tid = inj.tid;
+/// (Pending signals are queued by the leader afterwards, see restore.rs.)
+pub fn restore_thread_settings(t: &Json, inj: &mut Injector) -> Result<()> {
     signals::restore_sigaltstack(inj, t.get("sigaltstack"))?;
     inj.call("set_tid_address", nr::SET_TID_ADDRESS, &[t.u64_of("clear_child_tid").unwrap_or(0)])?;
     if let Some(r) = t.get("robust_list") {
@@ -76,7 +76,6 @@ pub fn restore_thread_settings(pid: Pid, t: &Json, inj: &mut Injector) -> Result
         inj.call("prctl(PR_SET_NAME)", nr::PRCTL, &[PR_SET_NAME, a])?;
     }
     crate::creds::restore_sched(inj, t.get("sched"))?;
-    signals::requeue(inj, pid, Some(tid), t.arr_of("pending"))?;
     Ok(())
 }
 

@@ -56,7 +56,10 @@ impl DestEngine {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut tree = restore::create_stubs(procs, pid_ns)?;
         for (p, s) in restore::live_procs(procs).iter().zip(tree.stubs.iter_mut()) {
-            let r = restore::vmas_of(p).and_then(|v| restore::apply_layout(s, &v)).and_then(|_| open_mem(s.host, true));
+            let r = restore::vmas_of(p)
+                .map(|v| v.into_iter().filter(|v| !needs_restored_object(v)).collect::<Vec<_>>())
+                .and_then(|v| restore::apply_layout(s, &v))
+                .and_then(|_| open_mem(s.host, true));
             match r {
                 Ok(m) => {
                     self.mems.insert(s.pid, m);
@@ -134,6 +137,10 @@ impl DestEngine {
                 stream::LAYOUT => {
                     let j = stream::read_json(r, &h)?;
                     let vmas = j.as_arr().iter().map(Vma::from_json).collect::<Result<Vec<_>>>()?;
+                    // Areas backed by a memfd or an unlinked file are mapped from
+                    // the restored object, which exists only at the final restore;
+                    // their contents live in that object, not in the page stream.
+                    let vmas: Vec<Vma> = vmas.into_iter().filter(|v| !needs_restored_object(v)).collect();
                     let s = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", h.pid)))?;
                     restore::apply_layout(s, &vmas)?;
                 }
@@ -186,7 +193,12 @@ impl DestEngine {
             restore::apply_layout(s, &restore::vmas_of(p)?)?;
             restore::finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
-        restore::finish_tree(procs, tree)?;
+        // Held: the processes run only once the source has let go (dest_commit).
+        let hold = req.bool_of("hold");
+        restore::finish_tree(procs, tree, hold)?;
+        if !hold {
+            self.tree = None;
+        }
         let pid = restore::pid_of(&procs[0])?;
         Ok(ok()
             .with("pid", pid)
@@ -195,7 +207,8 @@ impl DestEngine {
             .with("bytes", pages * PAGE_SIZE)
             .with("recv_us", recv_us)
             .with("restore_us", t0.elapsed().as_micros() as u64)
-            .with("session_done", true))
+            .with("held", hold)
+            .with("session_done", !hold))
     }
 }
 
@@ -215,6 +228,17 @@ impl Engine for DestEngine {
                     .map(|(pages, _)| ok().with("round", round).with("pages", pages).with("bytes", pages * PAGE_SIZE).with("ms", t0.elapsed().as_secs_f64() * 1000.0))
             }
             "dest_restore" => self.restore(req, timeout_of(req)),
+            "dest_commit" => {
+                let t0 = Instant::now();
+                let r = match self.tree.as_mut() {
+                    Some(t) if !t.held.is_empty() => restore::release(t),
+                    _ => Err(Error::new("ESESSION", "nothing restored to commit")),
+                };
+                r.map(|_| {
+                    self.tree = None;
+                    ok().with("commit_us", t0.elapsed().as_micros() as u64).with("session_done", true)
+                })
+            }
             "dest_abort" => {
                 self.abandon();
                 Ok(ok().with("session_done", true))
@@ -260,4 +284,8 @@ fn write_pages(host: Pid, mem: Option<&File>, addr: u64, data: &[u8]) -> Result<
     }
     let mem = mem.ok_or_else(|| Error::new("EPROTO", "page stream: pages for a process without memory"))?;
     mem.write_all_at(data, addr).map_err(|e| Error::new("EPROTO", format!("page stream: pages at {:#x} outside the process's memory: {}", addr, e)))
+}
+
+fn needs_restored_object(v: &Vma) -> bool {
+    v.kind == crate::memory::Kind::File && (v.path.starts_with("/memfd:") || v.path.ends_with(" (deleted)"))
 }
