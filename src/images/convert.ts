@@ -121,7 +121,7 @@ function canonicalLong(v: string, keepString: boolean): number | string {
 
 function canonicalValue(type: protobuf.Type, field: protobuf.Field, v: unknown): unknown {
   if (field.resolvedType && "fields" in field.resolvedType) {
-    return canonicalMessage(field.resolvedType as protobuf.Type, v as Record<string, unknown>);
+    return canonicalMessage(field.resolvedType as protobuf.Type, v as Record<string, unknown>, true);
   }
   if (LONG_TYPES.has(field.type)) {
     return canonicalLong(String(v), ALWAYS_DECIMAL_STRING.has(`${type.name}.${field.name}`));
@@ -134,11 +134,14 @@ function canonicalValue(type: protobuf.Type, field: protobuf.Field, v: unknown):
  * defaults: true) into the document's shape: fields in schema order, 64-bit
  * values as numbers up to 2^53 and strings above, absent optionals dropped.
  */
-export function canonicalMessage(type: protobuf.Type, obj: Record<string, unknown>): Record<string, unknown> {
+export function canonicalMessage(type: protobuf.Type, obj: Record<string, unknown>, nested = false): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const field of type.fieldsArray) {
     const v = obj[field.name];
     if (v === null || v === undefined) continue;
+    // Inside nested messages an empty list is the same as none (proto3 cannot
+    // tell them apart): leave it out, as kind-specific lists mostly are.
+    if (nested && field.repeated && (v as unknown[]).length === 0) continue;
     out[field.name] = field.repeated
       ? (v as unknown[]).map((item) => canonicalValue(type, field, item))
       : canonicalValue(type, field, v);
