@@ -80,16 +80,6 @@ function peerOf(req: IncomingMessage): string {
   return `source ${formatAddress(s.remoteAddress ?? "?", s.remotePort ?? 0)}`;
 }
 
-function killLayout(layout: Layout): void {
-  for (const p of layout.processes) {
-    try {
-      process.kill(p.pid, "SIGKILL");
-    } catch {
-      /* gone */
-    }
-  }
-}
-
 /** Start a destination agent. Only one per process (one native page listener). */
 export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
   const listen = typeof options.listen === "object" ? options.listen : parseAddress(options.listen ?? DEFAULT_LISTEN, "--listen", true);
@@ -235,25 +225,27 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
           phase = "restore";
           faultLater("restore");
           const r = await session.restore(m.state, roundTimeoutMs);
-          restored = true;
-          const lost = chan.failed as PhaulError | undefined;
-          if (lost) {
+          if (chan.failed) {
             // The source gave up meanwhile and resumes its copy: ours must go.
-            killLayout(layout);
+            const lost = chan.failed as PhaulError;
+            await session.abort();
             throw new PhaulError(lost.code, `restored pid ${r.pid}, but the source was lost meanwhile (${lost.message}); killed the restored copy`);
           }
-          try {
-            await chan.send({ type: "restored", pid: r.pid, restore_us: r.restore_us, pages: r.pages, bytes: r.bytes, pid_ns: session.pidNamespace });
-          } catch (e) {
-            killLayout(layout);
-            throw new PhaulError("ECONNRESET", `restored pid ${r.pid}, but could not tell the source (${toPhaulError(e).message}); killed the restored copy`);
-          }
+          // Two-phase end: the restored tree is held stopped; it runs only on
+          // the source's commit, and the source kills its copy only once we
+          // answer `committed`. Whoever fails first leaves exactly one copy.
+          await chan.send({ type: "restored", pid: r.pid, restore_us: r.restore_us, pages: r.pages, bytes: r.bytes, pid_ns: session.pidNamespace });
           phase = "confirm";
+          await chan.receive(["commit"], CONFIRM_TIMEOUT_MS, "commit");
+          closeFault("commit");
+          await session.commit();
+          restored = true;
+          await chan.send({ type: "committed" }).catch(() => undefined);
           let confirmed = true;
           try {
             await chan.receive(["done"], CONFIRM_TIMEOUT_MS, "done");
           } catch {
-            confirmed = false; // the source saw `restored`; its copy is killed or about to be
+            confirmed = false; // the source saw `committed`; its copy is killed or about to be
           }
           chan.close("migration complete");
           const all = [...rounds, { round: rounds.length, pages: r.pages, bytes: r.bytes, ms: 0 }];

@@ -8,11 +8,12 @@
 //        freeze     the source announced its freeze (before source_freeze runs there)
 //        final      final state received, before dest_restore (final pages in flight)
 //        restore    DELAY_MS after dest_restore started (during the restore)
+//        commit     the source's commit arrived (restored copy held, not yet running)
 // ACTION exit   process.exit(99) at once, no cleanup (default)
 //        kill   SIGKILL itself
 //        close  drop the control connection and take the normal abort path
 
-export type FaultPhase = "handshake" | "prepare" | "precopy" | "freeze" | "final" | "restore";
+export type FaultPhase = "handshake" | "prepare" | "precopy" | "freeze" | "final" | "restore" | "commit";
 export type FaultAction = "exit" | "kill" | "close";
 
 export interface Fault {
@@ -21,7 +22,7 @@ export interface Fault {
   delayMs: number;
 }
 
-const PHASES: FaultPhase[] = ["handshake", "prepare", "precopy", "freeze", "final", "restore"];
+const PHASES: FaultPhase[] = ["handshake", "prepare", "precopy", "freeze", "final", "restore", "commit"];
 const ACTIONS: FaultAction[] = ["exit", "kill", "close"];
 
 export function parseFault(text: string | undefined): Fault | undefined {

@@ -98,12 +98,22 @@ export interface FailedMsg {
   code: string;
   message: string;
 }
-/** Source → destination after `restored`: the source copy is gone. */
+/** Source → destination after `restored` (the restored tree is held stopped): let it run. */
+export interface CommitMsg {
+  type: "commit";
+}
+/** Destination → source: the restored tree runs; the source copy must go now. */
+export interface CommittedMsg {
+  type: "committed";
+}
+/** Source → destination after `committed`: the source copy is gone. */
 export interface DoneMsg {
   type: "done";
 }
 
 export type Message =
+  | CommitMsg
+  | CommittedMsg
   | HelloMsg
   | PrepareMsg
   | PreparedMsg
@@ -283,6 +293,8 @@ export function validate(value: unknown): Message {
     case "round_done":
       return { type, stats: roundStats(o.stats, "round_done.stats") };
     case "freezing":
+    case "commit":
+    case "committed":
     case "done":
       return { type };
     case "final": {

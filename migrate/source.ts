@@ -179,9 +179,11 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     progress({ phase: "restoring", ...final });
     await chan.send({ type: "final", state: frozen.state as Record<string, unknown> });
     const restored = await chan.receive(["restored"], RESTORED_TIMEOUT_MS, "restored");
+    // The destination holds its copy stopped until we commit; once it says
+    // `committed` its copy runs, and only then may ours go.
+    await chan.send({ type: "commit" });
+    await chan.receive(["committed"], RESTORED_TIMEOUT_MS, "committed");
     const frozenMs = performance.now() - tFreeze;
-
-    // The destination runs the tree now: only now may the source copy go.
     await callNative("source_finish", { session, action: "kill" });
     killed = true;
     await chan.send({ type: "done" }).catch(() => undefined);

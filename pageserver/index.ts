@@ -153,13 +153,18 @@ export class PageSession {
     return roundStats(await callNative("dest_round", { session: this.id, timeout_ms: timeoutMs }), "dest_round");
   }
 
-  /** Receive the final round and restore; the processes run afterwards. On failure the stubs are gone. */
+  /**
+   * Receive the final round and restore. The restored processes are held
+   * stopped until commit() (they must not run before the source copy is
+   * gone); abort() kills them. On failure the stubs are gone.
+   */
   async restore(state: Record<string, unknown>, timeoutMs: number): Promise<RestoreReply> {
     let reply;
     try {
-      reply = await callNative("dest_restore", { session: this.id, state, timeout_ms: timeoutMs });
-    } finally {
+      reply = await callNative("dest_restore", { session: this.id, state, timeout_ms: timeoutMs, hold: true });
+    } catch (e) {
       this.end();
+      throw e;
     }
     return {
       pid: count(reply, "pid", "dest_restore"),
@@ -167,6 +172,15 @@ export class PageSession {
       pages: typeof reply.pages === "number" ? reply.pages : 0,
       bytes: typeof reply.bytes === "number" ? reply.bytes : 0,
     };
+  }
+
+  /** Let the restored (held) processes run; ends the session. */
+  async commit(): Promise<void> {
+    try {
+      await callNative("dest_commit", { session: this.id });
+    } finally {
+      this.end();
+    }
   }
 
   /** Kill the stubs and end the session; idempotent, never throws. */

@@ -93,14 +93,10 @@ describe('migration rollback', () => {
     { phase: 'pre-copy round', fault: 'precopy:kill:30', workload: 'bigmem', args: ['256'] },
     { phase: 'freeze', fault: 'freeze:kill', workload: 'counter' },
     { phase: 'final transfer', fault: 'final:kill', workload: 'counter' },
-    {
-      phase: 'restore', fault: 'restore:kill:0', workload: 'counter',
-      // Seen failing: the restored copy ran (OK n written twice) although the
-      // source never got `restored`. Needs the engine to kill a restored tree
-      // whose dest_restore reply cannot be delivered, or to hold it stopped
-      // until a commit op.
-      todo: 'engine: a dest_restore that completes after its agent died leaves the restored copy running',
-    },
+    // The restored copy is held stopped until the source commits: an agent
+    // dying during the restore or before the commit leaves only the source.
+    { phase: 'restore', fault: 'restore:kill:0', workload: 'counter' },
+    { phase: 'commit', fault: 'commit:kill', workload: 'counter' },
     { phase: 'pre-copy round (connection dropped, agent lives)', fault: 'precopy:close:30', workload: 'bigmem', args: ['256'] },
   ];
   for (const p of phases) {

@@ -25,6 +25,7 @@ pub const O_TRACESYSGOOD: u64 = 1;
 pub const O_TRACEFORK: u64 = 2;
 pub const O_TRACEVFORK: u64 = 4;
 pub const O_TRACECLONE: u64 = 8;
+pub const O_EXITKILL: u64 = 1 << 20;
 
 pub const EVENT_FORK: i32 = 1;
 pub const EVENT_CLONE: i32 = 3;

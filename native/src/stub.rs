@@ -12,7 +12,9 @@ use crate::proc;
 use crate::ptrace;
 use crate::sys::{self, nr, Error, Pid, Result};
 
-pub const STUB_OPTIONS: u64 = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_TRACEFORK | ptrace::O_TRACEVFORK;
+/// EXITKILL: if the engine dies, its stubs (and a restored tree held for a
+/// commit) die with it instead of running half-made or as a second copy.
+pub const STUB_OPTIONS: u64 = ptrace::O_TRACESYSGOOD | ptrace::O_TRACECLONE | ptrace::O_TRACEFORK | ptrace::O_TRACEVFORK | ptrace::O_EXITKILL;
 const SIGCHLD: u64 = 17;
 
 #[repr(C)]
