@@ -15,7 +15,8 @@ export function localCapabilities(): Promise<Capabilities> {
     return {
       arch: String(r.arch ?? "unknown"),
       kernel: String(r.kernel ?? ""),
-      xcr0: typeof r.xcr0 === "string" && /^0x[0-9a-f]+$/i.test(r.xcr0) ? r.xcr0 : "0x0",
+      // PHAUL_FAKE_XCR0: test-only, pretend this host has that XSAVE mask.
+      xcr0: process.env.PHAUL_FAKE_XCR0 && /^0x[0-9a-f]+$/i.test(process.env.PHAUL_FAKE_XCR0) ? process.env.PHAUL_FAKE_XCR0 : typeof r.xcr0 === "string" && /^0x[0-9a-f]+$/i.test(r.xcr0) ? r.xcr0 : "0x0",
       xsave_size: Number.isSafeInteger(r.xsave_size) ? (r.xsave_size as number) : 0,
       features,
     };

@@ -2,7 +2,9 @@
 // one migration at a time through the native page receiver, and on any
 // error, close or timeout discards the stubs (dest_abort) so nothing is left.
 
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { traceMark } from "../src/trace.js";
+import https from "node:https";
 import { join, resolve } from "node:path";
 import type { IncomingMessage } from "node:http";
 import WebSocket, { WebSocketServer } from "ws";
@@ -10,7 +12,9 @@ import { PhaulError, toPhaulError } from "../src/errors.js";
 import { PageServer, type PageSession } from "../pageserver/index.js";
 import { Channel, formatAddress, parseAddress } from "./channel.js";
 import { hello, localCapabilities } from "./capabilities.js";
+import { destinationProof, isLoopback, loadSecret, loadTls, pageToken, ReplayGuard, safeEqual, type TlsFiles } from "./auth.js";
 import { crash, parseFault, type Fault, type FaultPhase } from "./fault.js";
+import { destinationFindings } from "./preflight.js";
 import { incompatibility, MAX_MESSAGE_BYTES, type Layout, type RoundStats } from "./protocol.js";
 
 export const DEFAULT_LISTEN = "127.0.0.1:7070";
@@ -34,6 +38,14 @@ export interface ServeOptions {
   pidNamespace?: "auto" | "never";
   /** How long to wait for the source's page connection and for each round, ms (default 60000). */
   roundTimeoutMs?: number;
+  /** Shared secret file (--token-file): sources must prove they hold it (docs/security.md). */
+  tokenFile?: string;
+  /** The shared secret itself (instead of tokenFile). */
+  secret?: Buffer;
+  /** Mutual TLS for the control channel: our certificate and key, and the CA that signs the sources' certificates. */
+  tls?: Partial<TlsFiles>;
+  /** Serve a non-loopback address without any authentication (tests, isolated networks). */
+  insecure?: boolean;
 }
 
 export type ServePhase = "handshake" | "prepare" | "precopy" | "freeze" | "final" | "restore" | "confirm";
@@ -41,6 +53,7 @@ export type ServePhase = "handshake" | "prepare" | "precopy" | "freeze" | "final
 export type ServeEvent =
   | { event: "listening"; address: string; page_address: string }
   | { event: "connected"; peer: string }
+  | { event: "preflight"; peer: string; pid: number; files: number; problems: number }
   | { event: "prepared"; peer: string; migration: string; pid: number; processes: number; threads: number }
   | ({ event: "round"; peer: string; migration: string } & RoundStats)
   | {
@@ -74,6 +87,10 @@ const PREPARE_TIMEOUT_MS = 60_000;
 /** Between two messages of a running migration (a stop-and-copy of a big tree freezes for long). */
 const IDLE_TIMEOUT_MS = 600_000;
 const CONFIRM_TIMEOUT_MS = 30_000;
+/** Migrations waiting for the engine behind the running one. */
+const MAX_QUEUED = 16;
+/** Control connections at once (handshaking, waiting or running). */
+const MAX_CONNECTIONS = 64;
 
 function peerOf(req: IncomingMessage): string {
   const s = req.socket;
@@ -101,6 +118,15 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       throw new PhaulError("EUSAGE", `cannot create ${dir}: ${(e as Error).message}`);
     }
   }
+  const secret = options.secret ?? (options.tokenFile !== undefined ? loadSecret(options.tokenFile) : undefined);
+  const tls = options.tls ? loadTls(options.tls) : undefined;
+  if (!secret && !tls && !isLoopback(listen.host) && !options.insecure) {
+    throw new PhaulError("EUSAGE",
+      `refusing to listen on ${formatAddress(listen.host, listen.port)} without authentication: anyone who reaches it could ` +
+      `migrate a process here. Give --token-file FILE (the same secret on both hosts) or --tls-cert/--tls-key/--tls-ca, ` +
+      `or listen on 127.0.0.1`);
+  }
+  const replay = new ReplayGuard();
   const roundTimeoutMs = options.roundTimeoutMs ?? 60_000;
   if (options.pidNamespace !== undefined && options.pidNamespace !== "auto" && options.pidNamespace !== "never") {
     throw new PhaulError("EUSAGE", `--pid-ns must be auto or never, got ${JSON.stringify(options.pidNamespace)}`);
@@ -116,37 +142,66 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
   await localCapabilities(); // fails early when the engine is missing
   const pages = await PageServer.listen(listen.host, pagePort);
 
-  const wss = new WebSocketServer({ host: listen.host, port: listen.port, maxPayload: MAX_MESSAGE_BYTES, perMessageDeflate: false });
+  // With TLS, an https server that requires and checks client certificates
+  // (the handshake fails before any WebSocket frame for a peer without one).
+  const httpsServer = tls
+    ? https.createServer({ cert: tls.cert, key: tls.key, ca: tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: "TLSv1.2" })
+    : undefined;
+  httpsServer?.on("tlsClientError", () => undefined);
+  const wss = httpsServer
+    ? new WebSocketServer({ server: httpsServer, maxPayload: MAX_MESSAGE_BYTES, perMessageDeflate: false })
+    : new WebSocketServer({ host: listen.host, port: listen.port, maxPayload: MAX_MESSAGE_BYTES, perMessageDeflate: false });
   await new Promise<void>((res, rej) => {
-    wss.once("listening", () => res());
-    wss.once("error", (e: NodeJS.ErrnoException) => {
+    const target = httpsServer ?? wss;
+    if (httpsServer) httpsServer.listen(listen.port, listen.host);
+    target.once("listening", () => res());
+    target.once("error", (e: NodeJS.ErrnoException) => {
       const why = e.code === "EADDRINUSE" ? "address already in use" : e.message;
       rej(new PhaulError(e.code === "EADDRINUSE" || e.code === "EADDRNOTAVAIL" ? "EUSAGE" : e.code ?? "EFAILED",
         `cannot listen on ${formatAddress(listen.host, listen.port)}: ${why}`));
     });
   });
-  const bound = wss.address();
+  const bound = httpsServer ? httpsServer.address() : wss.address();
   const address = { host: listen.host, port: bound && typeof bound === "object" ? bound.port : listen.port };
   const pageAddress = { host: pages.host, port: pages.port };
 
-  let current: Promise<void> | undefined;
-  let currentChannel: Channel | undefined;
+  // Connections are handled concurrently up to `prepare` (handshake and
+  // authentication cost no engine state); from dest_prepare on, migrations
+  // run one after the other (the engine runs one native call at a time), in
+  // arrival order, MAX_QUEUED at most waiting: the rest get EBUSY. A peer
+  // that connects and stays silent only holds its own connection until the
+  // hello timeout.
+  const running = new Set<Promise<void>>();
+  const channels = new Set<Channel>();
+  let slot: Promise<void> = Promise.resolve();
+  let queued = 0;
   let closing = false;
+  const acquire = async (): Promise<() => void> => {
+    if (queued >= MAX_QUEUED) throw new PhaulError("EBUSY", `destination agent is busy (${queued} migrations waiting); retry later`);
+    queued++;
+    let release!: () => void;
+    const prev = slot;
+    slot = new Promise<void>((r) => (release = r));
+    await prev;
+    queued--;
+    return release;
+  };
 
   wss.on("connection", (ws: WebSocket, req: IncomingMessage) => {
     const peer = peerOf(req);
     const chan = new Channel(ws, peer);
     emit({ event: "connected", peer });
-    if (current || closing) {
-      const e = new PhaulError("EBUSY", closing ? "destination agent is shutting down" : "destination agent is busy with another migration; retry later");
+    if (closing || channels.size >= MAX_CONNECTIONS) {
+      const e = new PhaulError("EBUSY", closing ? "destination agent is shutting down" : "destination agent has too many connections; retry later");
       void chan.abort(e);
       return;
     }
-    currentChannel = chan;
-    current = runMigration(chan, peer).finally(() => {
-      current = undefined;
-      currentChannel = undefined;
+    channels.add(chan);
+    const run = runMigration(chan, peer).finally(() => {
+      running.delete(run);
+      channels.delete(chan);
     });
+    running.add(run);
   });
   wss.on("error", () => undefined);
 
@@ -157,6 +212,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     let migration: string | undefined;
     let layout: Layout | undefined;
     let restored = false;
+    let release: (() => void) | undefined;
     const rounds: RoundStats[] = [];
     const elapsed = () => Math.round(performance.now() - t0);
     const faultAt = (p: FaultPhase): boolean => {
@@ -176,24 +232,50 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       if (faultAt(p)) throw new PhaulError("ECANCELED", `fault injected at ${p}`);
     };
     const record = (doc: object) => {
-      if (!dir || !migration) return;
+      // The file name comes from the peer: only a validated id (protocol.ts
+      // ID pattern, checked again here) ever names a file, inside dir.
+      if (!dir || !migration || !/^[A-Za-z0-9_-]{1,128}$/.test(migration)) return;
       try {
-        writeFileSync(join(dir, `${migration}.json`), JSON.stringify(doc, null, 2) + "\n");
+        const file = join(dir, `${migration}.json`);
+        const tmp = join(dir, `.${migration}.json.tmp`);
+        writeFileSync(tmp, JSON.stringify(doc, null, 2) + "\n", { mode: 0o600 });
+        renameSync(tmp, file);
       } catch {
         /* the record is informative */
       }
     };
     try {
       const h = await chan.receive(["hello"], HELLO_TIMEOUT_MS, "hello");
+      // Authentication first: nothing is read or written for an unproven peer.
+      if (secret) replay.check(secret, h.auth);
       if (h.role !== "source") throw new PhaulError("EPROTO", `protocol error: ${peer} says it is a ${h.role}`);
       closeFault("handshake");
-      const mine = await hello("destination", { page_port: pages.port });
+      const mine = await hello("destination", { page_port: pages.port, ...(secret && h.auth ? { auth: destinationProof(secret, h.auth) } : {}) });
       await chan.send(mine);
       const bad = incompatibility(h, mine);
       if (bad) throw new PhaulError("EINCOMPAT", bad);
 
       phase = "prepare";
-      const p = await chan.receive(["prepare"], PREPARE_TIMEOUT_MS, "prepare");
+      let p;
+      for (;;) {
+        const m = await chan.receive(["preflight", "prepare", "done"], PREPARE_TIMEOUT_MS, "prepare");
+        if (m.type === "prepare") {
+          p = m;
+          break;
+        }
+        if (m.type === "done") {
+          chan.close("dry run complete"); // a dry run (`phaul migrate --dry-run`) ends here
+          return;
+        }
+        const found = await destinationFindings(m, options.pidNamespace ?? "auto");
+        emit({ event: "preflight", peer, pid: m.pids[0] ?? 0, files: m.files.length, problems: found.files.length });
+        await chan.send(found);
+      }
+      if (secret && !safeEqual(p.token, pageToken(secret, p.migration))) {
+        throw new PhaulError("EAUTH", "authentication failed: the page token is not derived from the shared secret");
+      }
+      release = await acquire();
+      if (chan.failed) throw chan.failed;
       migration = p.migration;
       layout = p.layout;
       closeFault("prepare");
@@ -224,7 +306,9 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
           closeFault("final");
           phase = "restore";
           faultLater("restore");
+          traceMark("dest ts: final state received");
           const r = await session.restore(m.state, roundTimeoutMs);
+          traceMark("dest ts: restore returned");
           if (chan.failed) {
             // The source gave up meanwhile and resumes its copy: ours must go.
             const lost = chan.failed as PhaulError;
@@ -237,9 +321,12 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
           await chan.send({ type: "restored", pid: r.pid, restore_us: r.restore_us, pages: r.pages, bytes: r.bytes, pid_ns: session.pidNamespace });
           phase = "confirm";
           await chan.receive(["commit"], CONFIRM_TIMEOUT_MS, "commit");
+          traceMark("dest ts: commit received");
           closeFault("commit");
           await session.commit();
           restored = true;
+          release?.();
+          release = undefined;
           await chan.send({ type: "committed" }).catch(() => undefined);
           let confirmed = true;
           try {
@@ -262,6 +349,8 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     } catch (e) {
       const err = toPhaulError(e);
       if (session && !restored) await session.abort();
+      release?.();
+      release = undefined;
       await chan.abort(err);
       const ev: ServeEvent = {
         event: "failed", peer, phase, code: err.code, message: err.message, total_ms: elapsed(),
@@ -279,10 +368,14 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     pageAddress,
     async close() {
       closing = true;
-      currentChannel?.close("destination agent shutting down");
+      for (const c of channels) c.close("destination agent shutting down");
       await new Promise<void>((res) => wss.close(() => res()));
       for (const c of wss.clients) c.terminate();
-      await current?.catch(() => undefined);
+      if (httpsServer) {
+        httpsServer.closeAllConnections();
+        await new Promise<void>((res) => httpsServer.close(() => res()));
+      }
+      await Promise.allSettled([...running]);
     },
   };
 }

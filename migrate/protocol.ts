@@ -55,6 +55,8 @@ export interface HelloMsg {
   software?: string;
   /** Destination only: port of its page receiver (same host as the control connection). */
   page_port?: number;
+  /** Shared-secret proof (migrate/auth.ts), when the agents use --token-file. */
+  auth?: { ts: number; nonce: string; mac: string };
 }
 export interface PrepareMsg {
   type: "prepare";
@@ -106,9 +108,47 @@ export interface CommitMsg {
 export interface CommittedMsg {
   type: "committed";
 }
-/** Source → destination after `committed`: the source copy is gone. */
+/** Source → destination after `committed`: the source copy is gone. Also ends a dry run after `preflight_result`. */
 export interface DoneMsg {
   type: "done";
+}
+/** One file the tree maps or holds open on the source. */
+export interface FileFact {
+  path: string;
+  size: number;
+  mtime_ms: number;
+  /** Absent for files over the hash limit (compared by size and mtime only) and for written files. */
+  sha256?: string;
+  /** The tree writes this file (open for writing, shared-writable mapping): only its presence is checked. */
+  writable?: boolean;
+}
+export interface FileFinding {
+  path: string;
+  /** missing, differs (size, type or content): refuse; mtime: same content, other mtime (note). */
+  status: "missing" | "differs" | "mtime";
+  detail: string;
+}
+/** Source → destination after hello, before anything is frozen: what the tree needs. */
+export interface PreflightMsg {
+  type: "preflight";
+  /** Pids and tids of the tree. */
+  pids: number[];
+  /** CPUID flags of the source (/proc/cpuinfo). */
+  cpu_flags: string[];
+  files: FileFact[];
+}
+/** Destination → source: what it lacks. */
+export interface PreflightResultMsg {
+  type: "preflight_result";
+  cpu_flags: string[];
+  /** Only the files that are missing or differ. */
+  files: FileFinding[];
+  pids_taken: number[];
+  /** The tree would run in a new pid namespace here. */
+  pid_ns: boolean;
+  /** Pids are taken and the agent refuses a pid namespace. */
+  pid_refused: boolean;
+  missing_required_features: string[];
 }
 
 export type Message =
@@ -123,7 +163,9 @@ export type Message =
   | FinalMsg
   | RestoredMsg
   | FailedMsg
-  | DoneMsg;
+  | DoneMsg
+  | PreflightMsg
+  | PreflightResultMsg;
 
 export type MessageType = Message["type"];
 
@@ -248,6 +290,56 @@ function layout(v: unknown): Layout {
   };
 }
 
+function strList(v: unknown, where: string, maxItems: number, maxLen: number): string[] {
+  if (!Array.isArray(v) || v.length > maxItems || !v.every((x) => typeof x === "string" && x.length <= maxLen)) {
+    throw protoError(`${where} must be a list of at most ${maxItems} strings`);
+  }
+  return v as string[];
+}
+
+function pidList(v: unknown, where: string): number[] {
+  if (!Array.isArray(v) || v.length > 1 << 20 || !v.every((t) => Number.isSafeInteger(t) && t > 0 && t <= PID_MAX)) {
+    throw protoError(`${where} must be a list of pids`);
+  }
+  return v as number[];
+}
+
+function bool(o: Obj, key: string, where: string): boolean {
+  if (typeof o[key] !== "boolean") throw protoError(`${where}.${key} must be a boolean`);
+  return o[key] as boolean;
+}
+
+const PATH = /^\/[^\0]*$/;
+const SHA256 = /^[0-9a-f]{64}$/;
+const FLAG = /^[A-Za-z0-9_.-]{1,64}$/;
+
+function flags(v: unknown, where: string): string[] {
+  const l = strList(v, where, 4096, 64);
+  if (!l.every((f) => FLAG.test(f))) throw protoError(`${where} has a bad flag name`);
+  return l;
+}
+
+function list<T>(v: unknown, where: string, max: number, item: (x: unknown, w: string) => T): T[] {
+  if (!Array.isArray(v) || v.length > max) throw protoError(`${where} must be a list of at most ${max} items`);
+  return v.map((x, i) => item(x, `${where}[${i}]`));
+}
+
+function fileFact(v: unknown, where: string): FileFact {
+  const o = obj(v, where);
+  const f: FileFact = { path: str(o, "path", where, { pattern: PATH }), size: int(o, "size", where), mtime_ms: int(o, "mtime_ms", where) };
+  const h = optional(o, "sha256", () => str(o, "sha256", where, { pattern: SHA256 }));
+  if (h !== undefined) f.sha256 = h;
+  if (o.writable !== undefined && o.writable !== null) f.writable = bool(o, "writable", where);
+  return f;
+}
+
+function fileFinding(v: unknown, where: string): FileFinding {
+  const o = obj(v, where);
+  const status = str(o, "status", where);
+  if (status !== "missing" && status !== "differs" && status !== "mtime") throw protoError(`${where}.status must be missing, differs or mtime`);
+  return { path: str(o, "path", where, { pattern: PATH }), status, detail: str(o, "detail", where, { max: 512 }) };
+}
+
 function roundStats(v: unknown, where: string): RoundStats {
   const o = obj(v, where);
   return { round: int(o, "round", where), pages: int(o, "pages", where), bytes: int(o, "bytes", where), ms: num(o, "ms", where) };
@@ -273,6 +365,14 @@ export function validate(value: unknown): Message {
       if (software !== undefined) m.software = software;
       const pagePort = optional(o, "page_port", () => int(o, "page_port", "hello", 1, 65535));
       if (pagePort !== undefined) m.page_port = pagePort;
+      if (o.auth !== undefined && o.auth !== null) {
+        const a = obj(o.auth, "hello.auth");
+        m.auth = {
+          ts: int(a, "ts", "hello.auth"),
+          nonce: str(a, "nonce", "hello.auth", { max: 64, pattern: /^[0-9a-f]{32}$/ }),
+          mac: str(a, "mac", "hello.auth", { max: 64, pattern: /^[0-9a-f]{64}$/ }),
+        };
+      }
       return m;
     }
     case "prepare": {
@@ -321,6 +421,23 @@ export function validate(value: unknown): Message {
       }
       return m;
     }
+    case "preflight":
+      return {
+        type,
+        pids: pidList(o.pids, "preflight.pids"),
+        cpu_flags: flags(o.cpu_flags, "preflight.cpu_flags"),
+        files: list(o.files, "preflight.files", 65536, fileFact),
+      };
+    case "preflight_result":
+      return {
+        type,
+        cpu_flags: flags(o.cpu_flags, "preflight_result.cpu_flags"),
+        files: list(o.files, "preflight_result.files", 65536, fileFinding),
+        pids_taken: pidList(o.pids_taken, "preflight_result.pids_taken"),
+        pid_ns: bool(o, "pid_ns", "preflight_result"),
+        pid_refused: bool(o, "pid_refused", "preflight_result"),
+        missing_required_features: strList(o.missing_required_features, "preflight_result.missing_required_features", 256, 64),
+      };
     case "failed":
       return {
         type,

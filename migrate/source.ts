@@ -5,12 +5,15 @@
 
 import { randomBytes, randomUUID } from "node:crypto";
 import { callNative } from "../src/native.js";
+import { traceMark } from "../src/trace.js";
 import { PhaulError, toPhaulError } from "../src/errors.js";
 import { validateDumpPid } from "../src/validate.js";
 import { Channel, connect, formatAddress, parseAddress } from "./channel.js";
 import { hello } from "./capabilities.js";
+import { checkDestinationProof, loadSecret, loadTls, pageToken, sourceProof, type TlsFiles } from "./auth.js";
 import { decide, policyOptions, type StopReason } from "./policy.js";
-import { incompatibility, type Layout, type RoundStats } from "./protocol.js";
+import { incompatibility, type HelloMsg, type Layout, type PreflightResultMsg, type RoundStats } from "./protocol.js";
+import { buildReport, sourceFacts, type PreflightReport } from "./preflight.js";
 
 export type TrackMode = "auto" | "uffd-wp" | "hash" | "soft-dirty";
 export const TRACK_MODES: TrackMode[] = ["auto", "uffd-wp", "hash", "soft-dirty"];
@@ -28,10 +31,18 @@ export interface MigrateOptions {
   onProgress?: (p: MigrateProgress) => void;
   /** Aborting before the destination restored rolls back (the tree keeps running here). */
   signal?: AbortSignal;
+  /** Shared secret file (--token-file), the same as the destination's. */
+  tokenFile?: string;
+  /** The shared secret itself (instead of tokenFile). */
+  secret?: Buffer;
+  /** Mutual TLS for the control channel (wss): our certificate and key, and the CA of the destination's certificate. */
+  tls?: Partial<TlsFiles>;
 }
 
 export type MigrateProgress =
   | { phase: "connecting"; to: string }
+  /** Before anything is frozen: what the destination lacks (ok false: the migration stops here, EPREFLIGHT). */
+  | { phase: "preflight"; ok: boolean; report: PreflightReport }
   | { phase: "tracking"; method: string }
   | { phase: "round-start"; round: number; estimate_ms: number }
   | {
@@ -98,6 +109,61 @@ export function migrateOptions(o: MigrateOptions) {
   return { pid, to, track, policy };
 }
 
+const PREFLIGHT_TIMEOUT_MS = 120_000;
+
+/** Send our facts, read the destination's findings, build the report. Reads /proc only: nothing is frozen. */
+async function exchangePreflight(chan: Channel, pid: number, to: string, mine: HelloMsg, theirs: HelloMsg): Promise<PreflightReport> {
+  const facts = await sourceFacts(pid);
+  await chan.send(facts);
+  const found = await chan.receive(["preflight_result"], PREFLIGHT_TIMEOUT_MS, "preflight_result");
+  return buildReport(pid, to, mine, theirs, facts, found);
+}
+
+export interface PreflightOptions {
+  pid: number | string;
+  /** Destination agent, HOST:PORT. */
+  to: string;
+  signal?: AbortSignal;
+}
+
+/**
+ * Dry run: what would `migrate()` do? Connects to the destination, compares
+ * hosts, CPUs, pids and files, and resolves with the report (ok or not).
+ * Never touches the process beyond reading /proc. Rejects only when the
+ * destination cannot be asked (connection, protocol).
+ */
+export async function preflight(options: PreflightOptions): Promise<PreflightReport> {
+  const pid = validateDumpPid(options.pid);
+  if (typeof options.to !== "string" || options.to === "") throw new PhaulError("EUSAGE", "--to is required (HOST:PORT of `phaul serve`)");
+  const to = parseAddress(options.to, "--to");
+  const toText = formatAddress(to.host, to.port);
+  if (options.signal?.aborted) throw new PhaulError("ECANCELED", "preflight cancelled");
+  const chan = await connect(to.host, to.port);
+  const onAbort = () => chan.close("cancelled");
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    const mine = await hello("source");
+    await chan.send(mine);
+    const theirs = await chan.receive(["hello"], HELLO_TIMEOUT_MS, "hello");
+    if (theirs.role !== "destination") throw new PhaulError("EPROTO", `protocol error: ${toText} is not a destination agent`);
+    if (incompatibility(mine, theirs)) {
+      // The destination refuses after the hello: report what the hellos say.
+      const facts = await sourceFacts(pid);
+      const none: PreflightResultMsg = { type: "preflight_result", cpu_flags: facts.cpu_flags, files: [], pids_taken: [], pid_ns: false, pid_refused: false, missing_required_features: [] };
+      return buildReport(pid, toText, mine, theirs, facts, none);
+    }
+    const report = await exchangePreflight(chan, pid, toText, mine, theirs);
+    await chan.send({ type: "done" }).catch(() => undefined);
+    return report;
+  } catch (e) {
+    const err = toPhaulError(e);
+    throw new PhaulError(err.code, `preflight of pid ${pid} to ${toText} failed: ${err.message}`, err.details);
+  } finally {
+    options.signal?.removeEventListener("abort", onAbort);
+    chan.close("preflight done");
+  }
+}
+
 /**
  * Live-migrate the tree rooted at `pid` to the destination agent `to`.
  * Resolves with the summary once the tree runs there and is gone here; on
@@ -106,6 +172,8 @@ export function migrateOptions(o: MigrateOptions) {
  */
 export async function migrate(options: MigrateOptions): Promise<MigrateSummary> {
   const { pid, to, track, policy } = migrateOptions(options);
+  const secret = options.secret ?? (options.tokenFile !== undefined ? loadSecret(options.tokenFile) : undefined);
+  const tls = options.tls ? loadTls(options.tls) : undefined;
   const toText = formatAddress(to.host, to.port);
   const progress = (p: MigrateProgress) => {
     try {
@@ -125,18 +193,26 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
     progress({ phase: "connecting", to: toText });
-    chan = await connect(to.host, to.port);
+    chan = await connect(to.host, to.port, 10_000, tls);
     if (signal?.aborted) throw new PhaulError("ECANCELED", "cancelled");
-    const mine = await hello("source");
+    const proof = secret ? sourceProof(secret) : undefined;
+    const mine = await hello("source", proof ? { auth: proof } : {});
     await chan.send(mine);
     const theirs = await chan.receive(["hello"], HELLO_TIMEOUT_MS, "hello");
     if (theirs.role !== "destination") throw new PhaulError("EPROTO", `protocol error: ${toText} is not a destination agent`);
+    if (secret && proof) checkDestinationProof(secret, proof, theirs.auth);
     const bad = incompatibility(mine, theirs);
     if (bad) throw new PhaulError("EINCOMPAT", bad);
     if (theirs.page_port === undefined) throw new PhaulError("EPROTO", `protocol error: destination did not announce its page port`);
 
+    // Preflight, before source_start: nothing is frozen or tracked yet.
+    const report = await exchangePreflight(chan, pid, toText, mine, theirs);
+    progress({ phase: "preflight", ok: report.ok, report });
+    if (!report.ok) throw new PhaulError("EPREFLIGHT", `preflight refused: ${report.problems.join("; ")}`, { report });
+    if (signal?.aborted) throw new PhaulError("ECANCELED", "cancelled");
+
     const migration = randomUUID();
-    const token = randomBytes(24).toString("hex");
+    const token = secret ? pageToken(secret, migration) : randomBytes(24).toString("hex");
     const started = await callNative("source_start", {
       pid, track, migration, token, page_addr: formatAddress(to.host, theirs.page_port),
     });
@@ -178,11 +254,15 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     const final = { pages: Number(frozen.pages) || 0, bytes: Number(frozen.bytes) || 0, freeze_us: Number(frozen.freeze_us) || 0 };
     progress({ phase: "restoring", ...final });
     await chan.send({ type: "final", state: frozen.state as Record<string, unknown> });
+    traceMark("source ts: final state sent");
     const restored = await chan.receive(["restored"], RESTORED_TIMEOUT_MS, "restored");
+    traceMark("source ts: restored received");
     // The destination holds its copy stopped until we commit; once it says
     // `committed` its copy runs, and only then may ours go.
     await chan.send({ type: "commit" });
+    traceMark("source ts: commit sent");
     await chan.receive(["committed"], RESTORED_TIMEOUT_MS, "committed");
+    traceMark("source ts: committed received");
     const frozenMs = performance.now() - tFreeze;
     await callNative("source_finish", { session, action: "kill" });
     killed = true;

@@ -9,6 +9,7 @@ export const ExitCode = {
   IMAGE: 3,
   UNSUPPORTED: 4,
   PERMISSION: 5,
+  PREFLIGHT: 6,
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -25,6 +26,8 @@ const EXIT_BY_CODE: Record<string, ExitCode> = {
   EACCES: ExitCode.PERMISSION,
   ENOSYS: ExitCode.PERMISSION,
   EFEATURE: ExitCode.PERMISSION,
+  EPREFLIGHT: ExitCode.PREFLIGHT,
+  EINCOMPAT: ExitCode.PREFLIGHT,
 };
 
 export class PhaulError extends Error {

@@ -1,5 +1,6 @@
 import ora, { type Ora } from "ora";
-import { migrate, type MigrateProgress, type TrackMode } from "../../../migrate/index.js";
+import { formatReport, migrate, preflight, type MigrateProgress, type TrackMode } from "../../../migrate/index.js";
+import { ExitCode } from "../../errors.js";
 import { DEFAULT_MAX_DOWNTIME_MS, DEFAULT_MAX_ROUNDS } from "../../../migrate/policy.js";
 import { PhaulError } from "../../errors.js";
 import { requireString } from "../args.js";
@@ -27,6 +28,11 @@ function spinnerProgress(): { onProgress: (p: MigrateProgress) => void; stop: ()
       switch (p.phase) {
         case "connecting":
           start(`connecting to ${p.to}`);
+          break;
+        case "preflight":
+          spinner?.stop();
+          spinner = undefined;
+          process.stderr.write(formatReport(p.report));
           break;
         case "tracking":
           spinner?.succeed(`dirty tracking: ${p.method}`);
@@ -61,35 +67,73 @@ function spinnerProgress(): { onProgress: (p: MigrateProgress) => void; stop: ()
   };
 }
 
+// Test-only: PHAUL_FAULT_SOURCE=PHASE makes `phaul migrate` SIGKILL itself at
+// PHASE (handshake: connected; prepare: tracking armed; precopy: round 1
+// starts; freeze: about to freeze; final: frozen, final state not yet sent).
+const SOURCE_FAULTS: Record<string, (p: MigrateProgress) => boolean> = {
+  handshake: (p) => p.phase === "tracking",
+  precopy: (p) => p.phase === "round" && p.round === 0,
+  freeze: (p) => p.phase === "freezing",
+  final: (p) => p.phase === "restoring",
+};
+function parseSourceFault(text: string | undefined): ((p: MigrateProgress) => void) | undefined {
+  if (!text) return undefined;
+  const at = SOURCE_FAULTS[text];
+  if (!at) throw new PhaulError("EUSAGE", `PHAUL_FAULT_SOURCE must be one of ${Object.keys(SOURCE_FAULTS).join("|")}, got ${JSON.stringify(text)}`);
+  return (p) => {
+    if (at(p)) {
+      process.stderr.write(`phaul: PHAUL_FAULT_SOURCE ${text}: killing myself\n`);
+      process.kill(process.pid, "SIGKILL");
+    }
+  };
+}
+
 export const command: Command = {
   name: "migrate",
   summary: "live-migrate a process tree to a host running `phaul serve`",
-  usage: "migrate --to HOST:PORT --pid N [--max-downtime MS] [--max-rounds N] [--track MODE] [--json]",
+  usage: "migrate --to HOST:PORT --pid N [--max-downtime MS] [--max-rounds N] [--track MODE] [--token-file F | --tls-cert F --tls-key F --tls-ca F] [--json]",
   description:
     "Copies the memory of the tree rooted at N to the destination while it keeps\n" +
     "running, re-sending written pages round after round until the rest fits the\n" +
     "downtime budget, then freezes it, sends the last pages and its state, and\n" +
     "kills it here once it runs there under the same pids. On any failure the\n" +
-    "tree keeps running here.",
+    "tree keeps running here.\n" +
+    "A preflight runs first, before anything is frozen: destination architecture,\n" +
+    "kernel features, CPU flags and XSAVE components, pids, and every file the\n" +
+    "tree maps or holds open (size, mtime, sha256) must fit, or the migration is\n" +
+    "refused (exit 6) with the list of what the destination lacks. --dry-run\n" +
+    "runs only the preflight and prints its report (exit 0 if it would go ahead).",
   options: {
     to: { type: "string", short: "t", arg: "HOST:PORT", description: "destination agent (`phaul serve`)" },
     pid: { type: "string", short: "p", arg: "N", description: "root of the process tree to migrate" },
     "max-downtime": { type: "string", arg: "MS", description: `downtime budget in ms (default ${DEFAULT_MAX_DOWNTIME_MS})` },
     "max-rounds": { type: "string", arg: "N", description: `pre-copy rounds at most (default ${DEFAULT_MAX_ROUNDS}; 0 = stop-and-copy)` },
     track: { type: "string", arg: "MODE", description: "dirty tracking: auto, uffd-wp, hash or soft-dirty (default auto)" },
-    json: { type: "boolean", description: "print the summary as JSON" },
+    "token-file": { type: "string", arg: "FILE", description: "shared secret (same file on both hosts): peers must prove they hold it" },
+    "tls-cert": { type: "string", arg: "FILE", description: "TLS certificate (PEM) of this agent for the control channel" },
+    "tls-key": { type: "string", arg: "FILE", description: "its private key (PEM)" },
+    "tls-ca": { type: "string", arg: "FILE", description: "CA (PEM) that must have signed the peer's certificate" },
+    "dry-run": { type: "boolean", short: "n", description: "only run the preflight and report what would happen" },
+    json: { type: "boolean", description: "print the summary (or the preflight report) as JSON" },
   },
   examples: [
     "phaul migrate --to 10.0.0.2:7070 --pid 1234",
     "phaul migrate --to 10.0.0.2:7070 --pid 1234 --max-downtime 20 --json",
     "phaul migrate --to 10.0.0.2:7070 --pid 1234 --max-rounds 0   # stop-and-copy",
+    "phaul migrate --to 10.0.0.2:7070 --pid 1234 --dry-run --json  # preflight only",
   ],
   async run({ values, stdout }) {
     const to = requireString(this, values, "to");
     const pid = requireString(this, values, "pid");
+    if (values["dry-run"] === true) {
+      const report = await preflight({ pid, to });
+      stdout(values.json === true ? json(report) : formatReport(report));
+      return report.ok ? ExitCode.OK : ExitCode.PREFLIGHT;
+    }
     const maxDowntimeMs = number("max-downtime", values["max-downtime"], false);
     const maxRounds = number("max-rounds", values["max-rounds"], true);
     const asJson = values.json === true;
+    const sourceFault = parseSourceFault(process.env.PHAUL_FAULT_SOURCE);
     const ui = !asJson && process.stderr.isTTY ? spinnerProgress() : undefined;
     const controller = new AbortController();
     const cancel = () => controller.abort();
@@ -102,7 +146,11 @@ export const command: Command = {
         ...(maxDowntimeMs !== undefined ? { maxDowntimeMs } : {}),
         ...(maxRounds !== undefined ? { maxRounds } : {}),
         ...(typeof values.track === "string" ? { track: values.track as TrackMode } : {}),
-        ...(ui ? { onProgress: ui.onProgress } : {}),
+        ...(typeof values["token-file"] === "string" ? { tokenFile: values["token-file"] } : {}),
+        ...(values["tls-cert"] !== undefined || values["tls-key"] !== undefined || values["tls-ca"] !== undefined
+          ? { tls: { cert: values["tls-cert"] as string | undefined, key: values["tls-key"] as string | undefined, ca: values["tls-ca"] as string | undefined } as Record<string, string> }
+          : {}),
+        ...(ui || sourceFault ? { onProgress: (p: MigrateProgress) => { ui?.onProgress(p); sourceFault?.(p); } } : {}),
         signal: controller.signal,
       });
     } finally {
