@@ -224,3 +224,18 @@ pub fn now_ns() -> u64 {
 pub fn monotonic() -> std::time::Instant {
     std::time::Instant::now()
 }
+
+/// With PHAUL_TRACE set, print a CLOCK_MONOTONIC-stamped mark on stderr (us),
+/// comparable with the workloads' own monotonic stamps: for timing the
+/// frozen window across source and destination.
+pub fn trace_mark(what: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var_os("PHAUL_TRACE").is_some()) {
+        return;
+    }
+    let mut ts = [0i64; 2];
+    unsafe {
+        let _ = raw(228 /* clock_gettime */, &[1, ts.as_mut_ptr() as u64]);
+    }
+    eprintln!("phaul-trace {} {}", (ts[0] as u64) * 1_000_000 + (ts[1] as u64) / 1000, what);
+}

@@ -61,7 +61,7 @@ int main(int argc, char **argv)
 		if (gap_us > max_gap)
 			max_gap = gap_us;
 		if (gap_us > threshold_us)
-			wl_log("GAP %lu", (unsigned long)gap_us);
+			wl_log("GAP %lu at %lu", (unsigned long)gap_us, (unsigned long)(now / 1000));
 
 		/* pages owed since the start, at most 4096 per tick */
 		uint64_t due = (uint64_t)(rate * 1e6 * ((double)(now - start) / 1e9) / PAGE);

@@ -171,7 +171,9 @@ impl DestEngine {
     fn restore(&mut self, req: &Json, timeout: Duration) -> Result<Json> {
         let state = req.get("state").ok_or_else(|| Error::new("EINVAL", "dest_restore needs the state"))?;
         let t0 = Instant::now();
+        crate::sys::trace_mark("dest: restore requested");
         let (pages, last) = self.receive_round(timeout)?;
+        crate::sys::trace_mark("dest: final round received");
         if !last {
             return Err(Error::new("EPROTO", "page stream: the final round was not marked final"));
         }
@@ -196,6 +198,7 @@ impl DestEngine {
         // Held: the processes run only once the source has let go (dest_commit).
         let hold = req.bool_of("hold");
         restore::finish_tree(procs, tree, hold)?;
+        crate::sys::trace_mark("dest: restored (held)");
         if !hold {
             self.tree = None;
         }
@@ -234,6 +237,7 @@ impl Engine for DestEngine {
                     Some(t) if !t.held.is_empty() => restore::release(t),
                     _ => Err(Error::new("ESESSION", "nothing restored to commit")),
                 };
+                crate::sys::trace_mark("dest: committed");
                 r.map(|_| {
                     self.tree = None;
                     ok().with("commit_us", t0.elapsed().as_micros() as u64).with("session_done", true)

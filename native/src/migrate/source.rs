@@ -131,6 +131,7 @@ impl SourceEngine {
     /// the state dump overlap, and the destination can read the final round
     /// before it has the state, so nothing waits on a full socket buffer.
     fn freeze(&mut self) -> Result<Json> {
+        crate::sys::trace_mark("source: freeze requested");
         // Sockets change hands at this freeze (see handoff.rs): new
         // connections are held back first, queued ones get accepted.
         let mut handoff = Handoff::default();
@@ -151,6 +152,7 @@ impl SourceEngine {
             return Err(Error::new("EUNSUPPORTED", format!("process {} left the tree during pre-copy; migrate again", pid)));
         }
         let freeze_us = t0.elapsed().as_micros() as u64;
+        crate::sys::trace_mark("source: frozen");
         if let Some(h) = self.handoff.as_mut() {
             h.after_freeze(&frozen);
         }
@@ -167,7 +169,9 @@ impl SourceEngine {
         let round = self.round;
         self.round += 1;
         self.sender = Some(std::thread::spawn(move || write_round(&mut sock, &mut buf, &work, round, true).map(|_| ())));
+        crate::sys::trace_mark("source: final pages collected");
         let dumped = dump::dump_frozen(&frozen, None);
+        crate::sys::trace_mark("source: state dumped");
         self.frozen = Some(frozen);
         let (mut state, _) = dumped?;
         state.set("freeze_us", freeze_us);
@@ -226,7 +230,9 @@ impl Engine for SourceEngine {
                 *done = true;
                 let kill = req.str_of("action") == Some("kill");
                 let sent = self.join_sender();
-                self.stop_tracking();
+                if !kill {
+                    self.stop_tracking();
+                }
                 if kill {
                     if let Err(e) = sent {
                         // The destination cannot have the last pages: never kill then.
@@ -240,7 +246,13 @@ impl Engine for SourceEngine {
                 let mut res = ok().with("session_done", true);
                 if let Some(mut f) = self.frozen.take() {
                     if kill {
+                        crate::sys::trace_mark("source: releasing the frozen copy");
+                        release_memory_gently(&f);
                         f.kill();
+                        // Tracking needs no unregistering on a dead process: closing is enough.
+                        self.trackers.clear();
+                        self.sock = None;
+                        crate::sys::trace_mark("source: frozen copy killed");
                     } else {
                         res = self.rollback_sockets(&f, res);
                         f.resume();
@@ -321,4 +333,40 @@ fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: 
         i += n;
     }
     Ok(sent)
+}
+
+/// Unmap the big anonymous areas of a frozen copy that is about to be
+/// killed, a slice at a time. Freeing a large address space at once (as
+/// exit does) stalls the whole machine for tens of milliseconds on some
+/// hosts, which a process just restored on the same host would feel as
+/// downtime; spread out, the same work goes unnoticed.
+fn release_memory_gently(f: &Frozen) {
+    const SLICE: u64 = 16 << 20;
+    for p in f.live() {
+        let leader = match p.threads.first() {
+            Some(t) => t,
+            None => continue,
+        };
+        let insn = match find_syscall_insn(p.pid) {
+            Ok(i) => i,
+            Err(_) => continue,
+        };
+        let vmas = memory::vmas(p.pid).unwrap_or_default();
+        let mut inj = match Injector::new(p.pid, leader.tid, insn, leader.regs.rewound(true), leader.sigmask) {
+            Ok(i) => i,
+            Err(_) => continue,
+        };
+        for v in vmas.iter().filter(|v| matches!(v.kind, memory::Kind::Anon | memory::Kind::Heap) && !v.shared && v.end - v.start > SLICE) {
+            let mut a = v.start;
+            while a < v.end {
+                let len = (v.end - a).min(SLICE);
+                if inj.raw(crate::sys::nr::MUNMAP, &[a, len]).is_err() {
+                    break;
+                }
+                a += len;
+                std::thread::sleep(std::time::Duration::from_micros(1500));
+            }
+        }
+        let _ = inj.finish();
+    }
 }
