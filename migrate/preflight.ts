@@ -15,6 +15,8 @@ export const HASH_LIMIT_BYTES = 64 << 20;
 
 export interface PreflightReport {
   ok: boolean;
+  /** PhaulError code of a refusal: EPIDTAKEN when taken pids are the only problem, else EPREFLIGHT; undefined when ok. */
+  code?: "EPREFLIGHT" | "EPIDTAKEN";
   pid: number;
   to: string;
   protocol: { source: number; destination: number };
@@ -231,7 +233,7 @@ export function buildReport(
   const theirFeatures = new Set(d.features);
   const missingFeatures = s.features.filter((f) => !theirFeatures.has(f));
   if (missingFeatures.length) warnings.push(`engine features working here but not there: ${missingFeatures.join(", ")}`);
-  if (found.pid_refused) problems.push(`pids ${found.pids_taken.join(" ")} are taken on the destination and it refuses a pid namespace (--pid-ns never)`);
+  if (found.pid_refused) problems.push(`pids ${found.pids_taken.join(" ")} are already in use on the destination and it refuses a pid namespace (--pid-ns never) (EPIDTAKEN)`);
   if (found.pid_ns) warnings.push(`pids ${found.pids_taken.join(" ")} are taken on the destination: the tree will run there in a new pid namespace`);
   const fileProblems = found.files.filter((f) => f.status !== "mtime");
   const fileWarnings = found.files.filter((f) => f.status === "mtime");
@@ -242,8 +244,9 @@ export function buildReport(
   const verdict = ok
     ? `pid ${pid} would be migrated to ${to}` + (found.pid_ns ? " into a new pid namespace" : " under the same pids")
     : `pid ${pid} would NOT be migrated to ${to}: ${problems.length} problem${problems.length > 1 ? "s" : ""}; it keeps running here`;
+  const code = ok ? undefined : found.pid_refused && problems.length === 1 ? "EPIDTAKEN" as const : "EPREFLIGHT" as const;
   return {
-    ok, pid, to,
+    ok, ...(code ? { code } : {}), pid, to,
     protocol: { source: mine.protocol, destination: theirs.protocol },
     arch: { source: s.arch, destination: d.arch },
     kernel: { source: s.kernel, destination: d.kernel },

@@ -208,7 +208,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     // Preflight, before source_start: nothing is frozen or tracked yet.
     const report = await exchangePreflight(chan, pid, toText, mine, theirs);
     progress({ phase: "preflight", ok: report.ok, report });
-    if (!report.ok) throw new PhaulError("EPREFLIGHT", `preflight refused: ${report.problems.join("; ")}`, { report });
+    if (!report.ok) throw new PhaulError(report.code ?? "EPREFLIGHT", `preflight refused: ${report.problems.join("; ")}`, { report });
     if (signal?.aborted) throw new PhaulError("ECANCELED", "cancelled");
 
     const migration = randomUUID();
