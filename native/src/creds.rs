@@ -7,7 +7,6 @@
 
 use crate::inject::Injector;
 use crate::json::Json;
-use crate::proc;
 use crate::sys::{nr, Error, Pid, Result};
 
 fn ids(s: &str) -> Vec<Json> {
@@ -19,7 +18,15 @@ fn hex(s: &str) -> u64 {
 }
 
 pub fn dump_creds(pid: Pid) -> Result<Json> {
-    let f = |k: &str| proc::status_field(pid, k).unwrap_or_default();
+    dump_creds_of_thread(pid, pid)
+}
+
+/// Credentials of one thread (they are per thread in Linux).
+pub fn dump_creds_of_thread(pid: Pid, tid: Pid) -> Result<Json> {
+    let status = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default();
+    let f = |k: &str| -> String {
+        status.lines().find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string()).unwrap_or_default()
+    };
     match f("Seccomp").trim() {
         "0" | "" => {}
         "1" => return Err(Error::new("EUNSUPPORTED", format!("process {} runs in seccomp strict mode, which is not supported", pid))),
@@ -70,8 +77,11 @@ pub fn restore_sched(inj: &mut Injector, s: Option<&Json>) -> Result<()> {
         inj.call("sched_setscheduler", 144, &[0, policy as u64, a])?;
     }
     let nice = s.i64_of("nice").unwrap_or(0);
-    // PRIO_PROCESS with who = 0 means the calling thread here.
-    inj.call("setpriority", 141, &[0, 0, nice as u64])?;
+    let current = dump_sched(inj.pid, inj.tid).i64_of("nice").unwrap_or(0);
+    if nice != current {
+        // PRIO_PROCESS with who = 0 means the calling thread here.
+        inj.call("setpriority", 141, &[0, 0, nice as u64])?;
+    }
     Ok(())
 }
 
@@ -91,6 +101,15 @@ pub fn restore_creds(inj: &mut Injector, c: Option<&Json>) -> Result<()> {
         return Err(Error::new("EIMAGE", "credentials in the image are incomplete"));
     }
     let cap = |k: &str| c.u64_of(k).unwrap_or(0);
+    // Nothing to do when the thread already has exactly these credentials
+    // (the usual root process): skip the dozen injected calls.
+    if let Ok(now) = dump_creds_of_thread(inj.pid, inj.tid) {
+        let same_list = |k: &str| now.arr_of(k).iter().filter_map(Json::as_u64).collect::<Vec<_>>() == list(k);
+        let same_cap = |k: &str| now.u64_of(k) == c.u64_of(k);
+        if same_list("uid") && same_list("gid") && same_list("groups") && ["cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"].iter().all(|k| same_cap(k)) && now.bool_of("no_new_privs") == c.bool_of("no_new_privs") {
+            return Ok(());
+        }
+    }
     const PR_SET_KEEPCAPS: u64 = 8;
     const PR_CAPBSET_DROP: u64 = 24;
     const PR_SET_NO_NEW_PRIVS: u64 = 38;
