@@ -166,10 +166,14 @@ export class Channel {
 }
 
 /** Open a control connection to ws://host:port/ with a connect timeout. */
-export function connect(host: string, port: number, timeoutMs = 10_000): Promise<Channel> {
+export function connect(host: string, port: number, timeoutMs = 10_000, tls?: { cert: Buffer; key: Buffer; ca: Buffer }): Promise<Channel> {
   const peer = `destination ${formatAddress(host, port)}`;
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://${formatAddress(host, port)}/phaul`, { maxPayload: 64 << 20, handshakeTimeout: timeoutMs, perMessageDeflate: false });
+    const scheme = tls ? "wss" : "ws";
+    const ws = new WebSocket(`${scheme}://${formatAddress(host, port)}/phaul`, {
+      maxPayload: 64 << 20, handshakeTimeout: timeoutMs, perMessageDeflate: false,
+      ...(tls ? { cert: tls.cert, key: tls.key, ca: tls.ca, rejectUnauthorized: true, minVersion: "TLSv1.2" as const } : {}),
+    });
     const onError = (e: NodeJS.ErrnoException) => {
       ws.removeAllListeners();
       ws.on("error", () => undefined);

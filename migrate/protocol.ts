@@ -192,10 +192,25 @@ export function decode(data: Uint8Array): Message {
   } catch (e) {
     throw protoError(`undecodable message (${(e as Error).message.split("\n")[0]})`);
   }
+  checkDepth(value);
   return validate(value);
 }
 
 // -------------------------------------------------------------- validation
+
+/** Deepest nesting of maps and lists accepted (a state document needs < 10). */
+export const MAX_DEPTH = 32;
+
+/** Iterative, so a hostile nesting cannot overflow the stack here or later (JSON.stringify). */
+function checkDepth(root: unknown): void {
+  const stack: [unknown, number][] = [[root, 0]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (typeof v !== "object" || v === null || v instanceof Uint8Array) continue;
+    if (d >= MAX_DEPTH) throw protoError(`message nested too deeply (more than ${MAX_DEPTH} levels)`);
+    for (const x of Array.isArray(v) ? v : Object.values(v)) if (typeof x === "object" && x !== null) stack.push([x, d + 1]);
+  }
+}
 
 function protoError(message: string): PhaulError {
   return new PhaulError("EPROTO", `protocol error: ${message}`);

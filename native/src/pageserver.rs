@@ -97,7 +97,7 @@ pub fn claim(migration: &str, token: &str, timeout: Duration) -> Result<TcpStrea
     loop {
         if let Ok(mut p) = parked().lock() {
             if let Some(x) = p.remove(migration) {
-                if x.token != token {
+                if !ct_eq(x.token.as_bytes(), token.as_bytes()) {
                     return Err(Error::new("EAUTH", format!("the page stream of migration {} presented a wrong token", migration)));
                 }
                 return Ok(x.stream);
@@ -108,6 +108,15 @@ pub fn claim(migration: &str, token: &str, timeout: Duration) -> Result<TcpStrea
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Constant-time equality (the time taken does not depend on where the inputs differ).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
 }
 
 pub fn status() -> Json {

@@ -6,7 +6,7 @@ import { PhaulError } from "../errors.js";
 import { STATE_FORMAT, type ProcessState, type StateDocument } from "../types.js";
 import { canonicalMessage, TO_OBJECT_OPTIONS } from "./convert.js";
 import { unframeImage, type ImageKindName } from "./format.js";
-import { coreFile, fdinfoFile, FILES_FILE, INVENTORY_FILE, mmFile, PSTREE_FILE } from "./names.js";
+import { coreFile, fdinfoFile, FILES_FILE, INVENTORY_FILE, isPlainFileName, mmFile, PSTREE_FILE } from "./names.js";
 import { imageType } from "./schema.js";
 
 type Obj = Record<string, any>;
@@ -82,6 +82,9 @@ function orderProcess(p: Obj): ProcessState {
 export function readImages(dir: string): StateDocument {
   const { images, warnings, ...header } = readInventory(dir);
   for (const name of images) {
+    if (typeof name !== "string" || !isPlainFileName(name)) {
+      throw new PhaulError("EIMAGE", `${INVENTORY_FILE} lists an image named ${JSON.stringify(String(name).slice(0, 80))}, which is not a plain file name`);
+    }
     if (!existsSync(join(dir, name))) {
       throw new PhaulError("EIMAGE", `image ${name} is missing from ${dir} (listed in ${INVENTORY_FILE})`);
     }

@@ -23,25 +23,29 @@ function line(e: ServeEvent): string | undefined {
 export const command: Command = {
   name: "serve",
   summary: "run a destination agent that receives live migrations",
-  usage: "serve [--listen HOST:PORT] [--page-port P] [--dir DIR] [--pid-ns auto|never] [--json]",
+  usage: "serve [--listen HOST:PORT] [--page-port P] [--dir DIR] [--pid-ns auto|never] [--token-file F | --tls-cert F --tls-key F --tls-ca F] [--json]",
   description:
     `Accepts \`phaul migrate\` connections on HOST:PORT (default ${DEFAULT_LISTEN}) and\n` +
     "restores the migrated trees here with their original pids. Page data comes\n" +
     "over a second port (--page-port, default: any free port, announced to the\n" +
     "source). One migration at a time; runs until SIGINT or SIGTERM. Logs one\n" +
     "line per migration; --json logs every event as a JSON line.\n" +
-    "There is no authentication or encryption: listen only on trusted networks.",
+    "Without --token-file or --tls-* it listens on loopback only (docs/security.md).",
   options: {
     listen: { type: "string", short: "l", arg: "HOST:PORT", description: `control address (default ${DEFAULT_LISTEN}; port 0 picks one)` },
     "page-port": { type: "string", arg: "P", description: "port for page data on the same host (default: any free port)" },
     dir: { type: "string", short: "d", arg: "DIR", description: "keep a JSON record of each migration in DIR" },
     "pid-ns": { type: "string", arg: "MODE", description: "pids taken here: auto (new pid namespace, default) or never (refuse)" },
+    "token-file": { type: "string", arg: "FILE", description: "shared secret (same file on both hosts): peers must prove they hold it" },
+    "tls-cert": { type: "string", arg: "FILE", description: "TLS certificate (PEM) of this agent for the control channel" },
+    "tls-key": { type: "string", arg: "FILE", description: "its private key (PEM)" },
+    "tls-ca": { type: "string", arg: "FILE", description: "CA (PEM) that must have signed the peer's certificate" },
     json: { type: "boolean", description: "log events as JSON lines" },
   },
   examples: [
     "phaul serve",
-    "phaul serve --listen 0.0.0.0:7070 --page-port 7071",
-    "phaul serve --listen 10.0.0.2:7070 --dir /var/log/phaul --json",
+    "phaul serve --listen 0.0.0.0:7070 --page-port 7071 --token-file /etc/phaul/secret",
+    "phaul serve --listen 10.0.0.2:7070 --tls-cert agent.pem --tls-key agent.key --tls-ca ca.pem --json",
   ],
   async run({ values, stdout }) {
     let pagePort: number | undefined;
@@ -56,6 +60,10 @@ export const command: Command = {
       ...(pagePort !== undefined ? { pagePort } : {}),
       ...(typeof values.dir === "string" ? { dir: values.dir } : {}),
       ...(typeof values["pid-ns"] === "string" ? { pidNamespace: values["pid-ns"] as "auto" | "never" } : {}),
+      ...(typeof values["token-file"] === "string" ? { tokenFile: values["token-file"] } : {}),
+      ...(values["tls-cert"] !== undefined || values["tls-key"] !== undefined || values["tls-ca"] !== undefined
+        ? { tls: { cert: values["tls-cert"] as string | undefined, key: values["tls-key"] as string | undefined, ca: values["tls-ca"] as string | undefined } as Record<string, string> }
+        : {}),
       ...(process.env.PHAUL_FAULT ? { fault: process.env.PHAUL_FAULT } : {}),
       onEvent(e) {
         if (asJson) stdout(JSON.stringify({ time: new Date().toISOString(), ...e }) + "\n");
