@@ -58,6 +58,7 @@ const specs: Spec[] = [
   { name: 'creds' },
   { name: 'zombie' },
   { name: 'shm_tree' },
+  { name: 'prctls' },
   {
     name: 'tree',
     async afterRestore(w) {

@@ -43,6 +43,11 @@ pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
     let exe = proc::readlink(&format!("/proc/{}/exe", pid)).unwrap_or_default();
     let umask = u64::from_str_radix(&proc::status_field(pid, "Umask").unwrap_or_else(|_| "22".into()), 8).unwrap_or(0o22);
     let brk = inj.call("brk(0)", nr::BRK, &[0])?;
+    let dumpable = inj.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[3])?;
+    let thp_disable = inj.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[42])?;
+    let out = inj.scratch(4096)? + 3968;
+    inj.call("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[37, out])?;
+    let subreaper = u32::from_le_bytes(inj.read_mem(out, 4)?.try_into().unwrap_or([0; 4])) != 0;
     let auxv_raw = std::fs::read(format!("/proc/{}/auxv", pid)).unwrap_or_default();
     let auxv: Vec<Json> = auxv_raw.chunks_exact(8).map(|c| Json::U64(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect();
     let f = |n| proc::stat_u64(&st, n);
@@ -78,6 +83,9 @@ pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
         .with("rlimits", rlimits(pid)?)
         .with("creds", crate::creds::dump_creds(pid)?)
         .with("personality", crate::creds::dump_personality(pid))
+        .with("dumpable", dumpable)
+        .with("thp_disable", thp_disable != 0)
+        .with("child_subreaper", subreaper)
         .with("mm", mm))
 }
 
@@ -175,3 +183,20 @@ pub fn open_exe_in_stub(inj: &mut Injector, p: &Json) -> Result<Option<u64>> {
     }
 }
 
+
+/// prctl settings of the process that must come after the credentials
+/// (a change of uid resets "dumpable").
+pub fn restore_late_prctls(inj: &mut Injector, p: &Json) -> Result<()> {
+    if let Some(d) = p.u64_of("dumpable") {
+        if d <= 1 {
+            inj.call("prctl(PR_SET_DUMPABLE)", nr::PRCTL, &[4, d])?;
+        }
+    }
+    if p.bool_of("thp_disable") {
+        inj.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, &[41, 1, 0, 0, 0])?;
+    }
+    if p.bool_of("child_subreaper") {
+        inj.call("prctl(PR_SET_CHILD_SUBREAPER)", nr::PRCTL, &[36, 1])?;
+    }
+    Ok(())
+}

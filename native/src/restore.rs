@@ -312,8 +312,8 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
 /// Threads, per-thread settings and registers; then everything runs, or,
 /// with `hold`, stays stopped until `release` (a migration's commit).
 pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
-    // (host tid, injector, thread state, credentials of its process)
-    let mut all_threads: Vec<(Pid, Injector, Json, Option<Json>)> = Vec::new();
+    // (host tid, injector, thread state, credentials of its process, the process for leaders)
+    let mut all_threads: Vec<(Pid, Injector, Json, Option<Json>, Option<Json>)> = Vec::new();
     let mut leaders = Vec::new();
     let stubs = std::mem::take(&mut tree.stubs);
     for (p, s) in procs.iter().zip(stubs.into_iter()) {
@@ -327,7 +327,7 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
             let mut ti = Injector::new(s.host, host, leader.insn(), regs, u64::MAX)?;
             ti.share_scratch(&leader);
             threads::restore_thread_settings(t, &mut ti)?;
-            all_threads.push((host, ti, t.clone(), p.get("creds").cloned()));
+            all_threads.push((host, ti, t.clone(), p.get("creds").cloned(), None));
         }
         threads::restore_thread_settings(&ths[0], &mut leader)?;
         // Signals are queued from the leader: the kernel lets a process queue
@@ -338,13 +338,17 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
             signals::requeue(&mut leader, s.pid, Some(tid), t.arr_of("pending"))?;
         }
         signals::requeue(&mut leader, s.pid, None, p.arr_of("shared_pending"))?;
-        leaders.push((s.host, leader, ths[0].clone(), p.get("creds").cloned()));
+        leaders.push((s.host, leader, ths[0].clone(), p.get("creds").cloned(), Some(p.clone())));
     }
     // Leaders last: they own the scratch areas the others borrowed.
     all_threads.extend(leaders);
     let mut finals = Vec::new();
-    for (tid, mut inj, t, creds) in all_threads {
+    for (tid, mut inj, t, creds, process) in all_threads {
         crate::creds::restore_creds(&mut inj, creds.as_ref()).map_err(|e| e.context(format!("thread {}: credentials", tid)))?;
+        threads::restore_late_thread_settings(&t, &mut inj)?;
+        if let Some(p) = process.as_ref() {
+            process::restore_late_prctls(&mut inj, p)?;
+        }
         inj.finish()?;
         finals.push((tid, threads::final_state(&t)?));
     }

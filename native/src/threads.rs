@@ -35,6 +35,9 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
     inj.call("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, &[PR_GET_TID_ADDRESS, buf + 256])?;
     let ctid = u64::from_le_bytes(inj.read_mem(buf + 256, 8)?.try_into().unwrap_or([0; 8]));
     let (rhead, rlen) = robust_list(tid);
+    inj.call("prctl(PR_GET_PDEATHSIG)", nr::PRCTL, &[2, buf + 264])?;
+    let pdeathsig = u32::from_le_bytes(inj.read_mem(buf + 264, 4)?.try_into().unwrap_or([0; 4]));
+    let timerslack = inj.call("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, &[30])?;
     let rseq = ptrace::get_rseq(tid).unwrap_or((0, 0, 0));
     let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", pid, tid)).unwrap_or_default();
     Ok(Json::obj()
@@ -49,7 +52,9 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
         .with("robust_list", Json::obj().with("head", rhead).with("len", rlen))
         .with("clear_child_tid", ctid)
         .with("comm", comm.trim_end_matches('\n'))
-        .with("sched", crate::creds::dump_sched(pid, tid)))
+        .with("sched", crate::creds::dump_sched(pid, tid))
+        .with("pdeathsig", pdeathsig)
+        .with("timerslack_ns", timerslack))
 }
 
 /// Per-thread kernel settings, applied by injecting into the thread itself.
@@ -76,6 +81,18 @@ pub fn restore_thread_settings(t: &Json, inj: &mut Injector) -> Result<()> {
         inj.call("prctl(PR_SET_NAME)", nr::PRCTL, &[PR_SET_NAME, a])?;
     }
     crate::creds::restore_sched(inj, t.get("sched"))?;
+    if let Some(ns) = t.u64_of("timerslack_ns").filter(|&v| v > 0 && v != 50_000) {
+        inj.call("prctl(PR_SET_TIMERSLACK)", nr::PRCTL, &[29, ns])?;
+    }
+    Ok(())
+}
+
+/// Per-thread settings that must come after the credentials (a change of
+/// uid clears the parent-death signal).
+pub fn restore_late_thread_settings(t: &Json, inj: &mut Injector) -> Result<()> {
+    if let Some(sig) = t.u64_of("pdeathsig").filter(|&s| s > 0 && s <= 64) {
+        inj.call("prctl(PR_SET_PDEATHSIG)", nr::PRCTL, &[1, sig])?;
+    }
     Ok(())
 }
 
