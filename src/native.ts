@@ -3,6 +3,7 @@
 // another one (see platform-facts: returning char* through ffi-rs leaks or
 // double-frees).
 
+import { debug, logEnabled } from "./log.js";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { DataType, load, open } from "ffi-rs";
@@ -104,6 +105,20 @@ export interface CallOptions {
  * (`ok` is true); rejects with a PhaulError carrying the engine's code.
  */
 export function callNative(op: string, args: object = {}, options: CallOptions = {}): Promise<any> {
+  if (logEnabled()) {
+    const t0 = performance.now();
+    debug(`native ${op} start`);
+    const p = callNativeUnlogged(op, args, options);
+    p.then(
+      () => debug(`native ${op} ok ${(performance.now() - t0).toFixed(1)} ms`),
+      (e: PhaulError) => debug(`native ${op} failed ${(performance.now() - t0).toFixed(1)} ms: ${e.code} ${e.message}`),
+    );
+    return p;
+  }
+  return callNativeUnlogged(op, args, options);
+}
+
+function callNativeUnlogged(op: string, args: object, options: CallOptions): Promise<any> {
   const run = async (): Promise<unknown> => {
     ensureOpen();
     const req = encodeRequest(op, args);
@@ -119,6 +134,7 @@ export function callNative(op: string, args: object = {}, options: CallOptions =
 
 /** Same as callNative, blocking the event loop; for short ops only. */
 export function callNativeSync(op: string, args: object = {}, options: CallOptions = {}): any {
+  if (logEnabled()) debug(`native ${op} (sync)`);
   ensureOpen();
   const req = encodeRequest(op, args);
   const out = Buffer.allocUnsafe(options.replyCap ?? DEFAULT_REPLY_CAP);

@@ -2,7 +2,8 @@
 // (one line "phaul: <message>" on stderr, exit code from docs/exit-codes.md).
 
 import { readFileSync } from "node:fs";
-import { ExitCode, toPhaulError } from "../errors.js";
+import { ExitCode, PhaulError, toPhaulError } from "../errors.js";
+import { configureLog, debug } from "../log.js";
 import { parseCommandArgs } from "./args.js";
 import { commandHelp, programHelp } from "./help.js";
 import { commands } from "./registry.js";
@@ -20,7 +21,46 @@ const write = (stream: NodeJS.WriteStream) => (text: string) => {
   stream.write(text);
 };
 
-export async function main(argv: string[]): Promise<number> {
+/** Take the global options (--verbose, --log-file FILE) out of argv, wherever they are. */
+export function globalOptions(argv: string[]): { argv: string[]; verbose: boolean; logFile?: string } {
+  const out: string[] = [];
+  let verbose = false;
+  let logFile: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--") {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (a === "--verbose") verbose = true;
+    else if (a === "--log-file") {
+      const v = argv[++i];
+      if (v === undefined || v === "") throw new PhaulError("EUSAGE", "--log-file needs a FILE");
+      logFile = v;
+    } else if (a.startsWith("--log-file=")) logFile = a.slice("--log-file=".length);
+    else out.push(a);
+  }
+  return { argv: out, verbose, ...(logFile !== undefined ? { logFile } : {}) };
+}
+
+export async function main(argvIn: string[]): Promise<number> {
+  let argv: string[];
+  try {
+    const g = globalOptions(argvIn);
+    argv = g.argv;
+    configureLog({ verbose: g.verbose, ...(g.logFile !== undefined ? { file: g.logFile } : {}) });
+  } catch (e) {
+    process.stderr.write(`phaul: ${(e as Error).message}\n`);
+    return ExitCode.USAGE;
+  }
+  const t0 = performance.now();
+  debug(`phaul ${version()} ${argv.join(" ")}`);
+  const code = await dispatch(argv);
+  debug(`exit ${code} after ${(performance.now() - t0).toFixed(1)} ms`);
+  return code;
+}
+
+async function dispatch(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === "-h" || name === "--help" || name === "help") {
     const topic = name === "help" ? rest[0] : undefined;
@@ -57,7 +97,12 @@ export async function main(argv: string[]): Promise<number> {
     });
   } catch (e) {
     const err = toPhaulError(e);
+    debug(`error ${err.code}: ${err.message}`);
     process.stderr.write(`phaul: ${err.message.split("\n")[0]}\n`);
+    // --json: the error as a document on stdout too (stderr keeps its one line)
+    if (rest.includes("--json")) {
+      process.stdout.write(JSON.stringify({ error: { code: err.code, exit_code: err.exitCode, message: err.message, ...(err.details ? { details: err.details } : {}) } }) + "\n");
+    }
     if (process.env.PHAUL_DEBUG && e instanceof Error && e.stack) process.stderr.write(e.stack + "\n");
     return err.exitCode;
   }

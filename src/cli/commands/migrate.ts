@@ -1,6 +1,7 @@
 import ora, { type Ora } from "ora";
 import { formatReport, migrate, preflight, type MigrateProgress, type TrackMode } from "../../../migrate/index.js";
 import { ExitCode } from "../../errors.js";
+import { debug } from "../../log.js";
 import { DEFAULT_MAX_DOWNTIME_MS, DEFAULT_MAX_ROUNDS } from "../../../migrate/policy.js";
 import { PhaulError } from "../../errors.js";
 import { requireString } from "../args.js";
@@ -135,6 +136,10 @@ export const command: Command = {
     const asJson = values.json === true;
     const sourceFault = parseSourceFault(process.env.PHAUL_FAULT_SOURCE);
     const ui = !asJson && process.stderr.isTTY ? spinnerProgress() : undefined;
+    const onProgress = (p: MigrateProgress) => {
+      debug(`migrate ${p.phase} ${JSON.stringify(p.phase === "preflight" ? { ok: p.ok, problems: p.report.problems } : p)}`);
+      ui?.onProgress(p);
+    };
     const controller = new AbortController();
     const cancel = () => controller.abort();
     process.once("SIGINT", cancel);
