@@ -131,11 +131,17 @@ impl DestEngine {
         }
         let mut pages = 0;
         let (mut t_read, mut t_write) = (Duration::ZERO, Duration::ZERO);
+        // Every frame of the round, headers and payloads, is summed; the round
+        // end carries the source's sum: a damaged stream fails the round.
+        let mut sum = stream::RoundSum::new();
         loop {
             let h = stream::read_header(r)?;
+            if h.kind != stream::ROUND_END {
+                sum.add_header(&h);
+            }
             match h.kind {
                 stream::LAYOUT => {
-                    let j = stream::read_json(r, &h)?;
+                    let j = stream::read_json_summed(r, &h, &mut sum)?;
                     let vmas = j.as_arr().iter().map(Vma::from_json).collect::<Result<Vec<_>>>()?;
                     // Areas backed by a memfd or an unlinked file are mapped from
                     // the restored object, which exists only at the final restore;
@@ -149,6 +155,7 @@ impl DestEngine {
                     let b = &mut self.buf[..len];
                     let t = Instant::now();
                     r.read_exact(b).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
+                    sum.add(b);
                     t_read += t.elapsed();
                     let t = Instant::now();
                     let s = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
@@ -157,6 +164,9 @@ impl DestEngine {
                     pages += h.count as u64;
                 }
                 stream::ROUND_END => {
+                    if h.pid != sum.finish() {
+                        return Err(Error::new("EPROTO", format!("page stream: round {} arrived damaged (checksum mismatch)", h.addr)));
+                    }
                     if crate::inject::debug() {
                         eprintln!("phaul: dest round: {} pages, read {:?}, write {:?}", pages, t_read, t_write);
                     }

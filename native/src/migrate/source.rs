@@ -293,17 +293,18 @@ impl Engine for SourceEngine {
 /// Send one round: for each process its layout and pages, then the round end.
 fn write_round(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, work: &[(Pid, Vec<Vma>, Vec<u64>)], round: u64, last: bool) -> Result<u64> {
     let mut total = 0;
+    let mut sum = stream::RoundSum::new();
     for (pid, vmas, pages) in work {
-        stream::write_json(w, stream::LAYOUT, *pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()))?;
-        total += send_pages(w, buf, *pid, pages)?;
+        stream::write_json_summed(w, stream::LAYOUT, *pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()), &mut sum)?;
+        total += send_pages(w, buf, *pid, pages, &mut sum)?;
     }
-    stream::write_round_end(w, round, last)?;
+    stream::write_round_end_summed(w, round, last, &sum)?;
     Ok(total)
 }
 
 /// Send the pages at `pages` (sorted addresses) of `pid`, in runs of up to
 /// a frame each, read straight from its memory.
-fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: &[u64]) -> Result<u64> {
+fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum) -> Result<u64> {
     let mem = open_mem(pid, false)?;
     let max = stream::MAX_PAGES as usize;
     if buf.len() < stream::HEADER + max * PAGE_SIZE as usize {
@@ -328,6 +329,7 @@ fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: 
             }
         }
         stream::Header { kind: stream::PAGES, pid: pid as u32, count: n as u32, addr: pages[i] }.encode(&mut buf[..stream::HEADER]);
+        sum.add(&buf[..stream::HEADER + len]);
         w.write_all(&buf[..stream::HEADER + len]).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))?;
         sent += n as u64;
         i += n;
