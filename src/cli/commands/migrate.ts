@@ -18,7 +18,7 @@ function number(name: string, v: unknown, integer: boolean): number | undefined 
   return n;
 }
 
-function spinnerProgress(): { onProgress: (p: MigrateProgress) => void; stop: () => void } {
+export function spinnerProgress(): { onProgress: (p: MigrateProgress) => void; stop: () => void } {
   let spinner: Ora | undefined;
   const start = (text: string) => {
     spinner?.stop();
