@@ -1,0 +1,160 @@
+// Fault matrix beyond the destination agent's own deaths (migrate-rollback):
+// the SOURCE (`phaul migrate`) SIGKILLed at each phase (PHAUL_FAULT_SOURCE),
+// and the page stream damaged or cut in transit by a proxy between the two
+// agents. Every case must end with exactly one copy of the workload running
+// freely here, its log counting on (no FAIL, no repeated counter), and
+// nothing left on the destination (stubs) or frozen here.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import net from 'node:net';
+import { after, describe, test } from 'node:test';
+import { Agent, startAgent } from './helpers/agent.js';
+import { PHAUL_JS, REPO } from './helpers/paths.js';
+import { cmdline, isAlive, runningFreely, waitUntil } from './helpers/proc.js';
+import { assertNoFail, assertOkSequence, Harness, lastOk, waitForOk, type Workload } from './helpers/workload.js';
+
+function copiesOf(w: Workload): number[] {
+  return readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number)
+    .filter((p) => p !== w.pid && isAlive(p) && (cmdline(p) ?? '').includes(w.marker));
+}
+
+interface Run { code: number | null; signal: string | null; stderr: string }
+
+function migrateChild(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [PHAUL_JS, 'migrate', ...args], { cwd: REPO, env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    c.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => c.kill('SIGKILL'), 120_000);
+    c.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stderr });
+    });
+  });
+}
+
+async function assertOneCopyHere(w: Workload, agent: Agent): Promise<void> {
+  assert.equal(w.child.exitCode, null, 'the source copy exited');
+  assert.equal(w.child.signalCode, null, 'the source copy was killed');
+  assert.ok(await waitUntil(() => runningFreely(w.pid).ok, 10_000), `source not running freely: ${runningFreely(w.pid).why}`);
+  await waitForOk(w, lastOk(w) + 2, 20_000);
+  assertNoFail(w);
+  assertOkSequence(w);
+  assert.ok(await waitUntil(() => agent.leftovers().length === 0, 10_000), `stubs left: ${agent.leftovers().join(' ')}\n${agent.stderr}`);
+  assert.ok(await waitUntil(() => copiesOf(w).length === 0, 10_000), `second copy: ${copiesOf(w).join(' ')}`);
+  assert.equal(agent.exit, undefined, 'the agent died');
+}
+
+function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, host, () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** TCP relay listenHost:listenPort → 127.0.0.1:targetPort; `tap` sees source→destination bytes and may alter them or cut. */
+function relay(listenHost: string, listenPort: number, targetPort: number,
+  tap?: (chunk: Buffer, offset: number) => Buffer | 'cut'): Promise<net.Server> {
+  const server = net.createServer((down) => {
+    const up = net.connect({ host: '127.0.0.1', port: targetPort });
+    let offset = 0;
+    const kill = () => { down.destroy(); up.destroy(); };
+    down.on('error', kill); up.on('error', kill); down.on('close', kill); up.on('close', kill);
+    down.on('data', (d: Buffer) => {
+      const out = tap ? tap(d, offset) : d;
+      offset += d.length;
+      if (out === 'cut') return kill();
+      up.write(out);
+    });
+    up.pipe(down);
+  });
+  return new Promise((resolve) => server.listen(listenPort, listenHost, () => resolve(server)));
+}
+
+describe('migration faults: source deaths and a damaged page stream', () => {
+  const h = new Harness();
+  const agents: Agent[] = [];
+  const servers: net.Server[] = [];
+  after(async () => {
+    for (const s of servers) s.close();
+    for (const a of agents) await a.stop();
+    await h.cleanup();
+  });
+
+  for (const phase of ['handshake', 'precopy', 'freeze', 'final']) {
+    test(`source agent SIGKILLed at ${phase}`, { timeout: 120_000 }, async (t) => {
+      const w = await h.start(phase === 'precopy' ? 'bigmem' : 'counter', phase === 'precopy' ? { args: ['128'], readyTimeoutMs: 30_000 } : {});
+      await waitForOk(w, 1, 40_000);
+      const agent = await startAgent();
+      agents.push(agent);
+      const r = await migrateChild(['--to', agent.address, '--pid', String(w.pid)], { PHAUL_FAULT_SOURCE: phase });
+      t.diagnostic(r.stderr.trim());
+      assert.equal(r.signal, 'SIGKILL', `migrate was not killed: ${JSON.stringify(r)}`);
+      const failed = await agent.waitEvent((e) => e.event === 'failed', 30_000, 'failed');
+      t.diagnostic(`agent: failed at ${String(failed.phase)}: ${String(failed.message)}`);
+      await assertOneCopyHere(w, agent);
+      await h.kill(w);
+    });
+  }
+
+  const damages: { name: string; workload: string; args?: string[]; tap: (d: Buffer, off: number) => Buffer | 'cut' }[] = [
+    { name: 'one bit flipped early in round 0 (layout or first pages)', workload: 'counter', tap: flipAt(3000) },
+    { name: 'one bit flipped deep in the pages of round 0', workload: 'bigmem', args: ['64'], tap: flipAt(20_000_000) },
+    { name: 'the header of the first frame after the HELLO damaged (frame kind)', workload: 'counter', tap: damageSecondHeader() },
+    { name: 'page connection cut mid-round', workload: 'bigmem', args: ['64'], tap: (d, off) => (off + d.length > 10_000_000 ? 'cut' : d) },
+  ];
+  for (const dmg of damages) {
+    test(`page stream: ${dmg.name}`, { timeout: 120_000 }, async (t) => {
+      const w = await h.start(dmg.workload, { args: dmg.args, readyTimeoutMs: 30_000 });
+      await waitForOk(w, 1, 40_000);
+      const pagePort = await freePort();
+      const agent = await startAgent({ args: ['--page-port', String(pagePort)] });
+      agents.push(agent);
+      // The source reaches the agent through 127.0.0.2; the page port the
+      // agent announces is then dialed on 127.0.0.2 too: our damaging relay.
+      const control = await relay('127.0.0.2', 0, agent.port);
+      servers.push(control, await relay('127.0.0.2', pagePort, pagePort, dmg.tap));
+      const cport = (control.address() as net.AddressInfo).port;
+      const r = await migrateChild(['--to', `127.0.0.2:${cport}`, '--pid', String(w.pid)]);
+      t.diagnostic(r.stderr.trim());
+      assert.notEqual(r.code, 0, 'a damaged migration succeeded');
+      assert.match(r.stderr, /still running here/);
+      const failed = await agent.waitEvent((e) => e.event === 'failed', 30_000, 'failed');
+      t.diagnostic(`agent: ${String(failed.message)}`);
+      await assertOneCopyHere(w, agent);
+      await h.kill(w);
+    });
+  }
+});
+
+function flipAt(at: number, mask = 0x10): (d: Buffer, off: number) => Buffer {
+  return (d, off) => {
+    if (at >= off && at < off + d.length) {
+      const c = Buffer.from(d);
+      c[at - off]! ^= mask;
+      return c;
+    }
+    return d;
+  };
+}
+
+/** Flip the kind of the second frame (the first one of round 0): the stream is then refused at once. */
+function damageSecondHeader(): (d: Buffer, off: number) => Buffer {
+  let seen = Buffer.alloc(0);
+  let done = false;
+  return (d, off) => {
+    if (done) return d;
+    seen = Buffer.concat([seen, d]);
+    const i = seen.indexOf('PHPG', 4);
+    if (i < 0 || i + 8 > seen.length) return d;
+    done = true;
+    const c = Buffer.from(d);
+    const at = i + 5 - off;
+    if (at >= 0 && at < c.length) c[at]! ^= 0x40;
+    return c;
+  };
+}
