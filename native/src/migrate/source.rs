@@ -29,7 +29,7 @@ pub struct SourceEngine {
     round: u64,
     buf: Vec<u8>,
     handoff: Option<Handoff>,
-    sender: Option<std::thread::JoinHandle<Result<()>>>,
+    sender: Option<std::thread::JoinHandle<(Vec<Tracker>, Result<()>)>>,
 }
 
 fn layout_entry(fz: &freeze::FrozenProc, vmas: &[Vma]) -> Json {
@@ -105,25 +105,7 @@ impl SourceEngine {
 
     /// What a round sends: each process's layout and its pages to send.
     fn collect_round(&mut self) -> Result<Vec<(Pid, Vec<Vma>, Vec<u64>)>> {
-        let first = self.round == 0;
-        let mut work = Vec::new();
-        for t in self.trackers.iter_mut() {
-            let pid = t.pid();
-            let vmas = memory::vmas(pid)?;
-            let mut pages = Vec::new();
-            t.collect(&vmas, &mut pages)?;
-            if first {
-                // Round 0 sends everything present; tracking was armed before, so
-                // writes during this copy show up in the next round.
-                pages.clear();
-                let pm = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context("pagemap"))?;
-                for v in vmas.iter().filter(|v| v.stores_pages()) {
-                    memory::present_pages(&pm, v, &mut pages)?;
-                }
-            }
-            work.push((pid, vmas, pages));
-        }
-        Ok(work)
+        collect(&mut self.trackers, self.round == 0)
     }
 
     /// Freeze, start sending the last dirty pages at once (on a thread of its
@@ -156,23 +138,40 @@ impl SourceEngine {
         if let Some(h) = self.handoff.as_mut() {
             h.after_freeze(&frozen);
         }
-        let work = match self.collect_round() {
-            Ok(w) => w,
-            Err(e) => {
+        // The last dirty pages are collected and sent by a thread while this
+        // one dumps the state: neither changes the memory the other reads
+        // (injected calls write only their own scratch area).
+        let sock = match self.sock.take() {
+            Some(s) => s,
+            None => {
                 self.frozen = Some(frozen);
-                return Err(e);
+                return Err(Error::new("ESESSION", "no page stream"));
             }
         };
-        let pages: u64 = work.iter().map(|w| w.2.len() as u64).sum();
-        let mut sock = self.sock.take().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        let (count_tx, count_rx) = std::sync::mpsc::channel::<Result<u64>>();
+        let mut trackers = std::mem::take(&mut self.trackers);
         let mut buf = std::mem::take(&mut self.buf);
+        let mut sock = sock;
         let round = self.round;
         self.round += 1;
-        self.sender = Some(std::thread::spawn(move || write_round(&mut sock, &mut buf, &work, round, true).map(|_| ())));
-        crate::sys::trace_mark("source: final pages collected");
+        self.sender = Some(std::thread::spawn(move || {
+            // Stop-and-copy: the final round is the first, and sends everything.
+            let work = match collect(&mut trackers, round == 0) {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = count_tx.send(Err(e.clone()));
+                    return (trackers, Err(e));
+                }
+            };
+            crate::sys::trace_mark("source: final pages collected");
+            let _ = count_tx.send(Ok(work.iter().map(|w| w.2.len() as u64).sum()));
+            let r = write_round(&mut sock, &mut buf, &work, round, true).map(|_| ());
+            (trackers, r)
+        }));
         let dumped = dump::dump_frozen(&frozen, None);
         crate::sys::trace_mark("source: state dumped");
         self.frozen = Some(frozen);
+        let pages = count_rx.recv().map_err(|_| Error::new("EPANIC", "the page sender failed"))??;
         let (mut state, _) = dumped?;
         state.set("freeze_us", freeze_us);
         let mut handoff_json = Json::obj();
@@ -200,10 +199,15 @@ impl SourceEngine {
         }
     }
 
-    /// Wait for the final round to be on its way (its socket written).
+    /// Wait for the final round to be on its way (its socket written); the
+    /// trackers come back for stopping.
     fn join_sender(&mut self) -> Result<()> {
         match self.sender.take() {
-            Some(h) => h.join().map_err(|_| Error::new("EPANIC", "the page sender failed"))?,
+            Some(h) => {
+                let (trackers, r) = h.join().map_err(|_| Error::new("EPANIC", "the page sender failed"))?;
+                self.trackers = trackers;
+                r
+            }
             None => Ok(()),
         }
     }
@@ -371,4 +375,27 @@ fn release_memory_gently(f: &Frozen) {
         }
         let _ = inj.finish();
     }
+}
+
+/// Each tracked process's current layout and the pages a round must send:
+/// everything present in round 0, the pages written since the last round after.
+fn collect(trackers: &mut [Tracker], first: bool) -> Result<Vec<(Pid, Vec<Vma>, Vec<u64>)>> {
+    let mut work = Vec::new();
+    for t in trackers.iter_mut() {
+        let pid = t.pid();
+        let vmas = memory::vmas(pid)?;
+        let mut pages = Vec::new();
+        t.collect(&vmas, &mut pages)?;
+        if first {
+            // Round 0 sends everything present; tracking was armed before, so
+            // writes during this copy show up in the next round.
+            pages.clear();
+            let pm = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context("pagemap"))?;
+            for v in vmas.iter().filter(|v| v.stores_pages()) {
+                memory::present_pages(&pm, v, &mut pages)?;
+            }
+        }
+        work.push((pid, vmas, pages));
+    }
+    Ok(work)
 }
