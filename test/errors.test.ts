@@ -2,7 +2,7 @@
 // stderr, no stack trace, and a process whose dump failed keeps running
 // untouched (not stopped, not traced, still making progress).
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { assertCliError, assertCliOk, describe as describeRun, dump, parseRestorePid, runCli } from './helpers/cli.js';
@@ -78,9 +78,11 @@ describe('restore failures', () => {
   let good = ''; // a complete image dir of a counter workload (which is dead now)
   let files: string[] = [];
   let dumpedPid = 0;
+  let logPath = '';
 
   before(async () => {
     const w = await h.start('counter');
+    logPath = w.log;
     await waitForOk(w, 2);
     good = path.join(w.dir, 'images');
     mkdirSync(good);
@@ -107,6 +109,19 @@ describe('restore failures', () => {
     assertCliError(r);
     assert.ok(await waitPidGone(dumpedPid, 5000), `${what}: pid ${dumpedPid} exists after a failed restore`);
   }
+
+  test('a file the process holds was truncated since the dump', { timeout: 30_000 }, async () => {
+    const saved = readFileSync(logPath);
+    try {
+      writeFileSync(logPath, '');
+      const r = await runCli(['restore', '--dir', good, '--json']);
+      assertCliError(r);
+      assert.match(r.stderr, /has changed since the dump/);
+      assert.ok(await waitPidGone(dumpedPid, 5000), 'no process left behind');
+    } finally {
+      writeFileSync(logPath, saved);
+    }
+  });
 
   test('empty dir', { timeout: 30_000 }, async () => {
     await expectCleanFailure(h.tempDir(), 'empty dir');

@@ -280,12 +280,19 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
         let path = f.str_of("path").unwrap_or("");
         let fd = match f.str_of("kind").unwrap_or("") {
             "reg" => {
-                check_file_identity(path, None)?;
-                if !std::path::Path::new(path).exists() {
-                    return Err(Error::new("EFILE", format!("file {} needed by the process is missing", path)));
+                let md = std::fs::metadata(path).map_err(|_| Error::new("EFILE", format!("file {} needed by the process is missing", path)))?;
+                let pos = f.u64_of("pos").unwrap_or(0);
+                let saved_size = f.get("stat").and_then(|s| s.u64_of("size"));
+                // A file shorter than where the process was, or than it was at
+                // the dump, has been truncated or replaced meanwhile (files that
+                // only grew, like logs others append to, are fine).
+                if md.len() < pos || saved_size.map(|s| md.len() < s).unwrap_or(false) {
+                    return Err(Error::new(
+                        "EFILE",
+                        format!("file {} needed by the process has changed since the dump (it is {} bytes, was {})", path, md.len(), saved_size.unwrap_or(pos)),
+                    ));
                 }
                 let fd = open_path(path, flags)?;
-                let pos = f.u64_of("pos").unwrap_or(0);
                 sys::call(&format!("lseek {}", path), nr::LSEEK, &[fd.raw() as u64, pos, 0])?;
                 fd
             }
