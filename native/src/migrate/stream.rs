@@ -427,4 +427,18 @@ mod tests {
             }
         }
     }
+
+    /// cargo test --release round_sum_speed -- --ignored --nocapture
+    #[test]
+    #[ignore]
+    fn round_sum_speed() {
+        let data = vec![0x5au8; 1 << 20];
+        let t = std::time::Instant::now();
+        let mut s = RoundSum::new();
+        for _ in 0..2048 {
+            s.add(&data);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!("RoundSum: {:.1} GB/s ({})", 2.0 * 1.073741824 / secs, s.finish());
+    }
 }
