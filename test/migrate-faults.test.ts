@@ -101,6 +101,24 @@ describe('migration faults: source deaths and a damaged page stream', () => {
     });
   }
 
+  // Killed while the destination restores: depending on the race, the
+  // destination drops its held copy (no commit came) and the engine here
+  // resumes ours. Either way exactly one copy must run, counting on.
+  test('source agent SIGKILLed while the destination restores', { timeout: 120_000 }, async (t) => {
+    const w = await h.start('counter');
+    await waitForOk(w, 1);
+    const agent = await startAgent();
+    agents.push(agent);
+    const r = await migrateChild(['--to', agent.address, '--pid', String(w.pid)], { PHAUL_FAULT_SOURCE: 'restore' });
+    t.diagnostic(r.stderr.trim());
+    assert.equal(r.signal, 'SIGKILL');
+    const end = await agent.waitEvent((e) => e.event === 'failed' || e.event === 'restored', 40_000, 'failed or restored');
+    t.diagnostic(`agent: ${end.event} ${String(end.message ?? '')}`);
+    assert.equal(end.event, 'failed', 'the destination committed without the source');
+    await assertOneCopyHere(w, agent);
+    await h.kill(w);
+  });
+
   const damages: { name: string; workload: string; args?: string[]; tap: (d: Buffer, off: number) => Buffer | 'cut' }[] = [
     { name: 'one bit flipped early in round 0 (layout or first pages)', workload: 'counter', tap: flipAt(3000) },
     { name: 'one bit flipped deep in the pages of round 0', workload: 'bigmem', args: ['64'], tap: flipAt(20_000_000) },

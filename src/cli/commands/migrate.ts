@@ -69,13 +69,16 @@ export function spinnerProgress(): { onProgress: (p: MigrateProgress) => void; s
 }
 
 // Test-only: PHAUL_FAULT_SOURCE=PHASE makes `phaul migrate` SIGKILL itself at
-// PHASE (handshake: connected; prepare: tracking armed; precopy: round 1
-// starts; freeze: about to freeze; final: frozen, final state not yet sent).
+// PHASE (handshake: hellos exchanged, tracking armed, before prepare; precopy:
+// round 0 done; freeze: about to freeze; final: frozen, final state not yet sent;
+// restore: 2 ms after the final state went out, while the destination restores).
 const SOURCE_FAULTS: Record<string, (p: MigrateProgress) => boolean> = {
   handshake: (p) => p.phase === "tracking",
   precopy: (p) => p.phase === "round" && p.round === 0,
   freeze: (p) => p.phase === "freezing",
   final: (p) => p.phase === "restoring",
+  // the final state is on its way: the destination restores (or has restored) meanwhile
+  restore: (p) => p.phase === "restoring",
 };
 function parseSourceFault(text: string | undefined): ((p: MigrateProgress) => void) | undefined {
   if (!text) return undefined;
@@ -84,7 +87,8 @@ function parseSourceFault(text: string | undefined): ((p: MigrateProgress) => vo
   return (p) => {
     if (at(p)) {
       process.stderr.write(`phaul: PHAUL_FAULT_SOURCE ${text}: killing myself\n`);
-      process.kill(process.pid, "SIGKILL");
+      if (text === "restore") setTimeout(() => process.kill(process.pid, "SIGKILL"), 2);
+      else process.kill(process.pid, "SIGKILL");
     }
   };
 }
