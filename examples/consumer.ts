@@ -15,7 +15,7 @@ export async function embed(pid: number, to: string, signal: AbortSignal): Promi
   if (!report.ok) return report;
   const onProgress = (p: MigrateProgress): void => {
     switch (p.phase) {
-      case 'round': console.log(p.round, p.bytes, p.dirty_bytes, p.rate); break;
+      case 'round': console.log(p.round, p.bytes, p.sent_bytes, p.dirty_bytes, p.rate, p.estimate_ms); break;
       case 'round-start': console.log(p.round, p.estimate_ms); break;
       case 'freezing': console.log(p.reason, p.estimate_ms); break;
       case 'preflight': console.log(p.ok, p.report.problems); break;

@@ -73,7 +73,7 @@ export function describeProgress(pid: number, p: MigrateProgress): string {
     case 'preflight': return `[${pid}] preflight: ${p.ok ? 'ok' : 'refused'}`;
     case 'tracking': return `[${pid}] dirty tracking: ${p.method}`;
     case 'round-start': return `[${pid}] round ${p.round} (estimate ${p.estimate_ms} ms)`;
-    case 'round': return `[${pid}] round ${p.round}: ${mb(p.bytes)} sent, ${mb(p.dirty_bytes)} dirty left`;
+    case 'round': return `[${pid}] round ${p.round}: ${mb(p.bytes)} sent (${mb(p.sent_bytes)} in all), ${mb(p.dirty_bytes)} dirty left, final round ~${p.estimate_ms} ms`;
     case 'freezing': return `[${pid}] freezing (${p.reason}), estimate ${p.estimate_ms} ms`;
     case 'restoring': return `[${pid}] final ${mb(p.bytes)} sent, restoring`;
     case 'restored': return `[${pid}] running on the destination as pid ${p.pid}, frozen ${p.frozen_ms} ms`;

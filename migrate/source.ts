@@ -55,6 +55,10 @@ export type MigrateProgress =
       rate: number;
       /** Estimate of what is dirty now (what the last round had to send). */
       dirty_bytes: number;
+      /** Bytes sent so far, all rounds. */
+      sent_bytes: number;
+      /** What the policy expects the frozen final round to take, ms. */
+      estimate_ms: number;
     }
   | { phase: "freezing"; reason: StopReason; estimate_ms: number }
   | { phase: "restoring"; pages: number; bytes: number; freeze_us: number }
@@ -238,13 +242,15 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       await done;
       const stats: RoundStats = { round: n, pages: Number(s.pages) || 0, bytes: Number(s.bytes) || 0, ms: Number(s.ms) || 0 };
       rounds.push(stats);
+      decision = decide(rounds, policy);
       progress({
         phase: "round", ...stats,
         rate: stats.ms > 0 ? (stats.bytes * 1000) / stats.ms : 0,
         dirty_bytes: n === 0 ? 0 : stats.bytes,
+        sent_bytes: rounds.reduce((t, r) => t + r.bytes, 0),
+        estimate_ms: decision.estimate_ms,
       });
       if (chan.failed) throw chan.failed;
-      decision = decide(rounds, policy);
     }
 
     progress({ phase: "freezing", reason: decision.reason, estimate_ms: decision.estimate_ms });
