@@ -80,7 +80,7 @@ export class Channel {
     for (const w of this.waiters.splice(0)) w.reject(e);
     for (const l of this.closeListeners.splice(0)) l(e);
     if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {
-      if (wsCode !== undefined && this.ws.readyState === WebSocket.OPEN) this.ws.close(wsCode, e.message.slice(0, 120));
+      if (wsCode !== undefined && this.ws.readyState === WebSocket.OPEN) this.ws.close(wsCode, closeReason(e.message));
       else this.ws.terminate();
     }
   }
@@ -160,7 +160,7 @@ export class Channel {
   /** Close normally (idempotent). */
   close(reason = "done"): void {
     if (!this.error) this.fail(new PhaulError("ECANCELED", `control connection closed (${reason})`));
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000, reason.slice(0, 120));
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000, closeReason(reason));
     else if (this.ws.readyState === WebSocket.CONNECTING) this.ws.terminate();
   }
 }
@@ -193,6 +193,13 @@ export function connect(host: string, port: number, timeoutMs = 10_000, tls?: { 
       resolve(new Channel(ws, peer));
     });
   });
+}
+
+/** A WebSocket close reason: at most 123 bytes of UTF-8 (ws throws beyond), cut on a character boundary. */
+export function closeReason(text: string): string {
+  let out = text.slice(0, 123);
+  while (Buffer.byteLength(out, "utf8") > 123) out = out.slice(0, -1);
+  return out;
 }
 
 export function formatAddress(host: string, port: number): string {
