@@ -33,6 +33,9 @@ export interface LayoutProcess {
   tids: number[];
   /** The engine's memory layout of the process (opaque here, checked by the engine). */
   vmas?: Record<string, unknown>[];
+  /** An exited child not yet reaped by its parent: no threads, only its wait status. */
+  zombie?: boolean;
+  exit_code?: number;
 }
 
 export interface Layout {
@@ -283,7 +286,9 @@ function layout(v: unknown): Layout {
       const where = `prepare.layout.processes[${i}]`;
       const q = obj(p, where);
       const tids = q.tids;
-      if (!Array.isArray(tids) || tids.length === 0 || tids.length > 65536 ||
+      const zombie = q.zombie === true;
+      if (q.zombie !== undefined && typeof q.zombie !== "boolean") throw protoError(`${where}.zombie must be a boolean`);
+      if (!Array.isArray(tids) || (tids.length === 0 && !zombie) || tids.length > 65536 ||
           !tids.every((t) => Number.isSafeInteger(t) && t > 0 && t <= PID_MAX)) {
         throw protoError(`${where}.tids must be a non-empty list of pids`);
       }
@@ -294,6 +299,10 @@ function layout(v: unknown): Layout {
         sid: int(q, "sid", where, 0, PID_MAX),
         tids: tids as number[],
       };
+      if (zombie) {
+        out.zombie = true;
+        out.exit_code = int(q, "exit_code", where, -(2 ** 31), 2 ** 31 - 1);
+      }
       if (q.vmas !== undefined && q.vmas !== null) {
         if (!Array.isArray(q.vmas) || q.vmas.length > 1 << 20 || !q.vmas.every(isObj)) {
           throw protoError(`${where}.vmas must be a list of maps`);

@@ -321,7 +321,15 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
                 if !pipe_objs.contains_key(&pid_) {
                     let rw = open_path(path, O_RDWR | O_NONBLOCK).map_err(|e| Error::new("EFILE", format!("FIFO {} needed by the process: {}", path, e.message)))?;
                     let (data, _) = pipe_data(pid_)?;
-                    write_all(&rw, &data)?;
+                    // A FIFO that still holds data is the very pipe the process
+                    // had, still open elsewhere (a migration on one host, where
+                    // the frozen source keeps it): its contents are already there.
+                    let mut queued: i32 = 0;
+                    const FIONREAD: u64 = 0x541b;
+                    let _ = sys::call("FIONREAD", nr::IOCTL, &[rw.raw() as u64, FIONREAD, &mut queued as *mut i32 as u64]);
+                    if queued == 0 {
+                        write_all(&rw, &data)?;
+                    }
                     let dup = Fd(sys::call("dup", nr::FCNTL, &[rw.raw() as u64, 1030, 0])? as i32);
                     pipe_objs.insert(pid_, (rw, dup));
                 }

@@ -68,10 +68,12 @@ impl SourceEngine {
         let mut frozen = freeze::freeze_tree(pid)?;
         let mut layout = Vec::new();
         let r = (|| -> Result<()> {
-            for fz in frozen.procs.iter().filter(|p| p.zombie.is_some()) {
-                layout.push(layout_entry(fz, &[]).with("zombie", true).with("exit_code", fz.zombie.unwrap_or(0) as i64));
-            }
-            for fz in frozen.live() {
+            // Tree order (parents first), zombies included: the destination forks them in this order.
+            for fz in &frozen.procs {
+                if let Some(status) = fz.zombie {
+                    layout.push(layout_entry(fz, &[]).with("zombie", true).with("exit_code", status as i64));
+                    continue;
+                }
                 let vmas = memory::vmas(fz.pid)?;
                 let leader = &fz.threads[0];
                 let mut inj = Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)?;

@@ -1,0 +1,35 @@
+// Every kind of state of the dump+restore suite, under live migration: each
+// workload checks its own state from inside, before and after the move.
+import { after, before, describe, test } from 'node:test';
+import { writeFileSync } from 'node:fs';
+import { Agent, startAgent } from './helpers/agent.js';
+import { migrateAndCheck, roundsText } from './helpers/migrate.js';
+import { Harness, waitForLine, waitForOk, lastOk } from './helpers/workload.js';
+
+describe('state kinds under live migration', () => {
+  const h = new Harness();
+  let agent: Agent;
+  before(async () => {
+    agent = await startAgent();
+  });
+  after(async () => {
+    await agent?.stop();
+    await h.cleanup();
+  });
+
+  for (const name of ['syscall_block', 'memory_kinds', 'signals', 'files', 'procattrs', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+    test(name, { timeout: 90_000 }, async (t) => {
+      const w = await h.start(name);
+      await waitForOk(w, 3, 30_000);
+      const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
+      t.diagnostic(roundsText(summary));
+      if (name === 'signals') {
+        // the pending signals survived the move (checked every pass); now deliver them
+        writeFileSync(`${w.log}.go`, '');
+        await waitForLine(w, (l) => l === 'DELIVERED', 10_000, 'DELIVERED');
+        await waitForOk(w, lastOk(w) + 2, 10_000);
+      }
+      await h.kill(w);
+    });
+  }
+});
