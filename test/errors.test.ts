@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { cpSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { dump as libraryDump, PhaulError } from '../src/index.js';
 import { after, before, describe, test } from 'node:test';
 import { assertCliError, assertCliOk, describe as describeRun, dump, parseRestorePid, runCli } from './helpers/cli.js';
 import { pidExists, runningFreely, unusedPid, waitPidGone } from './helpers/proc.js';
@@ -53,7 +54,16 @@ describe('dump failures', () => {
 
   // Dumping phaul's own process (or the test runner) cannot be aimed at from
   // the CLI without risking the runner itself; covered by library tests later.
-  test.skip("phaul's own pid (needs the library API)");
+  test("phaul's own pid (library API): refused before anything is frozen", { timeout: 30_000 }, async () => {
+    // The library runs in this very process: its own pid is the one to refuse.
+    const dir = path.join(h.tempDir(), 'self');
+    await assert.rejects(libraryDump({ pid: process.pid, dir }), (e: unknown) => {
+      assert.ok(e instanceof PhaulError, `expected PhaulError, got ${e}`);
+      assert.match(e.message, /phaul itself/);
+      assert.ok(!e.message.includes('\n'), 'one line');
+      return true;
+    });
+  });
 
   test('image dir is a regular file: target keeps running', { timeout: 60_000 }, async () => {
     const w = await h.start('counter');
