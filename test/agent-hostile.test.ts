@@ -4,6 +4,7 @@
 // The agent must stay up, end each connection with a clean error, leave no
 // stub process behind, and then take a real migration. Deterministic seed.
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { after, describe, test } from 'node:test';
 import { Packr } from 'msgpackr';
 import WebSocket from 'ws';
@@ -75,6 +76,38 @@ describe('destination agent under hostile control input', () => {
     const w = await h.start('counter');
     await waitForOk(w, 1);
     await migrateAndCheck(h, w, agent);
+    await h.kill(w);
+  });
+
+  test('page port: 400 hostile connections (random bytes, damaged and made-up HELLOs), then a real migration', { timeout: 300_000 }, async (t) => {
+    const agent = await startAgent();
+    agents.push(agent);
+    const listening = agent.events.find((e) => e.event === 'listening')!;
+    const pagePort = Number(String(listening.page_address).split(':').pop());
+    const rng = new Rng(12);
+    const helloFrame = (id: string) => {
+      const body = Buffer.from(JSON.stringify({ migration: id, token: 'x'.repeat(64) }));
+      const hdr = Buffer.alloc(24);
+      hdr.write('PHPG', 0, 'latin1');
+      hdr.writeUInt32LE(1, 4);
+      hdr.writeUInt32LE(body.length, 12);
+      return Buffer.concat([hdr, body]);
+    };
+    const socks: net.Socket[] = [];
+    for (let i = 0; i < 400; i++) {
+      const k = i % 4;
+      const data = k === 0 ? rng.bytes(rng.below(200)) : k === 1 ? mutateBytes(rng, helloFrame(`m${i}`)) : helloFrame(`made-up-${i}`);
+      const s = net.connect({ host: '127.0.0.1', port: pagePort }, () => s.write(data));
+      s.on('error', () => undefined);
+      socks.push(s);
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(agent.exit, undefined, `agent died: ${agent.stderr}`);
+    const w = await h.start('counter');
+    await waitForOk(w, 1);
+    await migrateAndCheck(h, w, agent);
+    for (const s of socks) s.destroy();
+    t.diagnostic('made-up HELLOs parked (the oldest evicted past 64); the real stream got through');
     await h.kill(w);
   });
 });

@@ -84,8 +84,16 @@ fn admit(mut s: TcpStream) {
     let _ = s.set_read_timeout(None);
     if let Ok(mut p) = parked().lock() {
         p.retain(|_, v| v.since.elapsed() < PARK_TIMEOUT);
-        if p.len() >= MAX_PARKED || p.contains_key(&migration) {
-            return;
+        if p.contains_key(&migration) {
+            return; // the first stream of a migration stays; a duplicate is dropped
+        }
+        if p.len() >= MAX_PARKED {
+            // Full (a flood of HELLOs for made-up migrations): the oldest
+            // goes, so a real stream, claimed right after it arrives, still
+            // gets in unless the flood is sustained faster than that.
+            if let Some(old) = p.iter().min_by_key(|(_, v)| v.since).map(|(k, _)| k.clone()) {
+                p.remove(&old);
+            }
         }
         p.insert(migration, Parked { token, stream: s, since: Instant::now() });
     }
