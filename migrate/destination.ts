@@ -9,7 +9,7 @@ import { join, resolve } from "node:path";
 import type { IncomingMessage } from "node:http";
 import WebSocket, { WebSocketServer } from "ws";
 import { PhaulError, toPhaulError } from "../src/errors.js";
-import { PageServer, type PageSession } from "../pageserver/index.js";
+import { PageServer, type PageSession, type RestoreReply } from "../pageserver/index.js";
 import { Channel, formatAddress, parseAddress } from "./channel.js";
 import { hello, localCapabilities } from "./capabilities.js";
 import { destinationProof, isLoopback, loadSecret, loadTls, pageToken, ReplayGuard, safeEqual, type TlsFiles } from "./auth.js";
@@ -51,7 +51,7 @@ export interface ServeOptions {
 export type ServePhase = "handshake" | "prepare" | "precopy" | "freeze" | "final" | "restore" | "confirm";
 
 export type ServeEvent =
-  | { event: "listening"; address: string; page_address: string }
+  | { event: "listening"; address: string; page_address: string; /** How peers authenticate: none (loopback only), token, tls, token+tls. */ auth: "none" | "token" | "tls" | "token+tls" }
   | { event: "connected"; peer: string }
   | { event: "preflight"; peer: string; pid: number; files: number; problems: number }
   | { event: "prepared"; peer: string; migration: string; pid: number; processes: number; threads: number }
@@ -212,6 +212,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     let migration: string | undefined;
     let layout: Layout | undefined;
     let restored = false;
+    let restoring: Promise<RestoreReply> | undefined;
     let release: (() => void) | undefined;
     const rounds: RoundStats[] = [];
     const elapsed = () => Math.round(performance.now() - t0);
@@ -301,13 +302,18 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
         } else if (m.type === "freezing") {
           phase = "freeze";
           closeFault("freeze");
+          // The final pages and then the state come on the page stream right
+          // after the freeze: start restoring now instead of waiting for the
+          // state to be relayed on this channel.
+          restoring = session.restore(undefined, roundTimeoutMs);
+          restoring.catch(() => undefined);
         } else {
           phase = "final";
           closeFault("final");
           phase = "restore";
           faultLater("restore");
           traceMark("dest ts: final state received");
-          const r = await session.restore(m.state, roundTimeoutMs);
+          const r = await (restoring ?? session.restore(m.state, roundTimeoutMs));
           traceMark("dest ts: restore returned");
           if (chan.failed) {
             // The source gave up meanwhile and resumes its copy: ours must go.
@@ -361,7 +367,8 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
     }
   }
 
-  emit({ event: "listening", address: formatAddress(address.host, address.port), page_address: formatAddress(pageAddress.host, pageAddress.port) });
+  const auth = secret && tls ? "token+tls" : secret ? "token" : tls ? "tls" : "none";
+  emit({ event: "listening", address: formatAddress(address.host, address.port), page_address: formatAddress(pageAddress.host, pageAddress.port), auth });
 
   return {
     address,

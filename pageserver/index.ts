@@ -158,10 +158,11 @@ export class PageSession {
    * stopped until commit() (they must not run before the source copy is
    * gone); abort() kills them. On failure the stubs are gone.
    */
-  async restore(state: Record<string, unknown>, timeoutMs: number): Promise<RestoreReply> {
+  async restore(state: Record<string, unknown> | undefined, timeoutMs: number): Promise<RestoreReply> {
     let reply;
     try {
-      reply = await callNative("dest_restore", { session: this.id, state, timeout_ms: timeoutMs, hold: true });
+      // Without a state, the engine reads it from the page stream after the final round.
+      reply = await callNative("dest_restore", { session: this.id, timeout_ms: timeoutMs, hold: true, ...(state ? { state } : {}) });
     } catch (e) {
       this.end();
       throw e;

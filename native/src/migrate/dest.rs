@@ -179,7 +179,6 @@ impl DestEngine {
     }
 
     fn restore(&mut self, req: &Json, timeout: Duration) -> Result<Json> {
-        let state = req.get("state").ok_or_else(|| Error::new("EINVAL", "dest_restore needs the state"))?;
         let t0 = Instant::now();
         crate::sys::trace_mark("dest: restore requested");
         let (pages, last) = self.receive_round(timeout)?;
@@ -187,6 +186,22 @@ impl DestEngine {
         if !last {
             return Err(Error::new("EPROTO", "page stream: the final round was not marked final"));
         }
+        // The state follows the final round on the page stream; a state given
+        // with the request (older sources) is used as is.
+        let streamed;
+        let state = match req.get("state") {
+            Some(s) => s,
+            None => {
+                let r = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+                let h = stream::read_header(r)?;
+                if h.kind != stream::STATE {
+                    return Err(Error::new("EPROTO", "page stream: expected the final state after the final round"));
+                }
+                streamed = stream::read_json(r, &h)?;
+                crate::sys::trace_mark("dest: state received");
+                &streamed
+            }
+        };
         let recv_us = t0.elapsed().as_micros() as u64;
         let pid_ns = self.tree.as_ref().map(|t| t.pid_ns).unwrap_or(false);
         restore::preflight(state, true)?;

@@ -151,6 +151,7 @@ impl SourceEngine {
             }
         };
         let (count_tx, count_rx) = std::sync::mpsc::channel::<Result<u64>>();
+        let (state_tx, state_rx) = std::sync::mpsc::channel::<Json>();
         let mut trackers = std::mem::take(&mut self.trackers);
         let mut buf = std::mem::take(&mut self.buf);
         let mut sock = sock;
@@ -168,6 +169,17 @@ impl SourceEngine {
             crate::sys::trace_mark("source: final pages collected");
             let _ = count_tx.send(Ok(work.iter().map(|w| w.2.len() as u64).sum()));
             let r = write_round(&mut sock, &mut buf, &work, round, true).map(|_| ());
+            if r.is_err() {
+                return (trackers, r);
+            }
+            // Then the state, once the sockets have changed hands (a dropped
+            // sender means the dump failed: nothing more to send).
+            let r = match state_rx.recv() {
+                Ok(state) => stream::write_json(&mut sock, stream::STATE, 0, &state).and_then(|_| {
+                    std::io::Write::flush(&mut sock).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))
+                }),
+                Err(_) => Ok(()),
+            };
             (trackers, r)
         }));
         let dumped = dump::dump_frozen(&frozen, None);
@@ -181,6 +193,7 @@ impl SourceEngine {
             h.detach(f, &state)?;
             handoff_json = h.stats.clone().with("warnings", h.warnings.iter().map(|w| Json::from(w.as_str())).collect::<Vec<_>>());
         }
+        let _ = state_tx.send(state.clone());
         Ok(ok()
             .with("state", state)
             .with("handoff", handoff_json)

@@ -4,7 +4,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..4 | magic "PHPG" |
-//! | 4..8 | kind: 1 hello (JSON), 2 layout (JSON list of areas of `pid`), 3 pages, 4 round end |
+//! | 4..8 | kind: 1 hello (JSON), 2 layout (JSON list of areas of `pid`), 3 pages, 4 round end, 5 final state (JSON) |
 //! | 8..12 | pid |
 //! | 12..16 | count: payload bytes (JSON kinds), pages (pages), final flag (round end) |
 //! | 16..24 | addr: first page (pages), round number (round end) |
@@ -21,6 +21,9 @@ pub const HELLO: u32 = 1;
 pub const LAYOUT: u32 = 2;
 pub const PAGES: u32 = 3;
 pub const ROUND_END: u32 = 4;
+/// The final state document (JSON), after the last round: the destination
+/// can restore without waiting for the control channel to relay it.
+pub const STATE: u32 = 5;
 pub const HEADER: usize = 24;
 /// Pages per frame (1 MiB): big enough for full-speed copies, small enough to stream.
 pub const MAX_PAGES: u32 = 256;
@@ -51,17 +54,17 @@ impl Header {
         }
         let h = Header { kind: g(4), pid: g(8), count: g(12), addr: u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])) };
         match h.kind {
-            HELLO | LAYOUT if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
+            HELLO | LAYOUT | STATE if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
             PAGES if h.count == 0 || h.count > MAX_PAGES => Err(Error::new("EPROTO", format!("page stream: bad page count {}", h.count))),
             PAGES if h.addr % PAGE_SIZE != 0 || h.addr >= (1 << 47) => Err(Error::new("EPROTO", format!("page stream: bad page address {:#x}", h.addr))),
-            HELLO | LAYOUT | PAGES | ROUND_END => Ok(h),
+            HELLO | LAYOUT | PAGES | ROUND_END | STATE => Ok(h),
             k => Err(Error::new("EPROTO", format!("page stream: unknown frame kind {}", k))),
         }
     }
 
     pub fn payload_len(&self) -> usize {
         match self.kind {
-            HELLO | LAYOUT => self.count as usize,
+            HELLO | LAYOUT | STATE => self.count as usize,
             PAGES => self.count as usize * PAGE_SIZE as usize,
             _ => 0,
         }
