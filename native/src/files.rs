@@ -232,6 +232,22 @@ pub struct Opened {
     _keep: Vec<Fd>,
 }
 
+impl Opened {
+    /// Put every restored TCP socket into repair mode, so that killing a
+    /// restored copy that must not live (a migration rolled back after the
+    /// restore) closes its connections without a FIN or RST reaching the
+    /// peer, which stays connected to the source copy.
+    pub fn silence_tcp(&self) {
+        const SOL_TCP: u64 = 6;
+        const TCP_REPAIR: u64 = 19;
+        let one: i32 = 1;
+        for fd in self.by_id.values() {
+            // Fails harmlessly on anything that is not a TCP socket.
+            let _ = unsafe { sys::raw(54 /* setsockopt */, &[fd.raw() as u64, SOL_TCP, TCP_REPAIR, &one as *const i32 as u64, 4]) };
+        }
+    }
+}
+
 fn open_path(path: &str, flags: u32) -> Result<Fd> {
     let c = cstr(path)?;
     sys::call(&format!("open {}", path), nr::OPEN, &[c.as_ptr() as u64, (flags | O_CLOEXEC) as u64, 0]).map(|f| Fd(f as i32))

@@ -27,6 +27,8 @@ pub struct DestEngine {
     migration: String,
     token: String,
     mems: HashMap<Pid, File>,
+    /// The restored objects, kept until the commit: see Opened::silence_tcp.
+    opened: Option<files::Opened>,
     buf: Vec<u8>,
     rounds: u64,
 }
@@ -208,7 +210,8 @@ impl DestEngine {
         let _ = pid_ns;
         let live = restore::live_procs(state.arr_of("processes"));
         let procs = &live[..];
-        let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
+        self.opened = Some(files::open_all(state.arr_of("files"), state.arr_of("pipes"))?);
+        let opened = self.opened.as_ref().ok_or_else(|| Error::new("EPANIC", "restored objects lost"))?;
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
         if procs.len() != tree.stubs.len() {
             return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
@@ -218,7 +221,7 @@ impl DestEngine {
                 return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
             }
             restore::apply_layout(s, &restore::vmas_of(p)?)?;
-            restore::finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
+            restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
         // Held: the processes run only once the source has let go (dest_commit).
         let hold = req.bool_of("hold");
@@ -265,6 +268,7 @@ impl Engine for DestEngine {
                 crate::sys::trace_mark("dest: committed");
                 r.map(|_| {
                     self.tree = None;
+                    self.opened = None;
                     ok().with("commit_us", t0.elapsed().as_micros() as u64).with("session_done", true)
                 })
             }
@@ -291,6 +295,9 @@ impl Engine for DestEngine {
     }
 
     fn abandon(&mut self) {
+        if let Some(o) = self.opened.take() {
+            o.silence_tcp();
+        }
         if let Some(mut t) = self.tree.take() {
             t.discard();
         }
