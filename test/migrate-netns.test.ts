@@ -5,6 +5,9 @@
 // Skipped only when the `ip` tool is missing.
 import { execFile, spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Agent, startAgent } from './helpers/agent.js';
 import type { CliResult } from './helpers/cli.js';
 import { migrateAndCheck, roundsText } from './helpers/migrate.js';
@@ -61,10 +64,14 @@ describe('live migration across network namespaces', { skip: hasIp ? false : 'th
   });
 
   test('counter from 10.77.0.1 to an agent on 10.77.0.2', { timeout: 90_000 }, async (t) => {
-    agent = await startAgent({ host: DST_IP, netns: NS_DST });
+    // Not loopback: the agent requires authentication (docs/security.md).
+    const secretDir = mkdtempSync(path.join(os.tmpdir(), 'phaul-netns-secret-'));
+    const secret = path.join(secretDir, 'secret');
+    writeFileSync(secret, 'netns test secret 0123456789abcdef\n', { mode: 0o600 });
+    agent = await startAgent({ host: DST_IP, netns: NS_DST, args: ['--token-file', secret] });
     const w = await h.start('counter');
     await waitForOk(w, 2);
-    const { summary } = await migrateAndCheck(h, w, agent, { runner: inNetns(NS_SRC) });
+    const { summary } = await migrateAndCheck(h, w, agent, { runner: inNetns(NS_SRC), extra: ['--token-file', secret] });
     t.diagnostic(roundsText(summary));
     const restored = agent.events.find((e) => e.event === 'restored');
     t.diagnostic(`agent saw the source as ${String(restored?.peer)}`);

@@ -69,6 +69,9 @@ describe('security', () => {
   });
 
   test('serve refuses a non-loopback address without authentication', async () => {
+    const open = await startAgent();
+    agents.push(open);
+    assert.equal(open.events.find((e) => e.event === 'listening')?.auth, 'none');
     const r = await runCli(['serve', '--listen', '0.0.0.0:0'], 20_000);
     assertCliError(r, /refusing to listen on 0\.0\.0\.0:0 without authentication.*--token-file/);
     const short = path.join(tmp, 'short');
@@ -110,6 +113,7 @@ describe('security', () => {
     await waitForOk(w, 1);
     const agent = await startAgent({ args: ['--token-file', secret] });
     agents.push(agent);
+    assert.equal(agent.events.find((e) => e.event === 'listening')?.auth, 'token');
     await migrateAndCheck(h, w, agent, { extra: ['--token-file', secret] });
     await h.kill(w);
   });

@@ -7,7 +7,8 @@ function line(e: ServeEvent): string | undefined {
   const ts = new Date().toISOString();
   switch (e.event) {
     case "listening":
-      return `${ts} listening on ${e.address} (pages on ${e.page_address})`;
+      return `${ts} listening on ${e.address} (pages on ${e.page_address}); ` +
+        (e.auth === "none" ? "no authentication: loopback only (see --token-file, --tls-*)" : `peers authenticate by ${e.auth}`);
     case "restored":
       return `${ts} ${e.migration}: migrated pid ${e.pid} from ${e.peer}: ${e.rounds} pre-copy rounds, ` +
         `${bytes(e.bytes)}, restore ${(e.restore_us / 1000).toFixed(1)} ms, total ${e.total_ms} ms` +
