@@ -123,6 +123,7 @@ describe('migration faults: source deaths and a damaged page stream', () => {
     { name: 'one bit flipped early in round 0 (layout or first pages)', workload: 'counter', tap: flipAt(3000) },
     { name: 'one bit flipped deep in the pages of round 0', workload: 'bigmem', args: ['64'], tap: flipAt(20_000_000) },
     { name: 'the header of the first frame after the HELLO damaged (frame kind)', workload: 'counter', tap: damageSecondHeader() },
+    { name: 'the final state (sent after the last round) damaged', workload: 'counter', tap: damageStateFrame() },
     { name: 'page connection cut mid-round', workload: 'bigmem', args: ['64'], tap: (d, off) => (off + d.length > 10_000_000 ? 'cut' : d) },
   ];
   for (const dmg of damages) {
@@ -174,5 +175,30 @@ function damageSecondHeader(): (d: Buffer, off: number) => Buffer {
     const at = i + 5 - off;
     if (at >= 0 && at < c.length) c[at]! ^= 0x40;
     return c;
+  };
+}
+
+/** Flip a byte inside the body of the STATE frame (kind 5), found across chunk boundaries. */
+function damageStateFrame(): (d: Buffer, off: number) => Buffer {
+  let carry = Buffer.alloc(0);
+  let target = -1;
+  return (d, off) => {
+    if (target < 0) {
+      const win = Buffer.concat([carry, d]);
+      const base = off - carry.length;
+      for (let i = win.indexOf('PHPG'); i >= 0; i = win.indexOf('PHPG', i + 1)) {
+        if (i + 8 <= win.length && win.readUInt32LE(i + 4) === 5) {
+          target = base + i + 24 + 40;
+          break;
+        }
+      }
+      carry = win.subarray(Math.max(0, win.length - 31));
+    }
+    if (target >= off && target < off + d.length) {
+      const c = Buffer.from(d);
+      c[target - off]! ^= 0x01;
+      return c;
+    }
+    return d;
   };
 }

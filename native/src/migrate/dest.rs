@@ -199,7 +199,7 @@ impl DestEngine {
                 if h.kind != stream::STATE {
                     return Err(Error::new("EPROTO", "page stream: expected the final state after the final round"));
                 }
-                streamed = stream::read_json(r, &h)?;
+                streamed = stream::read_json_checked(r, &h)?;
                 crate::sys::trace_mark("dest: state received");
                 &streamed
             }

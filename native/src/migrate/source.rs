@@ -175,7 +175,7 @@ impl SourceEngine {
             // Then the state, once the sockets have changed hands (a dropped
             // sender means the dump failed: nothing more to send).
             let r = match state_rx.recv() {
-                Ok(state) => stream::write_json(&mut sock, stream::STATE, 0, &state).and_then(|_| {
+                Ok(state) => stream::write_json_checked(&mut sock, stream::STATE, 0, &state).and_then(|_| {
                     std::io::Write::flush(&mut sock).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))
                 }),
                 Err(_) => Ok(()),

@@ -169,6 +169,33 @@ pub fn write_round_end_summed(w: &mut impl Write, round: u64, last: bool, sum: &
     w.flush().map_err(|e| Error::from(e).context("page stream"))
 }
 
+/// A JSON frame outside a round (the final state) carries the sum of its body in `addr`.
+pub fn write_json_checked(w: &mut impl Write, kind: u32, pid: u32, j: &Json) -> Result<()> {
+    let body = j.to_string().into_bytes();
+    let mut sum = RoundSum::new();
+    sum.add(&body);
+    let mut h = [0u8; HEADER];
+    Header { kind, pid, count: body.len() as u32, addr: sum.finish() as u64 }.encode(&mut h);
+    w.write_all(&h).map_err(|e| Error::from(e).context("page stream"))?;
+    w.write_all(&body).map_err(|e| Error::from(e).context("page stream"))
+}
+
+pub fn read_json_checked(r: &mut impl Read, h: &Header) -> Result<Json> {
+    let mut sum = RoundSum::new();
+    let len = h.payload_len();
+    let mut body = Vec::with_capacity(len.min(1 << 20));
+    r.take(len as u64).read_to_end(&mut body).map_err(|e| Error::from(e).context("page stream"))?;
+    if body.len() != len {
+        return Err(Error::new("ECONNRESET", "page stream: the connection closed inside a control frame"));
+    }
+    sum.add(&body);
+    if h.addr != sum.finish() as u64 {
+        return Err(Error::new("EPROTO", "page stream: the final state arrived damaged (checksum mismatch)"));
+    }
+    let text = String::from_utf8(body).map_err(|_| Error::new("EPROTO", "page stream: control frame is not UTF-8"))?;
+    Json::parse(&text).map_err(|m| Error::new("EPROTO", format!("page stream: {}", m)))
+}
+
 pub fn read_json_summed(r: &mut impl Read, h: &Header, sum: &mut RoundSum) -> Result<Json> {
     let len = h.payload_len();
     let mut body = Vec::with_capacity(len.min(1 << 20));
