@@ -302,7 +302,9 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
                 // A file shorter than where the process was, or than it was at
                 // the dump, has been truncated or replaced meanwhile (files that
                 // only grew, like logs others append to, are fine).
-                if md.len() < pos || saved_size.map(|s| md.len() < s).unwrap_or(false) {
+                // (Files of /proc and /sys report size 0: not comparable.)
+                let pseudo = path.starts_with("/proc/") || path.starts_with("/sys/");
+                if !pseudo && (md.len() < pos || saved_size.map(|s| md.len() < s).unwrap_or(false)) {
                     return Err(Error::new(
                         "EFILE",
                         format!("file {} needed by the process has changed since the dump (it is {} bytes, was {})", path, md.len(), saved_size.unwrap_or(pos)),
