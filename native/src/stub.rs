@@ -44,59 +44,16 @@ fn pid_taken(pid: Pid) -> Error {
     Error::new("EPIDTAKEN", format!("pid {} is already in use on this host", pid))
 }
 
-/// Create a stub with pid `pid`, detached from phaul, and seize it.
-pub fn spawn_detached(pid: Pid) -> Result<Pid> {
-    if proc::exists(pid) {
-        return Err(pid_taken(pid));
-    }
-    let tid_arr: [i32; 1] = [pid];
-    let args = CloneArgs { exit_signal: SIGCHLD, set_tid: tid_arr.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
-    let args_ptr = &args as *const CloneArgs as u64;
-    // Only raw syscalls between fork and exit: the child is a copy of a
-    // multi-threaded process and must not touch locks or the allocator.
-    let mid = unsafe { sys::raw(nr::CLONE, &[SIGCHLD, 0, 0, 0, 0]) }.map_err(|e| Error::sys("fork", e))?;
-    if mid == 0 {
-        unsafe {
-            match sys::raw(nr::CLONE3, &[args_ptr, std::mem::size_of::<CloneArgs>() as u64]) {
-                Ok(0) => loop {
-                    let _ = sys::raw(nr::PAUSE, &[]);
-                },
-                Ok(_) => {
-                    let _ = sys::raw(nr::EXIT_GROUP, &[0]);
-                }
-                Err(e) => {
-                    let _ = sys::raw(nr::EXIT_GROUP, &[(e as u64) & 0xff]);
-                }
-            }
-            loop {
-                let _ = sys::raw(nr::EXIT_GROUP, &[1]);
-            }
-        }
-    }
-    let st = ptrace::wait(mid as Pid)?;
-    let code = (st >> 8) & 0xff;
-    if st & 0x7f != 0 || code != 0 {
-        return Err(match code {
-            17 => pid_taken(pid), // EEXIST
-            1 => Error::new("EPERM", format!("not allowed to create a process with pid {} (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)", pid)),
-            _ => Error::sys(format!("clone3 with pid {}", pid), code),
-        });
-    }
-    seize_stub(pid)?;
-    Ok(pid)
-}
-
-/// Create the init (pid 1) of a new pid namespace, detached from phaul, and
-/// seize it. Processes restored under it keep their pids inside the namespace
-/// even when those pids are taken on the host. Returns its host pid.
-pub fn spawn_ns_init() -> Result<Pid> {
-    let tid_arr: [i32; 1] = [1];
-    const CLONE_NEWPID: u64 = 0x20000000;
-    let args = CloneArgs { flags: CLONE_NEWPID, exit_signal: SIGCHLD, set_tid: tid_arr.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
-    let args_ptr = &args as *const CloneArgs as u64;
+/// clone3(args) from a short-lived intermediate process, so the new process
+/// is not phaul's child. Returns the host pid of the new process, or the
+/// errno clone3 failed with (as the intermediate's exit code).
+fn clone_detached(args: &CloneArgs) -> Result<std::result::Result<Pid, i32>> {
+    let args_ptr = args as *const CloneArgs as u64;
     let mut p = [0i32; 2];
     sys::call("pipe2", 293, &[p.as_mut_ptr() as u64, 0o2000000])?;
     let (r, w) = (sys::Fd(p[0]), sys::Fd(p[1]));
+    // Only raw syscalls between fork and exit: the child is a copy of a
+    // multi-threaded process and must not touch locks or the allocator.
     let mid = unsafe { sys::raw(nr::CLONE, &[SIGCHLD, 0, 0, 0, 0]) }.map_err(|e| Error::sys("fork", e))?;
     if mid == 0 {
         unsafe {
@@ -122,11 +79,38 @@ pub fn spawn_ns_init() -> Result<Pid> {
     let st = ptrace::wait(mid as Pid)?;
     let code = (st >> 8) & 0xff;
     if st & 0x7f != 0 || code != 0 {
-        return Err(Error::sys("clone3 of a pid namespace init", code));
+        return Ok(Err(if st & 0x7f != 0 { 4 } else { code }));
     }
     let mut b = [0u8; 4];
     sys::call("read pid", nr::READ, &[r.raw() as u64, b.as_mut_ptr() as u64, 4])?;
-    let host = i32::from_le_bytes(b);
+    Ok(Ok(i32::from_le_bytes(b)))
+}
+
+/// Create a stub with pid `pid`, detached from phaul, and seize it.
+pub fn spawn_detached(pid: Pid) -> Result<Pid> {
+    if proc::exists(pid) {
+        return Err(pid_taken(pid));
+    }
+    let tid_arr: [i32; 1] = [pid];
+    let args = CloneArgs { exit_signal: SIGCHLD, set_tid: tid_arr.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    match clone_detached(&args)? {
+        Ok(_) => {}
+        Err(17) => return Err(pid_taken(pid)), // EEXIST
+        Err(1) => return Err(Error::new("EPERM", format!("not allowed to create a process with pid {} (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)", pid))),
+        Err(code) => return Err(Error::sys(format!("clone3 with pid {}", pid), code)),
+    }
+    seize_stub(pid)?;
+    Ok(pid)
+}
+
+/// Create the init (pid 1) of a new pid namespace, detached from phaul, and
+/// seize it. Processes restored under it keep their pids inside the namespace
+/// even when those pids are taken on the host. Returns its host pid.
+pub fn spawn_ns_init() -> Result<Pid> {
+    let tid_arr: [i32; 1] = [1];
+    const CLONE_NEWPID: u64 = 0x20000000;
+    let args = CloneArgs { flags: CLONE_NEWPID, exit_signal: SIGCHLD, set_tid: tid_arr.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
+    let host = clone_detached(&args)?.map_err(|code| Error::sys("clone3 of a pid namespace init", code))?;
     seize_stub(host)?;
     Ok(host)
 }
