@@ -42,7 +42,7 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
     let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", pid, tid)).unwrap_or_default();
     Ok(Json::obj()
         .with("tid", tid)
-        .with("regs", regs.rewound(false).to_json())
+        .with("regs", regs_for_new_task(regs, inj).to_json())
         .with("restart", restart)
         .with("xsave", base64::encode(&xsave))
         .with("sigmask", Json::Str(mask.to_string()))
@@ -110,4 +110,31 @@ pub fn apply_final_state(tid: Pid, regs: &Regs, xsave: &[u8], mask: u64) -> Resu
     }
     ptrace::set_regs(tid, regs)?;
     ptrace::set_sigmask(tid, mask)
+}
+
+/// Registers that resume this thread in a new task. A thread stopped inside
+/// restart_syscall (it was stopped and resumed before, in the middle of a
+/// nanosleep, poll...) cannot re-enter it elsewhere: the kernel's restart
+/// block stays behind. The original call is then read back from the code
+/// that made it (glibc's wrappers load it with `mov eax, NR` right before
+/// `syscall`) and run again with its arguments, still in their registers;
+/// when the code does not tell, the thread sees EINTR, as a signal would give.
+fn regs_for_new_task(regs: &Regs, inj: &Injector) -> Regs {
+    let mut r = regs.rewound(false);
+    if regs.restart_kind() == Restart::None || regs.orig_rax != crate::arch::NR_RESTART_SYSCALL {
+        return r;
+    }
+    let insn = regs.rip.wrapping_sub(2);
+    match inj.read_mem(insn.wrapping_sub(5), 7) {
+        Ok(b) if b[0] == 0xb8 && b[5..7] == crate::arch::SYSCALL_INSN => {
+            let nr = u32::from_le_bytes([b[1], b[2], b[3], b[4]]) as u64;
+            r.rax = nr;
+            r.orig_rax = nr;
+        }
+        _ => {
+            r = *regs;
+            r.rax = (-4i64) as u64; // EINTR
+        }
+    }
+    r
 }

@@ -101,6 +101,22 @@ impl Tracker {
         Ok(Tracker { pid, inner, known })
     }
 
+    /// Like `start`, but arms nothing yet: only what needs the frozen target
+    /// (injecting userfaultfd) happens now. The first `collect`, which may
+    /// run while the target runs, registers and write-protects (or hashes)
+    /// every area as new and reports all its pages. Write-protecting 4 GiB
+    /// takes ~200 ms: done here it would be felt by the process as a freeze.
+    pub fn start_lazy(method: Method, pid: Pid, inj: &mut Injector) -> Result<Tracker> {
+        match method {
+            Method::SoftDirty => Tracker::start(method, pid, inj, &[]),
+            _ => {
+                let mut t = Tracker::start(method, pid, inj, &[])?;
+                t.known.clear();
+                Ok(t)
+            }
+        }
+    }
+
     /// Page addresses written since start() or the previous collect(), for
     /// areas with stores_pages(). `out` is cleared first, then filled sorted
     /// ascending without duplicates. Runs on a running or a frozen target.

@@ -77,7 +77,9 @@ impl SourceEngine {
                 let vmas = memory::vmas(fz.pid)?;
                 let leader = &fz.threads[0];
                 let mut inj = Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)?;
-                let t = Tracker::start(method, fz.pid, &mut inj, &vmas);
+                // Arming (write-protecting every page) happens in round 0,
+                // while the tree runs: only the userfaultfd is made now.
+                let t = Tracker::start_lazy(method, fz.pid, &mut inj);
                 inj.finish()?;
                 self.trackers.push(t?);
                 layout.push(layout_entry(fz, &vmas));
