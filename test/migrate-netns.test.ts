@@ -5,7 +5,7 @@
 // Skipped only when the `ip` tool is missing.
 import { execFile, spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Agent, startAgent } from './helpers/agent.js';
@@ -66,6 +66,7 @@ describe('live migration across network namespaces', { skip: hasIp ? false : 'th
   test('counter from 10.77.0.1 to an agent on 10.77.0.2', { timeout: 90_000 }, async (t) => {
     // Not loopback: the agent requires authentication (docs/security.md).
     const secretDir = mkdtempSync(path.join(os.tmpdir(), 'phaul-netns-secret-'));
+    t.after(() => rmSync(secretDir, { recursive: true, force: true }));
     const secret = path.join(secretDir, 'secret');
     writeFileSync(secret, 'netns test secret 0123456789abcdef\n', { mode: 0o600 });
     agent = await startAgent({ host: DST_IP, netns: NS_DST, args: ['--token-file', secret] });
