@@ -1,4 +1,5 @@
 import ora, { type Ora } from "ora";
+import { AUTH_OPTIONS } from "../auth-options.js";
 import { formatReport, migrate, preflight, type MigrateProgress, type TrackMode } from "../../../migrate/index.js";
 import { ExitCode } from "../../errors.js";
 import { debug } from "../../log.js";
@@ -114,10 +115,7 @@ export const command: Command = {
     "max-downtime": { type: "string", arg: "MS", description: `downtime budget in ms (default ${DEFAULT_MAX_DOWNTIME_MS})` },
     "max-rounds": { type: "string", arg: "N", description: `pre-copy rounds at most (default ${DEFAULT_MAX_ROUNDS}; 0 = stop-and-copy)` },
     track: { type: "string", arg: "MODE", description: "dirty tracking: auto, uffd-wp, hash or soft-dirty (default auto)" },
-    "token-file": { type: "string", arg: "FILE", description: "shared secret (same file on both hosts): peers must prove they hold it" },
-    "tls-cert": { type: "string", arg: "FILE", description: "TLS certificate (PEM) of this agent for the control channel" },
-    "tls-key": { type: "string", arg: "FILE", description: "its private key (PEM)" },
-    "tls-ca": { type: "string", arg: "FILE", description: "CA (PEM) that must have signed the peer's certificate" },
+    ...AUTH_OPTIONS,
     "dry-run": { type: "boolean", short: "n", description: "only run the preflight and report what would happen" },
     json: { type: "boolean", description: "print the summary (or the preflight report) as JSON" },
   },

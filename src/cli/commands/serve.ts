@@ -1,4 +1,5 @@
 import { serve, DEFAULT_LISTEN, type ServeEvent } from "../../../migrate/index.js";
+import { AUTH_OPTIONS } from "../auth-options.js";
 import { PhaulError } from "../../errors.js";
 import type { Command } from "../command.js";
 import { bytes } from "../format.js";
@@ -37,10 +38,7 @@ export const command: Command = {
     "page-port": { type: "string", arg: "P", description: "port for page data on the same host (default: any free port)" },
     dir: { type: "string", short: "d", arg: "DIR", description: "keep a JSON record of each migration in DIR" },
     "pid-ns": { type: "string", arg: "MODE", description: "pids taken here: auto (new pid namespace, default) or never (refuse)" },
-    "token-file": { type: "string", arg: "FILE", description: "shared secret (same file on both hosts): peers must prove they hold it" },
-    "tls-cert": { type: "string", arg: "FILE", description: "TLS certificate (PEM) of this agent for the control channel" },
-    "tls-key": { type: "string", arg: "FILE", description: "its private key (PEM)" },
-    "tls-ca": { type: "string", arg: "FILE", description: "CA (PEM) that must have signed the peer's certificate" },
+    ...AUTH_OPTIONS,
     json: { type: "boolean", description: "log events as JSON lines" },
   },
   examples: [
