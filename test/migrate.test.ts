@@ -31,6 +31,15 @@ describe('live migration on one host', () => {
     await h.kill(w);
   });
 
+  test('hash dirty tracking (the fallback for any kernel): a writing workload moves intact', { timeout: 120_000 }, async (t) => {
+    const w = await h.start('dirtier', { args: ['64', '16'], readyTimeoutMs: 30_000 });
+    await waitForOk(w, 3);
+    const { summary } = await migrateAndCheck(h, w, agent, { extra: ['--track', 'hash'] });
+    t.diagnostic(roundsText(summary));
+    assert.equal(summary.method, 'hash');
+    await h.kill(w);
+  });
+
   test('threads', { timeout: 60_000 }, async (t) => {
     const w = await h.start('threads');
     await waitForOk(w, 2);

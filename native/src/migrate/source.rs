@@ -102,7 +102,7 @@ impl SourceEngine {
     fn round(&mut self, last: bool) -> Result<(u64, u64)> {
         let work = self.collect_round()?;
         let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-        let total = write_round(w, &mut self.buf, &work, self.round, last)?;
+        let total = write_round(w, &mut self.buf, &work, &mut self.trackers, self.round, last)?;
         self.round += 1;
         Ok((total, total * PAGE_SIZE))
     }
@@ -170,7 +170,7 @@ impl SourceEngine {
             };
             crate::sys::trace_mark("source: final pages collected");
             let _ = count_tx.send(Ok(work.iter().map(|w| w.2.len() as u64).sum()));
-            let r = write_round(&mut sock, &mut buf, &work, round, true).map(|_| ());
+            let r = write_round(&mut sock, &mut buf, &work, &mut trackers, round, true).map(|_| ());
             if r.is_err() {
                 return (trackers, r);
             }
@@ -312,12 +312,13 @@ impl Engine for SourceEngine {
 }
 
 /// Send one round: for each process its layout and pages, then the round end.
-fn write_round(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, work: &[(Pid, Vec<Vma>, Vec<u64>)], round: u64, last: bool) -> Result<u64> {
+fn write_round(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
     let mut total = 0;
     let mut sum = stream::RoundSum::new();
     for (pid, vmas, pages) in work {
         stream::write_json_summed(w, stream::LAYOUT, *pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()), &mut sum)?;
-        total += send_pages(w, buf, *pid, pages, &mut sum)?;
+        let tracker = trackers.iter_mut().find(|t| t.pid() == *pid);
+        total += send_pages(w, buf, *pid, pages, &mut sum, tracker)?;
     }
     stream::write_round_end_summed(w, round, last, &sum)?;
     Ok(total)
@@ -325,7 +326,10 @@ fn write_round(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, work: &[(Pid, Ve
 
 /// Send the pages at `pages` (sorted addresses) of `pid`, in runs of up to
 /// a frame each, read straight from its memory.
-fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum) -> Result<u64> {
+/// The hash tracker is told what was sent, so that the final round needs
+/// to resend only pages changed since (not every page seen while running).
+fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, mut tracker: Option<&mut Tracker>) -> Result<u64> {
+    let hashing = tracker.as_ref().map(|t| t.method() == crate::dirty::Method::Hash).unwrap_or(false);
     let mem = open_mem(pid, false)?;
     let max = stream::MAX_PAGES as usize;
     if buf.len() < stream::HEADER + max * PAGE_SIZE as usize {
@@ -346,6 +350,16 @@ fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: 
                 let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
                 if mem.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
                     pg.fill(0);
+                }
+            }
+        }
+        if hashing {
+            if let Some(t) = tracker.as_deref_mut() {
+                for k in 0..n {
+                    let off = stream::HEADER + k * PAGE_SIZE as usize;
+                    if let Ok(page) = <&[u8; 4096]>::try_from(&buf[off..off + PAGE_SIZE as usize]) {
+                        t.note_sent(pages[i] + (k as u64) * PAGE_SIZE, page);
+                    }
                 }
             }
         }
