@@ -157,10 +157,6 @@ pub fn freeze_tree(root: Pid) -> Result<Frozen> {
 }
 
 impl Frozen {
-    pub fn all_tids(&self) -> impl Iterator<Item = (Pid, &FrozenThread)> {
-        self.procs.iter().flat_map(|p| p.threads.iter().map(move |t| (p.pid, t)))
-    }
-
     /// The processes that run (zombies have nothing to read but their status).
     pub fn live(&self) -> impl Iterator<Item = &FrozenProc> {
         self.procs.iter().filter(|p| p.zombie.is_none())

@@ -210,10 +210,6 @@ pub fn getpid() -> Pid {
     unsafe { raw(nr::GETPID, &[]).unwrap_or(0) as Pid }
 }
 
-pub fn gettid() -> Pid {
-    unsafe { raw(nr::GETTID, &[]).unwrap_or(0) as Pid }
-}
-
 pub const PAGE_SIZE: u64 = 4096;
 
 pub fn now_ns() -> u64 {
