@@ -245,6 +245,29 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
         /* the record is informative */
       }
     };
+    // The copy runs here now: tell the source (informational, its engine
+    // already knows), wait for its `done`, record and report.
+    const finished = async (r: RestoreReply, talk: boolean, lost?: string): Promise<void> => {
+      restored = true;
+      release?.();
+      release = undefined;
+      let confirmed = false;
+      // PHAUL_FAULT commit: die (or drop the connection) with the copy running, before a word to the source.
+      if (talk && !faultAt("commit")) {
+        await chan.send({ type: "restored", pid: r.pid, restore_us: r.restore_us, pages: r.pages, bytes: r.bytes, pid_ns: session?.pidNamespace === true }).catch(() => undefined);
+        phase = "confirm";
+        confirmed = await chan.receive(["done"], CONFIRM_TIMEOUT_MS, "done").then(() => true, () => false);
+      }
+      chan.close(lost ? `control connection lost (${lost}); the migration completed` : "migration complete");
+      const all = [...rounds, { round: rounds.length, pages: r.pages, bytes: r.bytes, ms: 0 }];
+      const ev: ServeEvent = {
+        event: "restored", peer, migration: migration ?? "", pid: r.pid, rounds: rounds.length,
+        pages: all.reduce((n, x) => n + x.pages, 0), bytes: all.reduce((n, x) => n + x.bytes, 0),
+        restore_us: r.restore_us, total_ms: elapsed(), confirmed, pid_ns: session?.pidNamespace === true,
+      };
+      record({ ...ev, round_stats: rounds, layout });
+      emit(ev);
+    };
     try {
       const h = await chan.receive(["hello"], HELLO_TIMEOUT_MS, "hello");
       // Authentication first: nothing is read or written for an unproven peer.
@@ -290,7 +313,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       });
 
       for (;;) {
-        const m = await chan.receive(["round", "freezing", "final"], IDLE_TIMEOUT_MS, "the next round or the final state");
+        const m = await chan.receive(["round", "freezing", "final"], IDLE_TIMEOUT_MS, "the next round or the freeze");
         if (m.type === "round") {
           phase = "precopy";
           if (rounds.length === 0) faultLater("precopy");
@@ -305,55 +328,34 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
           // The final pages and then the state come on the page stream right
           // after the freeze: start restoring now instead of waiting for the
           // state to be relayed on this channel.
-          restoring = session.restore(undefined, roundTimeoutMs);
+          restoring = session.restore(roundTimeoutMs);
           restoring.catch(() => undefined);
         } else {
           phase = "final";
           closeFault("final");
           phase = "restore";
           faultLater("restore");
-          traceMark("dest ts: final state received");
-          const r = await (restoring ?? session.restore(m.state, roundTimeoutMs));
-          traceMark("dest ts: restore returned");
-          if (chan.failed) {
-            // The source gave up meanwhile and resumes its copy: ours must go.
-            const lost = chan.failed as PhaulError;
-            await session.abort();
-            throw new PhaulError(lost.code, `restored pid ${r.pid}, but the source was lost meanwhile (${lost.message}); killed the restored copy`);
-          }
-          // Two-phase end: the restored tree is held stopped; it runs only on
-          // the source's commit, and the source kills its copy only once we
-          // answer `committed`. Whoever fails first leaves exactly one copy.
-          await chan.send({ type: "restored", pid: r.pid, restore_us: r.restore_us, pages: r.pages, bytes: r.bytes, pid_ns: session.pidNamespace });
-          phase = "confirm";
-          await chan.receive(["commit"], CONFIRM_TIMEOUT_MS, "commit");
-          traceMark("dest ts: commit received");
-          closeFault("commit");
-          await session.commit();
-          restored = true;
-          release?.();
-          release = undefined;
-          await chan.send({ type: "committed" }).catch(() => undefined);
-          let confirmed = true;
-          try {
-            await chan.receive(["done"], CONFIRM_TIMEOUT_MS, "done");
-          } catch {
-            confirmed = false; // the source saw `committed`; its copy is killed or about to be
-          }
-          chan.close("migration complete");
-          const all = [...rounds, { round: rounds.length, pages: r.pages, bytes: r.bytes, ms: 0 }];
-          const ev: ServeEvent = {
-            event: "restored", peer, migration, pid: r.pid, rounds: rounds.length,
-            pages: all.reduce((n, x) => n + x.pages, 0), bytes: all.reduce((n, x) => n + x.bytes, 0),
-            restore_us: r.restore_us, total_ms: elapsed(), confirmed, pid_ns: session.pidNamespace,
-          };
-          record({ ...ev, round_stats: rounds, layout });
-          emit(ev);
+          traceMark("dest ts: final announced");
+          // The engine restores, holds the copy, reports to the source's
+          // engine on the page stream and lets the copy run on its commit;
+          // it finishes that even if this agent dies meanwhile.
+          const r = await (restoring ?? session.restore(roundTimeoutMs));
+          traceMark("dest ts: restored and committed");
+          await finished(r, true);
           return;
         }
       }
     } catch (e) {
       const err = toPhaulError(e);
+      // Once the engine has the final round it decides with the source's
+      // engine, whatever happens to this connection: report what it decided.
+      if (restoring && !restored) {
+        const r = await restoring.catch(() => undefined);
+        if (r) {
+          await finished(r, false, err.message);
+          return;
+        }
+      }
       if (session && !restored) await session.abort();
       release?.();
       release = undefined;

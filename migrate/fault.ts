@@ -6,9 +6,9 @@
 //        prepare    prepare received, before dest_prepare
 //        precopy    DELAY_MS after dest_round of round 0 started (during a pre-copy round)
 //        freeze     the source announced its freeze (before source_freeze runs there)
-//        final      final state received, before dest_restore (final pages in flight)
-//        restore    DELAY_MS after dest_restore started (during the restore)
-//        commit     the source's commit arrived (restored copy held, not yet running)
+//        final      the source announced its final round and state (the engine restores meanwhile)
+//        restore    DELAY_MS after the final announcement (during the restore)
+//        commit     the engines agreed the commit (the copy runs here), before the source hears it from this agent
 // ACTION exit   process.exit(99) at once, no cleanup (default)
 //        kill   SIGKILL itself
 //        close  drop the control connection and take the normal abort path

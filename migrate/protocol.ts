@@ -11,7 +11,7 @@ import { Packr } from "msgpackr";
 import { PhaulError } from "../src/errors.js";
 
 /** Major protocol version: peers with a different major refuse each other. */
-export const PROTOCOL = 1;
+export const PROTOCOL = 2;
 
 export type Role = "source" | "destination";
 
@@ -84,10 +84,15 @@ export interface RoundDoneMsg {
 export interface FreezingMsg {
   type: "freezing";
 }
+/**
+ * Source → destination once source_freeze returned: the final pages and the
+ * state are on the page stream (informational; the engines end the
+ * migration between themselves, see docs/migrate.md).
+ */
 export interface FinalMsg {
   type: "final";
-  state: Record<string, unknown>;
 }
+/** Destination → source, informational: the tree was restored and its copy runs (the engines agreed the commit on the page stream). */
 export interface RestoredMsg {
   type: "restored";
   pid: number;
@@ -103,15 +108,7 @@ export interface FailedMsg {
   code: string;
   message: string;
 }
-/** Source → destination after `restored` (the restored tree is held stopped): let it run. */
-export interface CommitMsg {
-  type: "commit";
-}
-/** Destination → source: the restored tree runs; the source copy must go now. */
-export interface CommittedMsg {
-  type: "committed";
-}
-/** Source → destination after `committed`: the source copy is gone. Also ends a dry run after `preflight_result`. */
+/** Source → destination once its engine killed the source copy. Also ends a dry run after `preflight_result`. */
 export interface DoneMsg {
   type: "done";
 }
@@ -155,8 +152,6 @@ export interface PreflightResultMsg {
 }
 
 export type Message =
-  | CommitMsg
-  | CommittedMsg
   | HelloMsg
   | PrepareMsg
   | PreparedMsg
@@ -417,18 +412,9 @@ export function validate(value: unknown): Message {
     case "round_done":
       return { type, stats: roundStats(o.stats, "round_done.stats") };
     case "freezing":
-    case "commit":
-    case "committed":
+    case "final":
     case "done":
       return { type };
-    case "final": {
-      const state = obj(o.state, "final.state");
-      if (!Array.isArray(state.processes) || state.processes.length === 0) {
-        throw protoError("final.state.processes must be a non-empty list");
-      }
-      if (typeof state.format !== "number") throw protoError("final.state.format must be a number");
-      return { type, state };
-    }
     case "restored": {
       const m: RestoredMsg = {
         type,

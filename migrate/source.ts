@@ -1,7 +1,8 @@
 // Source side of a live migration: handshake with the destination agent,
 // arm dirty tracking, pre-copy rounds while the tree runs, freeze, send the
-// final state, and kill the tree only once the destination reports it
-// restored. Any failure before that resumes the tree (source_finish resume).
+// final state, and kill the tree only once the destination's engine confirms
+// its copy runs (source_commit). Any failure before the commit resumes the
+// tree here.
 
 import { randomBytes, randomUUID } from "node:crypto";
 import { callNative } from "../src/native.js";
@@ -92,6 +93,16 @@ const HELLO_TIMEOUT_MS = 15_000;
 const PREPARE_TIMEOUT_MS = 60_000;
 const ROUND_DONE_TIMEOUT_MS = 120_000;
 const RESTORED_TIMEOUT_MS = 600_000;
+
+/** The destination's report relayed by source_commit (its RESTORED frame). */
+function committedReport(r: unknown): { pid: number; pid_ns: boolean; restore_us: number } {
+  const o = (r ?? {}) as Record<string, unknown>;
+  const pid = o.pid;
+  if (typeof pid !== "number" || !Number.isSafeInteger(pid) || pid < 1) {
+    throw new PhaulError("ENATIVE", `native "source_commit" replied without the restored pid`);
+  }
+  return { pid, pid_ns: o.pid_ns === true, restore_us: typeof o.restore_us === "number" ? o.restore_us : 0 };
+}
 
 function round1(x: number): number {
   return Math.round(x * 10) / 10;
@@ -193,7 +204,13 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
   let chan: Channel | undefined;
   let session: unknown;
   let killed = false;
-  const onAbort = () => chan?.close("cancelled");
+  let committing = false;
+  const onAbort = () => {
+    chan?.close("cancelled");
+    // The engine is busy waiting for the destination: ask it to give up
+    // (it does, unless the commit has already gone out).
+    if (committing && session !== undefined) callNative("session_interrupt", { session }).catch(() => undefined);
+  };
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
     progress({ phase: "connecting", to: toText });
@@ -259,19 +276,18 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     const frozen = await callNative("source_freeze", { session });
     const final = { pages: Number(frozen.pages) || 0, bytes: Number(frozen.bytes) || 0, freeze_us: Number(frozen.freeze_us) || 0 };
     progress({ phase: "restoring", ...final });
-    await chan.send({ type: "final", state: frozen.state as Record<string, unknown> });
-    traceMark("source ts: final state sent");
-    const restored = await chan.receive(["restored"], RESTORED_TIMEOUT_MS, "restored");
-    traceMark("source ts: restored received");
-    // The destination holds its copy stopped until we commit; once it says
-    // `committed` its copy runs, and only then may ours go.
-    await chan.send({ type: "commit" });
-    traceMark("source ts: commit sent");
-    await chan.receive(["committed"], RESTORED_TIMEOUT_MS, "committed");
-    traceMark("source ts: committed received");
-    const frozenMs = performance.now() - tFreeze;
-    await callNative("source_finish", { session, action: "kill" });
+    // The final pages and the state travel on the page stream; from here the
+    // two engines end the migration between themselves (source_commit):
+    // the destination restores and holds its copy, we commit, it lets its
+    // copy run, and only then is ours killed. Neither agent nor this control
+    // connection can split that; cancelling still works until the commit.
+    chan.send({ type: "final" }).catch(() => undefined);
+    committing = true;
+    const committed = await callNative("source_commit", { session, timeout_ms: RESTORED_TIMEOUT_MS });
     killed = true;
+    traceMark("source ts: committed");
+    const frozenMs = performance.now() - tFreeze;
+    const restored = committedReport(committed.restored);
     await chan.send({ type: "done" }).catch(() => undefined);
     chan.close("migration complete");
     progress({ phase: "restored", pid: restored.pid, frozen_ms: round1(frozenMs) });
@@ -286,11 +302,14 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
   } catch (e) {
     let err = toPhaulError(e);
     if (signal?.aborted && err.code !== "ECANCELED") err = new PhaulError("ECANCELED", `cancelled (${err.message})`);
-    if (session !== undefined && !killed) {
+    // source_commit ends the session itself, resuming (or, when the outcome
+    // is unknown, parking) the tree on failure.
+    if (session !== undefined && !killed && !committing) {
       await callNative("source_finish", { session, action: "resume" }).catch(() => undefined);
     }
     if (chan) await chan.abort(err);
     if (killed) throw err; // cannot happen after the kill, kept for clarity
+    if (err.code === "EUNCERTAIN") throw new PhaulError(err.code, `migration of pid ${pid} to ${toText}: ${err.message}`, err.details);
     throw new PhaulError(err.code, `migration of pid ${pid} to ${toText} failed: ${err.message}; the process is still running here`, err.details);
   } finally {
     signal?.removeEventListener("abort", onAbort);

@@ -154,18 +154,18 @@ export class PageSession {
   }
 
   /**
-   * Receive the final round and restore. The restored processes are held
-   * stopped until commit() (they must not run before the source copy is
-   * gone); abort() kills them. On failure the stubs are gone.
+   * Receive the final round and the state, restore, and end the migration
+   * with the source's engine on the page stream: the restored processes are
+   * held stopped until the source commits, then run. Resolves once they run;
+   * rejects (stubs and restored processes gone) when the restore fails or
+   * the source resumed its copy instead of committing.
    */
-  async restore(state: Record<string, unknown> | undefined, timeoutMs: number): Promise<RestoreReply> {
+  async restore(timeoutMs: number, commitTimeoutMs = 30_000): Promise<RestoreReply> {
     let reply;
     try {
-      // Without a state, the engine reads it from the page stream after the final round.
-      reply = await callNative("dest_restore", { session: this.id, timeout_ms: timeoutMs, hold: true, ...(state ? { state } : {}) });
-    } catch (e) {
+      reply = await callNative("dest_restore", { session: this.id, timeout_ms: timeoutMs, hold: true, commit: true, commit_timeout_ms: commitTimeoutMs });
+    } finally {
       this.end();
-      throw e;
     }
     return {
       pid: count(reply, "pid", "dest_restore"),
@@ -173,15 +173,6 @@ export class PageSession {
       pages: typeof reply.pages === "number" ? reply.pages : 0,
       bytes: typeof reply.bytes === "number" ? reply.bytes : 0,
     };
-  }
-
-  /** Let the restored (held) processes run; ends the session. */
-  async commit(): Promise<void> {
-    try {
-      await callNative("dest_commit", { session: this.id });
-    } finally {
-      this.end();
-    }
   }
 
   /** Kill the stubs and end the session; idempotent, never throws. */

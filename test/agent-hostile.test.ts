@@ -51,8 +51,8 @@ describe('destination agent under hostile control input', () => {
       type: 'prepare', migration: `hostile-${rng.next()}`, token: 'ab'.repeat(24),
       layout: { processes: [{ pid, ppid: 1, pgid: pid, sid: pid, tids: [pid] }] },
     });
-    const others = [encode({ type: 'round', n: 0 }), encode({ type: 'freezing' }), encode({ type: 'commit' }), encode({ type: 'done' }),
-      encode({ type: 'final', state: { format: 1, processes: [{ pid: 1 }] } }), encode({ type: 'failed', code: 'EX', message: 'x' })];
+    const others = [encode({ type: 'round', n: 0 }), encode({ type: 'freezing' }), encode({ type: 'done' }),
+      encode({ type: 'final' }), encode({ type: 'failed', code: 'EX', message: 'x' })];
     const outcomes = new Map<string, number>();
     for (let i = 0; i < 300; i++) {
       const frames: Buffer[] = [];

@@ -22,9 +22,9 @@ const VALID: Message[] = [
   { type: 'round', n: 3 },
   { type: 'round_done', stats: { round: 3, pages: 100, bytes: 409600, ms: 1.5 } },
   { type: 'freezing' },
-  { type: 'final', state: { format: 1, processes: [{ pid: 1234 }] } },
+  { type: 'final' },
   { type: 'restored', pid: 1234, restore_us: 900, pages: 3, bytes: 12288, pid_ns: true },
-  { type: 'commit' }, { type: 'committed' }, { type: 'done' },
+  { type: 'done' },
   { type: 'failed', code: 'EBUSY', message: 'busy' },
 ];
 

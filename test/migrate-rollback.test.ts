@@ -1,5 +1,5 @@
-// Failed migrations roll back: whatever goes wrong before the destination
-// reports the tree restored, the source process keeps running here, free
+// Failed migrations roll back: whatever goes wrong before the destination's
+// engine has the final round, the source process keeps running here, free
 // (not stopped, not traced), with its counters going on and no FAIL, and
 // the destination leaves nothing behind (no stub processes).
 //
@@ -10,7 +10,8 @@ import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
-import { assertCliError, describe as describeCli, runCli, type CliResult } from './helpers/cli.js';
+import { assertCliError, assertCliOk, describe as describeCli, runCli, type CliResult } from './helpers/cli.js';
+import { assertExactlyOneCopy } from './helpers/migrate.js';
 import { cmdline, isAlive, runningFreely, waitUntil } from './helpers/proc.js';
 import { assertNoFail, assertOkSequence, Harness, lastOk, waitForOk, type Workload } from './helpers/workload.js';
 
@@ -86,21 +87,34 @@ describe('migration rollback', () => {
     await h.kill(w);
   });
 
-  const phases: { phase: string; fault: string; workload: string; args?: string[]; todo?: string }[] = [
-    { phase: 'handshake', fault: 'handshake:kill', workload: 'counter' },
-    { phase: 'prepare', fault: 'prepare:kill', workload: 'counter' },
+  // Until the destination's engine has the final round, a fault there rolls
+  // back. From then on the two engines finish the migration between
+  // themselves on the page stream, so the destination AGENT dying or its
+  // control connection dropping no longer matters: the tree moves.
+  const phases: { phase: string; fault: string; workload: string; args?: string[]; outcome: 'rollback' | 'migrated' }[] = [
+    { phase: 'handshake', fault: 'handshake:kill', workload: 'counter', outcome: 'rollback' },
+    { phase: 'prepare', fault: 'prepare:kill', workload: 'counter', outcome: 'rollback' },
     // during round 0 of 256 MiB
-    { phase: 'pre-copy round', fault: 'precopy:kill:30', workload: 'bigmem', args: ['256'] },
-    { phase: 'freeze', fault: 'freeze:kill', workload: 'counter' },
-    { phase: 'final transfer', fault: 'final:kill', workload: 'counter' },
-    // The restored copy is held stopped until the source commits: an agent
-    // dying during the restore or before the commit leaves only the source.
-    { phase: 'restore', fault: 'restore:kill:0', workload: 'counter' },
-    { phase: 'commit', fault: 'commit:kill', workload: 'counter' },
-    { phase: 'pre-copy round (connection dropped, agent lives)', fault: 'precopy:close:30', workload: 'bigmem', args: ['256'] },
+    { phase: 'pre-copy round', fault: 'precopy:kill:30', workload: 'bigmem', args: ['256'], outcome: 'rollback' },
+    { phase: 'freeze', fault: 'freeze:kill', workload: 'counter', outcome: 'rollback' },
+    { phase: 'final transfer', fault: 'final:kill', workload: 'counter', outcome: 'migrated' },
+    { phase: 'restore', fault: 'restore:kill:0', workload: 'counter', outcome: 'migrated' },
+    { phase: 'commit', fault: 'commit:kill', workload: 'counter', outcome: 'migrated' },
   ];
-  for (const p of phases) {
-    test(`destination agent dies at ${p.phase}`, { timeout: 120_000, ...(p.todo ? { todo: p.todo } : {}) }, async (t) => {
+  // The control connection cut by the destination (PHAUL_FAULT PHASE:close),
+  // both agents living on.
+  const cuts: typeof phases = [
+    { phase: 'handshake', fault: 'handshake:close', workload: 'counter', outcome: 'rollback' },
+    { phase: 'prepare', fault: 'prepare:close', workload: 'counter', outcome: 'rollback' },
+    { phase: 'pre-copy round', fault: 'precopy:close:30', workload: 'bigmem', args: ['256'], outcome: 'rollback' },
+    { phase: 'freeze', fault: 'freeze:close', workload: 'counter', outcome: 'rollback' },
+    { phase: 'final transfer', fault: 'final:close', workload: 'counter', outcome: 'migrated' },
+    { phase: 'restore', fault: 'restore:close:0', workload: 'counter', outcome: 'migrated' },
+    { phase: 'commit', fault: 'commit:close', workload: 'counter', outcome: 'migrated' },
+  ];
+  for (const p of [...phases, ...cuts]) {
+    const what = p.fault.includes(':close') ? `control connection cut at ${p.phase}` : `destination agent dies at ${p.phase}`;
+    test(`${what}: ${p.outcome === 'rollback' ? 'rolls back' : 'the tree moves'}`, { timeout: 120_000 }, async (t) => {
       const w = await h.start(p.workload, { args: p.args, readyTimeoutMs: 30_000 });
       await waitForOk(w, 1, 40_000);
       const agent = await startAgent({ fault: p.fault });
@@ -111,11 +125,18 @@ describe('migration rollback', () => {
         assert.ok(await agent.waitExit(5000), 'agent did not die');
         assert.equal(agent.exit?.signal, 'SIGKILL', `agent exit ${JSON.stringify(agent.exit)}\n${agent.stderr}`);
       } else {
-        const failed = await agent.waitEvent((e) => e.event === 'failed', 10_000, 'failed');
-        t.diagnostic(`agent: ${String(failed.message)}`);
+        const end = await agent.waitEvent((e) => e.event === 'failed' || e.event === 'restored', 10_000, 'failed or restored');
+        t.diagnostic(`agent: ${end.event} ${String(end.message ?? '')}`);
+        assert.equal(end.event, p.outcome === 'rollback' ? 'failed' : 'restored', JSON.stringify(end));
       }
       try {
-        await assertRolledBack(w, r, agent);
+        if (p.outcome === 'rollback') {
+          await assertRolledBack(w, r, agent);
+        } else {
+          assertCliOk(r);
+          assert.equal(await assertExactlyOneCopy(h, w), 'destination');
+          assert.ok(await waitUntil(() => agent.leftovers().length === 0, 6000), `stubs left: ${agent.leftovers().join(' ')}`);
+        }
       } finally {
         for (const c of copiesOf(w)) process.kill(c, 'SIGKILL'); // a second copy, if the test failed
       }

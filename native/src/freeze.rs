@@ -180,6 +180,16 @@ impl Frozen {
         }
     }
 
+    /// Leave the tree stopped, untraced: each process gets a SIGSTOP queued
+    /// and ptrace lets go, so it enters an ordinary group stop. Nothing runs
+    /// and nothing is lost; `kill -CONT` or `kill -KILL` decides later.
+    pub fn park(&mut self) {
+        for p in self.live() {
+            let _ = crate::sys::kill(p.pid, 19);
+        }
+        self.resume();
+    }
+
     /// Kill every process of the tree (children first) while it is frozen,
     /// and reap the traced threads. A thread-group leader is reported only
     /// after its other threads are gone, so those are waited for first.

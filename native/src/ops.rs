@@ -103,7 +103,12 @@ pub fn dispatch(req: &Json) -> Result<Json> {
         }
         "pageserver_status" => Ok(crate::pageserver::status().with("ok", true)),
         "dest_round" | "dest_restore" => dest_with_stream(req),
-        "dump_finish" | "source_round" | "source_freeze" | "source_finish" | "dest_commit" | "dest_abort" => continue_session(req),
+        "dump_finish" | "source_round" | "source_freeze" | "source_commit" | "source_finish" | "dest_abort" => continue_session(req),
+        // Outside the session's request lock: it reaches an engine busy with a request.
+        "session_interrupt" => {
+            let id = req.u64_of("session").ok_or_else(|| Error::new("EINVAL", "this operation needs a session"))?;
+            session::interrupt(id).map(|_| ok())
+        }
         _ => Err(Error::new("EREQUEST", format!("unknown op {:?}", op))),
     }
 }

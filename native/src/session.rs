@@ -21,6 +21,28 @@ use std::sync::{Arc, Mutex, OnceLock};
 extern "C" {
     fn fork() -> i32;
     fn _exit(code: i32) -> !;
+    fn signal(sig: i32, handler: usize) -> usize;
+}
+
+/// Set in an engine process by SIGUSR1 (see `interrupt`): a long operation
+/// that may still give up checks it between steps (the source's wait for the
+/// destination to restore, so that cancelling a migration stays possible
+/// while its engine is busy).
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_sig: i32) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Ask a session's engine to give up what it may still give up (SIGUSR1).
+pub fn interrupt(id: u64) -> Result<()> {
+    let h = registry().lock().map_err(|_| Error::new("EPANIC", "session registry poisoned"))?.get(&id).cloned();
+    let h = h.ok_or_else(|| Error::new("ESESSION", format!("no session {}", id)))?;
+    sys::call("kill(engine)", nr::KILL, &[h.pid as u64, 10]).map(|_| ())
 }
 
 struct Handle {
@@ -172,6 +194,7 @@ fn engine_main(fd: i32, mut engine: Box<dyn Engine>) -> ! {
             }
             let _ = sys::raw(nr::RT_SIGACTION, &[sig, act.as_ptr() as u64, 0, 8]);
         }
+        signal(10 /* SIGUSR1 */, on_interrupt as extern "C" fn(i32) as usize);
         let zero: u64 = 0;
         let _ = sys::raw(nr::RT_SIGPROCMASK, &[2, &zero as *const u64 as u64, 0, 8]);
         let name = b"phaul-engine\0";

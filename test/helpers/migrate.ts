@@ -82,3 +82,37 @@ export function gapsSince(w: Workload, line: number): number[] {
   return readLog(w).slice(line).filter((l) => l.startsWith('GAP ')).map((l) => Number(l.split(' ')[1]));
 }
 
+
+/** Live processes (not zombies) running w's command line, w.pid included. */
+export function liveCopies(w: Workload): number[] {
+  return readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number)
+    .filter((p) => isAlive(p) && (cmdline(p) ?? '').includes(w.marker));
+}
+
+/**
+ * Whatever a fault did, exactly one copy of w must run: freely (not stopped,
+ * not traced), counting on in its log with no FAIL and no repeated count.
+ * If that copy is the destination's, w is pointed at it. Returns where it runs.
+ */
+export async function assertExactlyOneCopy(h: Harness, w: Workload, timeoutMs = 15_000): Promise<'source' | 'destination'> {
+  const sourcePid = w.pid;
+  let copies: number[] = [];
+  // A copy being killed or a held copy being dropped settles within moments.
+  const settled = await waitUntil(() => {
+    copies = liveCopies(w);
+    return copies.length === 1 && runningFreely(copies[0]!).ok;
+  }, timeoutMs);
+  assert.ok(settled, `expected exactly one running copy, found ${copies.length}: ${copies.map((p) => `${p} (${runningFreely(p).why || 'running'})`).join(', ')}`);
+  // Still one a moment later: no copy was about to start or stop.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(liveCopies(w), copies, 'the set of running copies changed');
+  const where = copies[0] === sourcePid ? 'source' : 'destination';
+  if (where === 'destination') {
+    w.pid = copies[0]!;
+    h.track(w.pid, w.marker);
+  }
+  await waitForOk(w, lastOk(w) + 2, 20_000);
+  assertNoFail(w);
+  assertOkSequence(w);
+  return where;
+}

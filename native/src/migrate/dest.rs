@@ -14,7 +14,7 @@ use crate::session::Engine;
 use crate::sys::{Error, Pid, Result, PAGE_SIZE};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -223,7 +223,7 @@ impl DestEngine {
             restore::apply_layout(s, &restore::vmas_of(p)?)?;
             restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
-        // Held: the processes run only once the source has let go (dest_commit).
+        // Held: the processes run only once the source has let go (commit_on_stream).
         let hold = req.bool_of("hold");
         restore::finish_tree(procs, tree, hold)?;
         crate::sys::trace_mark("dest: restored (held)");
@@ -231,20 +231,61 @@ impl DestEngine {
             self.tree = None;
         }
         let pid = restore::pid_of(&procs[0])?;
-        Ok(ok()
+        let report = ok()
             .with("pid", pid)
             .with("pid_ns", pid_ns)
             .with("pages", pages)
             .with("bytes", pages * PAGE_SIZE)
             .with("recv_us", recv_us)
-            .with("restore_us", t0.elapsed().as_micros() as u64)
-            .with("held", hold)
-            .with("session_done", !hold))
+            .with("restore_us", t0.elapsed().as_micros() as u64);
+        if hold && req.bool_of("commit") {
+            return self.commit_on_stream(report, timeout_of_key(req, "commit_timeout_ms", 30_000));
+        }
+        Ok(report.with("held", hold).with("session_done", !hold))
+    }
+
+    /// The end agreed engine to engine (stream::RESTORED): report the held
+    /// copy, let it run on the source's COMMIT and answer COMMITTED. Silence
+    /// or a closed stream means the source resumed its copy: ours is killed.
+    /// This runs to its end even if our agent dies meanwhile, so that a
+    /// source that committed never faces a copy discarded behind its back.
+    fn commit_on_stream(&mut self, report: Json, wait: Duration) -> Result<Json> {
+        let r = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        stream::write_json_checked(r.get_mut(), stream::RESTORED, 0, &report)
+            .and_then(|_| r.get_mut().flush().map_err(|e| Error::from(e).context("page stream")))?;
+        crate::sys::trace_mark("dest: restored reported");
+        let _ = r.get_ref().set_read_timeout(Some(wait));
+        let h = stream::read_header(r).map_err(|e| match e.code {
+            "ETIMEDOUT" => Error::new("ETIMEDOUT", format!("the source did not commit within {} s; its copy runs there", wait.as_secs())),
+            _ => Error::new("ECONNRESET", format!("the source closed the page stream instead of committing ({}); its copy runs there", e.message)),
+        })?;
+        if h.kind != stream::COMMIT {
+            return Err(Error::new("EPROTO", format!("page stream: frame kind {} where the commit was expected", h.kind)));
+        }
+        crate::sys::trace_mark("dest: commit received");
+        let t0 = Instant::now();
+        let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "nothing restored to commit"))?;
+        restore::release(tree)?;
+        self.tree = None;
+        self.opened = None;
+        crate::sys::trace_mark("dest: committed");
+        // The copy runs now, whatever happens to this answer.
+        let answered = self.sock.as_mut().map(|r| stream::write_signal(r.get_mut(), stream::COMMITTED));
+        self.sock = None;
+        Ok(report
+            .with("committed", true)
+            .with("answered", matches!(answered, Some(Ok(()))))
+            .with("commit_us", t0.elapsed().as_micros() as u64)
+            .with("session_done", true))
     }
 }
 
 fn timeout_of(req: &Json) -> Duration {
-    Duration::from_millis(req.u64_of("timeout_ms").unwrap_or(30_000).clamp(10, 3_600_000))
+    timeout_of_key(req, "timeout_ms", 30_000)
+}
+
+fn timeout_of_key(req: &Json, key: &str, default_ms: u64) -> Duration {
+    Duration::from_millis(req.u64_of(key).unwrap_or(default_ms).clamp(10, 3_600_000))
 }
 
 impl Engine for DestEngine {
@@ -259,19 +300,6 @@ impl Engine for DestEngine {
                     .map(|(pages, _)| ok().with("round", round).with("pages", pages).with("bytes", pages * PAGE_SIZE).with("ms", t0.elapsed().as_secs_f64() * 1000.0))
             }
             "dest_restore" => self.restore(req, timeout_of(req)),
-            "dest_commit" => {
-                let t0 = Instant::now();
-                let r = match self.tree.as_mut() {
-                    Some(t) if !t.held.is_empty() => restore::release(t),
-                    _ => Err(Error::new("ESESSION", "nothing restored to commit")),
-                };
-                crate::sys::trace_mark("dest: committed");
-                r.map(|_| {
-                    self.tree = None;
-                    self.opened = None;
-                    ok().with("commit_us", t0.elapsed().as_micros() as u64).with("session_done", true)
-                })
-            }
             "dest_abort" => {
                 self.abandon();
                 Ok(ok().with("session_done", true))
@@ -286,7 +314,11 @@ impl Engine for DestEngine {
                 j
             }
             Err(e) => {
-                // Any failure ends the migration here: nothing half-built survives.
+                // Any failure ends the migration here: nothing half-built
+                // survives, and a source waiting for our report hears why.
+                if let Some(r) = self.sock.as_mut() {
+                    let _ = stream::write_json_checked(r.get_mut(), stream::ABORT, 0, &error_json(&e)).and_then(|_| r.get_mut().flush().map_err(Error::from));
+                }
                 self.abandon();
                 *done = true;
                 error_json(&e).with("session_done", true)

@@ -15,8 +15,9 @@ use crate::proc;
 use crate::session::Engine;
 use crate::sys::{Error, Pid, Result, PAGE_SIZE};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
+use std::os::unix::io::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
@@ -26,10 +27,21 @@ pub struct SourceEngine {
     frozen: Option<Frozen>,
     trackers: Vec<Tracker>,
     sock: Option<BufWriter<TcpStream>>,
+    /// The same connection, read side: what the destination says back at the end.
+    back: Option<BufReader<TcpStream>>,
     round: u64,
     buf: Vec<u8>,
     handoff: Option<Handoff>,
-    sender: Option<std::thread::JoinHandle<(Vec<Tracker>, Result<()>)>>,
+    sender: Option<std::thread::JoinHandle<Sent>>,
+}
+
+/// What the final-round sender thread gives back.
+type Sent = (Vec<Tracker>, BufWriter<TcpStream>, Result<()>);
+
+const COMMITTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+extern "C" {
+    fn poll(fds: *mut [i32; 2], n: u64, timeout_ms: i32) -> i32;
 }
 
 fn layout_entry(fz: &freeze::FrozenProc, vmas: &[Vma]) -> Json {
@@ -61,6 +73,7 @@ impl SourceEngine {
         // Connect first: an unreachable destination must not cost a freeze.
         let sock = TcpStream::connect(&addr).map_err(|e| Error::new("ECONNREFUSED", format!("cannot reach the page server at {}: {}", addr, e)))?;
         let _ = sock.set_nodelay(true);
+        let back = sock.try_clone().map_err(|e| Error::from(e).context("page stream"))?;
         let mut w = BufWriter::with_capacity(4 << 20, sock);
         let hello = Json::obj().with("migration", req.str_of("migration").unwrap_or("")).with("token", req.str_of("token").unwrap_or(""));
         stream::write_json(&mut w, stream::HELLO, 0, &hello)?;
@@ -95,6 +108,7 @@ impl SourceEngine {
         }
         frozen.resume();
         self.sock = Some(w);
+        self.back = Some(BufReader::new(back));
         Ok(ok().with("method", method.name()).with("layout", Json::obj().with("processes", layout)))
     }
 
@@ -165,14 +179,14 @@ impl SourceEngine {
                 Ok(w) => w,
                 Err(e) => {
                     let _ = count_tx.send(Err(e.clone()));
-                    return (trackers, Err(e));
+                    return (trackers, sock, Err(e));
                 }
             };
             crate::sys::trace_mark("source: final pages collected");
             let _ = count_tx.send(Ok(work.iter().map(|w| w.2.len() as u64).sum()));
             let r = write_round(&mut sock, &mut buf, &work, &mut trackers, round, true).map(|_| ());
             if r.is_err() {
-                return (trackers, r);
+                return (trackers, sock, r);
             }
             // Then the state, once the sockets have changed hands (a dropped
             // sender means the dump failed: nothing more to send).
@@ -182,7 +196,7 @@ impl SourceEngine {
                 }),
                 Err(_) => Ok(()),
             };
-            (trackers, r)
+            (trackers, sock, r)
         }));
         let dumped = dump::dump_frozen(&frozen, None);
         crate::sys::trace_mark("source: state dumped");
@@ -221,11 +235,145 @@ impl SourceEngine {
     fn join_sender(&mut self) -> Result<()> {
         match self.sender.take() {
             Some(h) => {
-                let (trackers, r) = h.join().map_err(|_| Error::new("EPANIC", "the page sender failed"))?;
+                let (trackers, sock, r) = h.join().map_err(|_| Error::new("EPANIC", "the page sender failed"))?;
                 self.trackers = trackers;
+                self.sock = Some(sock);
                 r
             }
             None => Ok(()),
+        }
+    }
+
+    /// The migration ends here: resume the tree with its sockets.
+    fn give_back(&mut self) -> Json {
+        self.stop_tracking();
+        let mut res = ok();
+        if let Some(mut f) = self.frozen.take() {
+            res = self.rollback_sockets(&f, res);
+            f.resume();
+        }
+        if let Some(mut h) = self.handoff.take() {
+            res.set("release_us", h.release());
+        }
+        self.back = None;
+        res
+    }
+
+    /// Wait for the final-round sender; an interrupt cuts the page stream
+    /// so that a sender blocked on a full socket gives up too.
+    fn join_sender_interruptible(&mut self) -> Result<()> {
+        let mut cut = false;
+        while self.sender.as_ref().is_some_and(|h| !h.is_finished()) {
+            if !cut && crate::session::interrupted() {
+                if let Some(b) = self.back.as_ref() {
+                    let _ = b.get_ref().shutdown(std::net::Shutdown::Both);
+                }
+                cut = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let r = self.join_sender();
+        if cut {
+            return Err(Error::new("ECANCELED", "cancelled while the final pages were sent"));
+        }
+        r
+    }
+
+    /// The end of the migration, agreed with the destination's engine on
+    /// the page stream (stream::RESTORED): wait for RESTORED, answer COMMIT,
+    /// and kill the tree here only on COMMITTED. Before COMMIT is written,
+    /// any failure, an ABORT or an interrupt resumes the tree here. After it,
+    /// ABORT resumes it, and silence (the stream broke, the destination died)
+    /// leaves it parked: stopped, untraced, not killed, because the
+    /// destination may or may not be running its copy.
+    fn commit(&mut self, req: &Json) -> Result<Json> {
+        let wait = std::time::Duration::from_millis(req.u64_of("timeout_ms").unwrap_or(600_000).clamp(10, 3_600_000));
+        if let Err(e) = self.join_sender_interruptible() {
+            let _ = self.give_back();
+            return Err(e.context("the final pages did not reach the destination"));
+        }
+        crate::sys::trace_mark("source: final round sent, waiting for restored");
+        let restored = match self.expect_restored(wait) {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = self.give_back();
+                return Err(e);
+            }
+        };
+        crate::sys::trace_mark("source: restored received");
+        // A COMMIT that cannot be written did not reach the destination, whose
+        // copy then stays held and is killed when the stream closes.
+        let wrote = match self.sock.as_mut() {
+            Some(w) => stream::write_signal(w, stream::COMMIT),
+            None => Err(Error::new("ESESSION", "no page stream")),
+        };
+        if let Err(e) = wrote {
+            let _ = self.give_back();
+            return Err(e.context("the commit could not be sent"));
+        }
+        crate::sys::trace_mark("source: commit sent");
+        let answer = self.back.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream")).and_then(|b| read_frame(b, COMMITTED_TIMEOUT, false));
+        match answer {
+            Ok((h, _)) if h.kind == stream::COMMITTED => {
+                crate::sys::trace_mark("source: committed received");
+                let mut res = ok().with("restored", restored);
+                if let Some(mut f) = self.frozen.take() {
+                    release_memory_gently(&f);
+                    f.kill();
+                }
+                // Tracking needs no unregistering on a dead process: closing is enough.
+                self.trackers.clear();
+                self.sock = None;
+                self.back = None;
+                if let Some(mut h) = self.handoff.take() {
+                    res.set("release_us", h.release());
+                }
+                crate::sys::trace_mark("source: frozen copy killed");
+                Ok(res)
+            }
+            Ok((h, body)) if h.kind == stream::ABORT => {
+                let _ = self.give_back();
+                Err(abort_error(body))
+            }
+            other => {
+                let why = match other {
+                    Ok(_) => "it answered the commit with an unexpected frame".to_string(),
+                    Err(e) => e.message,
+                };
+                let pids: Vec<String> = self.frozen.as_ref().map(|f| f.live().map(|p| p.pid.to_string()).collect()).unwrap_or_default();
+                self.stop_tracking();
+                if let Some(mut f) = self.frozen.take() {
+                    f.park();
+                }
+                if let Some(mut h) = self.handoff.take() {
+                    h.release();
+                }
+                self.back = None;
+                Err(Error::new(
+                    "EUNCERTAIN",
+                    format!(
+                        "the commit was sent but the destination did not confirm it ({}): it may be running its copy. \
+                         The copy here is stopped, not killed (pids {}): check the destination, then `kill -KILL` these pids \
+                         if it runs there, or `kill -CONT` them if it does not",
+                        why,
+                        pids.join(" ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The destination's RESTORED report (its copy held stopped), or why not.
+    fn expect_restored(&mut self, wait: std::time::Duration) -> Result<Json> {
+        let b = self.back.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        let (h, body) = read_frame(b, wait, true).map_err(|e| match e.code {
+            "ECANCELED" | "ETIMEDOUT" => e,
+            _ => Error::new("ECONNRESET", format!("the destination closed the page stream before it restored the process ({})", e.message)),
+        })?;
+        match h.kind {
+            stream::RESTORED => body.ok_or_else(|| Error::new("EPROTO", "page stream: empty restored report")),
+            stream::ABORT => Err(abort_error(body)),
+            k => Err(Error::new("EPROTO", format!("page stream: the destination sent frame kind {} instead of its restored report", k))),
         }
     }
 
@@ -247,43 +395,15 @@ impl Engine for SourceEngine {
                 self.round(false).map(|(pages, bytes)| ok().with("round", round).with("pages", pages).with("bytes", bytes).with("ms", t0.elapsed().as_secs_f64() * 1000.0))
             }
             "source_freeze" => self.freeze(),
-            "source_finish" => {
+            "source_commit" => {
                 *done = true;
-                let kill = req.str_of("action") == Some("kill");
-                let sent = self.join_sender();
-                if !kill {
-                    self.stop_tracking();
-                }
-                if kill {
-                    if let Err(e) = sent {
-                        // The destination cannot have the last pages: never kill then.
-                        if let Some(mut f) = self.frozen.take() {
-                            let _ = self.rollback_sockets(&f, ok());
-                            f.resume();
-                        }
-                        return error_json(&e.context("final pages were not sent; the process was resumed"));
-                    }
-                }
-                let mut res = ok().with("session_done", true);
-                if let Some(mut f) = self.frozen.take() {
-                    if kill {
-                        crate::sys::trace_mark("source: releasing the frozen copy");
-                        release_memory_gently(&f);
-                        f.kill();
-                        // Tracking needs no unregistering on a dead process: closing is enough.
-                        self.trackers.clear();
-                        self.sock = None;
-                        crate::sys::trace_mark("source: frozen copy killed");
-                    } else {
-                        res = self.rollback_sockets(&f, res);
-                        f.resume();
-                    }
-                }
-                if let Some(mut h) = self.handoff.take() {
-                    let us = h.release();
-                    res.set("release_us", us);
-                }
-                Ok(res)
+                self.commit(req).map(|j| j.with("session_done", true))
+            }
+            "source_finish" => {
+                // Rollback only: the tree is killed through source_commit alone.
+                *done = true;
+                let _ = self.join_sender();
+                Ok(self.give_back().with("session_done", true))
             }
             op => Err(Error::new("EREQUEST", format!("{} is not a source operation", op))),
         };
@@ -309,6 +429,40 @@ impl Engine for SourceEngine {
             h.release();
         }
     }
+}
+
+/// Read one frame the destination sends back (restored, committed or
+/// abort), polling so that an interrupt is seen while waiting.
+fn read_frame(b: &mut BufReader<TcpStream>, wait: std::time::Duration, interruptible: bool) -> Result<(stream::Header, Option<Json>)> {
+    let t0 = Instant::now();
+    while b.buffer().is_empty() {
+        if interruptible && crate::session::interrupted() {
+            return Err(Error::new("ECANCELED", "cancelled before the destination restored the process"));
+        }
+        if t0.elapsed() > wait {
+            return Err(Error::new("ETIMEDOUT", format!("the destination did not answer within {} s", wait.as_secs())));
+        }
+        let mut pfd = [b.get_ref().as_raw_fd(), 1 /* POLLIN */];
+        if unsafe { poll(&mut pfd, 1, 20) } > 0 {
+            break;
+        }
+    }
+    let _ = b.get_ref().set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let h = stream::read_header(b)?;
+    let body = match h.kind {
+        stream::RESTORED | stream::ABORT => Some(stream::read_json_checked(b, &h)?),
+        _ => None,
+    };
+    Ok((h, body))
+}
+
+/// The destination's reason for giving up, as an error here.
+fn abort_error(body: Option<Json>) -> Error {
+    let body = body.unwrap_or_else(Json::obj);
+    let code = body.str_of("code").filter(|c| c.len() <= 16 && c.starts_with('E') && c[1..].bytes().all(|b| b.is_ascii_uppercase()));
+    // Codes are &'static; the engine process is short-lived, so one leaked string is fine.
+    let code: &'static str = code.map(|c| &*Box::leak(c.to_string().into_boxed_str())).unwrap_or("ERESTORE");
+    Error::new(code, format!("the destination gave up: {}", body.str_of("message").unwrap_or("no reason given")))
 }
 
 /// Send one round: for each process its layout and pages, then the round end.

@@ -4,7 +4,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..4 | magic "PHPG" |
-//! | 4..8 | kind: 1 hello (JSON), 2 layout (JSON list of areas of `pid`), 3 pages, 4 round end, 5 final state (JSON) |
+//! | 4..8 | kind: 1 hello (JSON), 2 layout (JSON list of areas of `pid`), 3 pages, 4 round end, 5 final state (JSON); back from the destination: 6 restored (JSON), 8 committed, 9 abort (JSON); 7 commit |
 //! | 8..12 | pid |
 //! | 12..16 | count: payload bytes (JSON kinds), pages (pages), final flag (round end) |
 //! | 16..24 | addr: first page (pages), round number (round end) |
@@ -24,6 +24,15 @@ pub const ROUND_END: u32 = 4;
 /// The final state document (JSON), after the last round: the destination
 /// can restore without waiting for the control channel to relay it.
 pub const STATE: u32 = 5;
+/// The end of a migration is agreed engine to engine on this stream, so an
+/// agent (or its control connection) dying cannot split it: the destination
+/// reports RESTORED (its copy held stopped), the source answers COMMIT, the
+/// destination lets its copy run and answers COMMITTED, and only then does
+/// the source kill its own. ABORT (JSON error) says the destination gave up.
+pub const RESTORED: u32 = 6;
+pub const COMMIT: u32 = 7;
+pub const COMMITTED: u32 = 8;
+pub const ABORT: u32 = 9;
 pub const HEADER: usize = 24;
 /// Pages per frame (1 MiB): big enough for full-speed copies, small enough to stream.
 pub const MAX_PAGES: u32 = 256;
@@ -54,17 +63,18 @@ impl Header {
         }
         let h = Header { kind: g(4), pid: g(8), count: g(12), addr: u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])) };
         match h.kind {
-            HELLO | LAYOUT | STATE if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
+            HELLO | LAYOUT | STATE | RESTORED | ABORT if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
+            COMMIT | COMMITTED if h.count != 0 => Err(Error::new("EPROTO", "page stream: bad commit frame")),
             PAGES if h.count == 0 || h.count > MAX_PAGES => Err(Error::new("EPROTO", format!("page stream: bad page count {}", h.count))),
             PAGES if h.addr % PAGE_SIZE != 0 || h.addr >= (1 << 47) => Err(Error::new("EPROTO", format!("page stream: bad page address {:#x}", h.addr))),
-            HELLO | LAYOUT | PAGES | ROUND_END | STATE => Ok(h),
+            HELLO | LAYOUT | PAGES | ROUND_END | STATE | RESTORED | COMMIT | COMMITTED | ABORT => Ok(h),
             k => Err(Error::new("EPROTO", format!("page stream: unknown frame kind {}", k))),
         }
     }
 
     pub fn payload_len(&self) -> usize {
         match self.kind {
-            HELLO | LAYOUT | STATE => self.count as usize,
+            HELLO | LAYOUT | STATE | RESTORED | ABORT => self.count as usize,
             PAGES => self.count as usize * PAGE_SIZE as usize,
             _ => 0,
         }
@@ -180,6 +190,14 @@ pub fn write_json_checked(w: &mut impl Write, kind: u32, pid: u32, j: &Json) -> 
     w.write_all(&body).map_err(|e| Error::from(e).context("page stream"))
 }
 
+/// A frame without payload (commit, committed), flushed at once.
+pub fn write_signal(w: &mut impl Write, kind: u32) -> Result<()> {
+    let mut h = [0u8; HEADER];
+    Header { kind, pid: 0, count: 0, addr: 0 }.encode(&mut h);
+    w.write_all(&h).map_err(|e| Error::from(e).context("page stream"))?;
+    w.flush().map_err(|e| Error::from(e).context("page stream"))
+}
+
 pub fn read_json_checked(r: &mut impl Read, h: &Header) -> Result<Json> {
     let mut sum = RoundSum::new();
     let len = h.payload_len();
@@ -190,7 +208,7 @@ pub fn read_json_checked(r: &mut impl Read, h: &Header) -> Result<Json> {
     }
     sum.add(&body);
     if h.addr != sum.finish() as u64 {
-        return Err(Error::new("EPROTO", "page stream: the final state arrived damaged (checksum mismatch)"));
+        return Err(Error::new("EPROTO", "page stream: a control frame (final state, restored or abort) arrived damaged (checksum mismatch)"));
     }
     let text = String::from_utf8(body).map_err(|_| Error::new("EPROTO", "page stream: control frame is not UTF-8"))?;
     Json::parse(&text).map_err(|m| Error::new("EPROTO", format!("page stream: {}", m)))
