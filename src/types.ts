@@ -165,6 +165,24 @@ export interface OpenFile {
   pipe_id?: U64;
   /** A pipe end whose other end is outside the tree; restored as /dev/null. */
   external?: boolean;
+  /** Kinds pty_master and pty_slave: entries of one pseudo-terminal pair share it. */
+  pty_id?: U64;
+  /** pty_master: the pair's state (docs/state-json.md). */
+  pty?: PtyState;
+}
+
+export interface PtyState {
+  /** N of /dev/pts/N at the dump; the restored pair may get another one. */
+  index: number;
+  termios: { iflag: number; oflag: number; cflag: number; lflag: number; line: number; cc: number[]; ispeed: number; ospeed: number };
+  winsize: { row: number; col: number; xpixel: number; ypixel: number };
+  locked: boolean;
+  packet: boolean;
+  hup: boolean;
+  /** Session whose controlling terminal the slave is. */
+  session?: number;
+  /** Foreground process group of that terminal. */
+  fg_pgrp?: number;
 }
 
 export interface PipeState {

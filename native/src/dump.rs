@@ -157,7 +157,8 @@ pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>) -> Result<(Json, DumpStat
         }
         procs.push(dump_process(fz, &mut files, dir, &mut stats).ctx(format!("process {}", fz.pid))?);
     }
-    let (files, pipes, warnings) = files.finish()?;
+    let pids: Vec<Pid> = frozen.procs.iter().map(|p| p.pid).collect();
+    let (files, pipes, warnings) = files.finish(&pids)?;
     let mut state = header(frozen.root);
     state.set("processes", procs).set("files", files).set("pipes", pipes);
     state.set("warnings", warnings.into_iter().map(Json::from).collect::<Vec<_>>());

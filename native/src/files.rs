@@ -44,6 +44,8 @@ pub struct FileTable {
     pub pipes: BTreeMap<u64, Json>,
     /// pipe inode -> (has read end, has write end) inside the tree
     pipe_ends: BTreeMap<u64, (bool, bool)>,
+    /// pseudo-terminal masters and slaves, linked into pairs in `finish`
+    ptys: crate::tty::PtyTable,
     next_id: u64,
 }
 
@@ -87,7 +89,7 @@ fn peek_pipe(read_end: &Fd) -> Result<(Vec<u8>, u64)> {
 
 impl FileTable {
     pub fn new() -> FileTable {
-        FileTable { seen: Vec::new(), files: Vec::new(), pipes: BTreeMap::new(), pipe_ends: BTreeMap::new(), next_id: 1 }
+        FileTable { seen: Vec::new(), files: Vec::new(), pipes: BTreeMap::new(), pipe_ends: BTreeMap::new(), ptys: Default::default(), next_id: 1 }
     }
 
     /// Describe every descriptor of `pid`; returns its fd list.
@@ -136,6 +138,13 @@ impl FileTable {
         if ft.is_char_device() {
             if !chr_supported(md.rdev()) {
                 return unsupported(&format!("character device {}", target));
+            }
+            // A new pair is made by each open of /dev/ptmx: its own kind.
+            if crate::tty::is_ptmx(md.rdev()) {
+                return self.ptys.describe_master(&FileCtx { pidfd, fd, target, md, info, base });
+            }
+            if crate::tty::is_pts(md.rdev()) {
+                self.ptys.note_slave(&FileCtx { pidfd, fd, target, md, info, base: Json::Null }, id);
             }
             return Ok(base.with("kind", "chr").with("path", target).with("rdev", md.rdev()));
         }
@@ -196,9 +205,10 @@ impl FileTable {
         warnings
     }
 
-    /// (files, pipes, warnings)
-    pub fn finish(mut self) -> Result<(Vec<Json>, Vec<Json>, Vec<String>)> {
-        let warnings = self.mark_external_pipes();
+    /// (files, pipes, warnings); `tree`: pids of every process dumped.
+    pub fn finish(mut self, tree: &[Pid]) -> Result<(Vec<Json>, Vec<Json>, Vec<String>)> {
+        let mut warnings = self.mark_external_pipes();
+        warnings.extend(self.ptys.link(&mut self.files, tree));
         let pipes = std::mem::take(&mut self.pipes).into_values().collect();
         Ok((self.files, pipes, warnings))
     }
@@ -228,6 +238,8 @@ impl FileCtx<'_> {
 /// Open every file description of the image in phaul's own process.
 pub struct Opened {
     pub by_id: BTreeMap<u64, Fd>,
+    /// The new pseudo-terminal pairs, for the controlling terminal.
+    pub ptys: crate::tty::Pairs,
     /// FIFO handles kept open until every end is installed, so data survives.
     _keep: Vec<Fd>,
 }
@@ -281,6 +293,7 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
     let mut by_id = BTreeMap::new();
     let mut keep = Vec::new();
     let mut pipe_objs: BTreeMap<u64, (Fd, Fd)> = BTreeMap::new();
+    let ptys = crate::tty::open_pairs(files)?;
     let pipe_data = |id: u64| -> Result<(Vec<u8>, u64)> {
         match pipes.iter().find(|p| p.u64_of("pipe_id") == Some(id)) {
             Some(p) => Ok((
@@ -355,6 +368,8 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
                 sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, F_SETFL, (flags & O_NONBLOCK) as u64])?;
                 fd
             }
+            "pty_master" => ptys.master(f)?,
+            "pty_slave" => ptys.slave(f)?,
             k if crate::sockets::handles(k) => crate::sockets::open(f)?,
             k if crate::anonfd::handles(k) => crate::anonfd::open(f)?,
             k => return Err(Error::new("EIMAGE", format!("file kind {:?} in the image is not known", k))),
@@ -365,7 +380,8 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
         keep.push(a);
         keep.push(b);
     }
-    Ok(Opened { by_id, _keep: keep })
+    ptys.relock()?;
+    Ok(Opened { by_id, ptys, _keep: keep })
 }
 
 /// A channel to pass descriptors into a stub: a datagram socketpair created

@@ -27,3 +27,4 @@ pub mod sockets;
 pub mod stub;
 pub mod sys;
 pub mod threads;
+pub mod tty;

@@ -133,9 +133,12 @@ impl Tree {
 
 /// Create an empty stub for every process (tree order, parents first), each
 /// forked from its parent's stub. `procs` need pid, ppid, pgid, sid, vmas.
-pub fn create_stubs(procs: &[Json], pid_ns: bool) -> Result<Tree> {
+/// `opened`: the restored files when already known (not so when a migration
+/// prepares its stubs), so that a session leader takes its controlling
+/// terminal before the members of its session are forked from it.
+pub fn create_stubs(procs: &[Json], pid_ns: bool, opened: Option<&files::Opened>) -> Result<Tree> {
     let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns, held: Vec::new() };
-    match create_stubs_inner(procs, &mut tree) {
+    match create_stubs_inner(procs, &mut tree, opened) {
         Ok(()) => Ok(tree),
         Err(e) => {
             tree.discard();
@@ -144,7 +147,7 @@ pub fn create_stubs(procs: &[Json], pid_ns: bool) -> Result<Tree> {
     }
 }
 
-fn create_stubs_inner(procs: &[Json], tree: &mut Tree) -> Result<()> {
+fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Opened>) -> Result<()> {
     if tree.pid_ns {
         let host = stub::spawn_ns_init()?;
         tree.created.push(host);
@@ -179,6 +182,9 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree) -> Result<()> {
         let mut inj = stub::attach_injector(host, &vmas)?;
         stub::empty(&mut inj, &vmas)?;
         restore_session(&mut inj, p, pid, tree)?;
+        if let Some(o) = opened {
+            crate::tty::claim_ctty(&mut inj, p, pid, &o.ptys)?;
+        }
         tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new() });
     }
     Ok(())
@@ -293,6 +299,10 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         chan.install(inj, obj, fd as i32, f.bool_of("cloexec")).ctx(format!("installing fd {}", fd))?;
     }
     chan.close(inj)?;
+    // Again here for a migration, whose stubs were made before the pairs
+    // (then the session's other members do not get the terminal back).
+    crate::tty::claim_ctty(inj, p, s.pid, &opened.ptys)?;
+    crate::tty::restore_foreground(inj, p, s.pid, &opened.ptys)?;
     crate::anonfd::after_install(inj, p)?;
     process::restore_attrs(inj, p)?;
     signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
@@ -386,7 +396,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
     preflight(state, pid_ns)?;
     let all = state.arr_of("processes");
     let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
-    let mut tree = create_stubs(all, pid_ns)?;
+    let mut tree = create_stubs(all, pid_ns, Some(&opened))?;
     let live = live_procs(all);
     let procs = &live[..];
     let host = tree.stubs.first().map(|s| s.host).unwrap_or(0);

@@ -20,6 +20,8 @@ interface Stat {
   ppid: number;
   pgid: number;
   sid: number;
+  /** controlling terminal (major << 8 | minor for minors < 256), 0 when none */
+  tty_nr: number;
 }
 
 export function procStat(pid: number): Stat | null {
@@ -30,7 +32,7 @@ export function procStat(pid: number): Stat | null {
     return null;
   }
   const rest = s.slice(s.lastIndexOf(')') + 2).split(' ');
-  return { state: rest[0], ppid: Number(rest[1]), pgid: Number(rest[2]), sid: Number(rest[3]) };
+  return { state: rest[0], ppid: Number(rest[1]), pgid: Number(rest[2]), sid: Number(rest[3]), tty_nr: Number(rest[4]) };
 }
 
 /** /proc/PID exists (a zombie counts). */

@@ -56,7 +56,7 @@ impl DestEngine {
         let host = req.str_of("listen_host").unwrap_or("0.0.0.0");
         let listener = TcpListener::bind((host, 0)).map_err(|e| Error::new("EADDR", format!("cannot listen for pages on {}: {}", host, e)))?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        let mut tree = restore::create_stubs(procs, pid_ns)?;
+        let mut tree = restore::create_stubs(procs, pid_ns, None)?;
         for (p, s) in restore::live_procs(procs).iter().zip(tree.stubs.iter_mut()) {
             let r = restore::vmas_of(p)
                 .map(|v| v.into_iter().filter(|v| !needs_restored_object(v)).collect::<Vec<_>>())
