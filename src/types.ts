@@ -101,7 +101,8 @@ export interface ThreadState {
   /** Blocked signals as a decimal string: bit (n-1) for signal n. */
   sigmask: U64;
   /** siginfo records (128 bytes each), base64. */
-  pending: string[];
+  /** Omitted when none. */
+  pending?: string[];
   sigaltstack?: Sigaltstack;
   rseq?: Rseq;
   clear_child_tid: U64;
@@ -136,6 +137,9 @@ export interface ProcessState {
   ppid: number;
   pgid: number;
   sid: number;
+  /** A zombie keeps only pid, parent, group, session and exit status; its lists are empty or absent. */
+  zombie?: boolean;
+  exit_code?: number;
   comm: string;
   exe?: ExeInfo;
   cwd: string;

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { assertCliOk, dump, restore } from './helpers/cli.js';
+import { assertCliOk, dump, restore, runCli } from './helpers/cli.js';
 import { pidExists, procStat, waitPidGone } from './helpers/proc.js';
 import {
   assertNoFail,
@@ -99,6 +99,13 @@ describe('dump and restore', () => {
       t.diagnostic(`dump took ${d.ms} ms`);
       for (const p of tree) assert.ok(await waitPidGone(p, 5000), `pid ${p} still exists after dump`);
       assert.ok(readdirSync(images).length > 0, 'dump wrote no files');
+      // Every dump can be read back by a person and by a program.
+      const text = await runCli(['inspect', images]);
+      assertCliOk(text);
+      assert.match(text.stdout, new RegExp(`^process ${w.pid} `, 'm'), text.stdout);
+      const doc = await runCli(['inspect', images, '--json']);
+      assertCliOk(doc);
+      assert.equal(JSON.parse(doc.stdout).processes[0].pid, w.pid);
       assertNoFail(w);
       const okAtDump = lastOk(w);
       const linesAtDump = readLog(w).length;

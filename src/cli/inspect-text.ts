@@ -66,6 +66,8 @@ function fileText(f: OpenFile | undefined, fileId: string | number): string {
 function processText(p: ProcessState, files: Map<string, OpenFile>): string[] {
   const out: string[] = [];
   out.push(`process ${p.pid} (${p.comm})  ppid ${p.ppid}  pgid ${p.pgid}  sid ${p.sid}`);
+  // A zombie is only its pid and exit status: nothing else was dumped.
+  if (p.zombie) return [...out, `  zombie, exit status ${p.exit_code ?? "?"}`];
   out.push(`  exe   ${p.exe?.path ?? "-"}`);
   out.push(`  cwd   ${p.cwd}   root ${p.root}   umask ${p.umask.toString(8).padStart(4, "0")}`);
 
@@ -99,7 +101,7 @@ function processText(p: ProcessState, files: Map<string, OpenFile>): string[] {
     sig.push(`${signalName(a.sig)}: ${h}, flags ${hex(a.flags)}, mask ${signalSet(a.mask)}`);
   }
   if (p.shared_pending.length) sig.push(`${plural(p.shared_pending.length, "signal")} pending for the process`);
-  const threadPending = p.threads.reduce((s, t) => s + t.pending.length, 0);
+  const threadPending = p.threads.reduce((s, t) => s + (t.pending?.length ?? 0), 0);
   if (threadPending) sig.push(`${plural(threadPending, "signal")} pending for threads`);
   for (const t of p.itimers) {
     sig.push(`ITIMER_${ITIMER_NAMES[t.which] ?? t.which}: next in ${t.value_us} us, every ${t.interval_us} us`);
