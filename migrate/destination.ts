@@ -304,6 +304,12 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
       layout = p.layout;
       closeFault("prepare");
       session = await pages.prepare(p.migration, p.token, p.layout, options.pidNamespace === "never" ? false : undefined);
+      // A source that gives up (its page stream refused, say) must not leave
+      // us waiting for that stream until the round timeout.
+      const id = p.migration;
+      chan.onClose(() => {
+        if (!restoring) void pages.cancel(id);
+      });
       if (chan.failed) throw chan.failed;
       await chan.send({ type: "prepared", page_port: pages.port });
       emit({

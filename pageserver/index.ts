@@ -110,6 +110,11 @@ export class PageServer {
     sock.resume();
   }
 
+  /** The migration is over before its page stream came: stop waiting for it (and drop it if it is parked). */
+  async cancel(migration: string): Promise<void> {
+    if (this.mode === "native") await callNative("pageserver_cancel", { migration }).catch(() => undefined);
+  }
+
   /** Check the pids of `layout` are free here (else a pid namespace hosts them) and create stub processes for them. */
   async prepare(migration: string, token: string, layout: Layout, pidNamespace?: boolean): Promise<PageSession> {
     const args: Record<string, unknown> = { migration, token, layout };

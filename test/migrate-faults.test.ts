@@ -162,6 +162,7 @@ describe('migration faults: source deaths and a damaged page stream', () => {
   const damages: { name: string; workload: string; args?: string[]; tap: Tap }[] = [
     { name: 'one bit flipped early in round 0 (layout or first pages)', workload: 'counter', tap: flipAt(3000) },
     { name: 'one bit flipped deep in the pages of round 0', workload: 'bigmem', args: ['64'], tap: flipAt(20_000_000) },
+    { name: 'the HELLO itself damaged (refused at once, no timeout)', workload: 'counter', tap: flipAt(5, 0x40) },
     { name: 'the header of the first frame after the HELLO damaged (frame kind)', workload: 'counter', tap: damageSecondHeader() },
     { name: 'the final state (sent after the last round) damaged', workload: 'counter', tap: damageStateFrame() },
     { name: 'page connection cut mid-round', workload: 'bigmem', args: ['64'], tap: (d, off) => (off + d.length > 10_000_000 ? 'cut' : d) },
@@ -178,9 +179,12 @@ describe('migration faults: source deaths and a damaged page stream', () => {
       const control = await relay('127.0.0.2', 0, agent.port);
       servers.push(control, await relay('127.0.0.2', pagePort, pagePort, dmg.tap));
       const cport = (control.address() as net.AddressInfo).port;
+      const t0 = Date.now();
       const r = await migrateChild(['--to', `127.0.0.2:${cport}`, '--pid', String(w.pid)]);
       t.diagnostic(r.stderr.trim());
       assert.notEqual(r.code, 0, 'a damaged migration succeeded');
+      // Damage is detected, not waited out (the page-stream timeouts are 60 s and more).
+      assert.ok(Date.now() - t0 < 30_000, `the failure took ${Date.now() - t0} ms`);
       assert.match(r.stderr, /still running here/);
       const failed = await agent.waitEvent((e) => e.event === 'failed', 30_000, 'failed');
       t.diagnostic(`agent: ${String(failed.message)}`);

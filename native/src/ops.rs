@@ -101,6 +101,10 @@ pub fn dispatch(req: &Json) -> Result<Json> {
             let port = req.u64_of("port").unwrap_or(0).min(65535) as u16;
             Ok(ok().with("port", crate::pageserver::listen(host, port)?))
         }
+        "pageserver_cancel" => {
+            crate::pageserver::cancel(req.str_of("migration").unwrap_or(""));
+            Ok(ok())
+        }
         "pageserver_status" => Ok(crate::pageserver::status().with("ok", true)),
         "dest_round" | "dest_restore" => dest_with_stream(req),
         "dump_finish" | "source_round" | "source_freeze" | "source_commit" | "source_finish" | "dest_abort" => continue_session(req),

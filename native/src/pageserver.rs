@@ -31,6 +31,25 @@ fn parked() -> &'static Mutex<HashMap<String, Parked>> {
     P.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Migrations whose claim was called off (their control connection is gone).
+fn cancelled() -> &'static Mutex<Vec<String>> {
+    static C: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Stop waiting for the page stream of `migration` (a claim in progress fails at once).
+pub fn cancel(migration: &str) {
+    if let Ok(mut c) = cancelled().lock() {
+        if c.len() > 256 {
+            c.remove(0);
+        }
+        c.push(migration.to_string());
+    }
+    if let Ok(mut p) = parked().lock() {
+        p.remove(migration);
+    }
+}
+
 fn listening() -> &'static Mutex<Option<(String, u16)>> {
     static L: OnceLock<Mutex<Option<(String, u16)>>> = OnceLock::new();
     L.get_or_init(|| Mutex::new(None))
@@ -109,6 +128,12 @@ pub fn claim(migration: &str, token: &str, timeout: Duration) -> Result<TcpStrea
                     return Err(Error::new("EAUTH", format!("the page stream of migration {} presented a wrong token", migration)));
                 }
                 return Ok(x.stream);
+            }
+        }
+        if let Ok(mut c) = cancelled().lock() {
+            if let Some(i) = c.iter().position(|m| m == migration) {
+                c.remove(i);
+                return Err(Error::new("ECANCELED", "the migration ended before its page stream arrived"));
             }
         }
         if t0.elapsed() > timeout {

@@ -77,6 +77,9 @@ impl SourceEngine {
         let mut w = BufWriter::with_capacity(4 << 20, sock);
         let hello = Json::obj().with("migration", req.str_of("migration").unwrap_or("")).with("token", req.str_of("token").unwrap_or(""));
         stream::write_json(&mut w, stream::HELLO, 0, &hello)?;
+        // Sent now, not with round 0: a refused HELLO is then known (the
+        // stream closed) before the first round ends, see check_stream.
+        w.flush().map_err(|e| Error::from(e).context("page stream"))?;
         self.root = pid;
         let mut frozen = freeze::freeze_tree(pid)?;
         let mut layout = Vec::new();
@@ -114,11 +117,39 @@ impl SourceEngine {
 
     /// One round: layout and pages of every process, then a round-end mark.
     fn round(&mut self, last: bool) -> Result<(u64, u64)> {
+        self.check_stream()?;
         let work = self.collect_round()?;
         let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
         let total = write_round(w, &mut self.buf, &work, &mut self.trackers, self.round, last)?;
         self.round += 1;
+        // A round small enough to fit the socket buffers is written even to
+        // a destination that already dropped the stream (a refused HELLO):
+        // notice that now rather than wait for its round report.
+        self.check_stream()?;
         Ok((total, total * PAGE_SIZE))
+    }
+
+    /// The destination never talks during pre-copy: anything readable (its
+    /// ABORT, or the end of the connection) means the stream is over.
+    fn check_stream(&mut self) -> Result<()> {
+        let b = match self.back.as_mut() {
+            Some(b) => b,
+            None => return Ok(()),
+        };
+        let mut pfd = [b.get_ref().as_raw_fd(), 1 | 0x2000 /* POLLIN | POLLRDHUP */];
+        if b.buffer().is_empty() && unsafe { poll(&mut pfd, 1, 0) } <= 0 {
+            return Ok(());
+        }
+        let mut one = [0u8; 1];
+        let peeked = if b.buffer().is_empty() { b.get_ref().peek(&mut one) } else { Ok(1) };
+        match peeked {
+            Ok(0) | Err(_) => Err(Error::new("ECONNRESET", "the destination closed the page stream (it refused or lost it)")),
+            Ok(_) => match read_frame(b, std::time::Duration::from_secs(5), false) {
+                Ok((h, body)) if h.kind == stream::ABORT => Err(abort_error(body)),
+                Ok((h, _)) => Err(Error::new("EPROTO", format!("page stream: the destination sent frame kind {} during pre-copy", h.kind))),
+                Err(e) => Err(e),
+            },
+        }
     }
 
     /// What a round sends: each process's layout and its pages to send.
