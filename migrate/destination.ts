@@ -140,7 +140,8 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
   };
 
   await localCapabilities(); // fails early when the engine is missing
-  const pages = await PageServer.listen(listen.host, pagePort);
+  // With TLS the page channel is TLS too, with the same certificates.
+  const pages = await PageServer.listen(listen.host, pagePort, tls);
 
   // With TLS, an https server that requires and checks client certificates
   // (the handshake fails before any WebSocket frame for a peer without one).

@@ -12,6 +12,7 @@ import { validateDumpPid } from "../src/validate.js";
 import { Channel, connect, formatAddress, parseAddress } from "./channel.js";
 import { hello } from "./capabilities.js";
 import { checkDestinationProof, loadSecret, loadTls, pageToken, sourceProof, type TlsFiles } from "./auth.js";
+import { tlsPageDialer, type TlsDialer } from "../pageserver/tls.js";
 import { decide, policyOptions, type StopReason } from "./policy.js";
 import { incompatibility, type HelloMsg, type Layout, type PreflightResultMsg, type RoundStats } from "./protocol.js";
 import { buildReport, sourceFacts, type PreflightReport } from "./preflight.js";
@@ -205,6 +206,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
   let session: unknown;
   let killed = false;
   let committing = false;
+  let dialer: TlsDialer | undefined;
   const onAbort = () => {
     chan?.close("cancelled");
     // The engine is busy waiting for the destination: ask it to give up
@@ -234,8 +236,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
 
     const migration = randomUUID();
     const token = secret ? pageToken(secret, migration) : randomBytes(24).toString("hex");
+    // With TLS our engine's page stream goes through a local TLS relay.
+    if (tls) dialer = await tlsPageDialer(to.host, theirs.page_port, tls);
     const started = await callNative("source_start", {
-      pid, track, migration, token, page_addr: formatAddress(to.host, theirs.page_port),
+      pid, track, migration, token, page_addr: dialer?.address ?? formatAddress(to.host, theirs.page_port),
     });
     session = started.session;
     const method = String(started.method ?? track);
@@ -301,6 +305,8 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     };
   } catch (e) {
     let err = toPhaulError(e);
+    const tlsFailure = dialer?.failure();
+    if (tlsFailure && !err.message.includes(tlsFailure)) err = new PhaulError(err.code, `${err.message} (${tlsFailure})`, err.details);
     if (signal?.aborted && err.code !== "ECANCELED") err = new PhaulError("ECANCELED", `cancelled (${err.message})`);
     // source_commit ends the session itself, resuming (or, when the outcome
     // is unknown, parking) the tree on failure.
@@ -313,5 +319,6 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     throw new PhaulError(err.code, `migration of pid ${pid} to ${toText} failed: ${err.message}; the process is still running here`, err.details);
   } finally {
     signal?.removeEventListener("abort", onAbort);
+    dialer?.close();
   }
 }

@@ -3,10 +3,11 @@
 // into the stub processes; this module only drives the native ops and checks
 // their replies. One listener per agent process.
 
-import net from "node:net";
 import { callNative } from "../src/native.js";
 import { PhaulError } from "../src/errors.js";
 import type { Layout, RoundStats } from "../migrate/protocol.js";
+import type { TlsMaterial } from "../migrate/auth.js";
+import { tlsPageFront } from "./tls.js";
 
 export interface RestoreReply {
   pid: number;
@@ -35,104 +36,45 @@ function roundStats(reply: Record<string, unknown>, op: string): RoundStats {
 let listening: PageServer | undefined;
 
 /**
- * The page listener of this agent; at most one per process.
- *
- * Native mode (`pageserver_listen`): the engine owns the listening socket and
- * routes each page connection to its migration by id and token.
- *
- * Relay mode, used while the engine lacks `pageserver_listen`: the engine
- * only listens per migration, inside `dest_prepare`, on a port it picks —
- * but the source connects its page stream in `source_start`, before the
- * destination can know the layout `dest_prepare` needs. This listener then
- * accepts the page connection early and relays it, byte for byte, to the
- * engine's per-migration port on 127.0.0.1 once `dest_prepare` returned.
- * Pages pass through this process (a socket-to-socket pipe) in that mode.
+ * The page listener of this agent; at most one per process. The engine owns
+ * the listening socket (`pageserver_listen`) and routes each page connection
+ * to its migration by id and token. With TLS, the engine listens on
+ * 127.0.0.1 only and a TLS front (./tls.ts) takes the public port.
  */
 export class PageServer {
-  private target: number | undefined;
-  private held: net.Socket[] = [];
-
-  private constructor(readonly host: string, readonly port: number, readonly mode: "native" | "relay", private server?: net.Server) {
-    server?.on("connection", (sock) => this.onConnection(sock));
-  }
+  private constructor(readonly host: string, readonly port: number, readonly tls: boolean) {}
 
   /** Start listening (port 0 picks a free one). */
-  static async listen(host: string, port = 0): Promise<PageServer> {
+  static async listen(host: string, port = 0, material?: TlsMaterial): Promise<PageServer> {
     if (listening) {
-      if (listening.host === host && (port === 0 || port === listening.port)) return listening;
+      if (listening.host === host && (port === 0 || port === listening.port) && listening.tls === (material !== undefined)) return listening;
       throw new PhaulError("EBUSY", `this process already has a page listener on ${listening.host}:${listening.port}`);
     }
-    try {
+    if (material) {
+      const inner = count(await callNative("pageserver_listen", { host: "127.0.0.1", port: 0 }), "port", "pageserver_listen");
+      const front = await tlsPageFront(host, port, inner, material);
+      listening = new PageServer(host, front.port, true);
+    } else {
       const reply = await callNative("pageserver_listen", { host, port });
-      listening = new PageServer(host, count(reply, "port", "pageserver_listen"), "native");
-    } catch (e) {
-      if (!(e instanceof PhaulError) || !/unknown op/.test(e.message)) throw e;
-      const server = net.createServer({ noDelay: true });
-      await new Promise<void>((res, rej) => {
-        server.once("error", (err: NodeJS.ErrnoException) =>
-          rej(new PhaulError(err.code === "EADDRINUSE" ? "EUSAGE" : err.code ?? "EFAILED", `cannot listen for pages on ${host}:${port}: ${err.message}`)));
-        server.listen(port, host, () => res());
-      });
-      server.on("error", () => undefined);
-      listening = new PageServer(host, (server.address() as net.AddressInfo).port, "relay", server);
+      listening = new PageServer(host, count(reply, "port", "pageserver_listen"), false);
     }
     return listening;
   }
 
-  private onConnection(sock: net.Socket): void {
-    sock.on("error", () => undefined);
-    if (this.target !== undefined) return this.relay(sock, this.target);
-    sock.pause();
-    this.held.push(sock);
-    // A connection nobody claims within a minute is dropped.
-    setTimeout(() => {
-      const i = this.held.indexOf(sock);
-      if (i >= 0) {
-        this.held.splice(i, 1);
-        sock.destroy();
-      }
-    }, 60_000).unref();
-  }
-
-  private relay(sock: net.Socket, port: number): void {
-    const up = net.connect({ host: "127.0.0.1", port, noDelay: true });
-    up.on("error", () => sock.destroy());
-    sock.on("error", () => up.destroy());
-    sock.on("close", () => up.destroy());
-    up.on("close", () => sock.destroy());
-    // No backpressure towards the source: the engine's source_freeze sends
-    // the final round before dest_restore (which needs the state it
-    // returns) starts reading, so a final round larger than the socket
-    // buffers would deadlock. The backlog is held here until the engine reads.
-    sock.on("data", (d) => up.write(d));
-    sock.on("end", () => up.end());
-    up.pipe(sock);
-    sock.resume();
-  }
-
   /** The migration is over before its page stream came: stop waiting for it (and drop it if it is parked). */
   async cancel(migration: string): Promise<void> {
-    if (this.mode === "native") await callNative("pageserver_cancel", { migration }).catch(() => undefined);
+    await callNative("pageserver_cancel", { migration }).catch(() => undefined);
   }
 
   /** Check the pids of `layout` are free here (else a pid namespace hosts them) and create stub processes for them. */
   async prepare(migration: string, token: string, layout: Layout, pidNamespace?: boolean): Promise<PageSession> {
     const args: Record<string, unknown> = { migration, token, layout };
     if (pidNamespace !== undefined) args.pid_ns = pidNamespace;
-    if (this.mode === "relay") args.listen_host = "127.0.0.1";
     const reply = await callNative("dest_prepare", args);
     if (reply.session === undefined || reply.session === null) {
       throw new PhaulError("ENATIVE", `native "dest_prepare" replied without a session`);
     }
     const session = new PageSession(reply.session as string | number, reply.pid_ns === true);
-    if (this.mode === "relay") {
-      const port = count(reply, "port", "dest_prepare");
-      this.target = port;
-      session.onEnd(() => {
-        if (this.target === port) this.target = undefined;
-      });
-      for (const s of this.held.splice(0)) this.relay(s, port);
-    }
     return session;
   }
 }

@@ -44,7 +44,7 @@ function makeCerts(dir: string): Record<string, string> {
   for (const who of ['agent', 'source', 'stranger']) {
     ssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', `/CN=${who}`,
       '-keyout', f(`${who}.key`), '-out', f(`${who}.csr`)]);
-    writeFileSync(f(`${who}.ext`), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+    writeFileSync(f(`${who}.ext`), 'subjectAltName=IP:127.0.0.1,IP:127.0.0.2,DNS:localhost\n');
     if (who === 'stranger') {
       // signed by a CA of its own, unknown to the agent
       ssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', '/CN=other CA',
@@ -141,6 +141,80 @@ describe('security', () => {
     await waitForOk(w, 1);
     await migrateAndCheck(h, w, agent, { extra: ['--tls-cert', f('source.pem'), '--tls-key', f('source.key'), '--tls-ca', f('ca.pem')] });
     await h.kill(w);
+  });
+
+  test('TLS page channel: pages cross encrypted; a plain page connection gets nothing', { timeout: 120_000 }, async (t) => {
+    const dir = path.join(tmp, 'tls-pages');
+    execFileSync('mkdir', ['-p', dir]);
+    makeCerts(dir);
+    const f = (n: string) => path.join(dir, n);
+    const pagePort = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const port = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(port));
+      });
+    });
+    const agent = await startAgent({ args: ['--tls-cert', f('agent.pem'), '--tls-key', f('agent.key'), '--tls-ca', f('ca.pem'), '--page-port', String(pagePort)] });
+    agents.push(agent);
+
+    // A page-stream HELLO in clear text on the page port: the TLS front
+    // answers with at most a TLS alert, never with the page protocol.
+    const answer = await new Promise<Buffer>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port: pagePort }, () => {
+        const body = Buffer.from(JSON.stringify({ migration: 'x', token: 'y' }));
+        const head = Buffer.alloc(24);
+        head.write('PHPG');
+        head.writeUInt32LE(1, 4);
+        head.writeUInt32LE(body.length, 12);
+        s.write(Buffer.concat([head, body]));
+      });
+      const got: Buffer[] = [];
+      s.on('data', (d) => got.push(d));
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(Buffer.concat(got)));
+      setTimeout(() => s.destroy(), 5000);
+    });
+    assert.ok(!answer.includes('PHPG'), 'the page port spoke the page protocol in clear text');
+
+    // The real migration, its page connection through a sniffing relay on
+    // 127.0.0.2: what crosses must be TLS records, without the workload's
+    // memory in clear (its marker is in its argv, on its stack).
+    const seen: Buffer[] = [];
+    let seenBytes = 0;
+    const sniff = net.createServer((down) => {
+      const up = net.connect({ host: '127.0.0.1', port: pagePort });
+      const kill = () => { down.destroy(); up.destroy(); };
+      down.on('error', kill); up.on('error', kill); down.on('close', kill); up.on('close', kill);
+      down.on('data', (d: Buffer) => { seen.push(d); seenBytes += d.length; up.write(d); });
+      up.pipe(down);
+    });
+    await new Promise<void>((r) => sniff.listen(pagePort, '127.0.0.2', () => r()));
+    const control = net.createServer((down) => {
+      const up = net.connect({ host: '127.0.0.1', port: agent.port });
+      const kill = () => { down.destroy(); up.destroy(); };
+      down.on('error', kill); up.on('error', kill); down.on('close', kill); up.on('close', kill);
+      down.pipe(up);
+      up.pipe(down);
+    });
+    await new Promise<void>((r) => control.listen(0, '127.0.0.2', () => r()));
+    try {
+      const w = await h.start('counter');
+      await waitForOk(w, 1);
+      await migrateAndCheck(h, w, agent, {
+        to: `127.0.0.2:${(control.address() as net.AddressInfo).port}`,
+        extra: ['--tls-cert', f('source.pem'), '--tls-key', f('source.key'), '--tls-ca', f('ca.pem')],
+      });
+      const all = Buffer.concat(seen);
+      t.diagnostic(`${seenBytes} bytes crossed the page connection`);
+      assert.ok(seenBytes > 100_000, `only ${seenBytes} bytes crossed the sniffed page connection`);
+      assert.equal(all[0], 0x16, 'the page connection does not start with a TLS handshake record');
+      assert.ok(!all.includes('PHPG'), 'page-stream frames crossed in clear text');
+      assert.ok(!all.includes(w.marker), 'the workload\'s memory crossed in clear text');
+      await h.kill(w);
+    } finally {
+      sniff.close();
+      control.close();
+    }
   });
 
   test('silent peers on the control and page ports do not stop a migration', { timeout: 120_000 }, async () => {

@@ -40,6 +40,8 @@ export async function adoptMigrated(h: Harness, w: Workload, innerPid: number): 
 
 export interface MigrateCheckOptions {
   extra?: string[];
+  /** --to (default the agent's address), e.g. through a relay */
+  to?: string;
   okTimeoutMs?: number;
   /** how to run the CLI (default runCli: node bin/phaul.js ARGS) */
   runner?: (args: string[]) => Promise<CliResult>;
@@ -49,7 +51,7 @@ export async function migrateAndCheck(h: Harness, w: Workload, agent: Agent, o: 
   const okAtStart = lastOk(w);
   const linesAtStart = readLog(w).length;
   const threadsBefore = readdirSync(`/proc/${w.pid}/task`).length;
-  const args = ['migrate', '--to', agent.address, '--pid', String(w.pid), '--json', ...(o.extra ?? [])];
+  const args = ['migrate', '--to', o.to ?? agent.address, '--pid', String(w.pid), '--json', ...(o.extra ?? [])];
   const r = await (o.runner ?? ((a: string[]) => runCli(a, 180_000)))(args);
   assertCliOk(r);
   const summary = JSON.parse(r.stdout) as MigrateSummary;

@@ -15,17 +15,14 @@ use crate::sys::{Error, Pid, Result, PAGE_SIZE};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct DestEngine {
     tree: Option<Tree>,
-    listener: Option<TcpListener>,
     sock: Option<BufReader<TcpStream>>,
-    migration: String,
-    token: String,
     mems: HashMap<Pid, File>,
     /// The restored objects, kept until the commit: see Opened::silence_tcp.
     opened: Option<files::Opened>,
@@ -35,8 +32,6 @@ pub struct DestEngine {
 
 impl DestEngine {
     fn prepare(&mut self, req: &Json) -> Result<Json> {
-        self.migration = req.str_of("migration").unwrap_or("").to_string();
-        self.token = req.str_of("token").unwrap_or("").to_string();
         let layout = req.get("layout").ok_or_else(|| Error::new("EINVAL", "dest_prepare needs a layout"))?;
         let procs = layout.arr_of("processes");
         if procs.is_empty() {
@@ -53,9 +48,6 @@ impl DestEngine {
                 return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on the destination", t)));
             }
         }
-        let host = req.str_of("listen_host").unwrap_or("0.0.0.0");
-        let listener = TcpListener::bind((host, 0)).map_err(|e| Error::new("EADDR", format!("cannot listen for pages on {}: {}", host, e)))?;
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut tree = restore::create_stubs(procs, pid_ns, None)?;
         for (p, s) in restore::live_procs(procs).iter().zip(tree.stubs.iter_mut()) {
             let r = restore::vmas_of(p)
@@ -73,53 +65,20 @@ impl DestEngine {
             }
         }
         self.tree = Some(tree);
-        self.listener = Some(listener);
-        Ok(ok().with("port", port).with("pid_ns", pid_ns))
+        Ok(ok().with("pid_ns", pid_ns))
     }
 
+    /// The page stream comes with the first request that reads it, claimed
+    /// by the agent's page listener (HELLO and token already checked there).
     fn accept(&mut self, timeout: Duration) -> Result<()> {
         if self.sock.is_some() {
             return Ok(());
         }
-        if let Some(fd) = crate::session::take_passed_fd() {
-            // Handed over by the agent's page listener, HELLO already checked.
-            let s = unsafe { <TcpStream as std::os::unix::io::FromRawFd>::from_raw_fd(fd.into_raw()) };
-            let _ = s.set_read_timeout(Some(timeout));
-            self.sock = Some(BufReader::with_capacity(4 << 20, s));
-            self.listener = None;
-            return Ok(());
-        }
-        let l = self.listener.as_ref().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
-        l.set_nonblocking(true).map_err(Error::from)?;
-        let t0 = Instant::now();
-        loop {
-            match l.accept() {
-                Ok((s, _)) => {
-                    s.set_nonblocking(false).map_err(Error::from)?;
-                    let _ = s.set_read_timeout(Some(timeout));
-                    let mut r = BufReader::with_capacity(4 << 20, s);
-                    let h = stream::read_header(&mut r)?;
-                    if h.kind != stream::HELLO {
-                        continue;
-                    }
-                    let hello = stream::read_json(&mut r, &h)?;
-                    if hello.str_of("migration") != Some(self.migration.as_str()) || hello.str_of("token") != Some(self.token.as_str()) {
-                        // Not ours (or not authorized): drop it and keep waiting.
-                        continue;
-                    }
-                    self.sock = Some(r);
-                    self.listener = None;
-                    return Ok(());
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if t0.elapsed() > timeout {
-                        return Err(Error::new("ETIMEDOUT", "the source did not open its page stream in time"));
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => return Err(Error::from(e).context("accepting the page stream")),
-            }
-        }
+        let fd = crate::session::take_passed_fd().ok_or_else(|| Error::new("ESESSION", "no page stream was handed to this session"))?;
+        let s = unsafe { <TcpStream as std::os::unix::io::FromRawFd>::from_raw_fd(fd.into_raw()) };
+        let _ = s.set_read_timeout(Some(timeout));
+        self.sock = Some(BufReader::with_capacity(4 << 20, s));
+        Ok(())
     }
 
     /// Receive frames up to the next round end; returns (pages, last layouts seen).
@@ -334,7 +293,6 @@ impl Engine for DestEngine {
             t.discard();
         }
         self.sock = None;
-        self.listener = None;
     }
 }
 
