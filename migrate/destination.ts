@@ -168,7 +168,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
 
   // Connections are handled concurrently up to `prepare` (handshake and
   // authentication cost no engine state); from dest_prepare on, migrations
-  // run one after the other (the engine runs one native call at a time), in
+  // run one after the other (one migration's stubs and memory at a time), in
   // arrival order, MAX_QUEUED at most waiting: the rest get EBUSY. A peer
   // that connects and stays silent only holds its own connection until the
   // hello timeout.

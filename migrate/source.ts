@@ -82,7 +82,7 @@ export interface MigrateSummary {
   /** The destination hosts the tree in a new pid namespace because its pids were taken there (always so on one host). */
   pid_ns: boolean;
   restore_us: number;
-  /** From the start of source_freeze until `restored` arrived, ms. */
+  /** From the start of the final freeze until the destination confirmed its copy runs (COMMITTED), ms. */
   frozen_ms: number;
   /** Whole migration, connect to kill, ms. */
   total_ms: number;
@@ -290,7 +290,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     const committed = await callNative("source_commit", { session, timeout_ms: RESTORED_TIMEOUT_MS });
     killed = true;
     traceMark("source ts: committed");
-    const frozenMs = performance.now() - tFreeze;
+    // Frozen until the destination's copy runs (the engine's clock), not
+    // until our copy is gone: killing it is no downtime.
+    const frozenMs = typeof committed.frozen_us === "number" && committed.frozen_us > 0 ? committed.frozen_us / 1000 : performance.now() - tFreeze;
     const restored = committedReport(committed.restored);
     await chan.send({ type: "done" }).catch(() => undefined);
     chan.close("migration complete");

@@ -96,6 +96,7 @@ pub mod nr {
         pub const GETITIMER: i64 = 36;
         pub const SETITIMER: i64 = 38;
         pub const GETPID: i64 = 39;
+        pub const SETPRIORITY: i64 = 141;
         pub const SOCKETPAIR: i64 = 53;
         pub const SENDMSG: i64 = 46;
         pub const RECVMSG: i64 = 47;
@@ -200,6 +201,13 @@ pub fn pidfd_getfd(pidfd: &Fd, fd: i32) -> Result<Fd> {
 
 pub fn kill(pid: Pid, sig: i32) -> Result<()> {
     call("kill", nr::KILL, &[pid as u64, sig as u64]).map(|_| ())
+}
+
+/// Scheduling weight of the calling thread (nice, per thread on Linux;
+/// inherited by threads it creates). Best effort: a refusal changes nothing.
+pub fn set_thread_nice(nice: i32) {
+    let tid = unsafe { raw(nr::GETTID, &[]).unwrap_or(0) };
+    let _ = unsafe { raw(nr::SETPRIORITY, &[0 /* PRIO_PROCESS */, tid as u64, nice as i64 as u64]) };
 }
 
 pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<()> {

@@ -253,12 +253,16 @@ impl Engine for DestEngine {
         let r = match op {
             "dest_prepare" => self.prepare(req),
             "dest_round" => {
+                crate::sys::set_thread_nice(super::source::PRECOPY_NICE);
                 let t0 = Instant::now();
                 let round = self.rounds;
                 self.receive_round(timeout_of(req))
                     .map(|(pages, _)| ok().with("round", round).with("pages", pages).with("bytes", pages * PAGE_SIZE).with("ms", t0.elapsed().as_secs_f64() * 1000.0))
             }
-            "dest_restore" => self.restore(req, timeout_of(req)),
+            "dest_restore" => {
+                crate::sys::set_thread_nice(super::source::FROZEN_NICE);
+                self.restore(req, timeout_of(req))
+            }
             "dest_abort" => {
                 self.abandon();
                 Ok(ok().with("session_done", true))

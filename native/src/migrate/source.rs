@@ -33,10 +33,17 @@ pub struct SourceEngine {
     buf: Vec<u8>,
     handoff: Option<Handoff>,
     sender: Option<std::thread::JoinHandle<Sent>>,
+    /// When the final freeze began: the downtime runs from there to COMMITTED.
+    frozen_at: Option<Instant>,
 }
 
 /// What the final-round sender thread gives back.
 type Sent = (Vec<Tracker>, BufWriter<TcpStream>, Result<()>);
+
+/// Scheduling weights (nice) of the engine's work: pre-copy yields to the
+/// workload, the frozen window preempts everything else.
+pub const PRECOPY_NICE: i32 = 19;
+pub const FROZEN_NICE: i32 = -10;
 
 const COMMITTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -117,6 +124,10 @@ impl SourceEngine {
 
     /// One round: layout and pages of every process, then a round-end mark.
     fn round(&mut self, last: bool) -> Result<(u64, u64)> {
+        // Pre-copy runs beside the workload (on one host, beside the
+        // destination's engine too): it yields the CPU to the workload, whose
+        // stalls would be downtime it feels, and takes what is left.
+        crate::sys::set_thread_nice(PRECOPY_NICE);
         self.check_stream()?;
         let work = self.collect_round()?;
         let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
@@ -169,7 +180,11 @@ impl SourceEngine {
         let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
         handoff.before_freeze(self.root, &known, std::time::Duration::from_millis(200));
         self.handoff = Some(handoff);
+        // The frozen window is all downtime: it goes first (the page sender
+        // thread inherits this).
+        crate::sys::set_thread_nice(FROZEN_NICE);
         let t0 = Instant::now();
+        self.frozen_at = Some(t0);
         let frozen = freeze::freeze_tree(self.root)?;
         let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
         let appeared = frozen.live().map(|p| p.pid).find(|p| !known.contains(p));
@@ -347,8 +362,16 @@ impl SourceEngine {
         match answer {
             Ok((h, _)) if h.kind == stream::COMMITTED => {
                 crate::sys::trace_mark("source: committed received");
-                let mut res = ok().with("restored", restored);
+                let frozen_us = self.frozen_at.map(|t| t.elapsed().as_micros() as u64).unwrap_or(0);
+                let mut res = ok().with("restored", restored).with("frozen_us", frozen_us);
+                // From here nothing is downtime: the copy that runs is the
+                // destination's, and on one host it must not feel us freeing
+                // this one (its own threads do the unmapping, so they yield too).
+                crate::sys::set_thread_nice(PRECOPY_NICE);
                 if let Some(mut f) = self.frozen.take() {
+                    for t in f.live().flat_map(|p| p.threads.iter()) {
+                        let _ = unsafe { crate::sys::raw(crate::sys::nr::SETPRIORITY, &[0, t.tid as u64, PRECOPY_NICE as u64]) };
+                    }
                     release_memory_gently(&f);
                     f.kill();
                 }
