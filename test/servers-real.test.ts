@@ -202,7 +202,9 @@ http {
   });
 
   test('rollback after the sockets were handed over: the source gets them back (Node.js, epoll, keep-alive)', { timeout: 90_000 }, async (t) => {
-    const failing = await startAgent({ fault: 'final:close' });
+    // Dropped when the source announces its freeze: the source freezes and
+    // hands its sockets over, then finds no destination to commit to.
+    const failing = await startAgent({ fault: 'freeze:close' });
     try {
       const dir = h.tempDir('phaul-noderb-');
       const script = path.join(dir, 'server.cjs');
@@ -214,14 +216,18 @@ http {
       await waitHttp(port, '/');
       const ka = new http.Agent({ keepAlive: true, maxSockets: 1 });
       const loop = new RequestLoop(port, '/', (b) => b === 'still here\n', ka);
-      await sleep(300);
-      await assert.rejects(migrate({ pid: child.pid!, to: failing.address }), /still running here/);
-      await sleep(1500);
-      await loop.stop();
+      try {
+        await sleep(300);
+        await assert.rejects(migrate({ pid: child.pid!, to: failing.address }), /still running here/);
+        await sleep(1500);
+      } finally {
+        // Stopped whatever happened: a loop left running would keep this file from ever ending.
+        await loop.stop();
+        ka.destroy();
+      }
       assert.deepEqual(loop.failures, [], 'requests failed');
       assert.equal(loop.localPorts.size, 1, 'keep-alive connection replaced');
       assert.equal((await httpGet(port, '/')).body, 'still here\n');
-      ka.destroy();
       t.diagnostic(`rollback: ${stats(loop)}`);
       await h.kill({ pid: child.pid!, marker: script });
       assertClean(failing);
