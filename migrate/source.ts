@@ -84,6 +84,12 @@ export interface MigrateSummary {
   restore_us: number;
   /** From the start of the final freeze until the destination confirmed its copy runs (COMMITTED), ms. */
   frozen_ms: number;
+  /**
+   * The frozen window on this host's CLOCK_MONOTONIC, microseconds: from the
+   * freeze to the destination's COMMITTED (to line up with what a workload on
+   * the same host observed, as the benchmark does).
+   */
+  frozen_window_us: { start: number; end: number };
   /** Whole migration, connect to kill, ms. */
   total_ms: number;
   pages: number;
@@ -303,7 +309,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     return {
       pid, to: toText, migration, method, rounds, final, stop_reason: decision.reason,
       dest_pid: restored.pid, pid_ns: restored.pid_ns === true, restore_us: restored.restore_us,
-      frozen_ms: round1(frozenMs), total_ms: round1(performance.now() - t0), pages, bytes,
+      frozen_ms: round1(frozenMs),
+      frozen_window_us: { start: Number(committed.frozen_mono_us) || 0, end: Number(committed.committed_mono_us) || 0 },
+      total_ms: round1(performance.now() - t0), pages, bytes,
     };
   } catch (e) {
     let err = toPhaulError(e);

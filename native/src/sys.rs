@@ -237,9 +237,14 @@ pub fn trace_mark(what: &str) {
     if !*ON.get_or_init(|| std::env::var_os("PHAUL_TRACE").is_some()) {
         return;
     }
+    eprintln!("phaul-trace {} {}", mono_us(), what);
+}
+
+/// CLOCK_MONOTONIC in microseconds: the clock workloads and tools on the same host share.
+pub fn mono_us() -> u64 {
     let mut ts = [0i64; 2];
     unsafe {
         let _ = raw(228 /* clock_gettime */, &[1, ts.as_mut_ptr() as u64]);
     }
-    eprintln!("phaul-trace {} {}", (ts[0] as u64) * 1_000_000 + (ts[1] as u64) / 1000, what);
+    (ts[0] as u64) * 1_000_000 + (ts[1] as u64) / 1000
 }

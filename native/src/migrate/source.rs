@@ -35,6 +35,7 @@ pub struct SourceEngine {
     sender: Option<std::thread::JoinHandle<Sent>>,
     /// When the final freeze began: the downtime runs from there to COMMITTED.
     frozen_at: Option<Instant>,
+    frozen_mono_us: u64,
 }
 
 /// What the final-round sender thread gives back.
@@ -185,6 +186,7 @@ impl SourceEngine {
         crate::sys::set_thread_nice(FROZEN_NICE);
         let t0 = Instant::now();
         self.frozen_at = Some(t0);
+        self.frozen_mono_us = crate::sys::mono_us();
         let frozen = freeze::freeze_tree(self.root)?;
         let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
         let appeared = frozen.live().map(|p| p.pid).find(|p| !known.contains(p));
@@ -363,7 +365,11 @@ impl SourceEngine {
             Ok((h, _)) if h.kind == stream::COMMITTED => {
                 crate::sys::trace_mark("source: committed received");
                 let frozen_us = self.frozen_at.map(|t| t.elapsed().as_micros() as u64).unwrap_or(0);
-                let mut res = ok().with("restored", restored).with("frozen_us", frozen_us);
+                let mut res = ok()
+                    .with("restored", restored)
+                    .with("frozen_us", frozen_us)
+                    .with("frozen_mono_us", self.frozen_mono_us)
+                    .with("committed_mono_us", crate::sys::mono_us());
                 // From here nothing is downtime: the copy that runs is the
                 // destination's, and on one host it must not feel us freeing
                 // this one (its own threads do the unmapping, so they yield too).
