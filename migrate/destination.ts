@@ -324,6 +324,7 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
         if (m.type === "round") {
           phase = "precopy";
           if (rounds.length === 0) faultLater("precopy");
+          if (rounds.length === 1) faultLater("round1");
           const stats = await session.round(roundTimeoutMs);
           if (chan.failed) throw chan.failed;
           rounds.push(stats);

@@ -5,6 +5,7 @@
 // PHASE  handshake  source hello received, before answering
 //        prepare    prepare received, before dest_prepare
 //        precopy    DELAY_MS after dest_round of round 0 started (during a pre-copy round)
+//        round1     DELAY_MS after dest_round of round 1 started (a later round: dirty pages only)
 //        freeze     the source announced its freeze (before source_freeze runs there)
 //        final      the source announced its final round and state (the engine restores meanwhile)
 //        restore    DELAY_MS after the final announcement (during the restore)
@@ -13,7 +14,7 @@
 //        kill   SIGKILL itself
 //        close  drop the control connection and take the normal abort path
 
-export type FaultPhase = "handshake" | "prepare" | "precopy" | "freeze" | "final" | "restore" | "commit";
+export type FaultPhase = "handshake" | "prepare" | "precopy" | "round1" | "freeze" | "final" | "restore" | "commit";
 export type FaultAction = "exit" | "kill" | "close";
 
 export interface Fault {
@@ -22,7 +23,7 @@ export interface Fault {
   delayMs: number;
 }
 
-const PHASES: FaultPhase[] = ["handshake", "prepare", "precopy", "freeze", "final", "restore", "commit"];
+const PHASES: FaultPhase[] = ["handshake", "prepare", "precopy", "round1", "freeze", "final", "restore", "commit"];
 const ACTIONS: FaultAction[] = ["exit", "kill", "close"];
 
 export function parseFault(text: string | undefined): Fault | undefined {

@@ -96,6 +96,8 @@ describe('migration rollback', () => {
     { phase: 'prepare', fault: 'prepare:kill', workload: 'counter', outcome: 'rollback' },
     // during round 0 of 256 MiB
     { phase: 'pre-copy round', fault: 'precopy:kill:30', workload: 'bigmem', args: ['256'], outcome: 'rollback' },
+    // round 1 (dirty pages only) of a workload that keeps writing
+    { phase: 'a later pre-copy round', fault: 'round1:kill:0', workload: 'dirtier', args: ['128', '64'], outcome: 'rollback' },
     { phase: 'freeze', fault: 'freeze:kill', workload: 'counter', outcome: 'rollback' },
     { phase: 'final transfer', fault: 'final:kill', workload: 'counter', outcome: 'migrated' },
     { phase: 'restore', fault: 'restore:kill:0', workload: 'counter', outcome: 'migrated' },
@@ -107,6 +109,7 @@ describe('migration rollback', () => {
     { phase: 'handshake', fault: 'handshake:close', workload: 'counter', outcome: 'rollback' },
     { phase: 'prepare', fault: 'prepare:close', workload: 'counter', outcome: 'rollback' },
     { phase: 'pre-copy round', fault: 'precopy:close:30', workload: 'bigmem', args: ['256'], outcome: 'rollback' },
+    { phase: 'a later pre-copy round', fault: 'round1:close:0', workload: 'dirtier', args: ['128', '64'], outcome: 'rollback' },
     { phase: 'freeze', fault: 'freeze:close', workload: 'counter', outcome: 'rollback' },
     { phase: 'final transfer', fault: 'final:close', workload: 'counter', outcome: 'migrated' },
     { phase: 'restore', fault: 'restore:close:0', workload: 'counter', outcome: 'migrated' },

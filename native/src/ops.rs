@@ -93,6 +93,7 @@ pub fn dispatch(req: &Json) -> Result<Json> {
                 if let Ok(mut a) = awaiting_stream().lock() {
                     a.insert(id, (req.str_of("migration").unwrap_or("").to_string(), req.str_of("token").unwrap_or("").to_string()));
                 }
+                crate::pageserver::expect(req.str_of("migration").unwrap_or(""));
             }
             Ok(r)
         }

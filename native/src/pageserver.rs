@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const PARK_TIMEOUT: Duration = Duration::from_secs(120);
-const MAX_PARKED: usize = 64;
+const MAX_PARKED: usize = 512;
 
 struct Parked {
     token: String,
@@ -31,6 +31,29 @@ fn parked() -> &'static Mutex<HashMap<String, Parked>> {
     P.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// Migrations a destination session was prepared for: their streams are
+/// evicted last when a flood of made-up HELLOs fills the parking.
+fn expected() -> &'static Mutex<Vec<String>> {
+    static E: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    E.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// A session for `migration` exists: keep its stream parked in preference to others.
+pub fn expect(migration: &str) {
+    if let Ok(mut e) = expected().lock() {
+        if e.len() > 256 {
+            e.remove(0);
+        }
+        e.push(migration.to_string());
+    }
+}
+
+fn forget(migration: &str) {
+    if let Ok(mut e) = expected().lock() {
+        e.retain(|m| m != migration);
+    }
+}
+
 /// Migrations whose claim was called off (their control connection is gone).
 fn cancelled() -> &'static Mutex<Vec<String>> {
     static C: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
@@ -39,6 +62,7 @@ fn cancelled() -> &'static Mutex<Vec<String>> {
 
 /// Stop waiting for the page stream of `migration` (a claim in progress fails at once).
 pub fn cancel(migration: &str) {
+    forget(migration);
     if let Ok(mut c) = cancelled().lock() {
         if c.len() > 256 {
             c.remove(0);
@@ -110,7 +134,14 @@ fn admit(mut s: TcpStream) {
             // Full (a flood of HELLOs for made-up migrations): the oldest
             // goes, so a real stream, claimed right after it arrives, still
             // gets in unless the flood is sustained faster than that.
-            if let Some(old) = p.iter().min_by_key(|(_, v)| v.since).map(|(k, _)| k.clone()) {
+            let wanted = expected().lock().map(|e| e.clone()).unwrap_or_default();
+            let victim = p
+                .iter()
+                .filter(|(k, _)| !wanted.contains(k))
+                .min_by_key(|(_, v)| v.since)
+                .or_else(|| p.iter().min_by_key(|(_, v)| v.since))
+                .map(|(k, _)| k.clone());
+            if let Some(old) = victim {
                 p.remove(&old);
             }
         }
@@ -124,6 +155,7 @@ pub fn claim(migration: &str, token: &str, timeout: Duration) -> Result<TcpStrea
     loop {
         if let Ok(mut p) = parked().lock() {
             if let Some(x) = p.remove(migration) {
+                forget(migration);
                 if !ct_eq(x.token.as_bytes(), token.as_bytes()) {
                     return Err(Error::new("EAUTH", format!("the page stream of migration {} presented a wrong token", migration)));
                 }
