@@ -30,6 +30,9 @@ static volatile int usr1_mask_ok = 1, alrm_stack_ok = 1;
 static pid_t main_tid, helper_tid;
 static volatile int sent;
 static volatile int phase; /* 0: pending held; 1: main delivered; 2: helper delivered */
+/* Set by main just before it unblocks (and so consumes the shared pending
+ * signals): a helper sample taken while it is set may see them half gone. */
+static volatile int unblocking;
 
 struct rec {
 	int sig, val, code;
@@ -154,11 +157,15 @@ static void *helper(void *a)
 	helper_tid = syscall(SYS_gettid);
 	int delivered = 0;
 	for (;;) {
+		int ph = phase;
 		pthread_sigmask(SIG_BLOCK, NULL, &cur);
 		sigpending(&set);
-		if (sent && (phase == 0 || !delivered)) {
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		int racing = unblocking && ph == 0;
+		if (sent && (ph == 0 || !delivered)) {
 			check_set("helper mask", &cur, helper_blocked, 0);
-			check_set("helper pending", &set, phase == 0 ? helper_pending : (int[]){ SIGRTMIN + 2, 0 }, SIGALRM);
+			if (!racing)
+				check_set("helper pending", &set, ph == 0 ? helper_pending : (int[]){ SIGRTMIN + 2, 0 }, SIGALRM);
 		}
 		if (phase >= 1 && !delivered) {
 			sigset_t un;
@@ -252,6 +259,8 @@ int main(int argc, char **argv)
 			if (access(go_path, F_OK) == 0) {
 				sigset_t un;
 				set_from(&un, main_blocked);
+				unblocking = 1;
+				__atomic_thread_fence(__ATOMIC_SEQ_CST);
 				pthread_sigmask(SIG_UNBLOCK, &un, NULL);
 				/* delivered on return from the syscall above, lowest number first */
 				CHECK(usr2_count == 1, "SIGUSR2 delivered %lu times", (unsigned long)usr2_count);
