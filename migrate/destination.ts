@@ -42,7 +42,7 @@ export interface ServeOptions {
   tokenFile?: string;
   /** The shared secret itself (instead of tokenFile). */
   secret?: Buffer;
-  /** Mutual TLS for the control channel: our certificate and key, and the CA that signs the sources' certificates. */
+  /** Mutual TLS for the control and the page channel: our certificate and key, and the CA that signs the sources' certificates. */
   tls?: Partial<TlsFiles>;
   /** Serve a non-loopback address without any authentication (tests, isolated networks). */
   insecure?: boolean;

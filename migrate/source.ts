@@ -37,7 +37,7 @@ export interface MigrateOptions {
   tokenFile?: string;
   /** The shared secret itself (instead of tokenFile). */
   secret?: Buffer;
-  /** Mutual TLS for the control channel (wss): our certificate and key, and the CA of the destination's certificate. */
+  /** Mutual TLS for the control channel (wss) and the page channel: our certificate and key, and the CA of the destination's certificate. */
   tls?: Partial<TlsFiles>;
 }
 
