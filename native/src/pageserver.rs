@@ -38,14 +38,19 @@ fn expected() -> &'static Mutex<Vec<String>> {
     E.get_or_init(|| Mutex::new(Vec::new()))
 }
 
+/// Add `migration` to a list of ids that peers can grow: the oldest go past 256.
+fn remember(list: &Mutex<Vec<String>>, migration: &str) {
+    if let Ok(mut l) = list.lock() {
+        if l.len() > 256 {
+            l.remove(0);
+        }
+        l.push(migration.to_string());
+    }
+}
+
 /// A session for `migration` exists: keep its stream parked in preference to others.
 pub fn expect(migration: &str) {
-    if let Ok(mut e) = expected().lock() {
-        if e.len() > 256 {
-            e.remove(0);
-        }
-        e.push(migration.to_string());
-    }
+    remember(expected(), migration);
 }
 
 fn forget(migration: &str) {
@@ -63,12 +68,7 @@ fn cancelled() -> &'static Mutex<Vec<String>> {
 /// Stop waiting for the page stream of `migration` (a claim in progress fails at once).
 pub fn cancel(migration: &str) {
     forget(migration);
-    if let Ok(mut c) = cancelled().lock() {
-        if c.len() > 256 {
-            c.remove(0);
-        }
-        c.push(migration.to_string());
-    }
+    remember(cancelled(), migration);
     if let Ok(mut p) = parked().lock() {
         p.remove(migration);
     }

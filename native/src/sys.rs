@@ -72,6 +72,18 @@ pub fn strerror(e: i32) -> String {
 
 /// Linux x86_64/aarch64 syscall numbers we use. aarch64 numbers are kept next
 /// to them so the port only touches this table and arch/.
+/// open(2) flags (the asm-generic values, shared by x86_64 and aarch64).
+pub const O_ACCMODE: u32 = 3;
+pub const O_WRONLY: u32 = 1;
+pub const O_RDWR: u32 = 2;
+pub const O_CREAT: u32 = 0o100;
+pub const O_EXCL: u32 = 0o200;
+pub const O_NOCTTY: u32 = 0o400;
+pub const O_TRUNC: u32 = 0o1000;
+pub const O_NONBLOCK: u32 = 0o4000;
+pub const O_CLOEXEC: u32 = 0o2000000;
+pub const O_PATH: u32 = 0o10000000;
+
 pub mod nr {
     #[cfg(target_arch = "x86_64")]
     mod table {
@@ -206,7 +218,11 @@ pub fn kill(pid: Pid, sig: i32) -> Result<()> {
 /// Scheduling weight of the calling thread (nice, per thread on Linux;
 /// inherited by threads it creates). Best effort: a refusal changes nothing.
 pub fn set_thread_nice(nice: i32) {
-    let tid = unsafe { raw(nr::GETTID, &[]).unwrap_or(0) };
+    set_nice(unsafe { raw(nr::GETTID, &[]).unwrap_or(0) } as Pid, nice);
+}
+
+/// Scheduling weight (nice) of thread `tid`. Best effort.
+pub fn set_nice(tid: Pid, nice: i32) {
     let _ = unsafe { raw(nr::SETPRIORITY, &[0 /* PRIO_PROCESS */, tid as u64, nice as i64 as u64]) };
 }
 

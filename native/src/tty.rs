@@ -41,12 +41,7 @@ const TIOCGPKT: u64 = 0x8004_5438;
 const TIOCGPTLCK: u64 = 0x8004_5439;
 const TIOCGPTPEER: u64 = 0x5441;
 
-const O_ACCMODE: u32 = 3;
-const O_RDWR: u32 = 2;
-const O_NOCTTY: u32 = 0o400;
-const O_NONBLOCK: u32 = 0o4000;
-const O_CLOEXEC: u32 = 0o2000000;
-const O_PATH: u32 = 0o10000000;
+use crate::sys::{O_ACCMODE, O_CLOEXEC, O_NOCTTY, O_NONBLOCK, O_PATH, O_RDWR};
 
 /// struct termios2: four u32 flag words, c_line, c_cc[19], two u32 speeds.
 const TERMIOS2_LEN: usize = 44;

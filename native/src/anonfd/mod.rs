@@ -26,12 +26,7 @@ pub mod signalfd;
 pub mod timerfd;
 pub mod unlinked;
 
-pub(crate) const O_NONBLOCK: u32 = 0o4000;
-pub(crate) const O_CLOEXEC: u32 = 0o2000000;
-pub(crate) const O_CREAT: u32 = 0o100;
-pub(crate) const O_EXCL: u32 = 0o200;
-pub(crate) const O_TRUNC: u32 = 0o1000;
-pub(crate) const O_NOCTTY: u32 = 0o400;
+pub(crate) use crate::sys::{O_CLOEXEC, O_CREAT, O_EXCL, O_NOCTTY, O_NONBLOCK, O_TRUNC};
 
 /// Contents kept in the image for memfds and unlinked files, at most.
 pub const MAX_CONTENTS: u64 = 64 << 20;

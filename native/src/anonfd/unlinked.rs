@@ -12,7 +12,7 @@ use crate::sys::{self, cstr, Error, Fd, Result};
 use std::os::unix::fs::MetadataExt;
 
 pub(crate) const TAG: u8 = 2;
-const O_RDWR: u32 = 2;
+use crate::sys::O_RDWR;
 const O_TMPFILE: u32 = 0o20200000;
 
 pub fn describe(ctx: &FileCtx) -> Result<Json> {

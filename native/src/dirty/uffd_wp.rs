@@ -18,8 +18,6 @@ use crate::sys::{self, nr, Context, Error, Fd, Pid, Result, PAGE_SIZE};
 use std::fs::File;
 
 pub const UFFD_USER_MODE_ONLY: u64 = 1;
-pub const O_NONBLOCK: u64 = 0o4000;
-pub const O_CLOEXEC: u64 = 0o2000000;
 
 pub const UFFD_API: u64 = 0xAA;
 pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
@@ -75,7 +73,7 @@ fn register(fd: &Fd, start: u64, end: u64) -> std::result::Result<(), i32> {
 
 /// Can this kernel do it? A userfaultfd of our own on a page of our own.
 pub fn supported() -> bool {
-    let Ok(f) = sys::call("userfaultfd", nr::USERFAULTFD, &[O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY]) else { return false };
+    let Ok(f) = sys::call("userfaultfd", nr::USERFAULTFD, &[(sys::O_CLOEXEC | sys::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY]) else { return false };
     let fd = Fd(f as i32);
     if uffd_api(&fd).is_err() {
         return false;
@@ -206,7 +204,7 @@ pub struct UffdTracker {
 impl UffdTracker {
     /// Returns the tracker and the ranges armed.
     pub fn start(pid: Pid, inj: &mut Injector, vmas: &[Vma]) -> Result<(UffdTracker, Vec<(u64, u64)>)> {
-        let tfd = inj.call("userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY)", nr::USERFAULTFD, &[O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY])?;
+        let tfd = inj.call("userfaultfd(O_CLOEXEC|O_NONBLOCK|UFFD_USER_MODE_ONLY)", nr::USERFAULTFD, &[(sys::O_CLOEXEC | sys::O_NONBLOCK) as u64 | UFFD_USER_MODE_ONLY])?;
         let taken = sys::pidfd_open(pid).and_then(|p| sys::pidfd_getfd(&p, tfd as i32));
         let closed = inj.call("close(userfaultfd)", nr::CLOSE, &[tfd]);
         let uffd = taken.ctx(format!("taking the userfaultfd of process {}", pid))?;

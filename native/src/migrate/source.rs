@@ -376,7 +376,7 @@ impl SourceEngine {
                 crate::sys::set_thread_nice(PRECOPY_NICE);
                 if let Some(mut f) = self.frozen.take() {
                     for t in f.live().flat_map(|p| p.threads.iter()) {
-                        let _ = unsafe { crate::sys::raw(crate::sys::nr::SETPRIORITY, &[0, t.tid as u64, PRECOPY_NICE as u64]) };
+                        crate::sys::set_nice(t.tid, PRECOPY_NICE);
                     }
                     release_memory_gently(&f);
                     f.kill();
@@ -480,14 +480,7 @@ impl Engine for SourceEngine {
 
     fn abandon(&mut self) {
         let _ = self.join_sender();
-        self.stop_tracking();
-        if let Some(mut f) = self.frozen.take() {
-            let _ = self.rollback_sockets(&f, ok());
-            f.resume();
-        }
-        if let Some(mut h) = self.handoff.take() {
-            h.release();
-        }
+        let _ = self.give_back();
     }
 }
 

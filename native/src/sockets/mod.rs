@@ -49,7 +49,7 @@ pub(crate) const MSG_PEEK: u64 = 2;
 pub(crate) const MSG_TRUNC: u64 = 0x20;
 pub(crate) const MSG_DONTWAIT: u64 = 0x40;
 
-pub(crate) const O_NONBLOCK: u32 = 0o4000;
+pub(crate) use crate::sys::O_NONBLOCK;
 
 pub(crate) mod snr {
     pub const SOCKET: i64 = 41;
