@@ -5,26 +5,15 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { assertCliOk, dump, restore } from './helpers/cli.js';
 import { procStat, waitPidGone, sleep } from './helpers/proc.js';
 import { Harness } from './helpers/workload.js';
+import { freePort } from './helpers/servers.js';
 
 const h = new Harness();
 after(() => h.cleanup());
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function get(port: number, urlPath: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {

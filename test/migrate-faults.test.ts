@@ -6,19 +6,15 @@
 // nothing left on the destination (stubs) or frozen here.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdirSync } from 'node:fs';
 import net from 'node:net';
 import { after, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
 import { PHAUL_JS, REPO } from './helpers/paths.js';
-import { cmdline, isAlive, procStatus, runningFreely, waitUntil } from './helpers/proc.js';
-import { assertExactlyOneCopy } from './helpers/migrate.js';
+import { procStatus, runningFreely, waitUntil } from './helpers/proc.js';
+import { assertExactlyOneCopy, copiesOf } from './helpers/migrate.js';
+import { relay, type Tap } from './helpers/relay.js';
+import { freePort } from './helpers/servers.js';
 import { assertNoFail, assertOkSequence, Harness, lastOk, waitForOk, type Workload } from './helpers/workload.js';
-
-function copiesOf(w: Workload): number[] {
-  return readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number)
-    .filter((p) => p !== w.pid && isAlive(p) && (cmdline(p) ?? '').includes(w.marker));
-}
 
 interface Run { code: number | null; signal: string | null; stderr: string }
 
@@ -45,42 +41,6 @@ async function assertOneCopyHere(w: Workload, agent: Agent): Promise<void> {
   assert.ok(await waitUntil(() => agent.leftovers().length === 0, 10_000), `stubs left: ${agent.leftovers().join(' ')}\n${agent.stderr}`);
   assert.ok(await waitUntil(() => copiesOf(w).length === 0, 10_000), `second copy: ${copiesOf(w).join(' ')}`);
   assert.equal(agent.exit, undefined, 'the agent died');
-}
-
-function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, host, () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-/** TCP relay listenHost:listenPort → 127.0.0.1:targetPort; `tap` sees source→destination bytes and may alter them or cut. */
-type Tap = (chunk: Buffer, offset: number) => Buffer | 'cut' | { last: Buffer };
-
-function relay(listenHost: string, listenPort: number, targetPort: number, tap?: Tap): Promise<net.Server> {
-  const server = net.createServer((down) => {
-    const up = net.connect({ host: '127.0.0.1', port: targetPort });
-    let offset = 0;
-    const kill = () => { down.destroy(); up.destroy(); };
-    down.on('error', kill); up.on('error', kill); down.on('close', kill); up.on('close', kill);
-    down.on('data', (d: Buffer) => {
-      const out = tap ? tap(d, offset) : d;
-      offset += d.length;
-      if (out === 'cut') return kill();
-      if (!Buffer.isBuffer(out)) {
-        // Deliver this chunk, hear nothing more from the destination, then cut.
-        up.unpipe(down);
-        up.write(out.last, () => setTimeout(kill, 300));
-        return;
-      }
-      up.write(out);
-    });
-    up.pipe(down);
-  });
-  return new Promise((resolve) => server.listen(listenPort, listenHost, () => resolve(server)));
 }
 
 describe('migration faults: source deaths and a damaged page stream', () => {

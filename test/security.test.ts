@@ -3,7 +3,7 @@
 // silent peers on the control and page ports.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,8 +11,10 @@ import { after, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { Agent, startAgent } from './helpers/agent.js';
 import { assertCliError, describe as describeCli, runCli } from './helpers/cli.js';
-import { migrateAndCheck } from './helpers/migrate.js';
-import { cmdline, isAlive, runningFreely, sleep, waitUntil } from './helpers/proc.js';
+import { copiesOf, migrateAndCheck } from './helpers/migrate.js';
+import { relay } from './helpers/relay.js';
+import { freePort } from './helpers/servers.js';
+import { runningFreely, sleep, waitUntil } from './helpers/proc.js';
 import { assertNoFail, assertOkSequence, Harness, lastOk, waitForOk, type Workload } from './helpers/workload.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'phaul-sec-'));
@@ -21,10 +23,6 @@ const wrong = path.join(tmp, 'wrong');
 writeFileSync(secret, 'correct horse battery staple 0123456789\n', { mode: 0o600 });
 writeFileSync(wrong, 'wrong horse battery staple 9876543210\n', { mode: 0o600 });
 
-function copiesOf(w: Workload): number[] {
-  return readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number)
-    .filter((p) => p !== w.pid && isAlive(p) && (cmdline(p) ?? '').includes(w.marker));
-}
 
 async function assertStillHere(w: Workload, agent: Agent): Promise<void> {
   assert.equal(w.child.exitCode, null);
@@ -148,12 +146,7 @@ describe('security', () => {
     execFileSync('mkdir', ['-p', dir]);
     makeCerts(dir);
     const f = (n: string) => path.join(dir, n);
-    const pagePort = await new Promise<number>((resolve) => {
-      const s = net.createServer().listen(0, '127.0.0.1', () => {
-        const port = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(port));
-      });
-    });
+    const pagePort = await freePort();
     const agent = await startAgent({ args: ['--tls-cert', f('agent.pem'), '--tls-key', f('agent.key'), '--tls-ca', f('ca.pem'), '--page-port', String(pagePort)] });
     agents.push(agent);
 
@@ -181,22 +174,12 @@ describe('security', () => {
     // memory in clear (its marker is in its argv, on its stack).
     const seen: Buffer[] = [];
     let seenBytes = 0;
-    const sniff = net.createServer((down) => {
-      const up = net.connect({ host: '127.0.0.1', port: pagePort });
-      const kill = () => { down.destroy(); up.destroy(); };
-      down.on('error', kill); up.on('error', kill); down.on('close', kill); up.on('close', kill);
-      down.on('data', (d: Buffer) => { seen.push(d); seenBytes += d.length; up.write(d); });
-      up.pipe(down);
+    const sniff = await relay('127.0.0.2', pagePort, pagePort, (d) => {
+      seen.push(d);
+      seenBytes += d.length;
+      return d;
     });
-    await new Promise<void>((r) => sniff.listen(pagePort, '127.0.0.2', () => r()));
-    const control = net.createServer((down) => {
-      const up = net.connect({ host: '127.0.0.1', port: agent.port });
-      const kill = () => { down.destroy(); up.destroy(); };
-      down.on('error', kill); up.on('error', kill); down.on('close', kill); up.on('close', kill);
-      down.pipe(up);
-      up.pipe(down);
-    });
-    await new Promise<void>((r) => control.listen(0, '127.0.0.2', () => r()));
+    const control = await relay('127.0.0.2', 0, agent.port);
     try {
       const w = await h.start('counter');
       await waitForOk(w, 1);

@@ -91,6 +91,11 @@ export function liveCopies(w: Workload): number[] {
     .filter((p) => isAlive(p) && (cmdline(p) ?? '').includes(w.marker));
 }
 
+/** Processes other than w.pid running w's command line (a restored copy, or a stub that took it over). */
+export function copiesOf(w: Workload): number[] {
+  return liveCopies(w).filter((p) => p !== w.pid);
+}
+
 /**
  * Whatever a fault did, exactly one copy of w must run: freely (not stopped,
  * not traced), counting on in its log with no FAIL and no repeated count.
