@@ -321,7 +321,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     // source_commit ends the session itself, resuming (or, when the outcome
     // is unknown, parking) the tree on failure.
     if (session !== undefined && !killed && !committing) {
-      await callNative("source_finish", { session, action: "resume" }).catch(() => undefined);
+      await callNative("source_finish", { session }).catch(() => undefined);
     }
     if (chan) await chan.abort(err);
     if (killed) throw err; // cannot happen after the kill, kept for clarity

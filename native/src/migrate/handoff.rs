@@ -16,7 +16,7 @@
 //! drops them: SYNs to the tree's listening ports from just before the
 //! freeze (new clients retry their SYN after 1 s), and every packet of the
 //! tree's established connections and UDP ports from the freeze on. The
-//! table is deleted once the destination runs the tree (source_finish kill)
+//! table is deleted once the destination runs the tree (source_commit)
 //! or the source resumes it (rollback). Without `nft` the handoff still
 //! works but is not protected (reported in the warnings).
 

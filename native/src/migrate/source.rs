@@ -257,9 +257,10 @@ impl SourceEngine {
             h.detach(f, &state)?;
             handoff_json = h.stats.clone().with("warnings", h.warnings.iter().map(|w| Json::from(w.as_str())).collect::<Vec<_>>());
         }
-        let _ = state_tx.send(state.clone());
+        // The state goes to the destination on the page stream only: the
+        // agent has no use for it, and carrying it up costs frozen time.
+        let _ = state_tx.send(state);
         Ok(ok()
-            .with("state", state)
             .with("handoff", handoff_json)
             .with("pages", pages)
             .with("bytes", pages * PAGE_SIZE)
