@@ -74,26 +74,13 @@ export class PageServer {
     if (reply.session === undefined || reply.session === null) {
       throw new PhaulError("ENATIVE", `native "dest_prepare" replied without a session`);
     }
-    const session = new PageSession(reply.session as string | number, reply.pid_ns === true);
-    return session;
+    return new PageSession(reply.session as string | number, reply.pid_ns === true);
   }
 }
 
 /** One migration's receiving side: stubs plus the data connection. */
 export class PageSession {
-  private ended = false;
-  private endListeners: (() => void)[] = [];
-
   constructor(readonly id: string | number, readonly pidNamespace = false) {}
-
-  onEnd(fn: () => void): void {
-    this.endListeners.push(fn);
-  }
-
-  private end(): void {
-    this.ended = true;
-    for (const f of this.endListeners.splice(0)) f();
-  }
 
   /** Receive one pre-copy round (waits up to timeoutMs for the source to connect the first time). */
   async round(timeoutMs: number): Promise<RoundStats> {
@@ -108,12 +95,7 @@ export class PageSession {
    * the source resumed its copy instead of committing.
    */
   async restore(timeoutMs: number, commitTimeoutMs = 30_000): Promise<RestoreReply> {
-    let reply;
-    try {
-      reply = await callNative("dest_restore", { session: this.id, timeout_ms: timeoutMs, hold: true, commit: true, commit_timeout_ms: commitTimeoutMs });
-    } finally {
-      this.end();
-    }
+    const reply = await callNative("dest_restore", { session: this.id, timeout_ms: timeoutMs, hold: true, commit: true, commit_timeout_ms: commitTimeoutMs });
     return {
       pid: count(reply, "pid", "dest_restore"),
       restore_us: count(reply, "restore_us", "dest_restore"),
@@ -129,10 +111,5 @@ export class PageSession {
     } catch {
       /* already gone */
     }
-    this.end();
-  }
-
-  get done(): boolean {
-    return this.ended;
   }
 }

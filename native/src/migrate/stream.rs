@@ -83,10 +83,18 @@ impl Header {
 
 pub fn write_json(w: &mut impl Write, kind: u32, pid: u32, j: &Json) -> Result<()> {
     let body = j.to_string().into_bytes();
-    let mut h = [0u8; HEADER];
-    Header { kind, pid, count: body.len() as u32, addr: 0 }.encode(&mut h);
-    w.write_all(&h).map_err(|e| Error::from(e).context("page stream"))?;
-    w.write_all(&body).map_err(|e| Error::from(e).context("page stream"))
+    write_frame(w, &encoded(Header { kind, pid, count: body.len() as u32, addr: 0 }), &body)
+}
+
+fn encoded(h: Header) -> [u8; HEADER] {
+    let mut b = [0u8; HEADER];
+    h.encode(&mut b);
+    b
+}
+
+fn write_frame(w: &mut impl Write, header: &[u8; HEADER], body: &[u8]) -> Result<()> {
+    w.write_all(header).map_err(|e| Error::from(e).context("page stream"))?;
+    w.write_all(body).map_err(|e| Error::from(e).context("page stream"))
 }
 
 pub fn write_round_end(w: &mut impl Write, round: u64, last: bool) -> Result<()> {
@@ -164,12 +172,10 @@ impl RoundSum {
 
 pub fn write_json_summed(w: &mut impl Write, kind: u32, pid: u32, j: &Json, sum: &mut RoundSum) -> Result<()> {
     let body = j.to_string().into_bytes();
-    let mut h = [0u8; HEADER];
-    Header { kind, pid, count: body.len() as u32, addr: 0 }.encode(&mut h);
+    let h = encoded(Header { kind, pid, count: body.len() as u32, addr: 0 });
     sum.add(&h);
     sum.add(&body);
-    w.write_all(&h).map_err(|e| Error::from(e).context("page stream"))?;
-    w.write_all(&body).map_err(|e| Error::from(e).context("page stream"))
+    write_frame(w, &h, &body)
 }
 
 pub fn write_round_end_summed(w: &mut impl Write, round: u64, last: bool, sum: &RoundSum) -> Result<()> {
@@ -184,46 +190,29 @@ pub fn write_json_checked(w: &mut impl Write, kind: u32, pid: u32, j: &Json) -> 
     let body = j.to_string().into_bytes();
     let mut sum = RoundSum::new();
     sum.add(&body);
-    let mut h = [0u8; HEADER];
-    Header { kind, pid, count: body.len() as u32, addr: sum.finish() as u64 }.encode(&mut h);
-    w.write_all(&h).map_err(|e| Error::from(e).context("page stream"))?;
-    w.write_all(&body).map_err(|e| Error::from(e).context("page stream"))
+    write_frame(w, &encoded(Header { kind, pid, count: body.len() as u32, addr: sum.finish() as u64 }), &body)
 }
 
 /// A frame without payload (commit, committed), flushed at once.
 pub fn write_signal(w: &mut impl Write, kind: u32) -> Result<()> {
-    let mut h = [0u8; HEADER];
-    Header { kind, pid: 0, count: 0, addr: 0 }.encode(&mut h);
-    w.write_all(&h).map_err(|e| Error::from(e).context("page stream"))?;
+    write_frame(w, &encoded(Header { kind, pid: 0, count: 0, addr: 0 }), &[])?;
     w.flush().map_err(|e| Error::from(e).context("page stream"))
 }
 
 pub fn read_json_checked(r: &mut impl Read, h: &Header) -> Result<Json> {
+    let body = read_body(r, h)?;
     let mut sum = RoundSum::new();
-    let len = h.payload_len();
-    let mut body = Vec::with_capacity(len.min(1 << 20));
-    r.take(len as u64).read_to_end(&mut body).map_err(|e| Error::from(e).context("page stream"))?;
-    if body.len() != len {
-        return Err(Error::new("ECONNRESET", "page stream: the connection closed inside a control frame"));
-    }
     sum.add(&body);
     if h.addr != sum.finish() as u64 {
         return Err(Error::new("EPROTO", "page stream: a control frame (final state, restored or abort) arrived damaged (checksum mismatch)"));
     }
-    let text = String::from_utf8(body).map_err(|_| Error::new("EPROTO", "page stream: control frame is not UTF-8"))?;
-    Json::parse(&text).map_err(|m| Error::new("EPROTO", format!("page stream: {}", m)))
+    parse_body(body)
 }
 
 pub fn read_json_summed(r: &mut impl Read, h: &Header, sum: &mut RoundSum) -> Result<Json> {
-    let len = h.payload_len();
-    let mut body = Vec::with_capacity(len.min(1 << 20));
-    r.take(len as u64).read_to_end(&mut body).map_err(|e| Error::from(e).context("page stream"))?;
-    if body.len() != len {
-        return Err(Error::new("ECONNRESET", "page stream: the connection closed inside a control frame"));
-    }
+    let body = read_body(r, h)?;
     sum.add(&body);
-    let text = String::from_utf8(body).map_err(|_| Error::new("EPROTO", "page stream: control frame is not UTF-8"))?;
-    Json::parse(&text).map_err(|m| Error::new("EPROTO", format!("page stream: {}", m)))
+    parse_body(body)
 }
 
 pub fn read_header(r: &mut impl Read) -> Result<Header> {
@@ -241,14 +230,22 @@ pub fn read_header(r: &mut impl Read) -> Result<Header> {
 }
 
 pub fn read_json(r: &mut impl Read, h: &Header) -> Result<Json> {
-    // Read what arrives, up to the announced length: a header that announces
-    // 64 MiB and then stops costs no 64 MiB allocation.
+    parse_body(read_body(r, h)?)
+}
+
+/// A JSON frame's payload. Read as it arrives, up to the announced length:
+/// a header that announces 64 MiB and then stops costs no 64 MiB allocation.
+fn read_body(r: &mut impl Read, h: &Header) -> Result<Vec<u8>> {
     let len = h.payload_len();
     let mut body = Vec::with_capacity(len.min(1 << 20));
     r.take(len as u64).read_to_end(&mut body).map_err(|e| Error::from(e).context("page stream"))?;
     if body.len() != len {
         return Err(Error::new("ECONNRESET", "page stream: the connection closed inside a control frame"));
     }
+    Ok(body)
+}
+
+fn parse_body(body: Vec<u8>) -> Result<Json> {
     let text = String::from_utf8(body).map_err(|_| Error::new("EPROTO", "page stream: control frame is not UTF-8"))?;
     Json::parse(&text).map_err(|m| Error::new("EPROTO", format!("page stream: {}", m)))
 }
