@@ -61,8 +61,10 @@ interface Row {
   workload_max_gap_ms?: number;
   /** Largest gap of an unrelated process (not migrated) during the migration, ms. */
   observer_max_gap_ms?: number;
-  /** Effective page throughput of the whole migration, MB/s. */
+  /** Effective page throughput of the whole migration (handshake to commit), MB/s. */
   mbps?: number;
+  /** Page throughput of the first pre-copy round (all memory streamed while the workload runs), MB/s. */
+  round0_mbps?: number;
 }
 
 function run(file: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -144,6 +146,7 @@ async function once(h: Harness, agent: Agent, mib: number, mode: Row['mode']): P
       workload_max_gap_ms: ms(Math.max(0, ...gaps.map((g) => g.us))),
       observer_max_gap_ms: ms(Math.max(0, ...observed.map((g) => g.us))),
       mbps: Math.round(s.bytes / 1e3 / s.total_ms),
+      round0_mbps: s.rounds[0] && s.rounds[0].ms > 0 ? Math.round(s.rounds[0].bytes / 1e3 / s.rounds[0].ms) : undefined,
     });
   } catch (e) {
     row.error = (e as Error).message.split('\n')[0];
@@ -175,24 +178,26 @@ async function main(): Promise<void> {
         results.push(row);
         process.stderr.write(row.ok
           ? `  frozen ${row.frozen_ms} ms, downtime seen ${row.workload_downtime_ms} ms, largest gap ${row.workload_max_gap_ms} ms (observer ${row.observer_max_gap_ms} ms), total ${row.total_ms} ms\n`
-          : `  failed: ${row.error}\n`);
+          : `  failed: ${row.error}\n  destination agent said:\n${agent.stderr.split('\n').slice(-8).join('\n')}\n`);
       }
     }
   } finally {
     await agent.stop();
     await h.cleanup().catch(() => undefined);
   }
-  const header = ['size', 'mode', 'rounds', 'sent MB', 'final MB', 'total ms', 'frozen ms', 'restore ms', 'downtime ms', 'largest gap ms', 'observer gap ms', 'MB/s'];
+  const header = ['size', 'mode', 'rounds', 'sent MB', 'final MB', 'total ms', 'frozen ms', 'restore ms', 'downtime ms', 'largest gap ms', 'observer gap ms', 'MB/s', 'round 0 MB/s', '% of TCP'];
   const body = results.map((r) =>
     r.ok
       ? [`${r.mib} MiB`, r.mode, String(r.rounds!.length), (r.bytes! / 1e6).toFixed(0), (r.final_bytes! / 1e6).toFixed(1),
          String(r.total_ms), String(r.frozen_ms), String(r.restore_ms), String(r.workload_downtime_ms),
-         String(r.workload_max_gap_ms), String(r.observer_max_gap_ms), String(r.mbps)]
-      : [`${r.mib} MiB`, r.mode, 'failed: ' + r.error, '', '', '', '', '', '', '', '', ''],
+         String(r.workload_max_gap_ms), String(r.observer_max_gap_ms), String(r.mbps), r.round0_mbps ? String(r.round0_mbps) : '-',
+         r.round0_mbps && tcp ? String(Math.round((100 * r.round0_mbps) / tcp.mbps)) : '-']
+      : [`${r.mib} MiB`, r.mode, 'failed', '', '', '', '', '', '', '', '', '', '', ''],
   );
+  const failures = results.filter((r) => !r.ok).map((r) => `${r.mib} MiB ${r.mode}: ${r.error}\n`).join('');
   process.stdout.write(
     `\nphaul live migration, dirtier writing ${rate} MB/s, ${os.cpus().length} CPUs, Linux ${os.release()}\n` +
-      `raw loopback TCP: ${tcp?.mbps} MB/s\n\n` + table([header, ...body]) + '\n',
+      `raw loopback TCP: ${tcp?.mbps} MB/s\n\n` + table([header, ...body]) + '\n' + (failures ? `\n${failures}` : ''),
   );
   const doc = { date: new Date().toISOString(), kernel: os.release(), cpus: os.cpus().length, rate_mbps: rate, tcp, results };
   mkdirSync(path.dirname(values.out!), { recursive: true });

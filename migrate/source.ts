@@ -174,7 +174,9 @@ export async function preflight(options: PreflightOptions): Promise<PreflightRep
       const none: PreflightResultMsg = { type: "preflight_result", cpu_flags: facts.cpu_flags, files: [], pids_taken: [], pid_ns: false, pid_refused: false, missing_required_features: [] };
       return buildReport(pid, toText, mine, theirs, facts, none);
     }
+    traceMark("source ts: handshake done");
     const report = await exchangePreflight(chan, pid, toText, mine, theirs);
+    traceMark("source ts: preflight done");
     await chan.send({ type: "done" }).catch(() => undefined);
     return report;
   } catch (e) {
@@ -221,6 +223,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
   };
   signal?.addEventListener("abort", onAbort, { once: true });
   try {
+    traceMark("source ts: connecting");
     progress({ phase: "connecting", to: toText });
     chan = await connect(to.host, to.port, 10_000, tls);
     if (signal?.aborted) throw new PhaulError("ECANCELED", "cancelled");
@@ -235,7 +238,9 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     if (theirs.page_port === undefined) throw new PhaulError("EPROTO", `protocol error: destination did not announce its page port`);
 
     // Preflight, before source_start: nothing is frozen or tracked yet.
+    traceMark("source ts: handshake done");
     const report = await exchangePreflight(chan, pid, toText, mine, theirs);
+    traceMark("source ts: preflight done");
     progress({ phase: "preflight", ok: report.ok, report });
     if (!report.ok) throw new PhaulError(report.code ?? "EPREFLIGHT", `preflight refused: ${report.problems.join("; ")}`, { report });
     if (signal?.aborted) throw new PhaulError("ECANCELED", "cancelled");
@@ -248,12 +253,14 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       pid, track, migration, token, page_addr: dialer?.address ?? formatAddress(to.host, theirs.page_port),
     });
     session = started.session;
+    traceMark("source ts: tracking started");
     const method = String(started.method ?? track);
     progress({ phase: "tracking", method });
     if (chan.failed) throw chan.failed;
 
     await chan.send({ type: "prepare", migration, token, layout: started.layout as Layout, page_port: theirs.page_port });
     await chan.receive(["prepared"], PREPARE_TIMEOUT_MS, "prepared");
+    traceMark("source ts: destination prepared");
 
     const rounds: RoundStats[] = [];
     let decision = decide(rounds, policy);
@@ -269,6 +276,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       await done;
       const stats: RoundStats = { round: n, pages: Number(s.pages) || 0, bytes: Number(s.bytes) || 0, ms: Number(s.ms) || 0 };
       rounds.push(stats);
+      traceMark(`source ts: round ${n} done`);
       decision = decide(rounds, policy);
       progress({
         phase: "round", ...stats,

@@ -64,8 +64,10 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     let insn = find_syscall_insn(pid)?;
     let leader = &fz.threads[0];
     let mut inj = Injector::new(pid, leader.tid, insn, leader.regs.rewound(true), leader.sigmask)?;
+    crate::sys::trace_mark("dump: injector ready");
     let res = (|| -> Result<Json> {
         let mut p = process::dump_process(pid, &mut inj)?;
+        crate::sys::trace_mark("dump: process");
         p.set("sigactions", signals::dump_sigactions(&mut inj)?);
         p.set("itimers", signals::dump_itimers(&mut inj)?);
         for (k, v) in crate::anonfd::dump_process_extras(&mut inj, pid)? {
@@ -80,12 +82,15 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
             ths.push(r?);
         }
         p.set("threads", ths);
+        crate::sys::trace_mark("dump: threads");
         let pidfd = sys::pidfd_open(pid)?;
         p.set("fds", files.dump_fds(pid, &pidfd)?);
         Ok(p)
     })();
     let scratch = inj.scratch_range();
+    crate::sys::trace_mark("dump: fds");
     let fin = inj.finish();
+    crate::sys::trace_mark("dump: injector finished");
     let mut p = res?;
     fin?;
     let vmas: Vec<memory::Vma> = memory::vmas(pid)?.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();

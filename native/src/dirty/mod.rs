@@ -135,6 +135,14 @@ impl Tracker {
         Ok(())
     }
 
+    /// The next collect() is the last one, on the frozen target: trackers
+    /// that re-arm their marks as they read them may skip that.
+    pub fn last_round(&mut self) {
+        if let Inner::UffdWp(t) = &mut self.inner {
+            t.last_round();
+        }
+    }
+
     pub fn method(&self) -> Method {
         match self.inner {
             Inner::SoftDirty(_) => Method::SoftDirty,

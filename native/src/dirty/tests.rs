@@ -338,6 +338,11 @@ fn bench_dirty() {
         let full_again_ns = c.write(big, gib_pages);
         let dirty_all = time_collect(&mut tr, &mut out);
         let all_reported = out.len();
+        // The frozen round: 1% written again, read without re-arming.
+        c.cmd(OP_WRITE_STRIDE, big, n | (100 << 32));
+        tr.last_round();
+        let dirty_last = time_collect(&mut tr, &mut out);
+        println!("{:8} last round (1% dirty, not re-armed): collect {:.2} ms ({} pages)", m.name(), dirty_last, out.len());
         println!(
             "{:8} {} MiB: start {:.1} ms | collect clean {:.2} / {:.2} ms | 1% dirty ({} pages, {} reported) collect {:.2} ms | first write/page {:.2} us, rewrite {:.3} us | full pass {:.1} ms (unprotected {:.1} ms), collect all dirty {:.1} ms ({} pages)",
             m.name(),

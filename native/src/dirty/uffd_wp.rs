@@ -105,11 +105,17 @@ pub fn supported() -> bool {
     ok
 }
 
-/// Written pages of [s, e) of the process behind `pagemap`, re-arming them.
-fn scan_written(scanner: &mut Scanner, pagemap: &File, s: u64, e: u64, private_file: bool, out: &mut Vec<u64>) -> std::result::Result<(), i32> {
+/// Written pages of [s, e) of the process behind `pagemap`, re-arming them
+/// unless `rearm` is false (the last round: nobody reads the marks again,
+/// and a walk that changes no page table entry is cheaper frozen time).
+fn scan_written(scanner: &mut Scanner, pagemap: &File, s: u64, e: u64, private_file: bool, rearm: bool, out: &mut Vec<u64>) -> std::result::Result<(), i32> {
     let mask = PAGE_IS_WRITTEN;
-    let ret = PAGE_IS_WRITTEN | PAGE_IS_FILE;
-    scanner.scan(pagemap, s, e, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, mask, ret, true, |r| {
+    // Asking for PAGE_IS_WRITTEN alone takes the kernel's fast path (no
+    // per-page category lookup): several times cheaper per page table entry.
+    // Only private file mappings need PAGE_IS_FILE.
+    let ret = if private_file { PAGE_IS_WRITTEN | PAGE_IS_FILE } else { PAGE_IS_WRITTEN };
+    let flags = if rearm { PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC } else { PM_SCAN_CHECK_WPASYNC };
+    scanner.scan(pagemap, s, e, flags, mask, ret, true, |r| {
         // Pages of a private file mapping still shared with the file were
         // only read (faulted in): no contents of their own.
         if private_file && r.categories & PAGE_IS_FILE != 0 {
@@ -133,7 +139,7 @@ const SCAN_CHUNK: u64 = 256 << 20;
 /// final round that is frozen time; the walks only share the target's mmap
 /// lock for reading, so they run side by side. Results come back per job,
 /// pages in address order.
-fn scan_parallel(pagemap: &File, jobs: &[(u64, u64, bool)]) -> Vec<std::result::Result<Vec<u64>, i32>> {
+fn scan_parallel(pagemap: &File, jobs: &[(u64, u64, bool)], rearm: bool) -> Vec<std::result::Result<Vec<u64>, i32>> {
     let total: u64 = jobs.iter().map(|j| j.1 - j.0).sum();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
     if total < PARALLEL_SCAN_MIN || threads < 2 {
@@ -142,7 +148,7 @@ fn scan_parallel(pagemap: &File, jobs: &[(u64, u64, bool)]) -> Vec<std::result::
             .iter()
             .map(|&(s, e, pf)| {
                 let mut v = Vec::new();
-                scan_written(&mut sc, pagemap, s, e, pf, &mut v).map(|_| v)
+                scan_written(&mut sc, pagemap, s, e, pf, rearm, &mut v).map(|_| v)
             })
             .collect();
     }
@@ -168,7 +174,7 @@ fn scan_parallel(pagemap: &File, jobs: &[(u64, u64, bool)]) -> Vec<std::result::
                         let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&(_, a, b, pf)) = chunks.get(k) else { break };
                         let mut v = Vec::new();
-                        done.push((k, scan_written(&mut scanner, pagemap, a, b, pf, &mut v).map(|_| v)));
+                        done.push((k, scan_written(&mut scanner, pagemap, a, b, pf, rearm, &mut v).map(|_| v)));
                     }
                     done
                 })
@@ -199,6 +205,8 @@ pub struct UffdTracker {
     scanner: Scanner,
     /// Areas that refused registration (start, end, errno), reported wholly each round.
     pub refused: Vec<(u64, u64, i32)>,
+    /// False for the last round (see scan_written).
+    rearm: bool,
 }
 
 impl UffdTracker {
@@ -211,7 +219,7 @@ impl UffdTracker {
         closed?;
         uffd_api(&uffd)?;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
-        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new() };
+        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true };
         let mut ignored = Vec::new();
         let armed = t.collect(&[], vmas, &mut ignored)?;
         Ok((t, armed))
@@ -224,7 +232,13 @@ impl UffdTracker {
     /// Written pages of [s, e) (re-arming them). Err(errno) if the range is
     /// not (or no longer) registered with our userfaultfd.
     fn scan_written(&mut self, s: u64, e: u64, private_file: bool, out: &mut Vec<u64>) -> std::result::Result<(), i32> {
-        scan_written(&mut self.scanner, &self.pagemap, s, e, private_file, out)
+        scan_written(&mut self.scanner, &self.pagemap, s, e, private_file, self.rearm, out)
+    }
+
+    /// The next collect is the last (the target is frozen for good): it
+    /// reports written pages without write-protecting them again.
+    pub fn last_round(&mut self) {
+        self.rearm = false;
     }
 
     /// A new area (or new part of one): register the whole area (again: the
@@ -280,7 +294,7 @@ impl UffdTracker {
             }
         }
         let mut scanned: std::collections::HashMap<(u64, u64), std::result::Result<Vec<u64>, i32>> =
-            jobs.iter().map(|j| (j.0, j.1)).zip(scan_parallel(&self.pagemap, &jobs)).collect();
+            jobs.iter().map(|j| (j.0, j.1)).zip(scan_parallel(&self.pagemap, &jobs, self.rearm)).collect();
         for v in vmas.iter().filter(|v| v.stores_pages()) {
             let pf = v.kind == Kind::File && !v.shared;
             let segs = segments(known, v.start, v.end);

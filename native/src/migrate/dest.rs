@@ -2,6 +2,7 @@
 //! their address spaces are built and filled while pre-copy runs, so the
 //! frozen window holds only the last dirty pages and the non-memory state.
 
+use super::send;
 use super::stream;
 use crate::ffi::error_json;
 use crate::files;
@@ -26,7 +27,7 @@ pub struct DestEngine {
     mems: HashMap<Pid, File>,
     /// The restored objects, kept until the commit: see Opened::silence_tcp.
     opened: Option<files::Opened>,
-    buf: Vec<u8>,
+    pool: send::Pool,
     rounds: u64,
 }
 
@@ -77,66 +78,70 @@ impl DestEngine {
         let fd = crate::session::take_passed_fd().ok_or_else(|| Error::new("ESESSION", "no page stream was handed to this session"))?;
         let s = unsafe { <TcpStream as std::os::unix::io::FromRawFd>::from_raw_fd(fd.into_raw()) };
         let _ = s.set_read_timeout(Some(timeout));
-        self.sock = Some(BufReader::with_capacity(4 << 20, s));
+        // Small: most of a page frame's payload bypasses it, read straight into a pool buffer.
+        self.sock = Some(BufReader::with_capacity(64 << 10, s));
         Ok(())
     }
 
-    /// Receive frames up to the next round end; returns (pages, last layouts seen).
+    /// Receive frames up to the next round end; returns (pages, whether it
+    /// was the final round). This thread reads and sums the frames; another
+    /// applies them to the stubs (layouts, then pages by process_vm_writev),
+    /// so the copy off the socket and the copy into the stubs overlap.
     fn receive_round(&mut self, timeout: Duration) -> Result<(u64, bool)> {
         self.accept(timeout)?;
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
         let r = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
         let _ = r.get_ref().set_read_timeout(Some(timeout));
-        if self.buf.len() < stream::MAX_PAGES as usize * PAGE_SIZE as usize {
-            self.buf = vec![0u8; stream::MAX_PAGES as usize * PAGE_SIZE as usize];
+        let mems = &self.mems;
+        let pool = &mut self.pool;
+        pool.fill();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<In>(send::DEPTH);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for b in pool.take() {
+            let _ = free_tx.send(b);
         }
-        let mut pages = 0;
-        let (mut t_read, mut t_write) = (Duration::ZERO, Duration::ZERO);
-        // Every frame of the round, headers and payloads, is summed; the round
-        // end carries the source's sum: a damaged stream fails the round.
-        let mut sum = stream::RoundSum::new();
-        loop {
-            let h = stream::read_header(r)?;
-            if h.kind != stream::ROUND_END {
-                sum.add_header(&h);
-            }
-            match h.kind {
-                stream::LAYOUT => {
-                    let j = stream::read_json_summed(r, &h, &mut sum)?;
-                    let vmas = j.as_arr().iter().map(Vma::from_json).collect::<Result<Vec<_>>>()?;
-                    // Areas backed by a memfd or an unlinked file are mapped from
-                    // the restored object, which exists only at the final restore;
-                    // their contents live in that object, not in the page stream.
-                    let vmas: Vec<Vma> = vmas.into_iter().filter(|v| !needs_restored_object(v)).collect();
-                    let s = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", h.pid)))?;
-                    restore::apply_layout(s, &vmas)?;
-                }
-                stream::PAGES => {
-                    let len = h.payload_len();
-                    let b = &mut self.buf[..len];
+        let t0 = Instant::now();
+        let (received, applied) = std::thread::scope(|s| {
+            let applier = s.spawn(move || -> Result<Duration> {
+                let mut busy = Duration::ZERO;
+                for x in rx {
                     let t = Instant::now();
-                    r.read_exact(b).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
-                    sum.add(b);
-                    t_read += t.elapsed();
-                    let t = Instant::now();
-                    let s = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
-                    write_pages(s.host, self.mems.get(&s.pid), h.addr, b)?;
-                    t_write += t.elapsed();
-                    pages += h.count as u64;
-                }
-                stream::ROUND_END => {
-                    if h.pid != sum.finish() {
-                        return Err(Error::new("EPROTO", format!("page stream: round {} arrived damaged (checksum mismatch)", h.addr)));
+                    match x {
+                        In::Layout(pid, vmas) => {
+                            let st = tree.stub_mut(pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", pid)))?;
+                            restore::apply_layout(st, &vmas)?;
+                        }
+                        In::Pages(pid, addr, b, len) => {
+                            let st = tree.stub_mut(pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", pid)))?;
+                            write_pages(st.host, mems.get(&st.pid), addr, &b[..len])?;
+                            let _ = free_tx.send(b);
+                        }
                     }
-                    if crate::inject::debug() {
-                        eprintln!("phaul: dest round: {} pages, read {:?}, write {:?}", pages, t_read, t_write);
-                    }
-                    self.rounds += 1;
-                    return Ok((pages, h.count != 0));
+                    busy += t.elapsed();
                 }
-                _ => return Err(Error::new("EPROTO", "page stream: unexpected frame")),
+                if crate::inject::debug() {
+                    eprintln!("phaul: dest applier cpu {} us", crate::sys::thread_cpu_us());
+                }
+                Ok(busy)
+            });
+            let c0 = crate::sys::thread_cpu_us();
+            let received = read_round(r, &tx, &free_rx);
+            if crate::inject::debug() {
+                eprintln!("phaul: dest reader cpu {} us", crate::sys::thread_cpu_us() - c0);
             }
+            drop(tx);
+            let applied = applier.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
+            pool.put(free_rx.try_iter());
+            (received, applied)
+        });
+        // A failure to apply is the cause when both failed (the reader only saw the applier stop).
+        let busy = applied?;
+        let (pages, last) = received?;
+        if crate::inject::debug() {
+            eprintln!("phaul: dest round: {} pages in {:?}, applying {:?}", pages, t0.elapsed(), busy);
         }
+        self.rounds += 1;
+        Ok((pages, last))
     }
 
     fn restore(&mut self, req: &Json, timeout: Duration) -> Result<Json> {
@@ -300,6 +305,59 @@ impl Engine for DestEngine {
     }
 }
 
+/// A frame for the applier thread, in stream order.
+enum In {
+    Layout(Pid, Vec<Vma>),
+    /// Pages at addr: the first `len` bytes of a pool buffer, which goes back once written.
+    Pages(Pid, u64, Vec<u8>, usize),
+}
+
+/// Read one round's frames off the stream, checking its sum at the round end.
+fn read_round(r: &mut BufReader<TcpStream>, tx: &std::sync::mpsc::SyncSender<In>, free: &std::sync::mpsc::Receiver<Vec<u8>>) -> Result<(u64, bool)> {
+    let stopped = || Error::new("EPROTO", "page stream: the pages could not be applied");
+    let mut pages = 0;
+    // Every frame of the round, headers and payloads, is summed; the round
+    // end carries the source's sum: a damaged stream fails the round.
+    let mut sum = stream::RoundSum::new();
+    loop {
+        let h = stream::read_header(r)?;
+        if h.kind != stream::ROUND_END {
+            sum.add_header(&h);
+        }
+        match h.kind {
+            stream::LAYOUT => {
+                let j = stream::read_json_summed(r, &h, &mut sum)?;
+                let vmas = j.as_arr().iter().map(Vma::from_json).collect::<Result<Vec<_>>>()?;
+                // Areas backed by a memfd or an unlinked file are mapped from
+                // the restored object, which exists only at the final restore;
+                // their contents live in that object, not in the page stream.
+                let vmas: Vec<Vma> = vmas.into_iter().filter(|v| !needs_restored_object(v)).collect();
+                tx.send(In::Layout(h.pid as Pid, vmas)).map_err(|_| stopped())?;
+            }
+            stream::PAGES => {
+                let len = h.payload_len();
+                let t = Instant::now();
+                let mut b = free.recv().map_err(|_| stopped())?;
+                WAITR.with(|w| w.set(w.get() + t.elapsed()));
+                r.read_exact(&mut b[..len]).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
+                sum.add(&b[..len]);
+                tx.send(In::Pages(h.pid as Pid, h.addr, b, len)).map_err(|_| stopped())?;
+                pages += h.count as u64;
+            }
+            stream::ROUND_END => {
+                if crate::inject::debug() {
+                    eprintln!("phaul: dest reader waited for buffers {:?}", WAITR.with(|w| w.replace(Duration::ZERO)));
+                }
+                if h.pid != sum.finish() {
+                    return Err(Error::new("EPROTO", format!("page stream: round {} arrived damaged (checksum mismatch)", h.addr)));
+                }
+                return Ok((pages, h.count != 0));
+            }
+            _ => return Err(Error::new("EPROTO", "page stream: unexpected frame")),
+        }
+    }
+}
+
 /// Write a frame's pages into the stub. process_vm_writev pins pages in
 /// batches (fast on fresh memory, where /proc/PID/mem faults one page per
 /// call); it refuses read-only areas, which /proc/PID/mem writes through.
@@ -319,3 +377,5 @@ fn write_pages(host: Pid, mem: Option<&File>, addr: u64, data: &[u8]) -> Result<
 fn needs_restored_object(v: &Vma) -> bool {
     v.kind == crate::memory::Kind::File && (v.path.starts_with("/memfd:") || v.path.ends_with(" (deleted)"))
 }
+
+thread_local!(static WAITR: std::cell::Cell<Duration> = std::cell::Cell::new(Duration::ZERO));

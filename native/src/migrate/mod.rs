@@ -3,5 +3,6 @@
 
 pub mod dest;
 pub mod handoff;
+pub mod send;
 pub mod source;
 pub mod stream;

@@ -2,12 +2,13 @@
 //! the tree runs, then freeze and send the last dirty pages and the state.
 
 use super::handoff::Handoff;
+use super::send;
 use super::stream;
 use crate::dirty::{self, Method, Tracker};
 use crate::dump;
 use crate::ffi::error_json;
 use crate::freeze::{self, Frozen};
-use crate::inject::{find_syscall_insn, open_mem, Injector};
+use crate::inject::{find_syscall_insn, Injector};
 use crate::json::Json;
 use crate::memory::{self, Vma};
 use crate::ops::{ok, pid_arg};
@@ -18,7 +19,6 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
 use std::os::unix::io::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 #[derive(Default)]
@@ -30,7 +30,7 @@ pub struct SourceEngine {
     /// The same connection, read side: what the destination says back at the end.
     back: Option<BufReader<TcpStream>>,
     round: u64,
-    buf: Vec<u8>,
+    pool: send::Pool,
     handoff: Option<Handoff>,
     sender: Option<std::thread::JoinHandle<Sent>>,
     /// When the final freeze began: the downtime runs from there to COMMITTED.
@@ -82,7 +82,8 @@ impl SourceEngine {
         let sock = TcpStream::connect(&addr).map_err(|e| Error::new("ECONNREFUSED", format!("cannot reach the page server at {}: {}", addr, e)))?;
         let _ = sock.set_nodelay(true);
         let back = sock.try_clone().map_err(|e| Error::from(e).context("page stream"))?;
-        let mut w = BufWriter::with_capacity(4 << 20, sock);
+        // Small: page frames (1 MiB) bypass it and go to the socket in one write.
+        let mut w = BufWriter::with_capacity(64 << 10, sock);
         let hello = Json::obj().with("migration", req.str_of("migration").unwrap_or("")).with("token", req.str_of("token").unwrap_or(""));
         stream::write_json(&mut w, stream::HELLO, 0, &hello)?;
         // Sent now, not with round 0: a refused HELLO is then known (the
@@ -132,13 +133,29 @@ impl SourceEngine {
         self.check_stream()?;
         let work = self.collect_round()?;
         let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-        let total = write_round(w, &mut self.buf, &work, &mut self.trackers, self.round, last)?;
+        let total = match send::write_round(w, &mut self.pool, &work, &mut self.trackers, self.round, last) {
+            Ok(t) => t,
+            Err(e) => return Err(self.destination_reason(e)),
+        };
         self.round += 1;
         // A round small enough to fit the socket buffers is written even to
         // a destination that already dropped the stream (a refused HELLO):
         // notice that now rather than wait for its round report.
         self.check_stream()?;
         Ok((total, total * PAGE_SIZE))
+    }
+
+    /// A page stream that broke under our writes was most often closed by
+    /// the destination giving up: its ABORT, sent before it closed, names
+    /// the real cause.
+    fn destination_reason(&mut self, e: Error) -> Error {
+        if e.code != "ECONNRESET" {
+            return e;
+        }
+        match self.back.as_mut().map(|b| read_frame(b, std::time::Duration::from_millis(200), false)) {
+            Some(Ok((h, body))) if h.kind == stream::ABORT => abort_error(body),
+            _ => e,
+        }
     }
 
     /// The destination never talks during pre-copy: anything readable (its
@@ -217,11 +234,14 @@ impl SourceEngine {
         let (count_tx, count_rx) = std::sync::mpsc::channel::<Result<u64>>();
         let (state_tx, state_rx) = std::sync::mpsc::channel::<Json>();
         let mut trackers = std::mem::take(&mut self.trackers);
-        let mut buf = std::mem::take(&mut self.buf);
+        let mut pool = std::mem::take(&mut self.pool);
         let mut sock = sock;
         let round = self.round;
         self.round += 1;
         self.sender = Some(std::thread::spawn(move || {
+            for t in trackers.iter_mut() {
+                t.last_round();
+            }
             // Stop-and-copy: the final round is the first, and sends everything.
             let work = match collect(&mut trackers, round == 0) {
                 Ok(w) => w,
@@ -232,7 +252,7 @@ impl SourceEngine {
             };
             crate::sys::trace_mark("source: final pages collected");
             let _ = count_tx.send(Ok(work.iter().map(|w| w.2.len() as u64).sum()));
-            let r = write_round(&mut sock, &mut buf, &work, &mut trackers, round, true).map(|_| ());
+            let r = send::write_round(&mut sock, &mut pool, &work, &mut trackers, round, true).map(|_| ());
             if r.is_err() {
                 return (trackers, sock, r);
             }
@@ -338,6 +358,7 @@ impl SourceEngine {
     fn commit(&mut self, req: &Json) -> Result<Json> {
         let wait = std::time::Duration::from_millis(req.u64_of("timeout_ms").unwrap_or(600_000).clamp(10, 3_600_000));
         if let Err(e) = self.join_sender_interruptible() {
+            let e = self.destination_reason(e);
             let _ = self.give_back();
             return Err(e.context("the final pages did not reach the destination"));
         }
@@ -517,67 +538,6 @@ fn abort_error(body: Option<Json>) -> Error {
     // Codes are &'static; the engine process is short-lived, so one leaked string is fine.
     let code: &'static str = code.map(|c| &*Box::leak(c.to_string().into_boxed_str())).unwrap_or("ERESTORE");
     Error::new(code, format!("the destination gave up: {}", body.str_of("message").unwrap_or("no reason given")))
-}
-
-/// Send one round: for each process its layout and pages, then the round end.
-fn write_round(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
-    let mut total = 0;
-    let mut sum = stream::RoundSum::new();
-    for (pid, vmas, pages) in work {
-        stream::write_json_summed(w, stream::LAYOUT, *pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()), &mut sum)?;
-        let tracker = trackers.iter_mut().find(|t| t.pid() == *pid);
-        total += send_pages(w, buf, *pid, pages, &mut sum, tracker)?;
-    }
-    stream::write_round_end_summed(w, round, last, &sum)?;
-    Ok(total)
-}
-
-/// Send the pages at `pages` (sorted addresses) of `pid`, in runs of up to
-/// a frame each, read straight from its memory.
-/// The hash tracker is told what was sent, so that the final round needs
-/// to resend only pages changed since (not every page seen while running).
-fn send_pages(w: &mut BufWriter<TcpStream>, buf: &mut Vec<u8>, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, mut tracker: Option<&mut Tracker>) -> Result<u64> {
-    let hashing = tracker.as_ref().map(|t| t.method() == crate::dirty::Method::Hash).unwrap_or(false);
-    let mem = open_mem(pid, false)?;
-    let max = stream::MAX_PAGES as usize;
-    if buf.len() < stream::HEADER + max * PAGE_SIZE as usize {
-        *buf = vec![0u8; stream::HEADER + max * PAGE_SIZE as usize];
-    }
-    let mut sent = 0;
-    let mut i = 0;
-    while i < pages.len() {
-        let mut n = 1;
-        while i + n < pages.len() && n < max && pages[i + n] == pages[i] + n as u64 * PAGE_SIZE {
-            n += 1;
-        }
-        let len = n * PAGE_SIZE as usize;
-        let body = &mut buf[stream::HEADER..stream::HEADER + len];
-        if mem.read_exact_at(body, pages[i]).is_err() {
-            // Unmapped meanwhile (or a hole inside a run): send what reads, zeros elsewhere.
-            for k in 0..n {
-                let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
-                if mem.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
-                    pg.fill(0);
-                }
-            }
-        }
-        if hashing {
-            if let Some(t) = tracker.as_deref_mut() {
-                for k in 0..n {
-                    let off = stream::HEADER + k * PAGE_SIZE as usize;
-                    if let Ok(page) = <&[u8; 4096]>::try_from(&buf[off..off + PAGE_SIZE as usize]) {
-                        t.note_sent(pages[i] + (k as u64) * PAGE_SIZE, page);
-                    }
-                }
-            }
-        }
-        stream::Header { kind: stream::PAGES, pid: pid as u32, count: n as u32, addr: pages[i] }.encode(&mut buf[..stream::HEADER]);
-        sum.add(&buf[..stream::HEADER + len]);
-        w.write_all(&buf[..stream::HEADER + len]).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))?;
-        sent += n as u64;
-        i += n;
-    }
-    Ok(sent)
 }
 
 /// Unmap the big anonymous areas of a frozen copy that is about to be

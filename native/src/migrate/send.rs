@@ -1,0 +1,199 @@
+//! Sending a round on the page stream: one thread reads pages out of the
+//! process (process_vm_readv) and sums them while another writes the
+//! previous frames to the socket, so the copy out of the process and the
+//! copy into the socket overlap instead of taking turns.
+
+use super::stream;
+use crate::dirty::{Method, Tracker};
+use crate::inject::open_mem;
+use crate::json::Json;
+use crate::memory::Vma;
+use crate::sys::{self, Error, Pid, Result, PAGE_SIZE};
+use std::io::{BufWriter, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{channel, sync_channel, Receiver};
+
+/// Frames in flight between the reader and the writer. Reused round after
+/// round: fresh memory costs a page fault per page on first touch.
+pub const DEPTH: usize = 8;
+/// Pages per frame sent: 256 KiB runs keep the buffers in the CPU cache (1 MiB ones read a fifth slower).
+const FRAME_PAGES: usize = 64;
+const FRAME: usize = stream::HEADER + stream::MAX_PAGES as usize * PAGE_SIZE as usize;
+
+/// Frame buffers kept by a session between rounds.
+#[derive(Default)]
+pub struct Pool(Vec<Vec<u8>>);
+
+impl Pool {
+    /// Buffers of a frame each (payload at most, header included), DEPTH of them.
+    pub fn fill(&mut self) {
+        while self.0.len() < DEPTH {
+            self.0.push(vec![0u8; FRAME]);
+        }
+    }
+    pub fn take(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.0)
+    }
+    pub fn put(&mut self, bufs: impl Iterator<Item = Vec<u8>>) {
+        self.0.extend(bufs);
+    }
+}
+
+/// What the writer thread is handed, in stream order.
+enum Out {
+    /// Small frames (layouts, the round end), written as they are.
+    Bytes(Vec<u8>),
+    /// A pool buffer holding `len` bytes of a page frame; it goes back after the write.
+    Frame(Vec<u8>, usize),
+}
+
+/// Where the reader puts a frame. Fails when the writer has stopped (its error is reported by the join).
+struct Sink {
+    tx: std::sync::mpsc::SyncSender<Out>,
+    free: Receiver<Vec<u8>>,
+}
+
+impl Sink {
+    fn buffer(&self) -> Result<Vec<u8>> {
+        self.free.recv().map_err(|_| stopped())
+    }
+    fn put(&self, o: Out) -> Result<()> {
+        self.tx.send(o).map_err(|_| stopped())
+    }
+}
+
+fn stopped() -> Error {
+    Error::new("ECONNRESET", "page stream to the destination broke")
+}
+
+fn broke(e: std::io::Error) -> Error {
+    Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e))
+}
+
+/// Send one round: for each process its layout and pages, then the round
+/// end (which carries the sum of everything before it). Returns the pages sent.
+pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+    pool.fill();
+    let (tx, rx) = sync_channel::<Out>(DEPTH);
+    let (free_tx, free_rx) = channel::<Vec<u8>>();
+    for b in pool.take() {
+        let _ = free_tx.send(b);
+    }
+    let (produced, written) = std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<()> {
+            let mut busy = std::time::Duration::ZERO;
+            for o in rx {
+                let t = std::time::Instant::now();
+                match o {
+                    Out::Bytes(b) => w.write_all(&b).map_err(broke)?,
+                    Out::Frame(b, len) => {
+                        w.write_all(&b[..len]).map_err(broke)?;
+                        let _ = free_tx.send(b);
+                    }
+                }
+                busy += t.elapsed();
+            }
+            if crate::inject::debug() {
+                eprintln!("phaul: source writer busy {:?} cpu {} us", busy, sys::thread_cpu_us());
+            }
+            w.flush().map_err(broke)
+        });
+        let sink = Sink { tx, free: free_rx };
+        let t0 = std::time::Instant::now();
+        let c0 = sys::thread_cpu_us();
+        let produced = produce(&sink, work, trackers, round, last);
+        if crate::inject::debug() {
+            eprintln!("phaul: source reader done {:?} cpu {} us", t0.elapsed(), sys::thread_cpu_us() - c0);
+        }
+        let Sink { tx, free } = sink;
+        drop(tx);
+        let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
+        pool.put(free.try_iter());
+        (produced, written)
+    });
+    // The writer's failure is the cause when both failed (the reader only saw it stop).
+    written?;
+    produced
+}
+
+fn produce(sink: &Sink, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+    let mut total = 0;
+    let mut sum = stream::RoundSum::new();
+    for (pid, vmas, pages) in work {
+        let mut layout = Vec::new();
+        stream::write_json_summed(&mut layout, stream::LAYOUT, *pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()), &mut sum)?;
+        sink.put(Out::Bytes(layout))?;
+        let tracker = trackers.iter_mut().find(|t| t.pid() == *pid);
+        total += send_pages(sink, *pid, pages, &mut sum, tracker)?;
+    }
+    let mut end = Vec::new();
+    stream::write_round_end_summed(&mut end, round, last, &sum)?;
+    sink.put(Out::Bytes(end))?;
+    Ok(total)
+}
+
+/// The pages at `pages` (sorted addresses) of `pid`, in runs of up to a
+/// frame each. The hash tracker is told what was sent, so that the final
+/// round resends only pages changed since (not every page seen while running).
+fn send_pages(sink: &Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, mut tracker: Option<&mut Tracker>) -> Result<u64> {
+    let hashing = tracker.as_ref().map(|t| t.method() == Method::Hash).unwrap_or(false);
+    let mut mem = None;
+    let max = FRAME_PAGES;
+    let mut sent = 0;
+    let mut i = 0;
+    while i < pages.len() {
+        let mut n = 1;
+        while i + n < pages.len() && n < max && pages[i + n] == pages[i] + n as u64 * PAGE_SIZE {
+            n += 1;
+        }
+        let len = n * PAGE_SIZE as usize;
+        let t = std::time::Instant::now();
+        let mut buf = sink.buffer()?;
+        WAIT.with(|w| w.set(w.get() + t.elapsed()));
+        let body = &mut buf[stream::HEADER..stream::HEADER + len];
+        if !read_remote(pid, pages[i], body) {
+            // Not readable as a whole (unmapped meanwhile, a hole inside the
+            // run, an area without read permission): page by page through
+            // /proc/PID/mem, which reads through protections; zeros for what is gone.
+            if mem.is_none() {
+                mem = Some(open_mem(pid, false)?);
+            }
+            if let Some(m) = mem.as_ref() {
+                for k in 0..n {
+                    let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
+                    if m.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
+                        pg.fill(0);
+                    }
+                }
+            }
+        }
+        if hashing {
+            if let Some(t) = tracker.as_deref_mut() {
+                for (k, page) in body.chunks_exact(PAGE_SIZE as usize).enumerate() {
+                    if let Ok(page) = <&[u8; 4096]>::try_from(page) {
+                        t.note_sent(pages[i] + (k as u64) * PAGE_SIZE, page);
+                    }
+                }
+            }
+        }
+        stream::Header { kind: stream::PAGES, pid: pid as u32, count: n as u32, addr: pages[i] }.encode(&mut buf[..stream::HEADER]);
+        sum.add(&buf[..stream::HEADER + len]);
+        sink.put(Out::Frame(buf, stream::HEADER + len))?;
+        sent += n as u64;
+        i += n;
+    }
+    if crate::inject::debug() {
+        eprintln!("phaul: source reader waited {:?}", WAIT.with(|w| w.replace(std::time::Duration::ZERO)));
+    }
+    Ok(sent)
+}
+thread_local!(static WAIT: std::cell::Cell<std::time::Duration> = std::cell::Cell::new(std::time::Duration::ZERO));
+
+/// Copy `out.len()` bytes at `addr` of `pid` in one process_vm_readv (pages
+/// pinned in batches: about twice as fast as reading /proc/PID/mem).
+fn read_remote(pid: Pid, addr: u64, out: &mut [u8]) -> bool {
+    let local = [out.as_mut_ptr() as u64, out.len() as u64];
+    let remote = [addr, out.len() as u64];
+    matches!(unsafe { sys::raw(sys::nr::PROCESS_VM_READV, &[pid as u64, local.as_ptr() as u64, 1, remote.as_ptr() as u64, 1, 0]) }, Ok(n) if n as usize == out.len())
+}
