@@ -178,7 +178,7 @@ async function main(): Promise<void> {
         results.push(row);
         process.stderr.write(row.ok
           ? `  frozen ${row.frozen_ms} ms, downtime seen ${row.workload_downtime_ms} ms, largest gap ${row.workload_max_gap_ms} ms (observer ${row.observer_max_gap_ms} ms), total ${row.total_ms} ms\n`
-          : `  failed: ${row.error}\n  destination agent said:\n${agent.stderr.split('\n').slice(-8).join('\n')}\n`);
+          : `  failed: ${row.error}\n  destination agent said:\n${agent.stderr.split('\n').slice(-30).join('\n')}\n`);
       }
     }
   } finally {

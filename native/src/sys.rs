@@ -256,15 +256,6 @@ pub fn trace_mark(what: &str) {
     eprintln!("phaul-trace {} {}", mono_us(), what);
 }
 
-/// CPU time of the calling thread, microseconds (CLOCK_THREAD_CPUTIME_ID).
-pub fn thread_cpu_us() -> u64 {
-    let mut ts = [0i64; 2];
-    unsafe {
-        let _ = raw(228 /* clock_gettime */, &[3, ts.as_mut_ptr() as u64]);
-    }
-    (ts[0] as u64) * 1_000_000 + (ts[1] as u64) / 1000
-}
-
 /// CLOCK_MONOTONIC in microseconds: the clock workloads and tools on the same host share.
 pub fn mono_us() -> u64 {
     let mut ts = [0i64; 2];

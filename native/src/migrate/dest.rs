@@ -84,9 +84,10 @@ impl DestEngine {
     }
 
     /// Receive frames up to the next round end; returns (pages, whether it
-    /// was the final round). This thread reads and sums the frames; another
-    /// applies them to the stubs (layouts, then pages by process_vm_writev),
-    /// so the copy off the socket and the copy into the stubs overlap.
+    /// was the final round). This thread reads and sums the frames and
+    /// applies layouts; another writes the pages into the stubs
+    /// (process_vm_writev), so the copy off the socket and the copy into
+    /// the stubs overlap.
     fn receive_round(&mut self, timeout: Duration) -> Result<(u64, bool)> {
         self.accept(timeout)?;
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
@@ -95,50 +96,30 @@ impl DestEngine {
         let mems = &self.mems;
         let pool = &mut self.pool;
         pool.fill();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<In>(send::DEPTH);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PageWrite>(send::DEPTH);
         let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        for b in pool.take() {
-            let _ = free_tx.send(b);
-        }
         let t0 = Instant::now();
-        let (received, applied) = std::thread::scope(|s| {
-            let applier = s.spawn(move || -> Result<Duration> {
-                let mut busy = Duration::ZERO;
-                for x in rx {
-                    let t = Instant::now();
-                    match x {
-                        In::Layout(pid, vmas) => {
-                            let st = tree.stub_mut(pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", pid)))?;
-                            restore::apply_layout(st, &vmas)?;
-                        }
-                        In::Pages(pid, addr, b, len) => {
-                            let st = tree.stub_mut(pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", pid)))?;
-                            write_pages(st.host, mems.get(&st.pid), addr, &b[..len])?;
-                            let _ = free_tx.send(b);
-                        }
-                    }
-                    busy += t.elapsed();
+        let (received, written) = std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<()> {
+                for w in rx {
+                    write_pages(w.host, mems.get(&w.pid), w.addr, &w.buf[..w.len])?;
+                    let _ = free_tx.send(w.buf);
                 }
-                if crate::inject::debug() {
-                    eprintln!("phaul: dest applier cpu {} us", crate::sys::thread_cpu_us());
-                }
-                Ok(busy)
+                Ok(())
             });
-            let c0 = crate::sys::thread_cpu_us();
-            let received = read_round(r, &tx, &free_rx);
-            if crate::inject::debug() {
-                eprintln!("phaul: dest reader cpu {} us", crate::sys::thread_cpu_us() - c0);
-            }
+            let mut bufs = Buffers { spare: pool.take(), free: free_rx };
+            let received = read_round(r, tree, &tx, &mut bufs);
             drop(tx);
-            let applied = applier.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
-            pool.put(free_rx.try_iter());
-            (received, applied)
+            let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
+            bufs.spare.extend(bufs.free.try_iter());
+            pool.put(bufs.spare.into_iter());
+            (received, written)
         });
-        // A failure to apply is the cause when both failed (the reader only saw the applier stop).
-        let busy = applied?;
+        // A failed write is the cause when both failed (the reader only saw the writer stop).
+        written?;
         let (pages, last) = received?;
         if crate::inject::debug() {
-            eprintln!("phaul: dest round: {} pages in {:?}, applying {:?}", pages, t0.elapsed(), busy);
+            eprintln!("phaul: dest round: {} pages in {:?}", pages, t0.elapsed());
         }
         self.rounds += 1;
         Ok((pages, last))
@@ -305,16 +286,47 @@ impl Engine for DestEngine {
     }
 }
 
-/// A frame for the applier thread, in stream order.
-enum In {
-    Layout(Pid, Vec<Vma>),
-    /// Pages at addr: the first `len` bytes of a pool buffer, which goes back once written.
-    Pages(Pid, u64, Vec<u8>, usize),
+/// Pages for the writer thread: the first `len` bytes of a pool buffer,
+/// which comes back once written.
+struct PageWrite {
+    pid: Pid,
+    host: Pid,
+    addr: u64,
+    buf: Vec<u8>,
+    len: usize,
 }
 
-/// Read one round's frames off the stream, checking its sum at the round end.
-fn read_round(r: &mut BufReader<TcpStream>, tx: &std::sync::mpsc::SyncSender<In>, free: &std::sync::mpsc::Receiver<Vec<u8>>) -> Result<(u64, bool)> {
-    let stopped = || Error::new("EPROTO", "page stream: the pages could not be applied");
+/// The receiver's frame buffers: those at hand, and those coming back from the writer.
+struct Buffers {
+    spare: Vec<Vec<u8>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Buffers {
+    fn get(&mut self) -> Result<Vec<u8>> {
+        match self.spare.pop() {
+            Some(b) => Ok(b),
+            None => self.free.recv().map_err(|_| writer_stopped()),
+        }
+    }
+    /// Wait until every buffer is back: all pages received so far are written.
+    fn drain(&mut self) -> Result<()> {
+        while self.spare.len() < send::DEPTH {
+            self.spare.push(self.free.recv().map_err(|_| writer_stopped())?);
+        }
+        Ok(())
+    }
+}
+
+fn writer_stopped() -> Error {
+    Error::new("EPROTO", "page stream: the pages could not be written")
+}
+
+/// Read one round's frames off the stream, checking its sum at the round
+/// end. Layouts are applied here, by the thread that traces the stubs
+/// (ptrace answers only the thread that attached), once the pages before
+/// them are written: an area they unmap or replace has its pages first.
+fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mpsc::SyncSender<PageWrite>, bufs: &mut Buffers) -> Result<(u64, bool)> {
     let mut pages = 0;
     // Every frame of the round, headers and payloads, is summed; the round
     // end carries the source's sum: a damaged stream fails the round.
@@ -332,22 +344,21 @@ fn read_round(r: &mut BufReader<TcpStream>, tx: &std::sync::mpsc::SyncSender<In>
                 // the restored object, which exists only at the final restore;
                 // their contents live in that object, not in the page stream.
                 let vmas: Vec<Vma> = vmas.into_iter().filter(|v| !needs_restored_object(v)).collect();
-                tx.send(In::Layout(h.pid as Pid, vmas)).map_err(|_| stopped())?;
+                let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", h.pid)))?;
+                bufs.drain()?;
+                restore::apply_layout(st, &vmas)?;
             }
             stream::PAGES => {
                 let len = h.payload_len();
-                let t = Instant::now();
-                let mut b = free.recv().map_err(|_| stopped())?;
-                WAITR.with(|w| w.set(w.get() + t.elapsed()));
-                r.read_exact(&mut b[..len]).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
-                sum.add(&b[..len]);
-                tx.send(In::Pages(h.pid as Pid, h.addr, b, len)).map_err(|_| stopped())?;
+                let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
+                let (pid, host) = (st.pid, st.host);
+                let mut buf = bufs.get()?;
+                r.read_exact(&mut buf[..len]).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
+                sum.add(&buf[..len]);
+                tx.send(PageWrite { pid, host, addr: h.addr, buf, len }).map_err(|_| writer_stopped())?;
                 pages += h.count as u64;
             }
             stream::ROUND_END => {
-                if crate::inject::debug() {
-                    eprintln!("phaul: dest reader waited for buffers {:?}", WAITR.with(|w| w.replace(Duration::ZERO)));
-                }
                 if h.pid != sum.finish() {
                     return Err(Error::new("EPROTO", format!("page stream: round {} arrived damaged (checksum mismatch)", h.addr)));
                 }
@@ -377,5 +388,3 @@ fn write_pages(host: Pid, mem: Option<&File>, addr: u64, data: &[u8]) -> Result<
 fn needs_restored_object(v: &Vma) -> bool {
     v.kind == crate::memory::Kind::File && (v.path.starts_with("/memfd:") || v.path.ends_with(" (deleted)"))
 }
-
-thread_local!(static WAITR: std::cell::Cell<Duration> = std::cell::Cell::new(Duration::ZERO));

@@ -82,9 +82,7 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, 
     }
     let (produced, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<()> {
-            let mut busy = std::time::Duration::ZERO;
             for o in rx {
-                let t = std::time::Instant::now();
                 match o {
                     Out::Bytes(b) => w.write_all(&b).map_err(broke)?,
                     Out::Frame(b, len) => {
@@ -92,20 +90,11 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, 
                         let _ = free_tx.send(b);
                     }
                 }
-                busy += t.elapsed();
-            }
-            if crate::inject::debug() {
-                eprintln!("phaul: source writer busy {:?} cpu {} us", busy, sys::thread_cpu_us());
             }
             w.flush().map_err(broke)
         });
         let sink = Sink { tx, free: free_rx };
-        let t0 = std::time::Instant::now();
-        let c0 = sys::thread_cpu_us();
         let produced = produce(&sink, work, trackers, round, last);
-        if crate::inject::debug() {
-            eprintln!("phaul: source reader done {:?} cpu {} us", t0.elapsed(), sys::thread_cpu_us() - c0);
-        }
         let Sink { tx, free } = sink;
         drop(tx);
         let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
@@ -148,9 +137,7 @@ fn send_pages(sink: &Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, 
             n += 1;
         }
         let len = n * PAGE_SIZE as usize;
-        let t = std::time::Instant::now();
         let mut buf = sink.buffer()?;
-        WAIT.with(|w| w.set(w.get() + t.elapsed()));
         let body = &mut buf[stream::HEADER..stream::HEADER + len];
         if !read_remote(pid, pages[i], body) {
             // Not readable as a whole (unmapped meanwhile, a hole inside the
@@ -183,12 +170,8 @@ fn send_pages(sink: &Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, 
         sent += n as u64;
         i += n;
     }
-    if crate::inject::debug() {
-        eprintln!("phaul: source reader waited {:?}", WAIT.with(|w| w.replace(std::time::Duration::ZERO)));
-    }
     Ok(sent)
 }
-thread_local!(static WAIT: std::cell::Cell<std::time::Duration> = std::cell::Cell::new(std::time::Duration::ZERO));
 
 /// Copy `out.len()` bytes at `addr` of `pid` in one process_vm_readv (pages
 /// pinned in batches: about twice as fast as reading /proc/PID/mem).
