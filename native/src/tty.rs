@@ -347,9 +347,13 @@ impl Pairs {
         Ok(())
     }
 
-    /// The pair whose slave was the controlling terminal of session `sid`.
-    fn of_session(&self, sid: Pid) -> Option<&Pair> {
-        self.by_id.values().find(|p| p.pty.i64_of("session") == Some(sid as i64))
+    /// The pair that was the controlling terminal of the session process
+    /// `p` (pid `pid`) leads; None if it leads none.
+    fn led_by(&self, p: &Json, pid: Pid) -> Option<&Pair> {
+        if p.i64_of("sid") != Some(pid as i64) {
+            return None;
+        }
+        self.by_id.values().find(|pair| pair.pty.i64_of("session") == Some(pid as i64))
     }
 }
 
@@ -372,10 +376,7 @@ fn spare_fd(p: &Json) -> i32 {
 /// make that pair's slave its controlling terminal (TIOCSCTTY, from inside).
 /// Processes forked from it afterwards inherit it. Harmless to repeat.
 pub fn claim_ctty(inj: &mut Injector, p: &Json, pid: Pid, pairs: &Pairs) -> Result<()> {
-    if p.i64_of("sid") != Some(pid as i64) {
-        return Ok(());
-    }
-    let pair = match pairs.of_session(pid) {
+    let pair = match pairs.led_by(p, pid) {
         Some(pair) => pair,
         None => return Ok(()),
     };
@@ -388,10 +389,7 @@ pub fn claim_ctty(inj: &mut Injector, p: &Json, pid: Pid, pairs: &Pairs) -> Resu
 /// to the foreground process group it had (when that group is restored:
 /// the kernel refuses a group that does not exist or is of another session).
 pub fn restore_foreground(inj: &mut Injector, p: &Json, pid: Pid, pairs: &Pairs) -> Result<()> {
-    if p.i64_of("sid") != Some(pid as i64) {
-        return Ok(());
-    }
-    let pair = match pairs.of_session(pid) {
+    let pair = match pairs.led_by(p, pid) {
         Some(pair) => pair,
         None => return Ok(()),
     };
