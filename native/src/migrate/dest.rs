@@ -95,9 +95,8 @@ impl DestEngine {
         let _ = r.get_ref().set_read_timeout(Some(timeout));
         let mems = &self.mems;
         let pool = &mut self.pool;
-        pool.fill();
+        let (mut bufs, free_tx) = send::Buffers::lend(pool);
         let (tx, rx) = std::sync::mpsc::sync_channel::<PageWrite>(send::DEPTH);
-        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
         let t0 = Instant::now();
         let (received, written) = std::thread::scope(|s| {
             let writer = s.spawn(move || -> Result<()> {
@@ -107,14 +106,12 @@ impl DestEngine {
                 }
                 Ok(())
             });
-            let mut bufs = Buffers { spare: pool.take(), free: free_rx };
             let received = read_round(r, tree, &tx, &mut bufs);
             drop(tx);
             let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
-            bufs.spare.extend(bufs.free.try_iter());
-            pool.put(bufs.spare.into_iter());
             (received, written)
         });
+        bufs.restore(pool);
         // A failed write is the cause when both failed (the reader only saw the writer stop).
         written?;
         let (pages, last) = received?;
@@ -296,28 +293,6 @@ struct PageWrite {
     len: usize,
 }
 
-/// The receiver's frame buffers: those at hand, and those coming back from the writer.
-struct Buffers {
-    spare: Vec<Vec<u8>>,
-    free: std::sync::mpsc::Receiver<Vec<u8>>,
-}
-
-impl Buffers {
-    fn get(&mut self) -> Result<Vec<u8>> {
-        match self.spare.pop() {
-            Some(b) => Ok(b),
-            None => self.free.recv().map_err(|_| writer_stopped()),
-        }
-    }
-    /// Wait until every buffer is back: all pages received so far are written.
-    fn drain(&mut self) -> Result<()> {
-        while self.spare.len() < send::DEPTH {
-            self.spare.push(self.free.recv().map_err(|_| writer_stopped())?);
-        }
-        Ok(())
-    }
-}
-
 fn writer_stopped() -> Error {
     Error::new("EPROTO", "page stream: the pages could not be written")
 }
@@ -326,7 +301,7 @@ fn writer_stopped() -> Error {
 /// end. Layouts are applied here, by the thread that traces the stubs
 /// (ptrace answers only the thread that attached), once the pages before
 /// them are written: an area they unmap or replace has its pages first.
-fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mpsc::SyncSender<PageWrite>, bufs: &mut Buffers) -> Result<(u64, bool)> {
+fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mpsc::SyncSender<PageWrite>, bufs: &mut send::Buffers) -> Result<(u64, bool)> {
     let mut pages = 0;
     // Every frame of the round, headers and payloads, is summed; the round
     // end carries the source's sum: a damaged stream fails the round.
@@ -345,14 +320,16 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
                 // their contents live in that object, not in the page stream.
                 let vmas: Vec<Vma> = vmas.into_iter().filter(|v| !needs_restored_object(v)).collect();
                 let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", h.pid)))?;
-                bufs.drain()?;
+                if !bufs.drain() {
+                    return Err(writer_stopped());
+                }
                 restore::apply_layout(st, &vmas)?;
             }
             stream::PAGES => {
                 let len = h.payload_len();
                 let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
                 let (pid, host) = (st.pid, st.host);
-                let mut buf = bufs.get()?;
+                let mut buf = bufs.get().ok_or_else(writer_stopped)?;
                 r.read_exact(&mut buf[..len]).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
                 sum.add(&buf[..len]);
                 tx.send(PageWrite { pid, host, addr: h.addr, buf, len }).map_err(|_| writer_stopped())?;

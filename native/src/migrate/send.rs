@@ -12,7 +12,7 @@ use crate::sys::{self, Error, Pid, Result, PAGE_SIZE};
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{channel, sync_channel, Receiver};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 /// Frames in flight between the reader and the writer. Reused round after
 /// round: fresh memory costs a page fault per page on first touch.
@@ -25,18 +25,47 @@ const FRAME: usize = stream::HEADER + stream::MAX_PAGES as usize * PAGE_SIZE as 
 #[derive(Default)]
 pub struct Pool(Vec<Vec<u8>>);
 
-impl Pool {
-    /// Buffers of a frame each (payload at most, header included), DEPTH of them.
-    pub fn fill(&mut self) {
-        while self.0.len() < DEPTH {
-            self.0.push(vec![0u8; FRAME]);
+/// A round's frame buffers, shared by the thread that fills them and the
+/// one that empties them: those at hand, and those coming back once used.
+/// Both ends of the page stream run a round this way.
+pub struct Buffers {
+    spare: Vec<Vec<u8>>,
+    back: Receiver<Vec<u8>>,
+}
+
+impl Buffers {
+    /// Every buffer of the pool (DEPTH of a frame each, header included),
+    /// and where the other thread gives them back.
+    pub fn lend(pool: &mut Pool) -> (Buffers, Sender<Vec<u8>>) {
+        while pool.0.len() < DEPTH {
+            pool.0.push(vec![0u8; FRAME]);
         }
+        let (tx, rx) = channel();
+        (Buffers { spare: std::mem::take(&mut pool.0), back: rx }, tx)
     }
-    pub fn take(&mut self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut self.0)
+
+    /// A buffer at hand, else the next one given back; None once the other
+    /// thread has stopped.
+    pub fn get(&mut self) -> Option<Vec<u8>> {
+        self.spare.pop().or_else(|| self.back.recv().ok())
     }
-    pub fn put(&mut self, bufs: impl Iterator<Item = Vec<u8>>) {
-        self.0.extend(bufs);
+
+    /// Wait until every buffer is back (all frames handed over are done);
+    /// false if the other thread stopped first.
+    pub fn drain(&mut self) -> bool {
+        while self.spare.len() < DEPTH {
+            match self.back.recv() {
+                Ok(b) => self.spare.push(b),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Back into the pool, once the other thread is joined.
+    pub fn restore(mut self, pool: &mut Pool) {
+        self.spare.extend(self.back.try_iter());
+        pool.0.extend(self.spare);
     }
 }
 
@@ -50,13 +79,13 @@ enum Out {
 
 /// Where the reader puts a frame. Fails when the writer has stopped (its error is reported by the join).
 struct Sink {
-    tx: std::sync::mpsc::SyncSender<Out>,
-    free: Receiver<Vec<u8>>,
+    tx: SyncSender<Out>,
+    bufs: Buffers,
 }
 
 impl Sink {
-    fn buffer(&self) -> Result<Vec<u8>> {
-        self.free.recv().map_err(|_| stopped())
+    fn buffer(&mut self) -> Result<Vec<u8>> {
+        self.bufs.get().ok_or_else(stopped)
     }
     fn put(&self, o: Out) -> Result<()> {
         self.tx.send(o).map_err(|_| stopped())
@@ -74,12 +103,8 @@ fn broke(e: std::io::Error) -> Error {
 /// Send one round: for each process its layout and pages, then the round
 /// end (which carries the sum of everything before it). Returns the pages sent.
 pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
-    pool.fill();
+    let (bufs, free_tx) = Buffers::lend(pool);
     let (tx, rx) = sync_channel::<Out>(DEPTH);
-    let (free_tx, free_rx) = channel::<Vec<u8>>();
-    for b in pool.take() {
-        let _ = free_tx.send(b);
-    }
     let (produced, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<()> {
             for o in rx {
@@ -93,12 +118,12 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, 
             }
             w.flush().map_err(broke)
         });
-        let sink = Sink { tx, free: free_rx };
-        let produced = produce(&sink, work, trackers, round, last);
-        let Sink { tx, free } = sink;
+        let mut sink = Sink { tx, bufs };
+        let produced = produce(&mut sink, work, trackers, round, last);
+        let Sink { tx, bufs } = sink;
         drop(tx);
         let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
-        pool.put(free.try_iter());
+        bufs.restore(pool);
         (produced, written)
     });
     // The writer's failure is the cause when both failed (the reader only saw it stop).
@@ -106,7 +131,7 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, 
     produced
 }
 
-fn produce(sink: &Sink, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+fn produce(sink: &mut Sink, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
     let mut total = 0;
     let mut sum = stream::RoundSum::new();
     for (pid, vmas, pages) in work {
@@ -125,7 +150,7 @@ fn produce(sink: &Sink, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Trac
 /// The pages at `pages` (sorted addresses) of `pid`, in runs of up to a
 /// frame each. The hash tracker is told what was sent, so that the final
 /// round resends only pages changed since (not every page seen while running).
-fn send_pages(sink: &Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, mut tracker: Option<&mut Tracker>) -> Result<u64> {
+fn send_pages(sink: &mut Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, mut tracker: Option<&mut Tracker>) -> Result<u64> {
     let hashing = tracker.as_ref().map(|t| t.method() == Method::Hash).unwrap_or(false);
     let mut mem = None;
     let max = FRAME_PAGES;

@@ -82,7 +82,7 @@ impl SourceEngine {
         let sock = TcpStream::connect(&addr).map_err(|e| Error::new("ECONNREFUSED", format!("cannot reach the page server at {}: {}", addr, e)))?;
         let _ = sock.set_nodelay(true);
         let back = sock.try_clone().map_err(|e| Error::from(e).context("page stream"))?;
-        // Small: page frames (1 MiB) bypass it and go to the socket in one write.
+        // Small: page frames (send.rs, 256 KiB) bypass it and go to the socket in one write.
         let mut w = BufWriter::with_capacity(64 << 10, sock);
         let hello = Json::obj().with("migration", req.str_of("migration").unwrap_or("")).with("token", req.str_of("token").unwrap_or(""));
         stream::write_json(&mut w, stream::HELLO, 0, &hello)?;
