@@ -174,9 +174,7 @@ export async function preflight(options: PreflightOptions): Promise<PreflightRep
       const none: PreflightResultMsg = { type: "preflight_result", cpu_flags: facts.cpu_flags, files: [], pids_taken: [], pid_ns: false, pid_refused: false, missing_required_features: [] };
       return buildReport(pid, toText, mine, theirs, facts, none);
     }
-    traceMark("source ts: handshake done");
     const report = await exchangePreflight(chan, pid, toText, mine, theirs);
-    traceMark("source ts: preflight done");
     await chan.send({ type: "done" }).catch(() => undefined);
     return report;
   } catch (e) {

@@ -109,6 +109,7 @@ pub mod nr {
         pub const SETITIMER: i64 = 38;
         pub const GETPID: i64 = 39;
         pub const SETPRIORITY: i64 = 141;
+        pub const PPOLL: i64 = 271;
         pub const SOCKETPAIR: i64 = 53;
         pub const SENDMSG: i64 = 46;
         pub const RECVMSG: i64 = 47;
@@ -224,6 +225,32 @@ pub fn set_thread_nice(nice: i32) {
 /// Scheduling weight (nice) of thread `tid`. Best effort.
 pub fn set_nice(tid: Pid, nice: i32) {
     let _ = unsafe { raw(nr::SETPRIORITY, &[0 /* PRIO_PROCESS */, tid as u64, nice as i64 as u64]) };
+}
+
+/// struct pollfd.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PollFd {
+    pub fd: i32,
+    pub events: i16,
+    pub revents: i16,
+}
+
+pub const POLLIN: i16 = 0x1;
+pub const POLLHUP: i16 = 0x10;
+pub const POLLRDHUP: i16 = 0x2000;
+
+impl PollFd {
+    pub fn new(fd: i32, events: i16) -> PollFd {
+        PollFd { fd, events, revents: 0 }
+    }
+}
+
+/// poll(2) (as ppoll, which every architecture has): how many of `fds` are
+/// ready within `timeout_ms`; 0 on timeout and on error (EINTR included).
+pub fn poll(fds: &mut [PollFd], timeout_ms: u64) -> usize {
+    let ts = [(timeout_ms / 1000) as i64, ((timeout_ms % 1000) * 1_000_000) as i64];
+    unsafe { raw(nr::PPOLL, &[fds.as_mut_ptr() as u64, fds.len() as u64, ts.as_ptr() as u64, 0, 8]) }.unwrap_or(0) as usize
 }
 
 pub fn tgkill(tgid: Pid, tid: Pid, sig: i32) -> Result<()> {

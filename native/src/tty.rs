@@ -127,13 +127,9 @@ fn winsize_from_json(j: &Json) -> [u16; 4] {
 /// Has the slave side been closed by everyone after being opened (reads on
 /// the master then fail with EIO, poll reports POLLHUP)?
 fn slave_hung_up(master: &Fd) -> bool {
-    const POLLHUP: i16 = 0x10;
-    let mut pfd = [0u8; 8];
-    pfd[0..4].copy_from_slice(&master.raw().to_le_bytes());
-    match unsafe { sys::raw(7 /* poll */, &[pfd.as_mut_ptr() as u64, 1, 0]) } {
-        Ok(_) => i16::from_le_bytes([pfd[6], pfd[7]]) & POLLHUP != 0,
-        Err(_) => false,
-    }
+    let mut pfd = [sys::PollFd::new(master.raw(), 0)];
+    sys::poll(&mut pfd, 0);
+    pfd[0].revents & sys::POLLHUP != 0
 }
 
 /// (st_dev, st_rdev) of the slave of `master`, through an O_PATH open of it

@@ -219,8 +219,8 @@ impl Handoff {
         let deadline = Instant::now() + drain;
         let mut pending;
         loop {
-            let mut pfds: Vec<[i32; 2]> = listeners.iter().map(|l| [l.raw(), 1 /* POLLIN */]).collect();
-            pending = if pfds.is_empty() { 0 } else { unsafe { sys::raw(7 /* poll */, &[pfds.as_mut_ptr() as u64, pfds.len() as u64, 0]) }.unwrap_or(0) };
+            let mut pfds: Vec<sys::PollFd> = listeners.iter().map(|l| sys::PollFd::new(l.raw(), sys::POLLIN)).collect();
+            pending = if pfds.is_empty() { 0 } else { sys::poll(&mut pfds, 0) };
             if pending == 0 || Instant::now() >= deadline {
                 break;
             }

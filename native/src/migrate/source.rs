@@ -14,7 +14,7 @@ use crate::memory::{self, Vma};
 use crate::ops::{ok, pid_arg};
 use crate::proc;
 use crate::session::Engine;
-use crate::sys::{Error, Pid, Result, PAGE_SIZE};
+use crate::sys::{self, Error, Pid, PollFd, Result, PAGE_SIZE};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Write};
 use std::net::TcpStream;
@@ -48,9 +48,6 @@ pub const FROZEN_NICE: i32 = -10;
 
 const COMMITTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-extern "C" {
-    fn poll(fds: *mut [i32; 2], n: u64, timeout_ms: i32) -> i32;
-}
 
 fn layout_entry(fz: &freeze::FrozenProc, vmas: &[Vma]) -> Json {
     let (_, st) = proc::stat(fz.pid).unwrap_or_default();
@@ -165,8 +162,7 @@ impl SourceEngine {
             Some(b) => b,
             None => return Ok(()),
         };
-        let mut pfd = [b.get_ref().as_raw_fd(), 1 | 0x2000 /* POLLIN | POLLRDHUP */];
-        if b.buffer().is_empty() && unsafe { poll(&mut pfd, 1, 0) } <= 0 {
+        if b.buffer().is_empty() && sys::poll(&mut [PollFd::new(b.get_ref().as_raw_fd(), sys::POLLIN | sys::POLLRDHUP)], 0) == 0 {
             return Ok(());
         }
         let mut one = [0u8; 1];
@@ -517,8 +513,7 @@ fn read_frame(b: &mut BufReader<TcpStream>, wait: std::time::Duration, interrupt
         if t0.elapsed() > wait {
             return Err(Error::new("ETIMEDOUT", format!("the destination did not answer within {} s", wait.as_secs())));
         }
-        let mut pfd = [b.get_ref().as_raw_fd(), 1 /* POLLIN */];
-        if unsafe { poll(&mut pfd, 1, 20) } > 0 {
+        if sys::poll(&mut [PollFd::new(b.get_ref().as_raw_fd(), sys::POLLIN)], 20) > 0 {
             break;
         }
     }
