@@ -5,13 +5,14 @@
 // streaming both ways with a peer outside the tree (the test itself) while
 // the sockets change hands (docs/servers.md).
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
 import { migrateAndCheck, roundsText } from './helpers/migrate.js';
 import { sleep } from './helpers/proc.js';
 import { assertClean } from './helpers/servers.js';
-import { Harness, readLog, waitForOk } from './helpers/workload.js';
+import { Harness, lastOk, readLog, waitForLine, waitForOk } from './helpers/workload.js';
 
 /** Byte i of each direction's stream: byte i%4 (little endian) of counter i/4 (as sock_tcp.c). */
 function streamByte(i: number): number {
@@ -103,6 +104,45 @@ describe('sockets and event descriptors under live migration', () => {
       }
     });
   }
+
+  // A connect still in SYN_SENT at the freeze (here because the test drops
+  // the SYNs to its echo server; in real life a connect the handoff's hold
+  // caught): it moves as a connect to the same peer from the same local
+  // port, and the process's own blocking connect completes after the move.
+  test('a TCP connect in flight (SYN_SENT) moves and completes on the destination', { timeout: 60_000 }, async (t) => {
+    const server = net.createServer((c) => {
+      c.on('error', () => undefined);
+      c.pipe(c);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as net.AddressInfo).port;
+    const table = 'connect_test';
+    const nft = (...args: string[]) => execFileSync('nft', args, { stdio: 'pipe' });
+    nft('add', 'table', 'inet', table);
+    try {
+      nft('add', 'chain', 'inet', table, 'in', '{ type filter hook input priority 0; }');
+      nft('add', 'rule', 'inet', table, 'in', 'tcp', 'dport', String(port), 'tcp', 'flags', '&', '(syn', '|', 'ack)', '==', 'syn', 'drop');
+      const w = await h.start('sock_connecting', { args: [String(port)] });
+      await waitForOk(w, 3);
+      const local = readLog(w).find((l) => l.startsWith('LOCAL '))!.split(' ')[1];
+      assert.ok(!readLog(w).some((l) => l.startsWith('CONNECTED')), 'connected although its SYNs are dropped');
+      const { summary } = await migrateAndCheck(h, w, agent);
+      t.diagnostic(roundsText(summary));
+      nft('delete', 'table', 'inet', table);
+      const line = await waitForLine(w, (l) => l.startsWith('CONNECTED'), 20_000, 'CONNECTED');
+      assert.equal(line, `CONNECTED ${local}`, 'the connect completed from another local port');
+      await waitForOk(w, lastOk(w) + 2, 10_000);
+      await h.kill(w);
+      assertClean(agent);
+    } finally {
+      try {
+        nft('delete', 'table', 'inet', table);
+      } catch {
+        /* deleted above */
+      }
+      server.close();
+    }
+  });
 
   for (const name of ['eventfd', 'epoll', 'timerfd', 'signalfd', 'inotify', 'memfd']) {
     test(`evfd_${name}`, { timeout: 60_000 }, async (t) => {

@@ -416,7 +416,7 @@ fn collides(f: &Json) -> bool {
     let state = s.str_of("state").unwrap_or("");
     let port = s.get("local").and_then(|l| l.u64_of("port")).unwrap_or(0);
     match f.str_of("kind") {
-        Some("sock_tcp") => matches!(state, "listen" | "established") || (state == "bound" && port != 0),
+        Some("sock_tcp") => matches!(state, "listen" | "established" | "connecting") || (state == "bound" && port != 0),
         Some("sock_udp") => port != 0,
         Some("sock_unix") => matches!(state, "listen" | "bound") && s.get("local").and_then(|l| l.str_of("path")).map(|p| !p.is_empty()).unwrap_or(false),
         _ => false,

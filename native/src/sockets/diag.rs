@@ -4,7 +4,7 @@
 //! network namespace of the examined socket (SIOCGSKNS), from a short-lived
 //! thread that enters it, so a target in another namespace is seen too.
 
-use super::{snr, AF_NETLINK, AF_UNIX};
+use super::{snr, AF_INET, AF_NETLINK, AF_UNIX};
 use crate::sys::{self, Error, Fd, Result};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::FromRawFd;
@@ -86,9 +86,17 @@ fn request(nl: &Fd, req: &[u8], dump: bool) -> Result<Vec<Vec<u8>>> {
     }
 }
 
+/// What sock_diag tells of an inet socket.
+pub struct InetInfo {
+    pub state: u8,
+    pub wqueue: u32,
+    /// The remote end as a raw sockaddr (it names the peer of a connection
+    /// still in SYN_SENT, which getpeername does not).
+    pub peer: Vec<u8>,
+}
+
 /// inet_diag_msg for the socket with inode `ino` (family, protocol).
-/// Returns (state, rqueue, wqueue).
-pub fn inet_lookup(of: &Fd, family: i32, protocol: u8, ino: u64) -> Result<Option<(u8, u32, u32)>> {
+pub fn inet_lookup(of: &Fd, family: i32, protocol: u8, ino: u64) -> Result<Option<InetInfo>> {
     let nl = diag_socket(of)?;
     let mut req = [0u8; 56];
     req[0] = family as u8;
@@ -100,9 +108,17 @@ pub fn inet_lookup(of: &Fd, family: i32, protocol: u8, ino: u64) -> Result<Optio
         }
         let inode = u32::from_le_bytes(m[68..72].try_into().unwrap()) as u64;
         if inode == ino {
-            let rq = u32::from_le_bytes(m[56..60].try_into().unwrap());
-            let wq = u32::from_le_bytes(m[60..64].try_into().unwrap());
-            return Ok(Some((m[1], rq, wq)));
+            // inet_diag_sockid at 4: sport, dport (big endian), src[16], dst[16].
+            let mut peer = vec![0u8; if family == AF_INET { 16 } else { 28 }];
+            peer[0..2].copy_from_slice(&(family as u16).to_le_bytes());
+            peer[2..4].copy_from_slice(&m[6..8]);
+            if family == AF_INET {
+                peer[4..8].copy_from_slice(&m[24..28]);
+            } else {
+                peer[8..24].copy_from_slice(&m[24..40]);
+            }
+            let wqueue = u32::from_le_bytes(m[60..64].try_into().unwrap());
+            return Ok(Some(InetInfo { state: m[1], wqueue, peer }));
         }
     }
     Ok(None)

@@ -26,11 +26,13 @@ const TCP_RECV_QUEUE: i32 = 1;
 const TCP_SEND_QUEUE: i32 = 2;
 const IPV6_V6ONLY: i32 = 26;
 const IP_FREEBIND: i32 = 15;
+const IPV6_FREEBIND: i32 = 78;
 const SIOCINQ: u64 = 0x541B;
 const SIOCOUTQ: u64 = 0x5411;
 const SIOCOUTQNSD: u64 = 0x894B;
 
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
 const TCP_CLOSE: u8 = 7;
 const TCP_LISTEN: u8 = 10;
 
@@ -184,7 +186,7 @@ pub fn describe_tcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
         TCP_LISTEN => {
             let ino = s.u64_of("ino").unwrap_or(0);
             let backlog = match super::diag::inet_lookup(&copy, domain, 6, ino) {
-                Ok(Some((_, _, wq))) => wq,
+                Ok(Some(i)) => i.wqueue,
                 _ => 128,
             };
             s.set("state", "listen").set("backlog", backlog as u64);
@@ -215,6 +217,21 @@ pub fn describe_tcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
             s.set("state", "established").set("local", l).set("peer", p).set("tcp", tcp);
             remember_repaired(copy);
             Ok(base.with("sock", s))
+        }
+        TCP_SYN_SENT => {
+            // A connect in flight (one the handoff's hold caught, say): its
+            // peer is known to sock_diag only. Restored as a new connect to
+            // it from the same local address; the process's own connect
+            // call, restarted, waits for that one.
+            let ino = s.u64_of("ino").unwrap_or(0);
+            let peer = super::diag::inet_lookup(&copy, domain, 6, ino).ok().flatten().filter(|i| i.state == TCP_SYN_SENT).and_then(|i| addr_json(&i.peer));
+            match (local, peer) {
+                (Some(l), Some(p)) => {
+                    s.set("state", "connecting").set("local", l).set("peer", p);
+                    Ok(base.with("sock", s))
+                }
+                (l, _) => ctx.unsupported(&format!("TCP connection in state SYN_SENT ({} -> ?) unknown to sock_diag", addr_text(l.as_ref()))),
+            }
         }
         st => ctx.unsupported(&format!(
             "TCP connection in state {} ({} -> {})",
@@ -314,8 +331,10 @@ fn restore_tcp_post_opts(fd: &Fd, s: &Json) -> Result<()> {
 pub fn open_tcp(s: &Json) -> Result<Fd> {
     let family = family_of(s)?;
     let state = s.str_of("state").unwrap_or("");
-    if state == "established" {
-        return open_established(s, family);
+    match state {
+        "established" => return open_established(s, family),
+        "connecting" => return open_connecting(s, family),
+        _ => {}
     }
     let fd = new_socket(family, SOCK_STREAM, 6)?;
     restore_pre_bind_opts(&fd, s, family)?;
@@ -345,6 +364,39 @@ pub fn open_tcp(s: &Json) -> Result<Fd> {
     Ok(fd)
 }
 
+/// A connect in flight at the dump: the same local address, then a
+/// non-blocking connect to the same peer (sockets::open sets the file's own
+/// O_NONBLOCK afterwards). A blocking connect the process was inside is
+/// restarted on this socket and waits for the handshake to finish.
+fn open_connecting(s: &Json, family: i32) -> Result<Fd> {
+    let local = s.get("local").ok_or_else(|| Error::new("EIMAGE", "TCP connect without a local address"))?;
+    let peer = s.get("peer").ok_or_else(|| Error::new("EIMAGE", "TCP connect without a peer address"))?;
+    let what = format!("TCP connect {} -> {}", addr_text(Some(local)), addr_text(Some(peer)));
+    let fd = new_socket(family, SOCK_STREAM | SOCK_NONBLOCK, 6)?;
+    let r = (|| -> Result<()> {
+        restore_pre_bind_opts(&fd, s, family)?;
+        setsockopt_int(&fd, SOL_SOCKET, SO_REUSEADDR, 1)?;
+        freebind(&fd, family, true);
+        bind_raw(&fd, &addr_raw(family, local)?, &format!("bind {}", addr_text(Some(local)))).map_err(|e| Error { code: "ESOCKET", ..e })?;
+        freebind(&fd, family, false);
+        setsockopt_int(&fd, SOL_SOCKET, SO_REUSEADDR, s.bool_of("reuseaddr") as i32)?;
+        let p = addr_raw(family, peer)?;
+        match sys::call("connect", snr::CONNECT, &[fd.raw() as u64, p.as_ptr() as u64, p.len() as u64]) {
+            Err(e) if e.errno != 115 /* EINPROGRESS */ => return Err(e),
+            _ => {}
+        }
+        restore_tcp_post_opts(&fd, s)
+    })();
+    r.map_err(|e| e.context(what))?;
+    Ok(fd)
+}
+
+/// IP_FREEBIND / IPV6_FREEBIND: bind an address not (yet) configured on this
+/// host; the kernel checks that at bind only.
+fn freebind(fd: &Fd, family: i32, on: bool) {
+    let _ = setsockopt_int(fd, if family == AF_INET { SOL_IP } else { SOL_IPV6 }, if family == AF_INET { IP_FREEBIND } else { IPV6_FREEBIND }, on as i32);
+}
+
 fn open_established(s: &Json, family: i32) -> Result<Fd> {
     let t = s.get("tcp").ok_or_else(|| Error::new("EIMAGE", "established TCP socket without \"tcp\""))?;
     let local = s.get("local").ok_or_else(|| Error::new("EIMAGE", "TCP connection without a local address"))?;
@@ -371,14 +423,12 @@ fn open_established(s: &Json, family: i32) -> Result<Fd> {
         if family == AF_INET6 {
             setsockopt_int(&fd, SOL_IPV6, IPV6_V6ONLY, s.bool_of("v6only") as i32)?;
         }
-        // The address may not be configured yet on a new host; the kernel
-        // checks that at bind only.
-        let _ = setsockopt_int(&fd, if family == AF_INET { SOL_IP } else { SOL_IPV6 }, if family == AF_INET { IP_FREEBIND } else { 78 /* IPV6_FREEBIND */ }, 1);
+        freebind(&fd, family, true);
         let l = addr_raw(family, local)?;
         bind_raw(&fd, &l, &format!("bind {}", addr_text(Some(local)))).map_err(|e| Error { code: "ESOCKET", ..e })?;
         let p = addr_raw(family, peer)?;
         sys::call("connect (repair)", snr::CONNECT, &[fd.raw() as u64, p.as_ptr() as u64, p.len() as u64])?;
-        let _ = setsockopt_int(&fd, if family == AF_INET { SOL_IP } else { SOL_IPV6 }, if family == AF_INET { IP_FREEBIND } else { 78 }, 0);
+        freebind(&fd, family, false);
         // TCP_REPAIR_OPTIONS: struct tcp_repair_opt { u32 code; u32 val; }[]
         let mut opts: Vec<u8> = Vec::new();
         let mut push = |code: u32, val: u32| {

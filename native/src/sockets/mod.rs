@@ -29,6 +29,7 @@ pub(crate) const SOCK_DGRAM: i32 = 2;
 pub(crate) const SOCK_RAW: i32 = 3;
 pub(crate) const SOCK_SEQPACKET: i32 = 5;
 pub(crate) const SOCK_CLOEXEC: u64 = 0o2000000;
+pub(crate) const SOCK_NONBLOCK: i32 = 0o4000;
 
 pub(crate) const SOL_SOCKET: i32 = 1;
 pub(crate) const SO_REUSEADDR: i32 = 2;
