@@ -11,9 +11,10 @@ use crate::process;
 use crate::ptrace;
 use crate::signals;
 use crate::stub;
-use crate::sys::{nr, Context, Error, Pid, Result};
+use crate::sys::{nr, Context, Error, Pid, Result, PAGE_SIZE};
 use crate::threads;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 pub fn pid_of(p: &Json) -> Result<Pid> {
     p.i64_of("pid").filter(|&x| x > 0 && x < (1 << 22)).map(|x| x as Pid).ok_or_else(|| Error::new("EIMAGE", "a process in the image has no valid pid"))
@@ -250,14 +251,21 @@ fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
 
 /// Bring the stub's mappings to `want`, keeping the contents of every page
 /// that stays mapped compatibly (an mprotect split, a grown heap), so a
-/// page stream only needs to send the new parts.
-pub fn apply_layout(s: &mut Stub, want: &[Vma]) -> Result<()> {
+/// page stream only needs to send the new parts. With `keep`, contents are
+/// kept only inside those ranges (the source's tracker vouches for them);
+/// elsewhere the area is mapped anew, as the source's was (unmapped and
+/// mapped again at the same addresses, say).
+pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> Result<()> {
     let inj = &mut s.leader;
     let want: Vec<&Vma> = want.iter().filter(|v| !v.kind.is_special()).collect();
     let mut kept: Vec<(u64, u64)> = Vec::new();
     let mut fresh: Vec<(Vma, u64, u64)> = Vec::new();
     for w in &want {
-        let cover: Vec<(u64, u64)> = s.mapped.iter().filter(|o| compatible(o, w)).map(|o| (o.start.max(w.start), o.end.min(w.end))).filter(|(a, b)| a < b).collect();
+        let mut cover: Vec<(u64, u64)> = s.mapped.iter().filter(|o| compatible(o, w)).map(|o| (o.start.max(w.start), o.end.min(w.end))).filter(|(a, b)| a < b).collect();
+        // (Areas whose contents are not streamed, shared file mappings, keep their mapping.)
+        if let Some(k) = keep.filter(|_| w.stores_pages()) {
+            cover = cover.iter().flat_map(|&(a, b)| k.iter().map(move |&(ks, ke)| (a.max(ks), b.min(ke)))).filter(|(a, b)| a < b).collect();
+        }
         for &(a, b) in &cover {
             let old_prot = s.mapped.iter().find(|o| o.start <= a && b <= o.end).map(|o| o.prot);
             if old_prot != Some(w.prot) {
@@ -275,13 +283,64 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma]) -> Result<()> {
         }
     }
     for (w, a, b) in fresh {
+        // A new piece right after a kept piece of the same anonymous area
+        // grows that mapping in place: the area stays one kernel VMA, as on
+        // the source (two mappings side by side need not merge, and a later
+        // mremap of the whole area would fail with EFAULT).
+        if matches!(w.kind, Kind::Anon | Kind::Heap) {
+            if let Some(k) = kept.iter_mut().find(|k| k.1 == a && k.0 >= w.start) {
+                if inj.call("mremap (grow in place)", nr::MREMAP, &[k.0, a - k.0, b - k.0, 0]).is_ok() {
+                    k.1 = b;
+                    continue;
+                }
+            }
+        }
         let mut part = w.clone();
         part.pgoff = w.pgoff + (a - w.start);
         part.start = a;
         part.end = b;
         memory::map_vma(inj, &part)?;
     }
-    s.mapped = want.into_iter().cloned().collect();
+    s.mapped = want.iter().map(|w| (*w).clone()).collect();
+    rejoin_split_areas(s, &want)
+}
+
+/// Every private anonymous area must be one kernel VMA, as on the source: a
+/// process may mremap or munmap it whole (mremap fails with EFAULT across
+/// VMAs). Pieces kept from earlier rounds do not always merge (each has its
+/// own anon_vma), so an area found split is rebuilt: a new mapping is made
+/// elsewhere, the present pages are copied into it, and it is moved over the
+/// pieces (mremap MREMAP_FIXED replaces them at once).
+fn rejoin_split_areas(s: &mut Stub, want: &[&Vma]) -> Result<()> {
+    const MREMAP_MAYMOVE: u64 = 1;
+    const MREMAP_FIXED: u64 = 2;
+    let split: Vec<&Vma> = {
+        let have = memory::vmas(s.host)?;
+        want.iter().copied().filter(|w| w.kind == Kind::Anon && !w.shared && !have.iter().any(|h| h.start <= w.start && w.end <= h.end)).collect()
+    };
+    if split.is_empty() {
+        return Ok(());
+    }
+    let pagemap = File::open(format!("/proc/{}/pagemap", s.host)).ctx("opening the stub's pagemap")?;
+    let mem = open_mem(s.host, true)?;
+    let mut buf = vec![0u8; 1 << 20];
+    for w in split {
+        let len = w.end - w.start;
+        let tmp = s.leader.call("mmap (rejoin)", nr::MMAP, &[0, len, w.prot as u64, 0x22 /* MAP_PRIVATE | MAP_ANONYMOUS */, u64::MAX, 0])?;
+        let mut pages = Vec::new();
+        memory::present_pages(&pagemap, w, &mut pages)?;
+        for r in memory::runs_of(&pages) {
+            let (mut at, end) = (r.vaddr, r.vaddr + r.nr_pages * PAGE_SIZE);
+            while at < end {
+                let n = ((end - at) as usize).min(buf.len());
+                // /proc/PID/mem reads and writes through the area's protection.
+                mem.read_exact_at(&mut buf[..n], at).ctx(format!("reading {:#x} of the stub", at))?;
+                mem.write_all_at(&buf[..n], tmp + (at - w.start)).ctx("writing the rejoined area")?;
+                at += n as u64;
+            }
+        }
+        s.leader.call("mremap (rejoin)", nr::MREMAP, &[tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, w.start])?;
+    }
     Ok(())
 }
 
@@ -404,7 +463,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
         let mut stats = RestoreStats { pages_bytes: 0 };
         for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
             let vmas = vmas_of(p)?;
-            apply_layout(s, &vmas)?;
+            apply_layout(s, &vmas, None)?;
             stats.pages_bytes += fill_from_images(dir, p, s).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
             finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }

@@ -1,5 +1,7 @@
 /* Address-space churn during a migration: 64 slots, each either empty or
- * an anonymous mapping of 1-64 pages filled from (slot, generation). Every
+ * an anonymous mapping of 1-64 pages filled from (slot, generation), but
+ * for one page never written, which must read as zeros (the kernel may give
+ * a new mapping addresses an old one had: none of its bytes may show). Every
  * 2 ms one slot is unmapped and mapped again with a new size and
  * generation (at whatever address the kernel picks), and one slot grows in
  * place with mremap; every live slot is checked in full each pass. The
@@ -17,6 +19,7 @@
 struct slot {
 	uint64_t *p;
 	size_t pages;
+	size_t hole; /* the page never written (pages: none) */
 	uint32_t gen;
 };
 
@@ -31,14 +34,15 @@ static void fill(unsigned s, size_t from)
 {
 	struct slot *sl = &slots[s];
 	for (size_t i = from * (PAGE / 8); i < sl->pages * (PAGE / 8); i++)
-		sl->p[i] = val(s, sl->gen, i);
+		if (i / (PAGE / 8) != sl->hole)
+			sl->p[i] = val(s, sl->gen, i);
 }
 
 static void check(unsigned s)
 {
 	struct slot *sl = &slots[s];
 	for (size_t i = 0; i < sl->pages * (PAGE / 8); i++)
-		if (__builtin_expect(sl->p[i] != val(s, sl->gen, i), 0))
+		if (__builtin_expect(sl->p[i] != (i / (PAGE / 8) == sl->hole ? 0 : val(s, sl->gen, i)), 0))
 			FAIL("slot %u gen %u word %zu: %016lx != %016lx", s, sl->gen, i, (unsigned long)sl->p[i],
 			     (unsigned long)val(s, sl->gen, i));
 }
@@ -61,6 +65,7 @@ int main(int argc, char **argv)
 		if (sl->p)
 			CHECK(munmap(sl->p, sl->pages * PAGE) == 0, "munmap: errno %d", errno);
 		sl->pages = 1 + (rng >> 8) % 64;
+		sl->hole = (rng >> 16) % sl->pages;
 		sl->gen++;
 		sl->p = mmap(NULL, sl->pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		CHECK(sl->p != MAP_FAILED, "mmap: errno %d", errno);

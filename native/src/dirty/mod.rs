@@ -81,6 +81,11 @@ pub struct Tracker {
     inner: Inner,
     /// Ranges tracked since the previous round (sorted, merged).
     known: Vec<(u64, u64)>,
+    /// What the last collect() found still tracked from the round before:
+    /// a copy taken of those ranges then is still the same memory, and the
+    /// pages reported are all that changed in it. Outside them (new areas,
+    /// areas unmapped and mapped again) a copy must start from nothing.
+    kept: Vec<(u64, u64)>,
 }
 
 impl Tracker {
@@ -98,7 +103,7 @@ impl Tracker {
             Method::SoftDirty => (Inner::SoftDirty(soft_dirty::SoftDirtyTracker::start(pid, vmas).map_err(ctx)?), ranges_of(vmas)),
             Method::Hash => (Inner::Hash(hash::HashTracker::start(pid, vmas).map_err(ctx)?), ranges_of(vmas)),
         };
-        Ok(Tracker { pid, inner, known })
+        Ok(Tracker { pid, inner, known, kept: Vec::new() })
     }
 
     /// Like `start`, but arms nothing yet: only what needs the frozen target
@@ -129,10 +134,21 @@ impl Tracker {
             Inner::Hash(t) => t.collect(&self.known, vmas, out, frozen_by_us(pid)).map(|_| ranges_of(vmas)),
         };
         let known = r.map_err(|e| e.context(format!("collecting dirty pages of process {}", pid)))?;
+        // uffd-wp knows an area replaced at the same addresses (it is no
+        // longer registered); the others can only go by the ranges.
+        self.kept = match &mut self.inner {
+            Inner::UffdWp(t) => merge(std::mem::take(&mut t.kept)),
+            _ => std::mem::take(&mut self.known),
+        };
         self.known = known;
         out.sort_unstable();
         out.dedup();
         Ok(())
+    }
+
+    /// See `kept` (the field): sorted, merged.
+    pub fn kept(&self) -> &[(u64, u64)] {
+        &self.kept
     }
 
     /// The next collect() is the last one, on the frozen target: trackers

@@ -207,6 +207,10 @@ pub struct UffdTracker {
     pub refused: Vec<(u64, u64, i32)>,
     /// False for the last round (see scan_written).
     rearm: bool,
+    /// Set by collect(): the known segments still registered (Tracker::kept).
+    pub kept: Vec<(u64, u64)>,
+    /// The areas armed by the previous collect(), one entry per area.
+    prev: Vec<(u64, u64)>,
 }
 
 impl UffdTracker {
@@ -219,7 +223,7 @@ impl UffdTracker {
         closed?;
         uffd_api(&uffd)?;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
-        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true };
+        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, kept: Vec::new(), prev: Vec::new() };
         let mut ignored = Vec::new();
         let armed = t.collect(&[], vmas, &mut ignored)?;
         Ok((t, armed))
@@ -262,14 +266,32 @@ impl UffdTracker {
                 false
             }
         };
+        self.report_present(s, e, pf, out)?;
+        Ok(armed)
+    }
+
+    /// Every page of [s, e) with contents of its own, whatever its marks.
+    fn report_present(&self, s: u64, e: u64, pf: bool, out: &mut Vec<u64>) -> Result<()> {
         read_entries(&self.pagemap, s, e, |b, ents| {
             for (i, &en) in ents.iter().enumerate() {
                 if entry_has_contents(en, pf) {
                     out.push(b + i as u64 * PAGE_SIZE);
                 }
             }
-        })?;
-        Ok(armed)
+        })
+    }
+
+    /// The area of the previous round that `v` continues (same memory, maybe
+    /// grown, shrunk or split): the only one it overlaps, or, when it spans
+    /// several (it grew over the place of an area since unmapped, or merged
+    /// with a neighbour), the one it starts with. Registered memory of any
+    /// other previous area inside `v` now belongs to another mapping.
+    fn continued(&self, v: &Vma) -> Option<(u64, u64)> {
+        let mut over = self.prev.iter().filter(|p| p.0 < v.end && p.1 > v.start);
+        match (over.next(), over.next()) {
+            (Some(&p), None) => Some(p),
+            _ => self.prev.iter().find(|p| p.0 == v.start && p.1 > v.start).copied(),
+        }
     }
 
     fn note_refused(&mut self, v: &Vma, errno: i32) {
@@ -284,6 +306,7 @@ impl UffdTracker {
     /// Returns the ranges now armed (sorted), to be `known` next round.
     pub fn collect(&mut self, known: &[(u64, u64)], vmas: &[Vma], out: &mut Vec<u64>) -> Result<Vec<(u64, u64)>> {
         let mut armed = Vec::new();
+        self.kept.clear();
         self.refused.retain(|r| vmas.iter().any(|v| v.start == r.0 && v.end == r.1));
         // The walks over areas tracked since last round go first, in parallel.
         let mut jobs = Vec::new();
@@ -298,7 +321,8 @@ impl UffdTracker {
         for v in vmas.iter().filter(|v| v.stores_pages()) {
             let pf = v.kind == Kind::File && !v.shared;
             let segs = segments(known, v.start, v.end);
-            let mark = out.len();
+            let (mark, kmark) = (out.len(), self.kept.len());
+            let same = self.continued(v).unwrap_or((0, 0));
             let mut ok = true;
             for Segment { start, end, known: seen } in &segs {
                 if *seen {
@@ -312,8 +336,19 @@ impl UffdTracker {
                         }
                         // EPERM: not ours any more (replaced or moved): a new area.
                         out.truncate(mark);
+                        self.kept.truncate(kmark);
                         ok = self.arm_new(v, v.start, v.end, out)?;
                         break;
+                    }
+                    // Kept where it continues the same area; elsewhere the pages
+                    // written are not all that differ: all of them go.
+                    let (a, b) = ((*start).max(same.0), (*end).min(same.1));
+                    if a < b {
+                        self.kept.push((a, b));
+                        self.report_present(*start, a, pf, out)?;
+                        self.report_present(b, *end, pf, out)?;
+                    } else {
+                        self.report_present(*start, *end, pf, out)?;
                     }
                 } else {
                     ok &= self.arm_new(v, *start, *end, out)?;
@@ -323,6 +358,7 @@ impl UffdTracker {
                 armed.push((v.start, v.end));
             }
         }
+        self.prev = armed.clone();
         Ok(armed)
     }
 

@@ -53,7 +53,7 @@ impl DestEngine {
         for (p, s) in restore::live_procs(procs).iter().zip(tree.stubs.iter_mut()) {
             let r = restore::vmas_of(p)
                 .map(|v| v.into_iter().filter(|v| !needs_restored_object(v)).collect::<Vec<_>>())
-                .and_then(|v| restore::apply_layout(s, &v))
+                .and_then(|v| restore::apply_layout(s, &v, None))
                 .and_then(|_| open_mem(s.host, true));
             match r {
                 Ok(m) => {
@@ -162,7 +162,7 @@ impl DestEngine {
             if restore::pid_of(p)? != s.pid {
                 return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
             }
-            restore::apply_layout(s, &restore::vmas_of(p)?)?;
+            restore::apply_layout(s, &restore::vmas_of(p)?, None)?;
             restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
         // Held: the processes run only once the source has let go (commit_on_stream).
@@ -293,6 +293,27 @@ struct PageWrite {
     len: usize,
 }
 
+/// The ranges a LAYOUT lets us keep our copy of (send::layout_json),
+/// sorted; None from a source that does not say (then every compatible
+/// mapping is kept).
+fn keep_of(items: &[Json], vmas: &[Vma]) -> Result<Option<Vec<(u64, u64)>>> {
+    if items.is_empty() || items.iter().any(|i| i.get("keep").is_none()) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (i, v) in items.iter().zip(vmas) {
+        for k in i.arr_of("keep") {
+            let r = k.as_arr();
+            match (r.first().and_then(Json::as_u64), r.get(1).and_then(Json::as_u64)) {
+                (Some(s), Some(e)) if r.len() == 2 && v.start <= s && s < e && e <= v.end && s % PAGE_SIZE == 0 && e % PAGE_SIZE == 0 => out.push((s, e)),
+                _ => return Err(Error::new("EPROTO", format!("page stream: bad kept range in the layout of area {:#x}-{:#x}", v.start, v.end))),
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(Some(out))
+}
+
 fn writer_stopped() -> Error {
     Error::new("EPROTO", "page stream: the pages could not be written")
 }
@@ -315,6 +336,7 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
             stream::LAYOUT => {
                 let j = stream::read_json_summed(r, &h, &mut sum)?;
                 let vmas = j.as_arr().iter().map(Vma::from_json).collect::<Result<Vec<_>>>()?;
+                let keep = keep_of(j.as_arr(), &vmas)?;
                 // Areas backed by a memfd or an unlinked file are mapped from
                 // the restored object, which exists only at the final restore;
                 // their contents live in that object, not in the page stream.
@@ -323,7 +345,7 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
                 if !bufs.drain() {
                     return Err(writer_stopped());
                 }
-                restore::apply_layout(st, &vmas)?;
+                restore::apply_layout(st, &vmas, keep.as_deref())?;
             }
             stream::PAGES => {
                 let len = h.payload_len();

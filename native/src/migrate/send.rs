@@ -21,6 +21,16 @@ pub const DEPTH: usize = 8;
 const FRAME_PAGES: usize = 64;
 const FRAME: usize = stream::HEADER + stream::MAX_PAGES as usize * PAGE_SIZE as usize;
 
+/// One process's part of a round: its layout, the pages to send, and the
+/// ranges where the destination's copy is still valid (Tracker::kept):
+/// anywhere else the destination maps the area anew before the pages come.
+pub struct ProcessRound {
+    pub pid: Pid,
+    pub vmas: Vec<Vma>,
+    pub pages: Vec<u64>,
+    pub keep: Vec<(u64, u64)>,
+}
+
 /// Frame buffers kept by a session between rounds.
 #[derive(Default)]
 pub struct Pool(Vec<Vec<u8>>);
@@ -102,7 +112,7 @@ fn broke(e: std::io::Error) -> Error {
 
 /// Send one round: for each process its layout and pages, then the round
 /// end (which carries the sum of everything before it). Returns the pages sent.
-pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
     let (bufs, free_tx) = Buffers::lend(pool);
     let (tx, rx) = sync_channel::<Out>(DEPTH);
     let (produced, written) = std::thread::scope(|s| {
@@ -131,20 +141,33 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[(Pid, 
     produced
 }
 
-fn produce(sink: &mut Sink, work: &[(Pid, Vec<Vma>, Vec<u64>)], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+fn produce(sink: &mut Sink, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
     let mut total = 0;
     let mut sum = stream::RoundSum::new();
-    for (pid, vmas, pages) in work {
+    for w in work {
         let mut layout = Vec::new();
-        stream::write_json_summed(&mut layout, stream::LAYOUT, *pid as u32, &Json::Arr(vmas.iter().map(Vma::to_json).collect()), &mut sum)?;
+        stream::write_json_summed(&mut layout, stream::LAYOUT, w.pid as u32, &layout_json(&w.vmas, &w.keep), &mut sum)?;
         sink.put(Out::Bytes(layout))?;
-        let tracker = trackers.iter_mut().find(|t| t.pid() == *pid);
-        total += send_pages(sink, *pid, pages, &mut sum, tracker)?;
+        let tracker = trackers.iter_mut().find(|t| t.pid() == w.pid);
+        total += send_pages(sink, w.pid, &w.pages, &mut sum, tracker)?;
     }
     let mut end = Vec::new();
     stream::write_round_end_summed(&mut end, round, last, &sum)?;
     sink.put(Out::Bytes(end))?;
     Ok(total)
+}
+
+/// A LAYOUT frame's body: the areas, each with `keep`, the parts of it
+/// (start, end pairs) the destination's copy stays valid in.
+fn layout_json(vmas: &[Vma], keep: &[(u64, u64)]) -> Json {
+    Json::Arr(
+        vmas.iter()
+            .map(|v| {
+                let mine = keep.iter().filter(|k| k.0 < v.end && k.1 > v.start).map(|k| Json::Arr(vec![Json::from(k.0.max(v.start)), Json::from(k.1.min(v.end))]));
+                v.to_json().with("keep", mine.collect::<Vec<_>>())
+            })
+            .collect(),
+    )
 }
 
 /// The pages at `pages` (sorted addresses) of `pid`, in runs of up to a

@@ -2,7 +2,7 @@
 //! the tree runs, then freeze and send the last dirty pages and the state.
 
 use super::handoff::Handoff;
-use super::send;
+use super::send::{self, ProcessRound};
 use super::stream;
 use crate::dirty::{self, Method, Tracker};
 use crate::dump;
@@ -178,7 +178,7 @@ impl SourceEngine {
     }
 
     /// What a round sends: each process's layout and its pages to send.
-    fn collect_round(&mut self) -> Result<Vec<(Pid, Vec<Vma>, Vec<u64>)>> {
+    fn collect_round(&mut self) -> Result<Vec<ProcessRound>> {
         collect(&mut self.trackers, self.round == 0)
     }
 
@@ -247,7 +247,7 @@ impl SourceEngine {
                 }
             };
             crate::sys::trace_mark("source: final pages collected");
-            let _ = count_tx.send(Ok(work.iter().map(|w| w.2.len() as u64).sum()));
+            let _ = count_tx.send(Ok(work.iter().map(|w| w.pages.len() as u64).sum()));
             let r = send::write_round(&mut sock, &mut pool, &work, &mut trackers, round, true).map(|_| ());
             if r.is_err() {
                 return (trackers, sock, r);
@@ -573,7 +573,7 @@ fn release_memory_gently(f: &Frozen) {
 
 /// Each tracked process's current layout and the pages a round must send:
 /// everything present in round 0, the pages written since the last round after.
-fn collect(trackers: &mut [Tracker], first: bool) -> Result<Vec<(Pid, Vec<Vma>, Vec<u64>)>> {
+fn collect(trackers: &mut [Tracker], first: bool) -> Result<Vec<ProcessRound>> {
     let mut work = Vec::new();
     for t in trackers.iter_mut() {
         let pid = t.pid();
@@ -589,7 +589,9 @@ fn collect(trackers: &mut [Tracker], first: bool) -> Result<Vec<(Pid, Vec<Vma>, 
                 memory::present_pages(&pm, v, &mut pages)?;
             }
         }
-        work.push((pid, vmas, pages));
+        // What the destination may keep of its copy: nothing in round 0.
+        let keep = if first { Vec::new() } else { t.kept().to_vec() };
+        work.push(ProcessRound { pid, vmas, pages, keep });
     }
     Ok(work)
 }
