@@ -69,6 +69,16 @@ const fn libc_sigtrap() -> i32 {
 }
 
 pub fn freeze_tree(root: Pid) -> Result<Frozen> {
+    freeze(root, true)
+}
+
+/// The threads of one process only, e.g. to change its memory's
+/// registration while none of them can change its layout.
+pub fn freeze_process(pid: Pid) -> Result<Frozen> {
+    freeze(pid, false)
+}
+
+fn freeze(root: Pid, children: bool) -> Result<Frozen> {
     let mut seized: BTreeMap<Pid, Vec<Pid>> = BTreeMap::new(); // pid -> tids
     let mut order: Vec<Pid> = Vec::new();
     let mut zombies: Vec<Pid> = Vec::new();
@@ -80,7 +90,9 @@ pub fn freeze_tree(root: Pid) -> Result<Frozen> {
             let mut walk = Vec::new();
             while let Some(p) = queue.pop() {
                 walk.push(p);
-                queue.extend(proc::children(p));
+                if children {
+                    queue.extend(proc::children(p));
+                }
             }
             for p in walk {
                 if p != root && !zombies.contains(&p) && is_zombie(p) {

@@ -2,7 +2,7 @@
 // move (same pid, source copy killed, counters going on, no FAIL).
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
-import { assertCliOk, describe as describeCli, runCli, type CliResult } from './cli.js';
+import { describe as describeCli, runCli, type CliResult } from './cli.js';
 import type { Agent } from './agent.js';
 import { cmdline, isAlive, procStat, procStatus, runningFreely, waitUntil } from './proc.js';
 import { assertNoFail, assertOkSequence, Harness, lastOk, readLog, waitForOk, type Workload } from './workload.js';
@@ -53,7 +53,11 @@ export async function migrateAndCheck(h: Harness, w: Workload, agent: Agent, o: 
   const threadsBefore = readdirSync(`/proc/${w.pid}/task`).length;
   const args = ['migrate', '--to', o.to ?? agent.address, '--pid', String(w.pid), '--json', ...(o.extra ?? [])];
   const r = await (o.runner ?? ((a: string[]) => runCli(a, 180_000)))(args);
-  assertCliOk(r);
+  if (r.code !== 0) {
+    // the workload's own account (a FAIL line, or its exit) says more than the CLI's error
+    const exit = w.child.exitCode !== null || w.child.signalCode !== null ? `exited (${w.child.exitCode ?? w.child.signalCode})` : 'running';
+    assert.fail(`expected success:\n${describeCli(r)}\n--- ${w.name} (${exit}), log tail ---\n${readLog(w).slice(-5).join('\n')}`);
+  }
   const summary = JSON.parse(r.stdout) as MigrateSummary;
   const sourcePid = w.pid;
   assert.equal(summary.dest_pid, sourcePid, 'migrated under another pid');

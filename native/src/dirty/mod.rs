@@ -86,6 +86,10 @@ pub struct Tracker {
     /// pages reported are all that changed in it. Outside them (new areas,
     /// areas unmapped and mapped again) a copy must start from nothing.
     kept: Vec<(u64, u64)>,
+    /// Set by last_round(): the caller froze the target for good. Told,
+    /// not guessed from /proc: the final round runs beside the dump, whose
+    /// injected calls let threads run for moments.
+    frozen: bool,
 }
 
 impl Tracker {
@@ -103,7 +107,7 @@ impl Tracker {
             Method::SoftDirty => (Inner::SoftDirty(soft_dirty::SoftDirtyTracker::start(pid, vmas).map_err(ctx)?), ranges_of(vmas)),
             Method::Hash => (Inner::Hash(hash::HashTracker::start(pid, vmas).map_err(ctx)?), ranges_of(vmas)),
         };
-        Ok(Tracker { pid, inner, known, kept: Vec::new() })
+        Ok(Tracker { pid, inner, known, kept: Vec::new(), frozen: false })
     }
 
     /// Like `start`, but arms nothing yet: only what needs the frozen target
@@ -130,8 +134,8 @@ impl Tracker {
         let pid = self.pid;
         let r = match &mut self.inner {
             Inner::UffdWp(t) => t.collect(&self.known, vmas, out).map(merge),
-            Inner::SoftDirty(t) => t.collect(&self.known, vmas, out).map(|_| ranges_of(vmas)),
-            Inner::Hash(t) => t.collect(&self.known, vmas, out, frozen_by_us(pid)).map(|_| ranges_of(vmas)),
+            Inner::SoftDirty(t) => t.collect(&self.known, vmas, out, self.frozen).map(|_| ranges_of(vmas)),
+            Inner::Hash(t) => t.collect(&self.known, vmas, out, self.frozen).map(|_| ranges_of(vmas)),
         };
         let known = r.map_err(|e| e.context(format!("collecting dirty pages of process {}", pid)))?;
         // uffd-wp knows an area replaced at the same addresses (it is no
@@ -154,6 +158,7 @@ impl Tracker {
     /// The next collect() is the last one, on the frozen target: trackers
     /// that re-arm their marks as they read them may skip that.
     pub fn last_round(&mut self) {
+        self.frozen = true;
         if let Inner::UffdWp(t) = &mut self.inner {
             t.last_round();
         }
@@ -193,7 +198,7 @@ impl Tracker {
     /// Stop tracking and unregister cleanly (the target keeps running unharmed).
     pub fn stop(self) {
         match self.inner {
-            Inner::UffdWp(t) => t.stop(&self.known),
+            Inner::UffdWp(t) => t.stop(),
             Inner::SoftDirty(_) | Inner::Hash(_) => {}
         }
     }
@@ -250,22 +255,6 @@ pub fn segments(known: &[(u64, u64)], s: u64, e: u64) -> Vec<Segment> {
         }
     }
     out
-}
-
-/// Is `pid` stopped under ptrace by a thread of this process (the frozen
-/// final round)?
-pub fn frozen_by_us(pid: Pid) -> bool {
-    let tracer = crate::proc::status_field(pid, "TracerPid").ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(0);
-    if tracer == 0 || std::fs::metadata(format!("/proc/self/task/{}", tracer)).is_err() {
-        return false;
-    }
-    let Ok(tids) = crate::proc::tasks(pid) else { return false };
-    tids.iter().all(|t| {
-        std::fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, t))
-            .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('t')))
-            .unwrap_or(false)
-    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! difference with the previous round's present pages.
 
 use super::pagemap_scan::{entry_has_contents, read_entries, PM_SOFT_DIRTY};
-use super::{frozen_by_us, segments, Segment};
+use super::{segments, Segment};
 use crate::freeze;
 use crate::memory::{Kind, Vma};
 use crate::sys::{Context, Error, Pid, Result, PAGE_SIZE};
@@ -119,8 +119,9 @@ impl SoftDirtyTracker {
         Ok(())
     }
 
-    pub fn collect(&mut self, known: &[(u64, u64)], vmas: &[Vma], out: &mut Vec<u64>) -> Result<()> {
-        if frozen_by_us(self.pid) {
+    /// `frozen`: the target is frozen already (the last round).
+    pub fn collect(&mut self, known: &[(u64, u64)], vmas: &[Vma], out: &mut Vec<u64>, frozen: bool) -> Result<()> {
+        if frozen {
             return self.round(known, vmas, out);
         }
         let mut fz = freeze::freeze_tree(self.pid).map_err(|e| Error::new(e.code, format!("pausing {} for a soft-dirty round: {}", self.pid, e.message)))?;

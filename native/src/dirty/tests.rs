@@ -223,6 +223,7 @@ fn scenario(m: Method) {
     c.write(region + 5 * PAGE_SIZE, 1);
     {
         let mut fz = freeze::freeze_tree(pid).expect("freeze");
+        tr.last_round();
         let out = collect(&mut tr, pid);
         let got = within(&out, region, 64);
         assert!(got.contains(&5), "{}: frozen round {:?}", m.name(), got);
@@ -254,6 +255,48 @@ fn uffd_wp_tracks_a_child() {
         return;
     }
     scenario(Method::UffdWp);
+}
+
+/// The layout a round goes by is read while the target runs and may be
+/// stale when areas get registered. Registering stale bounds would split
+/// the target's areas (its next mremap of one fails with EFAULT): an area
+/// whose bounds changed is left unregistered that round, and reported whole.
+#[test]
+fn uffd_wp_stale_layout_splits_nothing() {
+    if !Method::UffdWp.available() {
+        return;
+    }
+    let (c, _region) = Child::spawn(4);
+    let pid = c.pid;
+    let mut tr = start_tracking(Method::UffdWp, pid);
+    let na = c.cmd(OP_MMAP, 16, 0);
+    let real = memory::vmas(pid).unwrap();
+    let area = |vs: &[memory::Vma]| vs.iter().find(|v| v.start <= na && na < v.end).map(|v| (v.start, v.end)).unwrap();
+    let (s, e) = area(&real);
+    // As read before the area grew: it ended halfway.
+    let stale: Vec<memory::Vma> = real
+        .iter()
+        .cloned()
+        .map(|mut v| {
+            if v.start == s {
+                v.end = s + (e - s) / 2 / PAGE_SIZE * PAGE_SIZE;
+            }
+            v
+        })
+        .collect();
+    let mut out = Vec::new();
+    tr.collect(&stale, &mut out).expect("collect");
+    assert_eq!(area(&memory::vmas(pid).unwrap()), (s, e), "the area was split");
+    assert!(within(&out, na, 16).len() >= 8, "the stale part is reported whole");
+    // Next round, with the real layout, it is armed whole and tracked.
+    let out = collect(&mut tr, pid);
+    assert_eq!(within(&out, na, 16).len(), 16, "reported whole when armed");
+    assert_eq!(area(&memory::vmas(pid).unwrap()), (s, e));
+    c.write(na + 5 * PAGE_SIZE, 1);
+    let out = collect(&mut tr, pid);
+    assert_eq!(within(&out, na, 16), set(&[5]));
+    tr.stop();
+    assert!(c.alive());
 }
 
 #[test]

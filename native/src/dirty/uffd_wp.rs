@@ -48,12 +48,8 @@ struct UffdioRegister {
 const fn iowr(ty: u64, n: u64, size: usize) -> u64 {
     (3 << 30) | ((size as u64) << 16) | (ty << 8) | n
 }
-const fn ior(ty: u64, n: u64, size: usize) -> u64 {
-    (2 << 30) | ((size as u64) << 16) | (ty << 8) | n
-}
 pub const UFFDIO_API: u64 = iowr(0xAA, 0x3F, std::mem::size_of::<UffdioApi>());
 pub const UFFDIO_REGISTER: u64 = iowr(0xAA, 0x00, std::mem::size_of::<UffdioRegister>());
-pub const UFFDIO_UNREGISTER: u64 = ior(0xAA, 0x01, std::mem::size_of::<UffdioRange>());
 
 fn ioctl(fd: &Fd, req: u64, arg: u64) -> std::result::Result<i64, i32> {
     unsafe { sys::raw(nr::IOCTL, &[fd.raw() as u64, req, arg]) }
@@ -207,6 +203,9 @@ pub struct UffdTracker {
     pub refused: Vec<(u64, u64, i32)>,
     /// False for the last round (see scan_written).
     rearm: bool,
+    /// The caller holds the target frozen (at start, and in the last round):
+    /// arm_new need not pause it.
+    frozen: bool,
     /// Set by collect(): the known segments still registered (Tracker::kept).
     pub kept: Vec<(u64, u64)>,
     /// The areas armed by the previous collect(), one entry per area.
@@ -223,9 +222,10 @@ impl UffdTracker {
         closed?;
         uffd_api(&uffd)?;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
-        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, kept: Vec::new(), prev: Vec::new() };
+        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, frozen: true, kept: Vec::new(), prev: Vec::new() };
         let mut ignored = Vec::new();
         let armed = t.collect(&[], vmas, &mut ignored)?;
+        t.frozen = false;
         Ok((t, armed))
     }
 
@@ -243,31 +243,63 @@ impl UffdTracker {
     /// reports written pages without write-protecting them again.
     pub fn last_round(&mut self) {
         self.rearm = false;
+        self.frozen = true;
     }
 
-    /// A new area (or new part of one): register the whole area (again: the
-    /// same context may register a range twice), write-protect the part,
-    /// then report every page with contents in it.
-    fn arm_new(&mut self, v: &Vma, s: u64, e: u64, out: &mut Vec<u64>) -> Result<bool> {
-        let pf = v.kind == Kind::File && !v.shared;
-        let armed = match register(&self.uffd, v.start, v.end) {
-            Ok(()) => {
-                let mut scratch = Vec::new();
-                match self.scan_written(s, e, pf, &mut scratch) {
-                    Ok(()) => true,
-                    Err(er) => {
-                        self.note_refused(v, er);
-                        false
+    /// New areas (or new parts of areas): register each whole area, with
+    /// the process paused, then write-protect the new parts and report every
+    /// page with contents in them. Returns, per entry of `arms`, whether its
+    /// area is now tracked.
+    ///
+    /// Registration splits a kernel VMA wherever the range does not end on
+    /// its bounds. The layout read before may be stale by now (an area
+    /// unmapped, another mapped and merged with a neighbour): registering
+    /// stale bounds while the process runs would cut its areas in two, and
+    /// its next mremap of one of them fails with EFAULT. So the bounds are
+    /// checked against a layout read while no thread of the process runs,
+    /// and only areas that still match exactly are registered. The rest are
+    /// sent whole and come up as new again next round.
+    fn arm_new(&mut self, vmas: &[Vma], arms: &[(usize, u64, u64)], out: &mut Vec<u64>) -> Result<Vec<bool>> {
+        let mut areas: Vec<usize> = arms.iter().map(|a| a.0).collect();
+        areas.dedup();
+        let paused = if self.frozen { None } else { Some(crate::freeze::freeze_process(self.pid)?) };
+        let now = crate::memory::vmas(self.pid);
+        let mut registered: Vec<(usize, std::result::Result<(), i32>)> = Vec::new();
+        if let Ok(now) = &now {
+            for &i in &areas {
+                let v = &vmas[i];
+                let same = now.iter().any(|n| n.start == v.start && n.end == v.end && n.kind == v.kind && n.shared == v.shared);
+                registered.push((i, if same { register(&self.uffd, v.start, v.end) } else { Err(0) }));
+            }
+        }
+        drop(paused); // resumes
+        now?;
+        let mut res = Vec::with_capacity(arms.len());
+        for &(i, s, e) in arms {
+            let v = &vmas[i];
+            let pf = v.kind == Kind::File && !v.shared;
+            let reg = registered.iter().find(|r| r.0 == i).map(|r| r.1).unwrap_or(Err(0));
+            let armed = match reg {
+                Ok(()) => {
+                    let mut scratch = Vec::new();
+                    match self.scan_written(s, e, pf, &mut scratch) {
+                        Ok(()) => true,
+                        Err(er) => {
+                            self.note_refused(v, er);
+                            false
+                        }
                     }
                 }
-            }
-            Err(er) => {
-                self.note_refused(v, er);
-                false
-            }
-        };
-        self.report_present(s, e, pf, out)?;
-        Ok(armed)
+                Err(0) => false, // changed since read: new again next round
+                Err(er) => {
+                    self.note_refused(v, er);
+                    false
+                }
+            };
+            self.report_present(s, e, pf, out)?;
+            res.push(armed);
+        }
+        Ok(res)
     }
 
     /// Every page of [s, e) with contents of its own, whatever its marks.
@@ -305,7 +337,6 @@ impl UffdTracker {
 
     /// Returns the ranges now armed (sorted), to be `known` next round.
     pub fn collect(&mut self, known: &[(u64, u64)], vmas: &[Vma], out: &mut Vec<u64>) -> Result<Vec<(u64, u64)>> {
-        let mut armed = Vec::new();
         self.kept.clear();
         self.refused.retain(|r| vmas.iter().any(|v| v.start == r.0 && v.end == r.1));
         // The walks over areas tracked since last round go first, in parallel.
@@ -318,12 +349,19 @@ impl UffdTracker {
         }
         let mut scanned: std::collections::HashMap<(u64, u64), std::result::Result<Vec<u64>, i32>> =
             jobs.iter().map(|j| (j.0, j.1)).zip(scan_parallel(&self.pagemap, &jobs, self.rearm)).collect();
-        for v in vmas.iter().filter(|v| v.stores_pages()) {
+        // Per area: still tracked (every part of it armed); parts new to arm.
+        let mut ok = vec![false; vmas.len()];
+        let mut arms: Vec<(usize, u64, u64)> = Vec::new();
+        for (i, v) in vmas.iter().enumerate().filter(|(_, v)| v.stores_pages()) {
             let pf = v.kind == Kind::File && !v.shared;
             let segs = segments(known, v.start, v.end);
-            let (mark, kmark) = (out.len(), self.kept.len());
+            let (mark, kmark, amark) = (out.len(), self.kept.len(), arms.len());
+            if self.refused.iter().any(|r| r.0 == v.start && r.1 == v.end) {
+                self.report_present(v.start, v.end, pf, out)?; // and no pause to try again
+                continue;
+            }
             let same = self.continued(v).unwrap_or((0, 0));
-            let mut ok = true;
+            ok[i] = true;
             for Segment { start, end, known: seen } in &segs {
                 if *seen {
                     let r = match scanned.remove(&(*start, *end)) {
@@ -337,7 +375,8 @@ impl UffdTracker {
                         // EPERM: not ours any more (replaced or moved): a new area.
                         out.truncate(mark);
                         self.kept.truncate(kmark);
-                        ok = self.arm_new(v, v.start, v.end, out)?;
+                        arms.truncate(amark);
+                        arms.push((i, v.start, v.end));
                         break;
                     }
                     // Kept where it continues the same area; elsewhere the pages
@@ -351,25 +390,26 @@ impl UffdTracker {
                         self.report_present(*start, *end, pf, out)?;
                     }
                 } else {
-                    ok &= self.arm_new(v, *start, *end, out)?;
+                    arms.push((i, *start, *end));
                 }
             }
-            if ok {
-                armed.push((v.start, v.end));
+        }
+        if !arms.is_empty() {
+            for (k, armed) in self.arm_new(vmas, &arms, out)?.into_iter().enumerate() {
+                ok[arms[k].0] &= armed;
             }
         }
+        let armed: Vec<(u64, u64)> = vmas.iter().zip(&ok).filter(|(_, &o)| o).map(|(v, _)| (v.start, v.end)).collect();
         self.prev = armed.clone();
         Ok(armed)
     }
 
-    /// Unregister everything still registered, then close the descriptor.
-    /// (Closing alone unregisters too; doing it first keeps the target's
-    /// areas free of our context even if another copy of the fd lingers.)
-    pub fn stop(self, armed: &[(u64, u64)]) {
-        for &(s, e) in armed {
-            let mut r = UffdioRange { start: s, len: e - s };
-            let _ = ioctl(&self.uffd, UFFDIO_UNREGISTER, &mut r as *mut _ as u64);
-        }
+    /// Let go of the target's memory. Closing the last copy of the
+    /// descriptor unregisters every area the context still holds, each as
+    /// a whole (and lets the kernel merge them with their neighbours again).
+    /// UFFDIO_UNREGISTER of the ranges armed is not used: the process runs
+    /// on, and a range whose bounds are stale would split its areas.
+    pub fn stop(self) {
         drop(self.uffd);
     }
 }
