@@ -92,6 +92,19 @@ export interface RobustList {
   len: U64;
 }
 
+export interface SeccompFilter {
+  /** Classic BPF program (struct sock_filter[]), base64. */
+  prog: string;
+  /** SECCOMP_FILTER_FLAG_LOG (2) or 0. */
+  flags: number;
+}
+
+/** A thread's seccomp state: strict mode (1) or its filter chain, oldest first (2). */
+export interface Seccomp {
+  mode: number;
+  filters?: SeccompFilter[];
+}
+
 export interface ThreadState {
   tid: number;
   regs: Regs;
@@ -107,6 +120,7 @@ export interface ThreadState {
   rseq?: Rseq;
   clear_child_tid: U64;
   robust_list?: RobustList;
+  seccomp?: Seccomp;
   /** Thread name (/proc/PID/task/TID/comm). */
   comm?: string;
 }

@@ -55,6 +55,15 @@ const specs: Spec[] = [
   },
   { name: 'files' },
   { name: 'procattrs' },
+  {
+    name: 'seccomp_filters',
+    async afterRestore(w) {
+      // the restored child is still in strict mode: a forbidden call kills it
+      writeFileSync(`${w.log}.go`, '');
+      await waitForLine(w, (l) => l === 'STRICT_ENFORCED', 10_000, 'STRICT_ENFORCED');
+      await waitForOk(w, lastOk(w) + 2);
+    },
+  },
   { name: 'creds' },
   { name: 'zombie' },
   { name: 'shm_tree' },

@@ -17,7 +17,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'memory_kinds', 'signals', 'files', 'procattrs', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+  for (const name of ['syscall_block', 'memory_kinds', 'signals', 'files', 'procattrs', 'seccomp_filters', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
@@ -27,6 +27,12 @@ describe('state kinds under live migration', () => {
         // the pending signals survived the move (checked every pass); now deliver them
         writeFileSync(`${w.log}.go`, '');
         await waitForLine(w, (l) => l === 'DELIVERED', 10_000, 'DELIVERED');
+        await waitForOk(w, lastOk(w) + 2, 10_000);
+      }
+      if (name === 'seccomp_filters') {
+        // the moved child is still in strict mode: a forbidden call kills it
+        writeFileSync(`${w.log}.go`, '');
+        await waitForLine(w, (l) => l === 'STRICT_ENFORCED', 10_000, 'STRICT_ENFORCED');
         await waitForOk(w, lastOk(w) + 2, 10_000);
       }
       await h.kill(w);

@@ -68,6 +68,16 @@ const fn libc_sigtrap() -> i32 {
     5
 }
 
+/// Seize with seccomp suspended (our injected syscalls must not meet the
+/// target's filters), or without where the kernel refuses that option.
+fn seize(tid: Pid) -> Result<()> {
+    let suspend = crate::seccomp::suspend_option();
+    match ptrace::seize(tid, SEIZE_OPTIONS | suspend) {
+        Err(e) if suspend != 0 && (e.errno == 22 || e.errno == 1) => ptrace::seize(tid, SEIZE_OPTIONS).map_err(|e2| if e2.errno == 1 { e } else { e2 }),
+        r => r,
+    }
+}
+
 pub fn freeze_tree(root: Pid) -> Result<Frozen> {
     freeze(root, true)
 }
@@ -113,7 +123,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                     if known {
                         continue;
                     }
-                    match ptrace::seize(t, SEIZE_OPTIONS) {
+                    match seize(t) {
                         Ok(()) => {}
                         Err(e) if e.errno == 3 => continue, // ESRCH: gone
                         Err(e) if e.errno == 1 => {

@@ -21,6 +21,7 @@ pub mod proc;
 pub mod process;
 pub mod ptrace;
 pub mod restore;
+pub mod seccomp;
 pub mod session;
 pub mod signals;
 pub mod sockets;

@@ -413,6 +413,9 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     all_threads.extend(leaders);
     let mut finals = Vec::new();
     for (tid, mut inj, t, creds, process) in all_threads {
+        // Before the credentials: installing a filter needs no_new_privs or
+        // CAP_SYS_ADMIN, which the stub has until then.
+        crate::seccomp::restore(&t, &mut inj, tid, stub::STUB_OPTIONS)?;
         crate::creds::restore_creds(&mut inj, creds.as_ref()).map_err(|e| e.context(format!("thread {}: credentials", tid)))?;
         threads::restore_late_thread_settings(&t, &mut inj)?;
         if let Some(p) = process.as_ref() {

@@ -40,7 +40,8 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
     let timerslack = inj.call("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, &[30])?;
     let rseq = ptrace::get_rseq(tid).unwrap_or((0, 0, 0));
     let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", pid, tid)).unwrap_or_default();
-    Ok(Json::obj()
+    let seccomp = crate::seccomp::dump(pid, tid)?;
+    let j = Json::obj()
         .with("tid", tid)
         .with("regs", regs_for_new_task(regs, inj).to_json())
         .with("restart", restart)
@@ -54,7 +55,11 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
         .with("comm", comm.trim_end_matches('\n'))
         .with("sched", crate::creds::dump_sched(pid, tid))
         .with("pdeathsig", pdeathsig)
-        .with("timerslack_ns", timerslack))
+        .with("timerslack_ns", timerslack);
+    Ok(match seccomp {
+        Some(s) => j.with("seccomp", s),
+        None => j,
+    })
 }
 
 /// Per-thread kernel settings, applied by injecting into the thread itself.
