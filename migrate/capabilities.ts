@@ -19,6 +19,7 @@ export function localCapabilities(): Promise<Capabilities> {
       xcr0: process.env.PHAUL_FAKE_XCR0 && /^0x[0-9a-f]+$/i.test(process.env.PHAUL_FAKE_XCR0) ? process.env.PHAUL_FAKE_XCR0 : typeof r.xcr0 === "string" && /^0x[0-9a-f]+$/i.test(r.xcr0) ? r.xcr0 : "0x0",
       xsave_size: Number.isSafeInteger(r.xsave_size) ? (r.xsave_size as number) : 0,
       features,
+      ...(typeof r.boot_id === "string" && /^[0-9a-f-]{1,64}$/.test(r.boot_id) ? { boot_id: r.boot_id } : {}),
     };
   });
   cached.catch(() => {

@@ -23,6 +23,8 @@ export interface Capabilities {
   xsave_size: number;
   /** Names of the engine features that work on this host. */
   features: string[];
+  /** /proc/sys/kernel/random/boot_id: equal on both ends = one host. */
+  boot_id?: string;
 }
 
 export interface LayoutProcess {
@@ -267,6 +269,7 @@ function capabilities(v: unknown): Capabilities {
     xcr0: str(o, "xcr0", where, { max: 20, pattern: /^0x[0-9a-fA-F]{1,16}$/ }),
     xsave_size: int(o, "xsave_size", where, 0, 1 << 20),
     features: features as string[],
+    ...(o.boot_id === undefined ? {} : { boot_id: str(o, "boot_id", where, { max: 64, pattern: /^[0-9a-f-]+$/ }) }),
   };
 }
 

@@ -249,6 +249,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     if (tls) dialer = await tlsPageDialer(to.host, theirs.page_port, tls);
     const started = await callNative("source_start", {
       pid, track, migration, token, page_addr: dialer?.address ?? formatAddress(to.host, theirs.page_port),
+      same_host: mine.capabilities.boot_id !== undefined && mine.capabilities.boot_id === theirs.capabilities.boot_id,
     });
     session = started.session;
     traceMark("source ts: tracking started");

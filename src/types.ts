@@ -140,10 +140,21 @@ export interface Itimer {
   value_us: U64;
 }
 
+/** Signal-driven I/O of a descriptor with O_ASYNC (fcntl F_SETOWN_EX, F_SETSIG). */
+export interface FileOwner {
+  /** F_OWNER_TID 0, F_OWNER_PID 1, F_OWNER_PGRP 2 */
+  type: number;
+  /** In the tree's pid namespace; 0: none. */
+  pid: number;
+  /** 0: SIGIO */
+  sig: number;
+}
+
 export interface FdEntry {
   fd: number;
   file_id: U64;
   cloexec: boolean;
+  owner?: FileOwner;
 }
 
 export interface ProcessState {

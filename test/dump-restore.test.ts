@@ -55,6 +55,7 @@ const specs: Spec[] = [
   },
   { name: 'files' },
   { name: 'procattrs' },
+  { name: 'file_owner' },
   {
     name: 'seccomp_filters',
     async afterRestore(w) {

@@ -4,7 +4,9 @@ import { after, before, describe, test } from 'node:test';
 import { writeFileSync } from 'node:fs';
 import { Agent, startAgent } from './helpers/agent.js';
 import { migrateAndCheck, roundsText } from './helpers/migrate.js';
-import { Harness, waitForLine, waitForOk, lastOk } from './helpers/workload.js';
+import { assertNoFail, Harness, waitForLine, waitForOk, lastOk } from './helpers/workload.js';
+import { assertCliError, runCli } from './helpers/cli.js';
+import assert from 'node:assert/strict';
 
 describe('state kinds under live migration', () => {
   const h = new Harness();
@@ -38,6 +40,28 @@ describe('state kinds under live migration', () => {
       await h.kill(w);
     });
   }
+
+  // Signal-driven I/O (O_ASYNC, owner, signal) moves; file leases cannot
+  // move within one host (the destination's open of the file would break
+  // the source's lease): refused at the freeze, the source keeps them.
+  test('file_owner: signal-driven I/O moves', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('file_owner', { args: ['0'] });
+    await waitForOk(w, 3, 30_000);
+    const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
+    t.diagnostic(roundsText(summary));
+    await h.kill(w);
+  });
+
+  test('file_owner: leases on one host are refused, the source keeps them', { timeout: 90_000 }, async () => {
+    const w = await h.start('file_owner', { args: ['1'] });
+    await waitForOk(w, 3, 30_000);
+    const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+    assertCliError(r, /holds a lease on fd \d+: a migration to this same host cannot carry file leases.*still running here/);
+    assert.ok(r.ms < 20_000, `refusal took ${r.ms} ms`);
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    assertNoFail(w);
+    await h.kill(w);
+  });
 
   // The layout changes inside a round (mmap, munmap and mremap every 2 ms):
   // the destination applies the round's layout, on the thread that traces

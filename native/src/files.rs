@@ -107,7 +107,11 @@ impl FileTable {
                 }
             };
             self.seen.push(Seen { pid, fd, dev, ino, id });
-            out.push(Json::obj().with("fd", fd).with("file_id", id).with("cloexec", cloexec));
+            let mut entry = Json::obj().with("fd", fd).with("file_id", id).with("cloexec", cloexec);
+            if let Some(owner) = crate::fown::dump(pidfd, fd, info.flags)? {
+                entry.set("owner", owner);
+            }
+            out.push(entry);
         }
         Ok(out)
     }

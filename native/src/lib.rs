@@ -10,6 +10,7 @@ pub mod dirty;
 pub mod dump;
 pub mod ffi;
 pub mod files;
+pub mod fown;
 pub mod freeze;
 pub mod inject;
 pub mod json;

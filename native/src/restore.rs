@@ -363,6 +363,7 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     crate::tty::claim_ctty(inj, p, s.pid, &opened.ptys)?;
     crate::tty::restore_foreground(inj, p, s.pid, &opened.ptys)?;
     crate::anonfd::after_install(inj, p)?;
+    crate::fown::restore(inj, p)?;
     process::restore_attrs(inj, p)?;
     signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
     signals::restore_itimers(inj, p.arr_of("itimers"))?;

@@ -1,4 +1,4 @@
-//! File locks (flock, POSIX fcntl, OFD), read from the `lock:` lines of
+//! File locks (flock, POSIX fcntl, OFD) and leases, read from the `lock:` lines of
 //! fdinfo and taken again from inside the restored process.
 
 use super::nr as anr;
@@ -8,6 +8,7 @@ use crate::sys::{nr, Error, Pid, Result};
 
 const F_SETLK: u64 = 6;
 const F_OFD_SETLK: u64 = 37;
+const F_SETLEASE: u64 = 1024;
 const LOCK_SH: u64 = 1;
 const LOCK_EX: u64 = 2;
 const LOCK_NB: u64 = 4;
@@ -30,9 +31,15 @@ pub fn dump(pid: Pid) -> Result<Vec<Json>> {
                 "POSIX" => "posix",
                 "FLOCK" => "flock",
                 "OFDLCK" => "ofd",
+                "LEASE" => "lease",
                 other => return Err(Error::new("EUNSUPPORTED", format!("fd {}: {} lock is not supported", fd, other.to_lowercase()))),
             };
-            if t[3] != "ADVISORY" {
+            // A lease being broken waits for its holder to give it up: that
+            // exchange with another process cannot be carried over.
+            if kind == "lease" && t[3] != "ACTIVE" {
+                return Err(Error::new("EUNSUPPORTED", format!("fd {}: a lease in state {} (being broken) is not supported", fd, t[3].to_lowercase())));
+            }
+            if kind != "lease" && t[3] != "ADVISORY" {
                 return Err(Error::new("EUNSUPPORTED", format!("fd {}: {} lock is not supported", fd, t[3].to_lowercase())));
             }
             let write = match t[4] {
@@ -76,6 +83,16 @@ pub fn restore(inj: &mut Injector, p: &Json) -> Result<()> {
                 let a = inj.put(&fl, 2048)?;
                 let cmd = if kind == "ofd" { F_OFD_SETLK } else { F_SETLK };
                 inj.call(&format!("fcntl(fd {}, {} lock)", fd, kind), nr::FCNTL, &[fd, cmd, a]).map_err(held)?;
+            }
+            "lease" => {
+                // F_RDLCK 0, F_WRLCK 1; a write lease needs this to be the only open of the file
+                inj.call(&format!("fcntl(fd {}, F_SETLEASE)", fd), nr::FCNTL, &[fd, F_SETLEASE, write as u64]).map_err(|e| {
+                    if e.errno == 11 {
+                        Error::new("ELOCKED", format!("fd {}: the lease cannot be taken again: the file is open elsewhere", fd))
+                    } else {
+                        e
+                    }
+                })?;
             }
             k => return Err(Error::new("EIMAGE", format!("lock kind {:?} in the image is not known", k))),
         }

@@ -36,6 +36,24 @@ pub struct SourceEngine {
     /// When the final freeze began: the downtime runs from there to COMMITTED.
     frozen_at: Option<Instant>,
     frozen_mono_us: u64,
+    /// The destination runs on this very host (same boot id): what the two
+    /// copies cannot both hold, like a file lease, cannot move.
+    same_host: bool,
+}
+
+/// A lease is held by one open of a file: the destination's own open of it,
+/// on the same host, would break the source's lease (waiting up to
+/// lease-break-time) before the source's copy is gone.
+fn refuse_leases(state: &Json) -> Result<()> {
+    for p in state.arr_of("processes") {
+        if let Some(l) = p.arr_of("file_locks").iter().find(|l| l.str_of("kind") == Some("lease")) {
+            return Err(Error::new(
+                "EUNSUPPORTED",
+                format!("process {} holds a lease on fd {}: a migration to this same host cannot carry file leases", p.i64_of("pid").unwrap_or(0), l.u64_of("fd").unwrap_or(0)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the final-round sender thread gives back.
@@ -64,6 +82,7 @@ impl SourceEngine {
     fn start(&mut self, req: &Json) -> Result<Json> {
         let pid = pid_arg(req)?;
         dump::validate_target(pid)?;
+        self.same_host = req.bool_of("same_host");
         let method = match req.str_of("track").unwrap_or("auto") {
             "auto" => dirty::best_method(),
             m => {
@@ -267,6 +286,9 @@ impl SourceEngine {
         self.frozen = Some(frozen);
         let pages = count_rx.recv().map_err(|_| Error::new("EPANIC", "the page sender failed"))??;
         let (mut state, _) = dumped?;
+        if self.same_host {
+            refuse_leases(&state)?;
+        }
         state.set("freeze_us", freeze_us);
         let mut handoff_json = Json::obj();
         if let (Some(h), Some(f)) = (self.handoff.as_mut(), self.frozen.as_ref()) {
