@@ -57,6 +57,15 @@ const specs: Spec[] = [
   { name: 'procattrs' },
   { name: 'file_owner' },
   {
+    name: 'job_stop',
+    async afterRestore(w) {
+      // the child came back stopped (checked by the workload); now continue it
+      writeFileSync(`${w.log}.go`, '');
+      await waitForLine(w, (l) => l === 'CONTINUED', 10_000, 'CONTINUED');
+      await waitForOk(w, lastOk(w) + 2);
+    },
+  },
+  {
     name: 'seccomp_filters',
     async afterRestore(w) {
       // the restored child is still in strict mode: a forbidden call kills it

@@ -67,6 +67,9 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     crate::sys::trace_mark("dump: injector ready");
     let res = (|| -> Result<Json> {
         let mut p = process::dump_process(pid, &mut inj)?;
+        if let Some(sig) = fz.group_stop {
+            p.set("stop_signal", sig);
+        }
         crate::sys::trace_mark("dump: process");
         p.set("sigactions", signals::dump_sigactions(&mut inj)?);
         p.set("itimers", signals::dump_itimers(&mut inj)?);

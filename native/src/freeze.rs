@@ -25,6 +25,8 @@ pub struct FrozenProc {
     pub threads: Vec<FrozenThread>,
     /// A zombie (exited, not yet reaped by its parent): its wait status.
     pub zombie: Option<i32>,
+    /// Stopped by job control (SIGSTOP, SIGTSTP...) before we came: the signal.
+    pub group_stop: Option<i32>,
 }
 
 pub struct Frozen {
@@ -41,16 +43,18 @@ fn ppid_of(pid: Pid) -> Pid {
 /// Wait until `tid` is in a ptrace stop we caused. Signal-delivery stops that
 /// race with the interrupt are let through (the signal is delivered as it
 /// would have been), and we keep waiting for the interrupt's stop.
-fn wait_interrupted(tid: Pid) -> Result<bool> {
+fn wait_interrupted(tid: Pid) -> Result<Option<i32>> {
     loop {
         let st = ptrace::wait(tid)?;
         if !ptrace::stopped(st) {
-            return Ok(false); // exited
+            return Ok(None); // exited
         }
         let sig = ptrace::stop_sig(st);
         let ev = ptrace::event(st);
         if ev == ptrace::EVENT_STOP {
-            return Ok(true);
+            // The stop reports SIGTRAP for our interrupt, the stopping
+            // signal when the thread was in a group stop already.
+            return Ok(Some(sig));
         }
         if ev != 0 || sig == (libc_sigtrap() | 0x80) {
             ptrace::cont(tid, 0)?;
@@ -92,6 +96,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
     let mut seized: BTreeMap<Pid, Vec<Pid>> = BTreeMap::new(); // pid -> tids
     let mut order: Vec<Pid> = Vec::new();
     let mut zombies: Vec<Pid> = Vec::new();
+    let mut stopped: BTreeMap<Pid, i32> = BTreeMap::new();
     let mut frozen = Frozen { root, procs: Vec::new(), released: false };
     let res = (|| -> Result<()> {
         loop {
@@ -137,8 +142,14 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                     seized.entry(p).or_default().push(t);
                     changed = true;
                     ptrace::interrupt(t)?;
-                    if !wait_interrupted(t)? {
-                        seized.get_mut(&p).map(|v| v.retain(|&x| x != t));
+                    match wait_interrupted(t)? {
+                        None => {
+                            seized.get_mut(&p).map(|v| v.retain(|&x| x != t));
+                        }
+                        Some(sig) if sig != libc_sigtrap() => {
+                            stopped.insert(p, sig);
+                        }
+                        Some(_) => {}
                     }
                 }
             }
@@ -164,7 +175,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
         // Leader first, as proc::tasks orders it.
         threads.sort_by_key(|t| if t.tid == *p { 0 } else { t.tid });
         let zombie = zombies.contains(p).then(|| proc::stat(*p).map(|(_, f)| proc::stat_u64(&f, 52) as i32).unwrap_or(0));
-        frozen.procs.push(FrozenProc { pid: *p, ppid: ppid_of(*p), threads, zombie });
+        frozen.procs.push(FrozenProc { pid: *p, ppid: ppid_of(*p), threads, zombie, group_stop: stopped.get(p).copied() });
     }
     if let Err(e) = res {
         frozen.resume();

@@ -385,8 +385,12 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     // (host tid, injector, thread state, credentials of its process, the process for leaders)
     let mut all_threads: Vec<(Pid, Injector, Json, Option<Json>, Option<Json>)> = Vec::new();
     let mut leaders = Vec::new();
+    let mut stops = Vec::new();
     let stubs = std::mem::take(&mut tree.stubs);
     for (p, s) in procs.iter().zip(stubs.into_iter()) {
+        if p.u64_of("stop_signal").unwrap_or(0) != 0 {
+            stops.push(s.host);
+        }
         let mut leader = s.leader;
         let ths = p.arr_of("threads");
         for t in &ths[1..] {
@@ -427,6 +431,12 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     }
     for (tid, (regs, xsave, mask)) in &finals {
         threads::apply_final_state(*tid, regs, xsave, *mask)?;
+    }
+    // Stopped by job control at the dump: a SIGSTOP waits for the threads
+    // and stops them as soon as they are let go. (Always SIGSTOP: SIGTSTP
+    // and the tty signals may be discarded, in an orphaned process group.)
+    for host in stops {
+        crate::sys::kill(host, 19)?;
     }
     if let Some(init) = tree.init.take() {
         let host = init.tid;
