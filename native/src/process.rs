@@ -86,7 +86,26 @@ pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
         .with("dumpable", dumpable)
         .with("thp_disable", thp_disable != 0)
         .with("child_subreaper", subreaper)
+        .with("oom_score_adj", oom_score_adj(pid))
         .with("mm", mm))
+}
+
+fn oom_score_adj(pid: Pid) -> i64 {
+    std::fs::read_to_string(format!("/proc/{}/oom_score_adj", pid)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The OOM killer's adjustment, written from here. Lowering it below the
+/// stub's minimum needs CAP_SYS_RESOURCE, which phaul may lack: then the
+/// process runs on with the stub's value and the agent log says so (an
+/// OOM preference is no reason to fail a restore or a migration).
+fn restore_oom_score_adj(pid: Pid, p: &Json) {
+    let Some(want) = p.i64_of("oom_score_adj").filter(|v| (-1000..=1000).contains(v)) else { return };
+    if oom_score_adj(pid) == want {
+        return;
+    }
+    if let Err(e) = std::fs::write(format!("/proc/{}/oom_score_adj", pid), want.to_string()) {
+        eprintln!("phaul: warning: process {}: oom_score_adj {} not restored: {}", p.i64_of("pid").unwrap_or(0), want, e);
+    }
 }
 
 const PR_SET_MM: u64 = 35;
@@ -105,6 +124,7 @@ pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
         inj.call(&format!("chdir {}", cwd), nr::CHDIR, &[a]).map_err(|e| Error::new("EFILE", format!("working directory {} is missing: {}", cwd, e.message)))?;
     }
     inj.call("umask", nr::UMASK, &[p.u64_of("umask").unwrap_or(0o22) & 0o777])?;
+    restore_oom_score_adj(inj.pid, p);
     // Only limits that differ from what the stub already has (one injected
     // call each, inside a migration's frozen window).
     let have = rlimits(inj.pid).unwrap_or_default();

@@ -4,7 +4,8 @@
  * /proc/self/cmdline and environ, brk (sbrk(0)) and the mm fields of
  * /proc/self/stat (code/data/brk/stack/arg/env bounds), /proc/self/auxv,
  * getauxval(AT_PAGESZ) and the 16 AT_RANDOM bytes, readlink /proc/self/exe,
- * pid/tid, process group and session.  Logs "OK <pass>". */
+ * pid/tid, process group and session, /proc/self/oom_score_adj 123.
+ * Logs "OK <pass>". */
 #include "common.h"
 #include <sys/auxv.h>
 #include <sys/prctl.h>
@@ -101,6 +102,9 @@ int main(int argc, char **argv)
 	CHECK(mkdir(sub, 0755) == 0 || errno == EEXIST, "mkdir %s errno %d", sub, errno);
 	CHECK(chdir(sub) == 0, "chdir %s", sub);
 	umask(027);
+	int oom = open("/proc/self/oom_score_adj", O_WRONLY);
+	CHECK(oom >= 0 && write(oom, "123", 3) == 3, "oom_score_adj: errno %d", errno);
+	close(oom);
 	struct rlimit rl;
 	CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0, "getrlimit");
 	rl.rlim_cur = 200;
@@ -115,6 +119,8 @@ int main(int argc, char **argv)
 	for (uint64_t pass = 1;; pass++) {
 		take(&now);
 		compare(&first, &now);
+		char oomv[32] = "";
+		CHECK(read_file("/proc/self/oom_score_adj", oomv, sizeof(oomv)) > 0 && atoi(oomv) == 123, "oom_score_adj %s", oomv);
 		mode_t m = umask(027);
 		CHECK(m == 027, "umask %03o, expected 027", m);
 		char st[4096];
