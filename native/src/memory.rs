@@ -1,6 +1,7 @@
 //! Memory: classifying VMAs, finding present pages, dumping them to a page
 //! file, and rebuilding an address space in a stub process.
 
+use crate::dirty::pagemap_scan::entry_has_contents;
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::proc::{self, MapLine};
@@ -240,10 +241,6 @@ impl Vma {
     }
 }
 
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAP: u64 = 1 << 62;
-const PM_FILE: u64 = 1 << 61;
-
 /// Page numbers (virtual addresses) of `vma` whose contents must be saved.
 /// For private file mappings only the copy-on-write (anonymous) pages count:
 /// the others are read back from the file.
@@ -259,12 +256,7 @@ pub fn present_pages(pagemap: &File, vma: &Vma, out: &mut Vec<u64>) -> Result<()
             .ctx(format!("reading pagemap at {:#x}", vma.start))?;
         for i in 0..cnt {
             let e = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            let present = e & (PM_PRESENT | PM_SWAP) != 0;
-            let wanted = match vma.kind {
-                Kind::File if !vma.shared => e & PM_FILE == 0,
-                _ => true,
-            };
-            if present && wanted {
+            if entry_has_contents(e, vma.kind == Kind::File && !vma.shared) {
                 out.push(vma.start + (done + i) as u64 * PAGE_SIZE);
             }
         }
