@@ -388,11 +388,26 @@ pub fn apply_advice(inj: &mut Injector, v: &Vma) -> Result<()> {
             }
         }
     }
-    if let Some(f) = a.lock {
-        let what = format!("mlock2 ({}) of area {:#x}-{:#x}", if f & MLOCK_ONFAULT != 0 { "lo lf" } else { "lo" }, v.start, v.end);
-        inj.call(&what, nr::MLOCK2, &[v.start, v.end - v.start, f])?;
+    match a.lock {
+        Some(f) => lock_area(inj, v, f),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// mlock2 marks the area locked first, then faults its pages in; pages that
+/// cannot be (a PROT_NONE area, a file mapping past the file's end) fail it
+/// with ENOMEM although the area is locked. mlockall() ignores those, so a
+/// process that used it has such areas: they are fine once smaps says "lo".
+fn lock_area(inj: &mut Injector, v: &Vma, flags: u64) -> Result<()> {
+    let what = format!("mlock2 ({}) of area {:#x}-{:#x}", if flags & MLOCK_ONFAULT != 0 { "lo lf" } else { "lo" }, v.start, v.end);
+    match inj.call(&what, nr::MLOCK2, &[v.start, v.end - v.start, flags]) {
+        Err(e) if e.errno == 12 /* ENOMEM */ && is_locked(inj.pid, v.start) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+fn is_locked(pid: Pid, start: u64) -> bool {
+    proc::vm_flags(pid).ok().and_then(|f| f.get(&start).map(|s| s.split_whitespace().any(|x| x == "lo"))).unwrap_or(false)
 }
 
 /// Write stored page runs from the page file into the stub's memory.

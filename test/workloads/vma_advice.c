@@ -2,6 +2,7 @@
  * kernel's VMA flags and not in the memory's contents. One anonymous area
  * per setting:
  *   mlock (lo), mlock2 MLOCK_ONFAULT (lo lf, only its first half written),
+ *   mlock of a PROT_NONE area (lo; mlockall() locks such areas too),
  *   MADV_DONTFORK (dc), MADV_WIPEONFORK (wf), MADV_DONTDUMP (dd),
  *   MADV_HUGEPAGE (hg), MADV_NOHUGEPAGE (nh), MADV_MERGEABLE (mg),
  *   and a plain area that must carry none of these.
@@ -20,7 +21,7 @@
 #define AREA_PAGES 8
 #define AREA_LEN (AREA_PAGES * PAGE)
 
-enum setting { PLAIN, LOCKED, LOCK_ONFAULT, DONTFORK, WIPEONFORK, DONTDUMP, HUGEPAGE, NOHUGEPAGE, MERGEABLE, NSETTINGS };
+enum setting { PLAIN, LOCKED, LOCK_ONFAULT, LOCKED_NONE, DONTFORK, WIPEONFORK, DONTDUMP, HUGEPAGE, NOHUGEPAGE, MERGEABLE, NSETTINGS };
 
 struct area {
 	const char *name;
@@ -67,6 +68,12 @@ static int apply(struct area *a, enum setting s)
 	case LOCK_ONFAULT:
 		r = mlock2(a->p, AREA_LEN, MLOCK_ONFAULT);
 		break;
+	case LOCKED_NONE:
+		/* The area is locked, then its pages cannot be faulted in: ENOMEM. */
+		r = mlock(a->p, AREA_LEN);
+		if (r != 0 && errno == ENOMEM)
+			r = 0;
+		break;
 	default:
 		r = madvise(a->p, AREA_LEN, advice[s]);
 	}
@@ -80,7 +87,8 @@ static void setup(void)
 {
 	static const struct { const char *name, *flag; } spec[NSETTINGS] = {
 		[PLAIN] = { "plain", NULL },		  [LOCKED] = { "mlock", "lo" },
-		[LOCK_ONFAULT] = { "mlock2 onfault", "lf" }, [DONTFORK] = { "dontfork", "dc" },
+		[LOCK_ONFAULT] = { "mlock2 onfault", "lf" }, [LOCKED_NONE] = { "mlock PROT_NONE", "lo" },
+		[DONTFORK] = { "dontfork", "dc" },
 		[WIPEONFORK] = { "wipeonfork", "wf" },	  [DONTDUMP] = { "dontdump", "dd" },
 		[HUGEPAGE] = { "hugepage", "hg" },	  [NOHUGEPAGE] = { "nohugepage", "nh" },
 		[MERGEABLE] = { "mergeable", "mg" },
@@ -93,7 +101,9 @@ static void setup(void)
 		a->p = mmap(NULL, AREA_LEN + PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		CHECK(a->p != MAP_FAILED, "mmap %s", a->name);
 		CHECK(mprotect(a->p + AREA_LEN, PAGE, PROT_NONE) == 0, "mprotect guard of %s", a->name);
-		a->filled = s == LOCK_ONFAULT ? AREA_LEN / 2 : AREA_LEN;
+		a->filled = s == LOCK_ONFAULT ? AREA_LEN / 2 : s == LOCKED_NONE ? 0 : AREA_LEN;
+		if (s == LOCKED_NONE)
+			CHECK(mprotect(a->p, AREA_LEN, PROT_NONE) == 0, "mprotect %s", a->name);
 		if (!apply(a, s))
 			a->flag = NULL;
 		fill(a, 100 + s);
