@@ -96,7 +96,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     crate::sys::trace_mark("dump: injector finished");
     let mut p = res?;
     fin?;
-    let vmas: Vec<memory::Vma> = memory::vmas(pid)?.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();
+    let vmas: Vec<memory::Vma> = memory::vmas_with_flags(pid)?.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();
     p.set("vmas", vmas.iter().map(|v| v.to_json()).collect::<Vec<_>>());
     let dir = match dir {
         Some(d) => d,

@@ -1,6 +1,7 @@
 //! Memory: classifying VMAs, finding present pages, dumping them to a page
 //! file, and rebuilding an address space in a stub process.
 
+use crate::dirty::pagemap_scan::entry_has_contents;
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::proc::{self, MapLine};
@@ -77,6 +78,39 @@ pub struct Vma {
     pub path: String,
     pub dev: u64,
     pub ino: u64,
+    /// VmFlags from smaps, as the kernel spells them ("rd wr mr mw me lo");
+    /// read for dumps only, empty elsewhere.
+    pub flags: String,
+}
+
+/// One madvise() setting that restore re-applies: the VmFlags mnemonic that
+/// shows it and the advice that sets it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Madvice {
+    pub flag: &'static str,
+    pub name: &'static str,
+    pub advice: u64,
+    /// EINVAL means this kernel lacks the feature (no THP, no KSM): skipped.
+    pub optional: bool,
+}
+
+const MADVISED: [Madvice; 6] = [
+    Madvice { flag: "dc", name: "MADV_DONTFORK", advice: 10, optional: false },
+    Madvice { flag: "wf", name: "MADV_WIPEONFORK", advice: 18, optional: false },
+    Madvice { flag: "dd", name: "MADV_DONTDUMP", advice: 16, optional: false },
+    Madvice { flag: "hg", name: "MADV_HUGEPAGE", advice: 14, optional: true },
+    Madvice { flag: "nh", name: "MADV_NOHUGEPAGE", advice: 15, optional: true },
+    Madvice { flag: "mg", name: "MADV_MERGEABLE", advice: 12, optional: true },
+];
+
+pub const MLOCK_ONFAULT: u64 = 1;
+
+/// What madvise() and mlock() had set on an area.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Advice {
+    pub madvise: Vec<Madvice>,
+    /// mlock2 flags when the area is locked (MLOCK_ONFAULT for "lf").
+    pub lock: Option<u64>,
 }
 
 pub fn classify(m: &MapLine) -> Kind {
@@ -107,8 +141,20 @@ pub fn vmas(pid: Pid) -> Result<Vec<Vma>> {
             path: m.path.clone(),
             dev: m.dev,
             ino: m.ino,
+            flags: String::new(),
         })
         .collect())
+}
+
+/// The areas with their VmFlags, for a dump: restore re-applies the
+/// madvise and mlock settings among them (Vma::advice).
+pub fn vmas_with_flags(pid: Pid) -> Result<Vec<Vma>> {
+    let mut vmas = vmas(pid)?;
+    let mut flags = proc::vm_flags(pid)?;
+    for v in vmas.iter_mut() {
+        v.flags = flags.remove(&v.start).unwrap_or_default();
+    }
+    Ok(vmas)
 }
 
 pub fn file_identity(path: &str) -> Json {
@@ -147,6 +193,9 @@ impl Vma {
         if self.kind == Kind::Shmem {
             o.set("shmem_id", self.ino);
         }
+        if !self.flags.is_empty() {
+            o.set("flags", self.flags.as_str());
+        }
         o
     }
 
@@ -167,7 +216,22 @@ impl Vma {
             path: j.str_of("path").unwrap_or("").to_string(),
             dev: j.get("file").and_then(|f| f.u64_of("dev")).unwrap_or(0),
             ino: j.get("file").and_then(|f| f.u64_of("ino")).or_else(|| j.u64_of("shmem_id")).unwrap_or(0),
+            flags: j.str_of("flags").unwrap_or("").to_string(),
         })
+    }
+
+    /// The madvise/mlock settings to re-apply on restore. Kernel-provided
+    /// areas are left as the kernel makes them; other VmFlags (rd, ac, gd,
+    /// ...) follow from how the area is mapped, or cannot be set by a process.
+    pub fn advice(&self) -> Advice {
+        if self.kind.is_special() {
+            return Advice::default();
+        }
+        let has = |m: &str| self.flags.split_whitespace().any(|f| f == m);
+        Advice {
+            madvise: MADVISED.iter().copied().filter(|a| has(a.flag)).collect(),
+            lock: has("lo").then(|| if has("lf") { MLOCK_ONFAULT } else { 0 }),
+        }
     }
 
     /// Do we keep this area's page contents in the image? Shared file
@@ -176,10 +240,6 @@ impl Vma {
         !self.kind.is_special() && !(self.kind == Kind::File && self.shared)
     }
 }
-
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAP: u64 = 1 << 62;
-const PM_FILE: u64 = 1 << 61;
 
 /// Page numbers (virtual addresses) of `vma` whose contents must be saved.
 /// For private file mappings only the copy-on-write (anonymous) pages count:
@@ -196,12 +256,7 @@ pub fn present_pages(pagemap: &File, vma: &Vma, out: &mut Vec<u64>) -> Result<()
             .ctx(format!("reading pagemap at {:#x}", vma.start))?;
         for i in 0..cnt {
             let e = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            let present = e & (PM_PRESENT | PM_SWAP) != 0;
-            let wanted = match vma.kind {
-                Kind::File if !vma.shared => e & PM_FILE == 0,
-                _ => true,
-            };
-            if present && wanted {
+            if entry_has_contents(e, vma.kind == Kind::File && !vma.shared) {
                 out.push(vma.start + (done + i) as u64 * PAGE_SIZE);
             }
         }
@@ -319,6 +374,42 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
     Ok(())
 }
 
+/// Re-apply an area's madvise and mlock settings. Called once its pages are
+/// in (mlock would fault an empty area in) and the stub's children are
+/// forked (DONTFORK and WIPEONFORK would take the area from them).
+pub fn apply_advice(inj: &mut Injector, v: &Vma) -> Result<()> {
+    let a = v.advice();
+    for m in &a.madvise {
+        let what = format!("madvise {} ({}) of area {:#x}-{:#x}", m.name, m.flag, v.start, v.end);
+        match inj.call(&what, nr::MADVISE, &[v.start, v.end - v.start, m.advice]) {
+            Err(e) if e.errno == 22 /* EINVAL */ && m.optional => {}
+            r => {
+                r?;
+            }
+        }
+    }
+    match a.lock {
+        Some(f) => lock_area(inj, v, f),
+        None => Ok(()),
+    }
+}
+
+/// mlock2 marks the area locked first, then faults its pages in; pages that
+/// cannot be (a PROT_NONE area, a file mapping past the file's end) fail it
+/// with ENOMEM although the area is locked. mlockall() ignores those, so a
+/// process that used it has such areas: they are fine once smaps says "lo".
+fn lock_area(inj: &mut Injector, v: &Vma, flags: u64) -> Result<()> {
+    let what = format!("mlock2 ({}) of area {:#x}-{:#x}", if flags & MLOCK_ONFAULT != 0 { "lo lf" } else { "lo" }, v.start, v.end);
+    match inj.call(&what, nr::MLOCK2, &[v.start, v.end - v.start, flags]) {
+        Err(e) if e.errno == 12 /* ENOMEM */ && is_locked(inj.pid, v.start) => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+fn is_locked(pid: Pid, start: u64) -> bool {
+    proc::vm_flags(pid).ok().and_then(|f| f.get(&start).map(|s| s.split_whitespace().any(|x| x == "lo"))).unwrap_or(false)
+}
+
 /// Write stored page runs from the page file into the stub's memory.
 pub fn fill_from_file(mem: &File, pages: &File, runs: &[PageRun]) -> Result<u64> {
     const CHUNK: u64 = 1 << 20;
@@ -373,4 +464,41 @@ fn map_shared_anon(inj: &mut Injector, v: &Vma, prot: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(kind: Kind, flags: &str) -> Vma {
+        Vma { start: 0x1000, end: 0x3000, prot: 3, shared: false, kind, pgoff: 0, path: String::new(), dev: 0, ino: 0, flags: flags.to_string() }
+    }
+
+    fn names(a: &Advice) -> Vec<&'static str> {
+        a.madvise.iter().map(|m| m.name).collect()
+    }
+
+    #[test]
+    fn advice_from_vm_flags() {
+        let a = area(Kind::Anon, "rd wr mr mw me dc wf dd hg nh mg ac").advice();
+        assert_eq!(names(&a), ["MADV_DONTFORK", "MADV_WIPEONFORK", "MADV_DONTDUMP", "MADV_HUGEPAGE", "MADV_NOHUGEPAGE", "MADV_MERGEABLE"]);
+        assert_eq!(a.lock, None);
+        assert_eq!(area(Kind::Heap, "rd wr mr mw me lo ac").advice().lock, Some(0));
+        assert_eq!(area(Kind::File, "rd mr mw me lo lf").advice().lock, Some(MLOCK_ONFAULT));
+        // Whole words only: "ac", "sd", "gd" and friends are no advice.
+        assert_eq!(area(Kind::Stack, "rd wr mr mw me gd ac sd").advice(), Advice::default());
+    }
+
+    #[test]
+    fn kernel_areas_get_no_advice() {
+        assert_eq!(area(Kind::Vvar, "rd mr pf io de dd").advice(), Advice::default());
+        assert_eq!(area(Kind::Vdso, "rd ex mr mw me dc lo").advice(), Advice::default());
+    }
+
+    #[test]
+    fn flags_survive_the_image() {
+        let v = area(Kind::Anon, "rd wr mr mw me lo lf ac");
+        assert_eq!(Vma::from_json(&v.to_json()).map(|w| w.flags).ok().as_deref(), Some("rd wr mr mw me lo lf ac"));
+        assert!(area(Kind::Anon, "").to_json().get("flags").is_none());
+    }
 }

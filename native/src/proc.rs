@@ -20,6 +20,30 @@ pub fn maps(pid: Pid) -> Result<Vec<MapLine>> {
     Ok(text.lines().filter_map(parse_map_line).collect())
 }
 
+/// The VmFlags of every area, by start address. smaps is the only place the
+/// kernel shows what madvise() and mlock() set on an area; it costs a page
+/// table walk per area, so it is read for dumps only.
+pub fn vm_flags(pid: Pid) -> Result<std::collections::HashMap<u64, String>> {
+    let text = fs::read_to_string(format!("/proc/{}/smaps", pid)).ctx(format!("reading /proc/{}/smaps", pid))?;
+    let mut out = std::collections::HashMap::new();
+    let mut start = None;
+    for l in text.lines() {
+        match l.strip_prefix("VmFlags:") {
+            Some(f) => {
+                if let Some(s) = start.take() {
+                    out.insert(s, f.trim().to_string());
+                }
+            }
+            None => {
+                if let Some(m) = parse_map_line(l) {
+                    start = Some(m.start);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn parse_map_line(l: &str) -> Option<MapLine> {
     let mut it = l.splitn(6, ' ');
     let range = it.next()?;

@@ -155,5 +155,34 @@ pub fn read_entries(pagemap: &File, start: u64, end: u64, mut each: impl FnMut(u
 /// Is a pagemap entry a page whose contents we keep? Present or swapped;
 /// in a private file mapping only the copy-on-write (anonymous) pages.
 pub fn entry_has_contents(e: u64, private_file: bool) -> bool {
-    e & (PM_PRESENT | PM_SWAP) != 0 && !(private_file && e & PM_FILE != 0)
+    e & (PM_PRESENT | PM_SWAP) != 0 && !is_pte_marker(e) && !(private_file && e & PM_FILE != 0)
+}
+
+/// The swap type of the kernel's PTE markers (SWP_PTE_MARKER, the last of
+/// the 32 a swap entry can have; swap devices use the first ones).
+const SWP_PTE_MARKER: u64 = 31;
+
+/// A PTE marker holds no page, yet pagemap shows it as swapped: uffd-wp
+/// tracking (WP_UNPOPULATED) leaves one on every never-touched page it
+/// arms, and counting those sent zeros for them and made the destination
+/// (and the source, which read them through /proc/PID/mem) fault them in.
+/// The swap type sits in bits 0-4, which pagemap shows to root only.
+fn is_pte_marker(e: u64) -> bool {
+    e & PM_SWAP != 0 && e & PM_PRESENT == 0 && e & 0x1f == SWP_PTE_MARKER
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+
+    #[test]
+    fn pte_markers_hold_no_contents() {
+        // As read on Linux 6.18 for a never-touched page armed by uffd-wp:
+        // swapped, uffd-wp, type 31 (SWP_PTE_MARKER), offset 1 (PTE_MARKER_UFFD_WP).
+        assert!(!entry_has_contents(0x4200_0000_0000_003f, false));
+        // A page on swap device 1 keeps its contents, armed or not.
+        assert!(entry_has_contents(PM_SWAP | (7 << 5) | 1, false));
+        assert!(entry_has_contents(PM_SWAP | (1 << 57) | (7 << 5) | 1, false));
+        assert!(entry_has_contents(PM_PRESENT | 0x46c338, false));
+    }
 }
