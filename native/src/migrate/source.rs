@@ -209,8 +209,11 @@ impl SourceEngine {
         crate::sys::trace_mark("source: freeze requested");
         // Sockets change hands at this freeze (see handoff.rs): new
         // connections are held back first, queued ones get accepted.
-        let mut handoff = Handoff::default();
         let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
+        // madvise/mlock settings, read while the tree still runs (a change
+        // in the next few milliseconds is not seen; see dump::VmFlags).
+        let vm_flags: dump::VmFlags = known.iter().map(|&p| (p, crate::proc::vm_flags(p).unwrap_or_default())).collect();
+        let mut handoff = Handoff::default();
         handoff.before_freeze(self.root, &known, std::time::Duration::from_millis(200));
         self.handoff = Some(handoff);
         // The frozen window is all downtime: it goes first (the page sender
@@ -281,7 +284,7 @@ impl SourceEngine {
             };
             (trackers, sock, r)
         }));
-        let dumped = dump::dump_frozen(&frozen, None);
+        let dumped = dump::dump_frozen(&frozen, None, Some(&vm_flags));
         crate::sys::trace_mark("source: state dumped");
         self.frozen = Some(frozen);
         let pages = count_rx.recv().map_err(|_| Error::new("EPANIC", "the page sender failed"))??;
