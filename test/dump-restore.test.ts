@@ -57,6 +57,16 @@ const specs: Spec[] = [
   { name: 'files' },
   { name: 'procattrs' },
   { name: 'file_owner' },
+  { name: 'ptimers_thread' },
+  {
+    name: 'pidfd_kinds',
+    async afterRestore(w) {
+      // the restored pidfd kills and reaps the restored child
+      writeFileSync(`${w.log}.go`, '');
+      await waitForLine(w, (l) => l === 'PIDFD_REAPED', 10_000, 'PIDFD_REAPED');
+      await waitForOk(w, lastOk(w) + 2);
+    },
+  },
   {
     name: 'job_stop',
     async afterRestore(w) {

@@ -19,7 +19,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+  for (const name of ['syscall_block', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'ptimers_thread', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
@@ -29,6 +29,12 @@ describe('state kinds under live migration', () => {
         // the pending signals survived the move (checked every pass); now deliver them
         writeFileSync(`${w.log}.go`, '');
         await waitForLine(w, (l) => l === 'DELIVERED', 10_000, 'DELIVERED');
+        await waitForOk(w, lastOk(w) + 2, 10_000);
+      }
+      if (name === 'pidfd_kinds') {
+        // the moved pidfd kills and reaps the moved child
+        writeFileSync(`${w.log}.go`, '');
+        await waitForLine(w, (l) => l === 'PIDFD_REAPED', 10_000, 'PIDFD_REAPED');
         await waitForOk(w, lastOk(w) + 2, 10_000);
       }
       if (name === 'job_stop') {

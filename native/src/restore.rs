@@ -412,6 +412,9 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
             threads::restore_thread_settings(t, &mut ti)?;
             all_threads.push((host, ti, t.clone(), p.get("creds").cloned(), None));
         }
+        // What names a thread waits for the threads.
+        crate::anonfd::posix_timers::restore(&mut leader, p)?;
+        crate::anonfd::pidfd::after_install(&mut leader, p, true)?;
         threads::restore_thread_settings(&ths[0], &mut leader)?;
         // Signals are queued from the leader: the kernel lets a process queue
         // any siginfo only to itself, and checks that against the caller's

@@ -6,6 +6,7 @@
 #include "common.h"
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 int main(int argc, char **argv)
@@ -16,6 +17,7 @@ int main(int argc, char **argv)
 	pid_t child = fork();
 	CHECK(child >= 0, "fork");
 	if (child == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* no orphan when the test kills the parent */
 		for (;;) {
 			(*counter)++;
 			sleep_ms(1);

@@ -1,5 +1,5 @@
 //! Descriptors without a usable path: eventfd, timerfd, signalfd, epoll,
-//! inotify, memfd and regular files unlinked while open; plus per-process
+//! inotify, pidfd, memfd and regular files unlinked while open; plus per-process
 //! kernel state that hangs off no descriptor: POSIX timers and file locks.
 //!
 //! Dump: `describe` reads fdinfo (and a stolen copy of the descriptor, taken
@@ -21,6 +21,7 @@ pub mod eventfd;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
+pub mod pidfd;
 pub mod posix_timers;
 pub mod signalfd;
 pub mod timerfd;
@@ -54,7 +55,7 @@ pub(crate) mod nr {
 }
 
 pub fn handles(kind: &str) -> bool {
-    matches!(kind, "eventfd" | "epoll" | "timerfd" | "signalfd" | "inotify" | "memfd" | "unlinked")
+    matches!(kind, "eventfd" | "epoll" | "timerfd" | "signalfd" | "inotify" | "memfd" | "unlinked" | "pidfd")
 }
 
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
@@ -64,6 +65,9 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     }
     if t.ends_with(" (deleted)") && ctx.md.file_type().is_file() {
         return unlinked::describe(ctx);
+    }
+    if pidfd::is_pidfd(t) {
+        return pidfd::describe(ctx);
     }
     match t {
         "anon_inode:[eventfd]" => eventfd::describe(ctx),
@@ -85,6 +89,7 @@ pub fn open(f: &Json) -> Result<Fd> {
         "inotify" => inotify::open(f)?,
         "memfd" => memfd::open(f)?,
         "unlinked" => unlinked::open(f)?,
+        "pidfd" => pidfd::open(f)?,
         k => return Err(Error::new("EIMAGE", format!("descriptor kind {:?} cannot be restored", k))),
     };
     if let Some(id) = f.u64_of("id") {
@@ -97,6 +102,7 @@ pub fn open(f: &Json) -> Result<Fd> {
 /// target descriptor numbers, so they are added from inside the target).
 /// Also restores the per-process extras (POSIX timers, file locks).
 pub fn after_install(inj: &mut Injector, p: &Json) -> Result<()> {
+    pidfd::after_install(inj, p, false)?; // before epoll: a watch may name one
     epoll::after_install(inj, p)?;
     restore_process_extras(inj, p)
 }
@@ -119,8 +125,8 @@ pub fn dump_process_extras(inj: &mut Injector, pid: Pid) -> Result<Vec<(&'static
 
 /// The restore side of `dump_process_extras` (called from `after_install`,
 /// once every descriptor of the process is in place).
+/// (POSIX timers wait for the threads: restore::finish_tree.)
 pub fn restore_process_extras(inj: &mut Injector, p: &Json) -> Result<()> {
-    posix_timers::restore(inj, p)?;
     locks::restore(inj, p)
 }
 

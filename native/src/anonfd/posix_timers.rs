@@ -1,6 +1,8 @@
-//! POSIX timers (timer_create): clock, notification, signal, value, time
-//! left and interval. Timer ids are kept (PR_TIMER_CREATE_RESTORE_IDS where
-//! the kernel has it, else creation in id order and a check).
+//! POSIX timers (timer_create): clock, notification (the process or one of
+//! its threads: SIGEV_THREAD_ID, which glibc's SIGEV_THREAD uses), signal,
+//! value, time left and interval. Timer ids are kept
+//! (PR_TIMER_CREATE_RESTORE_IDS where the kernel has it, else creation in id
+//! order and a check). Restore runs once the process's threads exist.
 
 use super::{ns_timespec, timespec_ns};
 use crate::inject::Injector;
@@ -73,12 +75,8 @@ pub fn dump(inj: &mut Injector, pid: Pid) -> Result<Vec<Json>> {
     };
     let mut out = Vec::new();
     for t in parse(&text)? {
-        if t.notify & SIGEV_THREAD_ID != 0 && t.tid != pid as i64 {
-            return Err(Error::new(
-                "EUNSUPPORTED",
-                format!("POSIX timer {}: notification of thread {} (SIGEV_THREAD_ID, SIGEV_THREAD) is not supported", t.id, t.tid),
-            ));
-        }
+        // The thread to notify, as the tree sees it (/proc shows our view).
+        let tid = if t.notify & SIGEV_THREAD_ID != 0 { ns_tid(pid, t.tid) } else { 0 };
         let a = inj.scratch(4096)? + 2048;
         inj.call(&format!("timer_gettime({})", t.id), nr::TIMER_GETTIME, &[t.id as u64, a])?;
         let its = inj.read_mem(a, 32)?;
@@ -89,6 +87,7 @@ pub fn dump(inj: &mut Injector, pid: Pid) -> Result<Vec<Json>> {
                 .with("signo", t.signo)
                 .with("sigev_value", t.value)
                 .with("notify", t.notify)
+                .with("tid", tid)
                 .with("interval_ns", timespec_ns(&its[0..16]))
                 .with("value_ns", timespec_ns(&its[16..32])),
         );
@@ -96,6 +95,13 @@ pub fn dump(inj: &mut Injector, pid: Pid) -> Result<Vec<Json>> {
     Ok(out)
 }
 
+fn ns_tid(pid: Pid, tid: i64) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(tid)
+}
+
+/// Run by the process's leader once all its threads exist (a timer may
+/// notify any of them).
 pub fn restore(inj: &mut Injector, p: &Json) -> Result<()> {
     let mut timers: Vec<&Json> = p.arr_of("posix_timers").iter().collect();
     if timers.is_empty() {
@@ -113,7 +119,8 @@ pub fn restore(inj: &mut Injector, p: &Json) -> Result<()> {
             sev[0..8].copy_from_slice(&t.u64_of("sigev_value").unwrap_or(0).to_le_bytes());
             sev[8..12].copy_from_slice(&(t.i64_of("signo").unwrap_or(0) as i32).to_le_bytes());
             sev[12..16].copy_from_slice(&(notify as i32).to_le_bytes());
-            sev[16..20].copy_from_slice(&(pid as i32).to_le_bytes());
+            let target = if notify & SIGEV_THREAD_ID != 0 { t.i64_of("tid").filter(|&x| x > 0).unwrap_or(pid) } else { pid };
+            sev[16..20].copy_from_slice(&(target as i32).to_le_bytes());
             sev[64..68].copy_from_slice(&(id as i32).to_le_bytes());
             let a = inj.put(&sev, 2048)?;
             inj.call(&format!("timer_create(id {})", id), nr::TIMER_CREATE, &[t.i64_of("clock").unwrap_or(0) as u64, a, a + 64])?;

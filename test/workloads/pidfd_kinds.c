@@ -1,0 +1,109 @@
+/* pidfds: of a child (blocking), of this process (PIDFD_NONBLOCK) and of
+ * one of its threads (PIDFD_THREAD). Each pass checks, through the
+ * descriptors: each refers to the right pid (fdinfo NSpid), the child is
+ * alive (signal 0 through its pidfd, no POLLIN), the flags. Once LOG.go
+ * exists the child is killed through its pidfd, the pidfd turns readable
+ * and waitid(P_PIDFD) reaps it: "PIDFD_REAPED" is logged.
+ * Logs "OK <pass>". */
+#include "common.h"
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#ifndef PIDFD_NONBLOCK
+#define PIDFD_NONBLOCK O_NONBLOCK
+#endif
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+static volatile pid_t thread_tid;
+
+static void *thread_main(void *arg)
+{
+	(void)arg;
+	thread_tid = (pid_t)syscall(SYS_gettid);
+	for (;;)
+		sleep_ms(50);
+	return NULL;
+}
+
+/* the innermost pid of "NSpid:" in the fdinfo of fd */
+static long fd_pid(int fd)
+{
+	char path[64], buf[2048];
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	CHECK(read_file(path, buf, sizeof(buf)) > 0, "read %s", path);
+	char *l = strstr(buf, "NSpid:");
+	CHECK(l, "no NSpid in fdinfo of fd %d", fd);
+	long last = -1;
+	for (char *p = l + 6; *p && *p != '\n';) {
+		char *end;
+		long v = strtol(p, &end, 10);
+		if (end == p)
+			break;
+		last = v;
+		p = end;
+	}
+	return last;
+}
+
+static int readable(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+int main(int argc, char **argv)
+{
+	wl_init(argc, argv);
+	pid_t child = fork();
+	CHECK(child >= 0, "fork");
+	if (child == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* no orphan when the test kills the parent */
+		for (;;)
+			sleep_ms(50);
+	}
+	pthread_t th;
+	CHECK(pthread_create(&th, NULL, thread_main, NULL) == 0, "pthread_create");
+	while (!thread_tid)
+		sleep_ms(1);
+	int cfd = (int)syscall(SYS_pidfd_open, child, 0);
+	int sfd = (int)syscall(SYS_pidfd_open, getpid(), PIDFD_NONBLOCK);
+	int tfd = (int)syscall(SYS_pidfd_open, thread_tid, PIDFD_THREAD);
+	CHECK(cfd >= 0 && sfd >= 0 && tfd >= 0, "pidfd_open: errno %d", errno);
+	char go[4200];
+	snprintf(go, sizeof(go), "%s.go", log_path);
+	int reaped = 0;
+	wl_log("READY");
+	for (uint64_t i = 1;; i++) {
+		CHECK(fd_pid(sfd) == getpid(), "self pidfd names %ld, not %d", fd_pid(sfd), getpid());
+		CHECK(fd_pid(tfd) == thread_tid, "thread pidfd names %ld, not %d", fd_pid(tfd), thread_tid);
+		CHECK(fcntl(sfd, F_GETFL) & O_NONBLOCK, "self pidfd lost PIDFD_NONBLOCK");
+		CHECK(fcntl(tfd, F_GETFL) & PIDFD_THREAD, "thread pidfd lost PIDFD_THREAD");
+		CHECK(syscall(SYS_pidfd_send_signal, sfd, 0, NULL, 0) == 0, "signal 0 to self: errno %d", errno);
+		if (!reaped) {
+			CHECK(fd_pid(cfd) == child, "child pidfd names %ld, not %d", fd_pid(cfd), child);
+			CHECK(syscall(SYS_pidfd_send_signal, cfd, 0, NULL, 0) == 0, "signal 0 to the child: errno %d", errno);
+			CHECK(!readable(cfd), "the child's pidfd is readable while it lives");
+			if (access(go, F_OK) == 0) {
+				CHECK(syscall(SYS_pidfd_send_signal, cfd, SIGKILL, NULL, 0) == 0, "SIGKILL through the pidfd: errno %d", errno);
+				struct pollfd p = { .fd = cfd, .events = POLLIN };
+				CHECK(poll(&p, 1, 5000) == 1, "the child's pidfd did not turn readable");
+				siginfo_t si;
+				memset(&si, 0, sizeof(si));
+				CHECK(waitid(P_PIDFD, cfd, &si, WEXITED) == 0 && si.si_pid == child && si.si_status == SIGKILL, "waitid(P_PIDFD): errno %d pid %d", errno, si.si_pid);
+				reaped = 1;
+				wl_log("PIDFD_REAPED");
+			}
+		}
+		wl_log("OK %lu", (unsigned long)i);
+		sleep_ms(20);
+	}
+}
