@@ -1,4 +1,7 @@
-/* TCP listeners, IPv4 and IPv6, with options. Each pass checks that the
+/* TCP listeners, IPv4 and IPv6, with options (also behaviour-only ones:
+ * SO_RCVTIMEO, SO_PRIORITY, SO_MARK, IP_TOS, TCP_USER_TIMEOUT on the v4
+ * one, IPV6_TCLASS and SO_SNDTIMEO on the v6 one, SO_LINGER on an unbound
+ * socket: accepted sockets would inherit it, and their closing is slower). Each pass checks that the
  * bound addresses, options and O_NONBLOCK are unchanged and that each
  * listener accepts a connection from this process and carries a byte.
  * Logs "PORTS <v4> <v6>" before READY. */
@@ -83,6 +86,16 @@ int main(int argc, char **argv)
 	struct sockaddr_in a4 = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	CHECK(bind(l4, (struct sockaddr *)&a4, sizeof(a4)) == 0, "bind4: errno %d", errno);
 	CHECK(listen(l4, 7) == 0, "listen4");
+	struct timeval rto = { 1, 500000 }, sto = { 2, 200000 };
+	struct linger lg = { 1, 7 };
+	int prio = 5, mark = 42, tos = 0x10, uto = 12345, tclass = 0x20;
+	CHECK(setsockopt(l4, SOL_SOCKET, SO_RCVTIMEO, &rto, sizeof(rto)) == 0, "SO_RCVTIMEO");
+	int xs = socket(AF_INET, SOCK_STREAM, 0);
+	CHECK(xs >= 0 && setsockopt(xs, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0, "SO_LINGER");
+	CHECK(setsockopt(l4, IPPROTO_IP, IP_TOS, &tos, sizeof(tos)) == 0, "IP_TOS");
+	CHECK(setsockopt(l4, SOL_SOCKET, SO_PRIORITY, &prio, sizeof(prio)) == 0, "SO_PRIORITY"); /* after IP_TOS, which sets it too */
+	CHECK(setsockopt(l4, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) == 0, "SO_MARK: errno %d", errno);
+	CHECK(setsockopt(l4, IPPROTO_TCP, TCP_USER_TIMEOUT, &uto, sizeof(uto)) == 0, "TCP_USER_TIMEOUT");
 
 	l6 = socket(AF_INET6, SOCK_STREAM, 0); /* no CLOEXEC, blocking */
 	CHECK(l6 >= 0, "socket6");
@@ -91,6 +104,8 @@ int main(int argc, char **argv)
 	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
 	CHECK(bind(l6, (struct sockaddr *)&a6, sizeof(a6)) == 0, "bind6: errno %d", errno);
 	CHECK(listen(l6, 5) == 0, "listen6");
+	CHECK(setsockopt(l6, IPPROTO_IPV6, IPV6_TCLASS, &tclass, sizeof(tclass)) == 0, "IPV6_TCLASS");
+	CHECK(setsockopt(l6, SOL_SOCKET, SO_SNDTIMEO, &sto, sizeof(sto)) == 0, "SO_SNDTIMEO");
 	port4 = port_of(l4);
 	port6 = port_of(l6);
 	wl_log("PORTS %d %d", port4, port6);
@@ -109,6 +124,19 @@ int main(int argc, char **argv)
 		CHECK(opt(l4, SOL_SOCKET, SO_KEEPALIVE) == 1, "l4 SO_KEEPALIVE lost");
 		CHECK(opt(l4, IPPROTO_TCP, TCP_KEEPIDLE) == 77, "l4 TCP_KEEPIDLE %d", opt(l4, IPPROTO_TCP, TCP_KEEPIDLE));
 		CHECK(opt(l6, IPPROTO_IPV6, IPV6_V6ONLY) == 1, "l6 IPV6_V6ONLY lost");
+		struct timeval tv = { 0, 0 };
+		socklen_t tl = sizeof(tv);
+		CHECK(getsockopt(l4, SOL_SOCKET, SO_RCVTIMEO, &tv, &tl) == 0 && tv.tv_sec == 1 && tv.tv_usec == 500000, "l4 SO_RCVTIMEO %ld.%06ld", (long)tv.tv_sec, (long)tv.tv_usec);
+		tl = sizeof(tv);
+		CHECK(getsockopt(l6, SOL_SOCKET, SO_SNDTIMEO, &tv, &tl) == 0 && tv.tv_sec == 2 && tv.tv_usec == 200000, "l6 SO_SNDTIMEO %ld.%06ld", (long)tv.tv_sec, (long)tv.tv_usec);
+		struct linger l = { 0, 0 };
+		socklen_t ll = sizeof(l);
+		CHECK(getsockopt(xs, SOL_SOCKET, SO_LINGER, &l, &ll) == 0 && l.l_onoff == 1 && l.l_linger == 7, "SO_LINGER %d/%d", l.l_onoff, l.l_linger);
+		CHECK(opt(l4, SOL_SOCKET, SO_PRIORITY) == 5, "l4 SO_PRIORITY %d", opt(l4, SOL_SOCKET, SO_PRIORITY));
+		CHECK(opt(l4, SOL_SOCKET, SO_MARK) == 42, "l4 SO_MARK %d", opt(l4, SOL_SOCKET, SO_MARK));
+		CHECK(opt(l4, IPPROTO_IP, IP_TOS) == 0x10, "l4 IP_TOS %#x", opt(l4, IPPROTO_IP, IP_TOS));
+		CHECK(opt(l4, IPPROTO_TCP, TCP_USER_TIMEOUT) == 12345, "l4 TCP_USER_TIMEOUT %d", opt(l4, IPPROTO_TCP, TCP_USER_TIMEOUT));
+		CHECK(opt(l6, IPPROTO_IPV6, IPV6_TCLASS) == 0x20, "l6 IPV6_TCLASS %#x", opt(l6, IPPROTO_IPV6, IPV6_TCLASS));
 		CHECK(fcntl(l4, F_GETFL) & O_NONBLOCK, "l4 lost O_NONBLOCK");
 		CHECK(!(fcntl(l6, F_GETFL) & O_NONBLOCK), "l6 became O_NONBLOCK");
 		CHECK(fcntl(l4, F_GETFD) & FD_CLOEXEC, "l4 lost FD_CLOEXEC");

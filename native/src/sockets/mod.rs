@@ -11,6 +11,7 @@
 
 mod diag;
 mod inet;
+mod opts;
 mod unix;
 
 use crate::files::FileCtx;
@@ -79,7 +80,15 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let proto = getsockopt_int(&copy, SOL_SOCKET, SO_PROTOCOL).unwrap_or(-1);
     let ino = ctx.info.ino;
     let ino = if ino != 0 { ino } else { std::os::unix::fs::MetadataExt::ino(ctx.md) };
-    let s = Json::obj().with("family", domain as u64).with("type", ty as u64).with("protocol", proto as u64).with("ino", ino);
+    let mut s = Json::obj().with("family", domain as u64).with("type", ty as u64).with("protocol", proto as u64).with("ino", ino);
+    if matches!(domain, AF_INET | AF_INET6 | AF_UNIX) {
+        if let Ok(fresh) = new_socket(domain, ty, proto) {
+            let o = opts::dump(&copy, &fresh, domain, ty == SOCK_STREAM && domain != AF_UNIX);
+            if !o.is_empty() {
+                s.set("opts", o);
+            }
+        }
+    }
     match (domain, ty) {
         (AF_INET | AF_INET6, SOCK_STREAM) if proto == 6 || proto == 0 => inet::describe_tcp(ctx, copy, s, domain),
         (AF_INET | AF_INET6, SOCK_DGRAM) if proto == 17 || proto == 0 => inet::describe_udp(ctx, copy, s, domain),
@@ -128,6 +137,7 @@ pub fn open(f: &Json) -> Result<Fd> {
         k => return Err(Error::new("EIMAGE", format!("socket kind {:?} cannot be restored", k))),
     }
     .map_err(|e| e.context(format!("socket (file {})", id)))?;
+    opts::restore(&fd, s).map_err(|e| e.context(format!("socket (file {})", id)))?;
     let flags = f.u64_of("flags").unwrap_or(0) as u32;
     sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, 4, (flags & O_NONBLOCK) as u64])?;
     Ok(fd)

@@ -1,0 +1,88 @@
+//! Socket options that only change how the socket behaves for its owner
+//! (timeouts, linger, marks, priorities...), carried over as raw values when
+//! they differ from a new socket's. The options that shape how the socket is
+//! rebuilt (addresses, reuse, keepalive, nodelay...) are handled where the
+//! socket is made (inet.rs, unix.rs).
+
+use super::{getsockopt_buf, setsockopt_buf, AF_INET, AF_INET6, SOL_SOCKET};
+use crate::base64;
+use crate::json::Json;
+use crate::sys::{Fd, Result};
+
+const SOL_IP: i32 = 0;
+const SOL_IPV6: i32 = 41;
+const SOL_TCP: i32 = 6;
+
+/// (level, name, size, which families: 0 any, else AF_INET/AF_INET6 with TCP only if `tcp`).
+struct Opt {
+    level: i32,
+    name: i32,
+    size: usize,
+    inet: bool,
+    tcp: bool,
+    what: &'static str,
+}
+
+/// In the order they are set: IP_TOS first, as it also sets SO_PRIORITY.
+const OPTS: &[Opt] = &[
+    Opt { level: SOL_IP, name: 1, size: 4, inet: true, tcp: false, what: "IP_TOS" },
+    Opt { level: SOL_SOCKET, name: 5, size: 4, inet: false, tcp: false, what: "SO_DONTROUTE" },
+    Opt { level: SOL_SOCKET, name: 10, size: 4, inet: false, tcp: false, what: "SO_OOBINLINE" },
+    Opt { level: SOL_SOCKET, name: 12, size: 4, inet: false, tcp: false, what: "SO_PRIORITY" },
+    Opt { level: SOL_SOCKET, name: 13, size: 8, inet: false, tcp: false, what: "SO_LINGER" },
+    Opt { level: SOL_SOCKET, name: 18, size: 4, inet: false, tcp: false, what: "SO_RCVLOWAT" },
+    Opt { level: SOL_SOCKET, name: 20, size: 16, inet: false, tcp: false, what: "SO_RCVTIMEO" },
+    Opt { level: SOL_SOCKET, name: 21, size: 16, inet: false, tcp: false, what: "SO_SNDTIMEO" },
+    Opt { level: SOL_SOCKET, name: 36, size: 4, inet: false, tcp: false, what: "SO_MARK" },
+    Opt { level: SOL_IP, name: 2, size: 4, inet: true, tcp: false, what: "IP_TTL" },
+    Opt { level: SOL_IPV6, name: 16, size: 4, inet: true, tcp: false, what: "IPV6_UNICAST_HOPS" },
+    Opt { level: SOL_IPV6, name: 67, size: 4, inet: true, tcp: false, what: "IPV6_TCLASS" },
+    Opt { level: SOL_TCP, name: 18, size: 4, inet: true, tcp: true, what: "TCP_USER_TIMEOUT" },
+    Opt { level: SOL_TCP, name: 25, size: 4, inet: true, tcp: true, what: "TCP_NOTSENT_LOWAT" },
+];
+
+fn applies(o: &Opt, family: i32, tcp: bool) -> bool {
+    if !o.inet {
+        return true;
+    }
+    let fam_ok = match o.level {
+        SOL_IP => family == AF_INET,
+        SOL_IPV6 => family == AF_INET6,
+        _ => family == AF_INET || family == AF_INET6,
+    };
+    fam_ok && (!o.tcp || tcp)
+}
+
+fn read(fd: &Fd, o: &Opt) -> Option<Vec<u8>> {
+    let mut b = vec![0u8; o.size];
+    let n = getsockopt_buf(fd, o.level, o.name, &mut b).ok()?;
+    b.truncate(n);
+    Some(b)
+}
+
+/// The options of `copy` that differ from those of `fresh` (a new socket
+/// of the same family, type and protocol).
+pub fn dump(copy: &Fd, fresh: &Fd, family: i32, tcp: bool) -> Vec<Json> {
+    let mut out = Vec::new();
+    for o in OPTS.iter().filter(|o| applies(o, family, tcp)) {
+        let (Some(v), Some(d)) = (read(copy, o), read(fresh, o)) else { continue };
+        if v != d {
+            out.push(Json::obj().with("level", o.level).with("name", o.name).with("value", base64::encode(&v)));
+        }
+    }
+    out
+}
+
+/// Set the options recorded by `dump` on a rebuilt socket.
+pub fn restore(fd: &Fd, s: &Json) -> Result<()> {
+    for j in s.arr_of("opts") {
+        let (level, name) = (j.i64_of("level").unwrap_or(-1) as i32, j.i64_of("name").unwrap_or(-1) as i32);
+        let Some(o) = OPTS.iter().find(|o| o.level == level && o.name == name) else { continue };
+        let v = j.str_of("value").and_then(base64::decode).unwrap_or_default();
+        if v.len() != o.size {
+            continue;
+        }
+        setsockopt_buf(fd, level, name, &v, &format!("setsockopt({})", o.what))?;
+    }
+    Ok(())
+}
