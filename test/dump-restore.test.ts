@@ -57,6 +57,7 @@ const specs: Spec[] = [
   { name: 'files' },
   { name: 'procattrs' },
   { name: 'file_owner' },
+  { name: 'tcp_halfclosed' },
   { name: 'ptimers_thread' },
   {
     name: 'pidfd_kinds',

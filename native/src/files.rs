@@ -299,6 +299,26 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
             None => Ok((Vec::new(), 65536)),
         }
     };
+    let r = open_each(files, &pipe_data, &ptys, &mut pipe_objs, &mut by_id).and_then(|_| crate::sockets::finish_opened());
+    if let Err(e) = r {
+        crate::sockets::abandon_opened();
+        return Err(e);
+    }
+    for (_, (a, b)) in pipe_objs {
+        keep.push(a);
+        keep.push(b);
+    }
+    ptys.relock()?;
+    Ok(Opened { by_id, ptys, _keep: keep })
+}
+
+fn open_each(
+    files: &[Json],
+    pipe_data: &dyn Fn(u64) -> Result<(Vec<u8>, u64)>,
+    ptys: &crate::tty::Pairs,
+    pipe_objs: &mut BTreeMap<u64, (Fd, Fd)>,
+    by_id: &mut BTreeMap<u64, Fd>,
+) -> Result<()> {
     for f in files {
         let id = f.u64_of("id").ok_or_else(|| Error::new("EIMAGE", "a file entry has no id"))?;
         let flags = f.u64_of("flags").unwrap_or(0) as u32 & !(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | O_NOCTTY);
@@ -372,12 +392,7 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
         };
         by_id.insert(id, fd);
     }
-    for (_, (a, b)) in pipe_objs {
-        keep.push(a);
-        keep.push(b);
-    }
-    ptys.relock()?;
-    Ok(Opened { by_id, ptys, _keep: keep })
+    Ok(())
 }
 
 /// A channel to pass descriptors into a stub: a datagram socketpair created

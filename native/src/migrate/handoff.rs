@@ -348,9 +348,16 @@ impl Handoff {
             return Ok(());
         }
         let mut opened: BTreeMap<u64, Fd> = BTreeMap::new();
-        for f in std::mem::take(&mut self.files) {
-            let id = f.u64_of("id").unwrap_or(0);
-            opened.insert(id, crate::sockets::open(&f).map_err(|e| e.context("recreating a socket on rollback"))?);
+        let made = (|| -> Result<()> {
+            for f in std::mem::take(&mut self.files) {
+                let id = f.u64_of("id").unwrap_or(0);
+                opened.insert(id, crate::sockets::open(&f).map_err(|e| e.context("recreating a socket on rollback"))?);
+            }
+            crate::sockets::finish_opened()
+        })();
+        if let Err(e) = made {
+            crate::sockets::abandon_opened();
+            return Err(e);
         }
         for fz in frozen.live() {
             let fds = match self.fds.get(&fz.pid) {

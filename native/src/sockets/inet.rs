@@ -33,7 +33,15 @@ const SIOCOUTQNSD: u64 = 0x894B;
 
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
 const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
+const SHUT_RD: u64 = 0;
+const SHUT_WR: u64 = 1;
+const SHUTDOWN: i64 = 48;
 const TCP_LISTEN: u8 = 10;
 
 fn tcp_state_name(s: u8) -> &'static str {
@@ -206,14 +214,18 @@ pub fn describe_tcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
             }
             Ok(base.with("sock", s))
         }
-        TCP_ESTABLISHED => {
+        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING => {
             let peer = peer_of(&copy);
             let (l, p) = match (local, peer) {
                 (Some(l), Some(p)) => (l, p),
                 _ => return ctx.unsupported("TCP connection without addresses"),
             };
             let what = format!("TCP connection {} -> {}", addr_text(Some(&l)), addr_text(Some(&p)));
-            let tcp = dump_established(&copy, &info).map_err(|e| e.context(format!("fd {}: {}", ctx.fd, what)))?;
+            // Half-closed: the peer's FIN came in, ours went out (or both).
+            let fin_in = matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING);
+            let fin_out = matches!(state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING);
+            let fin_unacked = fin_out && state != TCP_FIN_WAIT2;
+            let tcp = dump_established(&copy, &info, fin_in, fin_out, fin_unacked).map_err(|e| e.context(format!("fd {}: {}", ctx.fd, what)))?;
             s.set("state", "established").set("local", l).set("peer", p).set("tcp", tcp);
             remember_repaired(copy);
             Ok(base.with("sock", s))
@@ -260,17 +272,21 @@ fn peek_queue(fd: &Fd, len: usize, what: &str) -> Result<Vec<u8>> {
 
 /// Put the socket in repair mode and read everything TCP_REPAIR can tell.
 /// The socket stays in repair mode (see `remember_repaired`).
-fn dump_established(copy: &Fd, info: &[u8]) -> Result<Json> {
+/// The sequence numbers recorded are those of the data: a FIN that came
+/// in (`fin_in`) or went out (`fin_out`; still in the send queue when
+/// `fin_unacked`) is left out of them and recorded as a flag.
+fn dump_established(copy: &Fd, info: &[u8], fin_in: bool, fin_out: bool, fin_unacked: bool) -> Result<Json> {
     setsockopt_int(copy, SOL_TCP, TCP_REPAIR, 1).map_err(|e| e.context("TCP_REPAIR (needs CAP_NET_ADMIN)"))?;
     let r = (|| -> Result<Json> {
         set_queue(copy, TCP_RECV_QUEUE)?;
-        let rcv_seq = getsockopt_int(copy, SOL_TCP, TCP_QUEUE_SEQ)? as u32;
+        let rcv_seq = (getsockopt_int(copy, SOL_TCP, TCP_QUEUE_SEQ)? as u32).wrapping_sub(fin_in as u32);
         let inq = ioctl_int(copy, SIOCINQ)? as usize;
         let recv_queue = peek_queue(copy, inq, "peek of the receive queue")?;
         set_queue(copy, TCP_SEND_QUEUE)?;
-        let snd_seq = getsockopt_int(copy, SOL_TCP, TCP_QUEUE_SEQ)? as u32;
-        let outq = ioctl_int(copy, SIOCOUTQ)? as usize;
-        let unsent = ioctl_int(copy, SIOCOUTQNSD)? as usize;
+        let snd_seq = (getsockopt_int(copy, SOL_TCP, TCP_QUEUE_SEQ)? as u32).wrapping_sub(fin_out as u32);
+        // Both counts include a FIN not yet acknowledged (or not yet sent).
+        let outq = (ioctl_int(copy, SIOCOUTQ)? as usize).saturating_sub(fin_unacked as usize);
+        let unsent = (ioctl_int(copy, SIOCOUTQNSD)? as usize).saturating_sub(fin_unacked as usize);
         let send_queue = peek_queue(copy, outq, "peek of the send queue")?;
         set_queue(copy, TCP_NO_QUEUE)?;
         let mss = getsockopt_int(copy, SOL_TCP, TCP_MAXSEG)? as u32;
@@ -280,6 +296,8 @@ fn dump_established(copy: &Fd, info: &[u8]) -> Result<Json> {
         let w32 = |i: usize| u32::from_le_bytes(w[i * 4..i * 4 + 4].try_into().unwrap()) as u64;
         let opts = info[5];
         Ok(Json::obj()
+            .with("fin_in", fin_in)
+            .with("fin_out", fin_out)
             .with("snd_seq", snd_seq as u64)
             .with("rcv_seq", rcv_seq as u64)
             .with("send_queue", base64::encode(&send_queue))
@@ -296,7 +314,9 @@ fn dump_established(copy: &Fd, info: &[u8]) -> Result<Json> {
             .with("snd_wnd", w32(1))
             .with("max_window", w32(2))
             .with("rcv_wnd", w32(3))
-            .with("rcv_wup", w32(4)))
+            // (rcv_wup may count the FIN left out of rcv_seq: the kernel
+            // refuses a window update beyond what was received.)
+            .with("rcv_wup", if (w32(4) as u32).wrapping_sub(rcv_seq) as i32 > 0 { rcv_seq as u64 } else { w32(4) }))
     })();
     if r.is_err() {
         let _ = set_queue(copy, TCP_NO_QUEUE);
@@ -468,21 +488,74 @@ fn open_established(s: &Json, family: i32) -> Result<Fd> {
             w.extend_from_slice(&u32_of(k).to_le_bytes());
         }
         setsockopt_buf(&fd, SOL_TCP, TCP_REPAIR_WINDOW, &w, "TCP_REPAIR_WINDOW")?;
-        if unsent > 0 {
-            // Never sent: goes out as ordinary data once out of repair mode.
-            setsockopt_int(&fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)?;
-            send_all(&fd, &send_queue[sent..], MSG_DONTWAIT, "send of the unsent data")?;
-            setsockopt_int(&fd, SOL_TCP, TCP_REPAIR, 1)?;
-        }
-        // Off with a window probe: the peer answers with an ACK and both sides agree again.
-        setsockopt_int(&fd, SOL_TCP, TCP_REPAIR, 0)?;
         if s.bool_of("reuseaddr") {
             setsockopt_int(&fd, SOL_SOCKET, SO_REUSEADDR, 1)?;
         }
         restore_tcp_post_opts(&fd, s)
     })();
-    r.map_err(|e| e.context(what))?;
+    r.map_err(|e| e.context(what.clone()))?;
+    // Still in repair mode: it leaves it in `finish_established`, once every
+    // socket is made (both ends of a connection may be ours, and a segment
+    // to an end not made yet would be answered with a reset).
+    let unsent_data = send_queue[sent_len(&send_queue, unsent)..].to_vec();
+    pending().push(Pending { fd: fd.raw(), what, unsent: unsent_data, fin_in: t.bool_of("fin_in"), fin_out: t.bool_of("fin_out") });
     Ok(fd)
+}
+
+fn sent_len(send_queue: &[u8], unsent: usize) -> usize {
+    send_queue.len() - unsent
+}
+
+/// An established connection made, not yet out of repair mode.
+struct Pending {
+    fd: i32,
+    what: String,
+    unsent: Vec<u8>,
+    fin_in: bool,
+    fin_out: bool,
+}
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<Pending>> {
+    static P: std::sync::Mutex<Vec<Pending>> = std::sync::Mutex::new(Vec::new());
+    P.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forget the connections made (their descriptors are being closed).
+pub fn abandon_established() {
+    pending().clear();
+}
+
+/// Take every connection made by `open_tcp` out of repair mode (the
+/// descriptors are still open: files::open_all holds them).
+pub fn finish_established() -> Result<()> {
+    let all = std::mem::take(&mut *pending());
+    for p in all {
+        let fd = std::mem::ManuallyDrop::new(Fd(p.fd));
+        let r = (|| -> Result<()> {
+            if !p.unsent.is_empty() {
+                // Never sent: goes out as ordinary data once out of repair mode.
+                setsockopt_int(&fd, SOL_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)?;
+                send_all(&fd, &p.unsent, MSG_DONTWAIT, "send of the unsent data")?;
+                setsockopt_int(&fd, SOL_TCP, TCP_REPAIR, 1)?;
+            }
+            // Off with a window probe: the peer answers with an ACK and both sides agree again.
+            setsockopt_int(&fd, SOL_TCP, TCP_REPAIR, 0)?;
+            // Half-closed. Our FIN goes out again at its old sequence number
+            // (a peer that had it acknowledges a duplicate). The peer's FIN is
+            // not replayed: reads see end-of-file after the queued data, and a
+            // peer that sends its FIN again (one in the same tree does) moves
+            // the socket on to CLOSE_WAIT as before.
+            if p.fin_in {
+                sys::call("shutdown(SHUT_RD)", SHUTDOWN, &[fd.raw() as u64, SHUT_RD])?;
+            }
+            if p.fin_out {
+                sys::call("shutdown(SHUT_WR)", SHUTDOWN, &[fd.raw() as u64, SHUT_WR])?;
+            }
+            Ok(())
+        })();
+        r.map_err(|e| e.context(p.what))?;
+    }
+    Ok(())
 }
 
 // ---- UDP ----

@@ -127,6 +127,16 @@ fn family_name(domain: i32, ty: i32, proto: i32) -> String {
     format!("{} {}", d, t)
 }
 
+/// Once every socket of a restore is made: connections leave repair mode.
+pub fn finish_opened() -> Result<()> {
+    inet::finish_established()
+}
+
+/// A restore that failed half-way: nothing left to finish.
+pub fn abandon_opened() {
+    inet::abandon_established()
+}
+
 pub fn open(f: &Json) -> Result<Fd> {
     let s = f.get("sock").ok_or_else(|| Error::new("EIMAGE", "socket entry without \"sock\""))?;
     let id = f.u64_of("id").unwrap_or(0);
