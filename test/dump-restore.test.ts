@@ -57,6 +57,7 @@ const specs: Spec[] = [
   { name: 'files' },
   { name: 'procattrs' },
   { name: 'file_owner' },
+  { name: 'cwd_deleted' },
   { name: 'tcp_halfclosed' },
   { name: 'ptimers_thread' },
   {

@@ -111,6 +111,27 @@ fn restore_oom_score_adj(pid: Pid, p: &Json) {
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 
+/// A working directory removed while in use ("PATH (deleted)") is made
+/// again for the chdir and removed right after, so the process is back in
+/// a deleted directory (empty: what it held is gone with it).
+fn restore_cwd(inj: &mut Injector, cwd: &str) -> Result<()> {
+    let path = cwd.strip_suffix(" (deleted)");
+    let made = match path {
+        Some(p) if std::fs::metadata(p).is_err() => {
+            std::fs::create_dir(p).map_err(|e| Error::new("EFILE", format!("working directory {} (deleted) cannot be made again: {}", p, e)))?;
+            Some(p)
+        }
+        _ => None,
+    };
+    let dir = path.unwrap_or(cwd);
+    let a = inj.put_str(dir, 0)?;
+    let r = inj.call(&format!("chdir {}", dir), nr::CHDIR, &[a]).map_err(|e| Error::new("EFILE", format!("working directory {} is missing: {}", cwd, e.message)));
+    if let Some(p) = made {
+        let _ = std::fs::remove_dir(p);
+    }
+    r.map(|_| ())
+}
+
 /// cwd, root, umask and rlimits, injected into the stub.
 pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
     if let Some(root) = p.str_of("root") {
@@ -120,8 +141,7 @@ pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
         }
     }
     if let Some(cwd) = p.str_of("cwd") {
-        let a = inj.put_str(cwd.trim_end_matches(" (deleted)"), 0)?;
-        inj.call(&format!("chdir {}", cwd), nr::CHDIR, &[a]).map_err(|e| Error::new("EFILE", format!("working directory {} is missing: {}", cwd, e.message)))?;
+        restore_cwd(inj, cwd)?;
     }
     inj.call("umask", nr::UMASK, &[p.u64_of("umask").unwrap_or(0o22) & 0o777])?;
     restore_oom_score_adj(inj.pid, p);

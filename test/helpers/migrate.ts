@@ -32,7 +32,7 @@ export async function adoptMigrated(h: Harness, w: Workload, innerPid: number): 
     }
     return found !== undefined;
   }, 5000);
-  assert.ok(found !== undefined, `cannot find the migrated process (pid ${innerPid} inside its namespace, marker ${w.marker})`);
+  assert.ok(found !== undefined, `cannot find the migrated process (pid ${innerPid} inside its namespace, marker ${w.marker}); ${w.name} log tail:\n${readLog(w).slice(-5).join('\n')}`);
   w.pid = found;
   h.track(found, w.marker);
   return found;

@@ -54,7 +54,13 @@ pub fn open(f: &Json) -> Result<Fd> {
     );
     let ticks = f.u64_of("ticks").unwrap_or(0);
     let interval = f.u64_of("interval_ns").unwrap_or(0);
-    let value = f.u64_of("value_ns").unwrap_or(0);
+    let mut value = f.u64_of("value_ns").unwrap_or(0);
+    if value == 0 && interval > 0 && ticks == 0 {
+        // A periodic timer reads 0 left when it expired an instant before
+        // the dump and the kernel had not counted the expiry yet: it is
+        // armed, and due. (0 would disarm it for good.)
+        value = 1;
+    }
     let sflags = f.u64_of("settime_flags").unwrap_or(0) as u32;
     let (set_flags, expiry) = if ticks > 0 {
         // Expirations not read yet: put the first of them in the past (on an
