@@ -85,6 +85,9 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         let mut ths = vec![threads::dump_thread(pid, leader.tid, &leader.regs, leader.sigmask, &mut inj)?];
         for t in &fz.threads[1..] {
             let mut ti = Injector::new(pid, t.tid, insn, t.regs.rewound(true), t.sigmask)?;
+            // The leader's scratch area serves every thread (one address
+            // space): two injected calls fewer per thread, in frozen time.
+            ti.share_scratch(&inj);
             let r = threads::dump_thread(pid, t.tid, &t.regs, t.sigmask, &mut ti);
             ti.finish()?;
             ths.push(r?);
