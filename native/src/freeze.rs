@@ -72,13 +72,18 @@ const fn libc_sigtrap() -> i32 {
     5
 }
 
-/// Seize with seccomp suspended (our injected syscalls must not meet the
-/// target's filters), or without where the kernel refuses that option.
 fn seize(tid: Pid) -> Result<()> {
+    ptrace::seize(tid, SEIZE_OPTIONS)
+}
+
+/// Once the thread is stopped: suspend its seccomp filters, which our
+/// injected syscalls must not meet. Not at the seize: the thread runs its
+/// own code until the interrupt stops it, and must meet them then. Where
+/// the kernel refuses the option, injection goes on unsuspended.
+fn suspend_seccomp(tid: Pid) {
     let suspend = crate::seccomp::suspend_option();
-    match ptrace::seize(tid, SEIZE_OPTIONS | suspend) {
-        Err(e) if suspend != 0 && (e.errno == 22 || e.errno == 1) => ptrace::seize(tid, SEIZE_OPTIONS).map_err(|e2| if e2.errno == 1 { e } else { e2 }),
-        r => r,
+    if suspend != 0 {
+        let _ = ptrace::set_options(tid, SEIZE_OPTIONS | suspend);
     }
 }
 
@@ -146,10 +151,12 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                         None => {
                             seized.get_mut(&p).map(|v| v.retain(|&x| x != t));
                         }
-                        Some(sig) if sig != libc_sigtrap() => {
-                            stopped.insert(p, sig);
+                        Some(sig) => {
+                            suspend_seccomp(t);
+                            if sig != libc_sigtrap() {
+                                stopped.insert(p, sig);
+                            }
                         }
-                        Some(_) => {}
                     }
                 }
             }

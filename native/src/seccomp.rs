@@ -9,7 +9,9 @@
 //! Both ends rely on PTRACE_O_SUSPEND_SECCOMP: our injected syscalls in a
 //! filtered thread must not be filtered (a filter may forbid prctl, mmap,
 //! or kill on anything unexpected), and a restored thread must not be held
-//! to its filters before it is let go. The suspension ends at detach.
+//! to its filters before it is let go. It is set only once a thread is
+//! stopped (a seized thread still running its own code must meet its
+//! filters), and ends at detach.
 
 use crate::inject::Injector;
 use crate::json::Json;
