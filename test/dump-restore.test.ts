@@ -10,6 +10,8 @@ import { pidExists, procStat, waitPidGone } from './helpers/proc.js';
 import {
   assertNoFail,
   assertOkSequence,
+  goAndWait,
+  GO_CHECKS,
   Harness,
   lastOk,
   readLog,
@@ -60,33 +62,12 @@ const specs: Spec[] = [
   { name: 'cwd_deleted' },
   { name: 'tcp_halfclosed' },
   { name: 'ptimers_thread' },
-  {
-    name: 'pidfd_kinds',
-    async afterRestore(w) {
-      // the restored pidfd kills and reaps the restored child
-      writeFileSync(`${w.log}.go`, '');
-      await waitForLine(w, (l) => l === 'PIDFD_REAPED', 10_000, 'PIDFD_REAPED');
-      await waitForOk(w, lastOk(w) + 2);
-    },
-  },
-  {
-    name: 'job_stop',
-    async afterRestore(w) {
-      // the child came back stopped (checked by the workload); now continue it
-      writeFileSync(`${w.log}.go`, '');
-      await waitForLine(w, (l) => l === 'CONTINUED', 10_000, 'CONTINUED');
-      await waitForOk(w, lastOk(w) + 2);
-    },
-  },
-  {
-    name: 'seccomp_filters',
-    async afterRestore(w) {
-      // the restored child is still in strict mode: a forbidden call kills it
-      writeFileSync(`${w.log}.go`, '');
-      await waitForLine(w, (l) => l === 'STRICT_ENFORCED', 10_000, 'STRICT_ENFORCED');
-      await waitForOk(w, lastOk(w) + 2);
-    },
-  },
+  // the restored pidfd kills and reaps the restored child
+  { name: 'pidfd_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.pidfd_kinds) },
+  // the child came back stopped (checked by the workload); now continue it
+  { name: 'job_stop', afterRestore: (w) => goAndWait(w, GO_CHECKS.job_stop) },
+  // the restored child is still in strict mode: a forbidden call kills it
+  { name: 'seccomp_filters', afterRestore: (w) => goAndWait(w, GO_CHECKS.seccomp_filters) },
   { name: 'creds' },
   { name: 'zombie' },
   { name: 'shm_tree' },

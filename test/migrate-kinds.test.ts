@@ -1,10 +1,9 @@
 // Every kind of state of the dump+restore suite, under live migration: each
 // workload checks its own state from inside, before and after the move.
 import { after, before, describe, test } from 'node:test';
-import { writeFileSync } from 'node:fs';
 import { Agent, startAgent } from './helpers/agent.js';
 import { migrateAndCheck, roundsText } from './helpers/migrate.js';
-import { assertNoFail, Harness, waitForLine, waitForOk, lastOk } from './helpers/workload.js';
+import { assertNoFail, goAndWait, GO_CHECKS, Harness, waitForOk, lastOk } from './helpers/workload.js';
 import { assertCliError, runCli } from './helpers/cli.js';
 import assert from 'node:assert/strict';
 
@@ -25,30 +24,8 @@ describe('state kinds under live migration', () => {
       await waitForOk(w, 3, 30_000);
       const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
       t.diagnostic(roundsText(summary));
-      if (name === 'signals') {
-        // the pending signals survived the move (checked every pass); now deliver them
-        writeFileSync(`${w.log}.go`, '');
-        await waitForLine(w, (l) => l === 'DELIVERED', 10_000, 'DELIVERED');
-        await waitForOk(w, lastOk(w) + 2, 10_000);
-      }
-      if (name === 'pidfd_kinds') {
-        // the moved pidfd kills and reaps the moved child
-        writeFileSync(`${w.log}.go`, '');
-        await waitForLine(w, (l) => l === 'PIDFD_REAPED', 10_000, 'PIDFD_REAPED');
-        await waitForOk(w, lastOk(w) + 2, 10_000);
-      }
-      if (name === 'job_stop') {
-        // the child came back stopped (checked by the workload); now continue it
-        writeFileSync(`${w.log}.go`, '');
-        await waitForLine(w, (l) => l === 'CONTINUED', 10_000, 'CONTINUED');
-        await waitForOk(w, lastOk(w) + 2, 10_000);
-      }
-      if (name === 'seccomp_filters') {
-        // the moved child is still in strict mode: a forbidden call kills it
-        writeFileSync(`${w.log}.go`, '');
-        await waitForLine(w, (l) => l === 'STRICT_ENFORCED', 10_000, 'STRICT_ENFORCED');
-        await waitForOk(w, lastOk(w) + 2, 10_000);
-      }
+      // the state survived the move (checked every pass); now the last check
+      if (GO_CHECKS[name]) await goAndWait(w, GO_CHECKS[name]);
       if (name === 'vma_advice') {
         // Its passes are 100 ms apart: the OK lines migrateAndCheck waited
         // for may all be the source's; these come from the moved copy.

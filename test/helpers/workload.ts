@@ -4,7 +4,7 @@
 // lines with n increasing by one, or "FAIL <reason>" before exiting.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { cmdline, isAlive, killTree, pidExists, sleep } from './proc.js';
@@ -177,4 +177,23 @@ export class Harness {
     }
     if (errors.length) throw new Error(errors.join('\n'));
   }
+}
+
+/**
+ * Workloads with a last check that runs once LOG.go exists (deliver the
+ * pending signals, kill the strict-mode child, continue the stopped one...),
+ * and the line each logs when it passed.
+ */
+export const GO_CHECKS: Record<string, string> = {
+  signals: 'DELIVERED',
+  seccomp_filters: 'STRICT_ENFORCED',
+  job_stop: 'CONTINUED',
+  pidfd_kinds: 'PIDFD_REAPED',
+};
+
+/** Create LOG.go, wait for `line`, then for two more OK lines. */
+export async function goAndWait(w: Workload, line: string, timeoutMs = 10_000): Promise<void> {
+  writeFileSync(`${w.log}.go`, '');
+  await waitForLine(w, (l) => l === line, timeoutMs, line);
+  await waitForOk(w, lastOk(w) + 2, timeoutMs);
 }
