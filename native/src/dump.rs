@@ -104,19 +104,9 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     crate::sys::trace_mark("dump: injector finished");
     let mut p = res?;
     fin?;
-    let all = match flags {
-        Some(f) => {
-            let mut v = memory::vmas(pid)?;
-            if let Some(by_start) = f.get(&pid) {
-                for a in v.iter_mut() {
-                    a.flags = by_start.get(&a.start).cloned().unwrap_or_default();
-                }
-            }
-            v
-        }
-        None => memory::vmas_with_flags(pid)?,
-    };
-    let vmas: Vec<memory::Vma> = all.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();
+    let empty = std::collections::HashMap::new();
+    let read_before = flags.map(|f| f.get(&pid).unwrap_or(&empty));
+    let vmas: Vec<memory::Vma> = memory::vmas_with_flags(pid, read_before)?.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();
     p.set("vmas", vmas.iter().map(|v| v.to_json()).collect::<Vec<_>>());
     let dir = match dir {
         Some(d) => d,

@@ -20,15 +20,6 @@ const F_SETOWN_EX: u64 = 15;
 const F_GETOWN_EX: u64 = 16;
 const ESRCH: i32 = 3;
 
-/// `pid` (as we see it) as seen in its own innermost pid namespace, the tree's.
-fn ns_pid(pid: i32) -> i32 {
-    if pid <= 0 {
-        return pid;
-    }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid)).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(pid)
-}
-
 /// The owner and signal of fd `fd` of the process behind `pidfd`, if the
 /// descriptor does signal-driven I/O (`flags` from its fdinfo).
 pub fn dump(pidfd: &Fd, fd: i32, flags: u32) -> Result<Option<Json>> {
@@ -40,7 +31,7 @@ pub fn dump(pidfd: &Fd, fd: i32, flags: u32) -> Result<Option<Json>> {
     sys::call("fcntl(F_GETOWN_EX)", nr::FCNTL, &[copy.raw() as u64, F_GETOWN_EX, owner.as_mut_ptr() as u64])
         .map_err(|e| e.context(format!("fd {}: owner", fd)))?;
     let sig = sys::call("fcntl(F_GETSIG)", nr::FCNTL, &[copy.raw() as u64, F_GETSIG]).map_err(|e| e.context(format!("fd {}: signal", fd)))?;
-    Ok(Some(Json::obj().with("type", owner[0]).with("pid", ns_pid(owner[1])).with("sig", sig)))
+    Ok(Some(Json::obj().with("type", owner[0]).with("pid", if owner[1] > 0 { crate::proc::innermost_pid(owner[1], owner[1]) } else { owner[1] }).with("sig", sig)))
 }
 
 /// Give every descriptor of the process (installed already) its owner,

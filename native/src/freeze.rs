@@ -72,10 +72,6 @@ const fn libc_sigtrap() -> i32 {
     5
 }
 
-fn seize(tid: Pid) -> Result<()> {
-    ptrace::seize(tid, SEIZE_OPTIONS)
-}
-
 /// Once the thread is stopped: suspend its seccomp filters, which our
 /// injected syscalls must not meet. Not at the seize: the thread runs its
 /// own code until the interrupt stops it, and must meet them then. Where
@@ -133,7 +129,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                     if known {
                         continue;
                     }
-                    match seize(t) {
+                    match ptrace::seize(t, SEIZE_OPTIONS) {
                         Ok(()) => {}
                         Err(e) if e.errno == 3 => continue, // ESRCH: gone
                         Err(e) if e.errno == 1 => {

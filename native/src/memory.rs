@@ -147,12 +147,20 @@ pub fn vmas(pid: Pid) -> Result<Vec<Vma>> {
 }
 
 /// The areas with their VmFlags, for a dump: restore re-applies the
-/// madvise and mlock settings among them (Vma::advice).
-pub fn vmas_with_flags(pid: Pid) -> Result<Vec<Vma>> {
+/// madvise and mlock settings among them (Vma::advice). `read_before`: the
+/// flags by start address, read earlier; None reads smaps now.
+pub fn vmas_with_flags(pid: Pid, read_before: Option<&std::collections::HashMap<u64, String>>) -> Result<Vec<Vma>> {
     let mut vmas = vmas(pid)?;
-    let mut flags = proc::vm_flags(pid)?;
+    let now;
+    let flags = match read_before {
+        Some(f) => f,
+        None => {
+            now = proc::vm_flags(pid)?;
+            &now
+        }
+    };
     for v in vmas.iter_mut() {
-        v.flags = flags.remove(&v.start).unwrap_or_default();
+        v.flags = flags.get(&v.start).cloned().unwrap_or_default();
     }
     Ok(vmas)
 }

@@ -110,6 +110,18 @@ pub fn children(pid: Pid) -> Vec<Pid> {
 }
 
 /// A field of /proc/PID/status, e.g. "Umask".
+/// A field of one thread's status (/proc/PID/task/TID/status).
+pub fn task_status_field(pid: Pid, tid: Pid, key: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
+}
+
+/// The pid of thread `tid` of `pid` as its own innermost pid namespace (the
+/// tree's) sees it: the last of NSpid. Our view when /proc cannot tell.
+pub fn innermost_pid(pid: Pid, tid: Pid) -> Pid {
+    task_status_field(pid, tid, "NSpid").and_then(|v| v.split_whitespace().last().and_then(|x| x.parse().ok())).unwrap_or(tid)
+}
+
 pub fn status_field(pid: Pid, key: &str) -> Result<String> {
     let text = fs::read_to_string(format!("/proc/{}/status", pid)).ctx(format!("reading /proc/{}/status", pid))?;
     for l in text.lines() {

@@ -47,8 +47,7 @@ pub fn suspend_option() -> u64 {
 
 /// Seccomp mode of a thread as /proc shows it: 0 none, 1 strict, 2 filters.
 pub fn mode(pid: Pid, tid: Pid) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("Seccomp:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    crate::proc::task_status_field(pid, tid, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn filter_len(tid: Pid, index: u64) -> std::result::Result<usize, i32> {

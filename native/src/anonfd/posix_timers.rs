@@ -76,7 +76,7 @@ pub fn dump(inj: &mut Injector, pid: Pid) -> Result<Vec<Json>> {
     let mut out = Vec::new();
     for t in parse(&text)? {
         // The thread to notify, as the tree sees it (/proc shows our view).
-        let tid = if t.notify & SIGEV_THREAD_ID != 0 { ns_tid(pid, t.tid) } else { 0 };
+        let tid = if t.notify & SIGEV_THREAD_ID != 0 { crate::proc::innermost_pid(pid, t.tid as Pid) as i64 } else { 0 };
         let a = inj.scratch(4096)? + 2048;
         inj.call(&format!("timer_gettime({})", t.id), nr::TIMER_GETTIME, &[t.id as u64, a])?;
         let its = inj.read_mem(a, 32)?;
@@ -93,11 +93,6 @@ pub fn dump(inj: &mut Injector, pid: Pid) -> Result<Vec<Json>> {
         );
     }
     Ok(out)
-}
-
-fn ns_tid(pid: Pid, tid: i64) -> i64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse().ok()).unwrap_or(tid)
 }
 
 /// Run by the process's leader once all its threads exist (a timer may

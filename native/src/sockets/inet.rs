@@ -431,6 +431,7 @@ fn open_established(s: &Json, family: i32) -> Result<Fd> {
     let send_queue = dec("send_queue")?;
     let recv_queue = dec("recv_queue")?;
     let unsent = (t.u64_of("unsent").unwrap_or(0) as usize).min(send_queue.len());
+    let sent = send_queue.len() - unsent;
     let u32_of = |k: &str| t.u64_of(k).unwrap_or(0) as u32;
     let fd = new_socket(family, SOCK_STREAM, 6)?;
     let r = (|| -> Result<()> {
@@ -474,7 +475,6 @@ fn open_established(s: &Json, family: i32) -> Result<Fd> {
             set_queue(&fd, TCP_RECV_QUEUE)?;
             send_all(&fd, &recv_queue, 0, "refill of the receive queue")?;
         }
-        let sent = send_queue.len() - unsent;
         if !send_queue.is_empty() {
             grow_buffer(&fd, SO_SNDBUFFORCE, SO_SNDBUF, send_queue.len());
         }
@@ -497,13 +497,9 @@ fn open_established(s: &Json, family: i32) -> Result<Fd> {
     // Still in repair mode: it leaves it in `finish_established`, once every
     // socket is made (both ends of a connection may be ours, and a segment
     // to an end not made yet would be answered with a reset).
-    let unsent_data = send_queue[sent_len(&send_queue, unsent)..].to_vec();
+    let unsent_data = send_queue[sent..].to_vec();
     pending().push(Pending { fd: fd.raw(), what, unsent: unsent_data, fin_in: t.bool_of("fin_in"), fin_out: t.bool_of("fin_out") });
     Ok(fd)
-}
-
-fn sent_len(send_queue: &[u8], unsent: usize) -> usize {
-    send_queue.len() - unsent
 }
 
 /// An established connection made, not yet out of repair mode.

@@ -82,11 +82,9 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let ino = if ino != 0 { ino } else { std::os::unix::fs::MetadataExt::ino(ctx.md) };
     let mut s = Json::obj().with("family", domain as u64).with("type", ty as u64).with("protocol", proto as u64).with("ino", ino);
     if matches!(domain, AF_INET | AF_INET6 | AF_UNIX) {
-        if let Ok(fresh) = new_socket(domain, ty, proto) {
-            let o = opts::dump(&copy, &fresh, domain, ty == SOCK_STREAM && domain != AF_UNIX);
-            if !o.is_empty() {
-                s.set("opts", o);
-            }
+        let o = opts::dump(&copy, domain, ty, proto, ty == SOCK_STREAM && domain != AF_UNIX);
+        if !o.is_empty() {
+            s.set("opts", o);
         }
     }
     match (domain, ty) {

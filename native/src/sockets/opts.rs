@@ -4,7 +4,7 @@
 //! rebuilt (addresses, reuse, keepalive, nodelay...) are handled where the
 //! socket is made (inet.rs, unix.rs).
 
-use super::{getsockopt_buf, setsockopt_buf, AF_INET, AF_INET6, SOL_SOCKET};
+use super::{getsockopt_buf, new_socket, setsockopt_buf, AF_INET, AF_INET6, SOL_SOCKET};
 use crate::base64;
 use crate::json::Json;
 use crate::sys::{Fd, Result};
@@ -60,12 +60,31 @@ fn read(fd: &Fd, o: &Opt) -> Option<Vec<u8>> {
     Some(b)
 }
 
-/// The options of `copy` that differ from those of `fresh` (a new socket
-/// of the same family, type and protocol).
-pub fn dump(copy: &Fd, fresh: &Fd, family: i32, tcp: bool) -> Vec<Json> {
+/// The values of OPTS on a new socket of this family, type and protocol,
+/// asked once per kind: a dump may hold thousands of sockets, in frozen time.
+fn defaults(family: i32, ty: i32, proto: i32, tcp: bool) -> Vec<Option<Vec<u8>>> {
+    static SEEN: std::sync::Mutex<Vec<((i32, i32, i32), Vec<Option<Vec<u8>>>)>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, d)) = seen.iter().find(|(k, _)| *k == (family, ty, proto)) {
+        return d.clone();
+    }
+    let d: Vec<Option<Vec<u8>>> = match new_socket(family, ty, proto) {
+        Ok(fresh) => OPTS.iter().map(|o| if applies(o, family, tcp) { read(&fresh, o) } else { None }).collect(),
+        Err(_) => return vec![None; OPTS.len()], // not cached: try again next time
+    };
+    seen.push(((family, ty, proto), d.clone()));
+    d
+}
+
+/// The options of `copy` that differ from those of a new socket of the
+/// same family, type and protocol.
+pub fn dump(copy: &Fd, family: i32, ty: i32, proto: i32, tcp: bool) -> Vec<Json> {
     let mut out = Vec::new();
-    for o in OPTS.iter().filter(|o| applies(o, family, tcp)) {
-        let (Some(v), Some(d)) = (read(copy, o), read(fresh, o)) else { continue };
+    for (o, d) in OPTS.iter().zip(defaults(family, ty, proto, tcp)) {
+        if !applies(o, family, tcp) {
+            continue;
+        }
+        let (Some(v), Some(d)) = (read(copy, o), d) else { continue };
         if v != d {
             out.push(Json::obj().with("level", o.level).with("name", o.name).with("value", base64::encode(&v)));
         }
