@@ -5,6 +5,7 @@
 //! as the very last injected step, because a thread that has dropped root can
 //! no longer do the privileged parts of a restore.
 
+use crate::batch::Call;
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::sys::{nr, Error, Pid, Result};
@@ -58,37 +59,41 @@ pub fn restore_personality(inj: &mut Injector, p: &Json) -> Result<()> {
     Ok(())
 }
 
-pub fn restore_sched(inj: &mut Injector, s: Option<&Json>) -> Result<()> {
+/// The calls that give a thread its scheduling policy, priority and nice
+/// value (`nice`: its value now); arguments go at `at`.
+pub fn sched_calls(s: Option<&Json>, inj: &Injector, at: u64, nice: i64) -> Result<Vec<Call>> {
     let s = match s {
         Some(s) => s,
-        None => return Ok(()),
+        None => return Ok(Vec::new()),
     };
+    let mut calls = Vec::new();
     const SCHED_RESET_ON_FORK: i64 = 0x40000000;
     let policy = s.i64_of("policy").unwrap_or(0) & !SCHED_RESET_ON_FORK;
     let prio = s.i64_of("priority").unwrap_or(0);
     if policy != 0 || prio != 0 {
-        let param = (prio as i32).to_le_bytes();
-        let a = inj.put(&param, 3840)?;
-        inj.call("sched_setscheduler", 144, &[0, policy as u64, a])?;
+        inj.write_mem(at, &(prio as i32).to_le_bytes())?;
+        calls.push(Call::new("sched_setscheduler", 144, &[0, policy as u64, at]));
     }
-    let nice = s.i64_of("nice").unwrap_or(0);
-    let current = dump_sched(inj.pid, inj.tid).i64_of("nice").unwrap_or(0);
-    if nice != current {
+    let want = s.i64_of("nice").unwrap_or(0);
+    if want != nice {
         // PRIO_PROCESS with who = 0 means the calling thread here.
-        inj.call("setpriority", 141, &[0, 0, nice as u64])?;
+        calls.push(Call::new("setpriority", 141, &[0, 0, want as u64]));
     }
-    Ok(())
+    Ok(calls)
 }
 
 fn cap_last() -> u64 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
 }
 
-/// Become the saved identity. Runs in each thread, after everything else.
-pub fn restore_creds(inj: &mut Injector, c: Option<&Json>) -> Result<()> {
+/// The calls that make a thread take the saved identity `c`, run in each
+/// thread after everything else; none when `now` (its identity now, the same
+/// for every thread of a new process) is already that. Arguments go at
+/// `data` (a batch slot's data area, `room` bytes).
+pub fn creds_calls(c: Option<&Json>, now: Option<&Json>, inj: &Injector, data: u64, room: u64) -> Result<Vec<Call>> {
     let c = match c {
         Some(c) => c,
-        None => return Ok(()),
+        None => return Ok(Vec::new()),
     };
     let list = |k: &str| -> Vec<u64> { c.arr_of(k).iter().filter_map(Json::as_u64).collect() };
     let (uid, gid, groups) = (list("uid"), list("gid"), list("groups"));
@@ -96,13 +101,12 @@ pub fn restore_creds(inj: &mut Injector, c: Option<&Json>) -> Result<()> {
         return Err(Error::new("EIMAGE", "credentials in the image are incomplete"));
     }
     let cap = |k: &str| c.u64_of(k).unwrap_or(0);
-    // Nothing to do when the thread already has exactly these credentials
-    // (the usual root process): skip the dozen injected calls.
-    if let Ok(now) = dump_creds_of_thread(inj.pid, inj.tid) {
+    // The usual root process: nothing to do.
+    if let Some(now) = now {
         let same_list = |k: &str| now.arr_of(k).iter().filter_map(Json::as_u64).collect::<Vec<_>>() == list(k);
         let same_cap = |k: &str| now.u64_of(k) == c.u64_of(k);
         if same_list("uid") && same_list("gid") && same_list("groups") && ["cap_inh", "cap_prm", "cap_eff", "cap_bnd", "cap_amb"].iter().all(|k| same_cap(k)) && now.bool_of("no_new_privs") == c.bool_of("no_new_privs") {
-            return Ok(());
+            return Ok(Vec::new());
         }
     }
     const PR_SET_KEEPCAPS: u64 = 8;
@@ -110,20 +114,23 @@ pub fn restore_creds(inj: &mut Injector, c: Option<&Json>) -> Result<()> {
     const PR_SET_NO_NEW_PRIVS: u64 = 38;
     const PR_CAP_AMBIENT: u64 = 47;
     const PR_CAP_AMBIENT_RAISE: u64 = 2;
-    inj.call("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 1])?;
+    let mut calls = vec![Call::new("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 1])];
     let bnd = cap("cap_bnd");
     for bit in 0..=cap_last().min(63) {
         if bnd & (1 << bit) == 0 {
-            inj.call("prctl(PR_CAPBSET_DROP)", nr::PRCTL, &[PR_CAPBSET_DROP, bit])?;
+            calls.push(Call::new("prctl(PR_CAPBSET_DROP)", nr::PRCTL, &[PR_CAPBSET_DROP, bit]));
         }
     }
     let g: Vec<u8> = groups.iter().flat_map(|x| (*x as u32).to_le_bytes()).collect();
-    let ga = if g.is_empty() { 0 } else { inj.put(&g, 3072)? };
-    inj.call("setgroups", 116, &[groups.len() as u64, ga])?;
-    inj.call("setresgid", 119, &[gid[0], gid[1], gid[2]])?;
-    inj.raw(123, &[gid[3]])?; // setfsgid returns the previous value
-    inj.call("setresuid", 117, &[uid[0], uid[1], uid[2]])?;
-    inj.raw(122, &[uid[3]])?; // setfsuid
+    if g.len() as u64 > room - 64 {
+        return Err(Error::new("EUNSUPPORTED", format!("{} supplementary groups (phaul restores at most {})", groups.len(), (room - 64) / 4)));
+    }
+    inj.write_mem(data + 64, &g)?;
+    calls.push(Call::new("setgroups", 116, &[groups.len() as u64, if g.is_empty() { 0 } else { data + 64 }]));
+    calls.push(Call::new("setresgid", 119, &[gid[0], gid[1], gid[2]]));
+    calls.push(Call::new("setfsgid", 123, &[gid[3]])); // returns the previous value, never an error
+    calls.push(Call::new("setresuid", 117, &[uid[0], uid[1], uid[2]]));
+    calls.push(Call::new("setfsuid", 122, &[uid[3]]));
     // capset v3: header {version, pid=0}, then {effective, permitted, inheritable} x 2 (low, high 32 bits).
     let (eff, prm, inh) = (cap("cap_eff"), cap("cap_prm"), cap("cap_inh"));
     let mut b = Vec::new();
@@ -134,17 +141,17 @@ pub fn restore_creds(inj: &mut Injector, c: Option<&Json>) -> Result<()> {
             b.extend_from_slice(&((v >> half) as u32).to_le_bytes());
         }
     }
-    let a = inj.put(&b, 3200)?;
-    inj.call("capset", 126, &[a, a + 8])?;
+    inj.write_mem(data, &b)?;
+    calls.push(Call::new("capset", 126, &[data, data + 8]));
     let amb = cap("cap_amb");
     for bit in 0..64 {
         if amb & (1 << bit) != 0 {
-            inj.call("prctl(PR_CAP_AMBIENT_RAISE)", nr::PRCTL, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit, 0, 0])?;
+            calls.push(Call::new("prctl(PR_CAP_AMBIENT_RAISE)", nr::PRCTL, &[PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit, 0, 0]));
         }
     }
-    inj.call("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 0])?;
+    calls.push(Call::new("prctl(PR_SET_KEEPCAPS)", nr::PRCTL, &[PR_SET_KEEPCAPS, 0]));
     if c.bool_of("no_new_privs") {
-        inj.call("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0])?;
+        calls.push(Call::new("prctl(PR_SET_NO_NEW_PRIVS)", nr::PRCTL, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]));
     }
-    Ok(())
+    Ok(calls)
 }

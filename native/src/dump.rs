@@ -82,23 +82,38 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
             p.set(k, v);
         }
         p.set("shared_pending", signals::siginfos_to_json(ptrace::peek_siginfo(leader.tid, true)?));
-        let mut ths = vec![threads::dump_thread(pid, leader.tid, &leader.regs, leader.sigmask, &mut inj)?];
+        // The leader's areas serve every thread (one address space).
+        crate::batch::reserve(&mut inj, fz.threads.len())?;
+        let mut others = Vec::with_capacity(fz.threads.len() - 1);
+        let mut made = Ok(());
         for t in &fz.threads[1..] {
-            let mut ti = Injector::new(pid, t.tid, insn, t.regs.rewound(true), t.sigmask)?;
-            // The leader's scratch area serves every thread (one address
-            // space): two injected calls fewer per thread, in frozen time.
-            ti.share_scratch(&inj);
-            let r = threads::dump_thread(pid, t.tid, &t.regs, t.sigmask, &mut ti);
-            ti.finish()?;
-            ths.push(r?);
+            match Injector::new(pid, t.tid, insn, t.regs.rewound(true), t.sigmask) {
+                Ok(mut ti) => {
+                    ti.share_scratch(&inj);
+                    others.push(ti);
+                }
+                Err(e) => {
+                    made = Err(e);
+                    break;
+                }
+            }
         }
+        let ths = made.and_then(|_| threads::dump_threads(pid, &fz.threads, &mut inj, &mut others));
+        let mut fin = Ok(());
+        for ti in others {
+            if let Err(e) = ti.finish() {
+                fin = fin.and(Err(e));
+            }
+        }
+        let ths = ths?;
+        fin?;
         p.set("threads", ths);
         crate::sys::trace_mark("dump: threads");
         let pidfd = sys::pidfd_open(pid)?;
         p.set("fds", files.dump_fds(pid, &pidfd)?);
         Ok(p)
     })();
-    let scratch = inj.scratch_range();
+    let ours = inj.own_ranges();
     crate::sys::trace_mark("dump: fds");
     let fin = inj.finish();
     crate::sys::trace_mark("dump: injector finished");
@@ -106,7 +121,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     fin?;
     let empty = std::collections::HashMap::new();
     let read_before = flags.map(|f| f.get(&pid).unwrap_or(&empty));
-    let vmas: Vec<memory::Vma> = memory::vmas_with_flags(pid, read_before)?.into_iter().filter(|v| Some((v.start, v.end)) != scratch).collect();
+    let vmas: Vec<memory::Vma> = memory::without_ranges(memory::vmas_with_flags(pid, read_before)?, &ours);
     p.set("vmas", vmas.iter().map(|v| v.to_json()).collect::<Vec<_>>());
     let dir = match dir {
         Some(d) => d,

@@ -24,6 +24,9 @@ pub struct Injector {
     scratch_len: u64,
     scratch_owned: bool,
     scratch_hint: (u64, u64),
+    /// Where batches run (crate::batch): a code page, then per-thread slots.
+    batch_base: u64,
+    batch_len: u64,
     /// Threads or processes created by injected clone/clone3 calls.
     pub new_children: Vec<Pid>,
 }
@@ -71,6 +74,8 @@ impl Injector {
             scratch_len: 0,
             scratch_owned: true,
             scratch_hint: (0, 0),
+            batch_base: 0,
+            batch_len: 0,
             new_children: Vec::new(),
         })
     }
@@ -166,7 +171,51 @@ impl Injector {
     pub fn share_scratch(&mut self, other: &Injector) {
         self.scratch = other.scratch;
         self.scratch_len = other.scratch_len;
+        self.batch_base = other.batch_base;
+        self.batch_len = other.batch_len;
         self.scratch_owned = false;
+    }
+
+    /// The batch area, at least `len` bytes (code page included), mapped on
+    /// first use. Mapped executable, then all but the code page made
+    /// writable: a process that denies itself write+execute memory
+    /// (PR_SET_MDWE) allows both steps, and the code is written through
+    /// /proc/PID/mem, which needs no write permission in the mapping.
+    pub fn batch_area(&mut self, len: u64, code: &[u8]) -> Result<u64> {
+        if self.batch_len >= len {
+            return Ok(self.batch_base);
+        }
+        if !self.scratch_owned {
+            return Err(Error::new("EINJECT", format!("thread {}: the shared batch area is too small ({} < {} bytes)", self.tid, self.batch_len, len)));
+        }
+        if self.batch_base != 0 {
+            let (a, l) = (self.batch_base, self.batch_len);
+            self.batch_base = 0;
+            self.batch_len = 0;
+            self.call("munmap(batch)", nr::MUNMAP, &[a, l])?;
+        }
+        let l = (len + 0xffff) & !0xffff;
+        let base = self.call("mmap(batch)", nr::MMAP, &[0, l, 5, 0x22, u64::MAX, 0])?;
+        self.batch_base = base;
+        self.batch_len = l;
+        self.call("mprotect(batch)", nr::MPROTECT, &[base + 4096, l - 4096, 3])?;
+        self.write_mem(base, code)?;
+        Ok(base)
+    }
+
+    pub fn batch_range(&self) -> Option<(u64, u64)> {
+        (self.batch_base != 0).then(|| (self.batch_base, self.batch_base + self.batch_len))
+    }
+
+    /// Mappings phaul made in the target, which are not the target's own.
+    pub fn own_ranges(&self) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self.scratch_range().into_iter().collect();
+        if let Some((a, b)) = self.batch_range() {
+            // Two areas after the mprotect: the code page and the slots.
+            v.push((a, a + 4096));
+            v.push((a + 4096, b));
+        }
+        v
     }
 
     /// The syscall instruction moved (the stub's vDSO was relocated).
@@ -200,9 +249,17 @@ impl Injector {
     pub fn set_saved_regs(&mut self, r: Regs) {
         self.saved = r;
     }
+    pub fn saved_mask(&self) -> u64 {
+        self.saved_mask
+    }
 
     /// Unmap the scratch area and give the thread back its registers and mask.
     pub fn finish(mut self) -> Result<()> {
+        if self.batch_base != 0 && self.scratch_owned {
+            let (a, l) = (self.batch_base, self.batch_len);
+            self.batch_base = 0;
+            self.call("munmap(batch)", nr::MUNMAP, &[a, l])?;
+        }
         if self.scratch != 0 && self.scratch_owned {
             let (a, l) = (self.scratch, self.scratch_len);
             self.scratch = 0;

@@ -12,6 +12,7 @@ pub mod ffi;
 pub mod files;
 pub mod fown;
 pub mod freeze;
+pub mod batch;
 pub mod inject;
 pub mod json;
 pub mod memory;

@@ -149,6 +149,36 @@ pub fn vmas(pid: Pid) -> Result<Vec<Vma>> {
 /// The areas with their VmFlags, for a dump: restore re-applies the
 /// madvise and mlock settings among them (Vma::advice). `read_before`: the
 /// flags by start address, read earlier; None reads smaps now.
+/// The areas without the parts phaul mapped in the target (injector
+/// scratch and batch areas). An anonymous area of ours may have merged with a
+/// neighbour of the same protection, so parts are cut out, not whole areas
+/// dropped.
+pub fn without_ranges(vmas: Vec<Vma>, ours: &[(u64, u64)]) -> Vec<Vma> {
+    let mut out = Vec::with_capacity(vmas.len());
+    for v in vmas {
+        let mut pieces = vec![v];
+        for &(a, b) in ours {
+            let mut next = Vec::new();
+            for p in pieces {
+                if b <= p.start || p.end <= a {
+                    next.push(p);
+                    continue;
+                }
+                if p.start < a {
+                    next.push(Vma { end: a, ..p.clone() });
+                }
+                if b < p.end {
+                    let pgoff = if p.kind == Kind::Anon { p.pgoff } else { p.pgoff + (b - p.start) };
+                    next.push(Vma { start: b, pgoff, ..p });
+                }
+            }
+            pieces = next;
+        }
+        out.extend(pieces);
+    }
+    out
+}
+
 pub fn vmas_with_flags(pid: Pid, read_before: Option<&std::collections::HashMap<u64, String>>) -> Result<Vec<Vma>> {
     let mut vmas = vmas(pid)?;
     let now;

@@ -1,6 +1,7 @@
 //! Process-wide attributes: identity, cwd/root, umask, rlimits and the mm
 //! fields behind /proc/PID/cmdline, environ, brk and auxv.
 
+use crate::batch::Call;
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::memory::file_identity;
@@ -226,17 +227,16 @@ pub fn open_exe_in_stub(inj: &mut Injector, p: &Json) -> Result<Option<u64>> {
 
 /// prctl settings of the process that must come after the credentials
 /// (a change of uid resets "dumpable").
-pub fn restore_late_prctls(inj: &mut Injector, p: &Json) -> Result<()> {
-    if let Some(d) = p.u64_of("dumpable") {
-        if d <= 1 {
-            inj.call("prctl(PR_SET_DUMPABLE)", nr::PRCTL, &[4, d])?;
-        }
+pub fn late_prctl_calls(p: &Json) -> Vec<Call> {
+    let mut calls = Vec::new();
+    if let Some(d) = p.u64_of("dumpable").filter(|&d| d <= 1) {
+        calls.push(Call::new("prctl(PR_SET_DUMPABLE)", nr::PRCTL, &[4, d]));
     }
     if p.bool_of("thp_disable") {
-        inj.call("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, &[41, 1, 0, 0, 0])?;
+        calls.push(Call::new("prctl(PR_SET_THP_DISABLE)", nr::PRCTL, &[41, 1, 0, 0, 0]));
     }
     if p.bool_of("child_subreaper") {
-        inj.call("prctl(PR_SET_CHILD_SUBREAPER)", nr::PRCTL, &[36, 1])?;
+        calls.push(Call::new("prctl(PR_SET_CHILD_SUBREAPER)", nr::PRCTL, &[36, 1]));
     }
-    Ok(())
+    calls
 }

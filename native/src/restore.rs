@@ -388,11 +388,25 @@ fn restore_advice(inj: &mut Injector, p: &Json) -> Result<()> {
     Ok(())
 }
 
+/// A restored thread between its settings and its final registers.
+struct Finishing {
+    host: Pid,
+    inj: Injector,
+    t: Json,
+    /// Its batch slot in its process.
+    slot: usize,
+    creds: Option<Json>,
+    /// The identity of its process's threads now.
+    creds_now: Option<Json>,
+    /// Leaders: their process, for the process-wide settings.
+    process: Option<Json>,
+}
+
 /// Threads, per-thread settings and registers; then everything runs, or,
 /// with `hold`, stays stopped until `release` (a migration's commit).
 pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     // (host tid, injector, thread state, credentials of its process, the process for leaders)
-    let mut all_threads: Vec<(Pid, Injector, Json, Option<Json>, Option<Json>)> = Vec::new();
+    let mut all_threads: Vec<Finishing> = Vec::new();
     let mut leaders = Vec::new();
     let mut stops = Vec::new();
     let stubs = std::mem::take(&mut tree.stubs);
@@ -402,20 +416,30 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
         }
         let mut leader = s.leader;
         let ths = p.arr_of("threads");
-        for t in &ths[1..] {
-            let tid = t.i64_of("tid").unwrap_or(0) as Pid;
-            let host = stub::clone_thread(&mut leader, tid)?;
-            tree.created.push(host);
+        let tids: Vec<Pid> = ths[1..].iter().map(|t| t.i64_of("tid").unwrap_or(0) as Pid).collect();
+        // New threads start with the leader's nice value.
+        let nice = crate::creds::dump_sched(s.host, s.host).i64_of("nice").unwrap_or(0);
+        crate::batch::reserve(&mut leader, ths.len())?;
+        let hosts = stub::clone_threads(&mut leader, &tids)?;
+        crate::sys::trace_mark("restore: threads made");
+        tree.created.extend(&hosts);
+        let mut others = Vec::with_capacity(hosts.len());
+        for &host in &hosts {
             let regs = ptrace::get_regs(host)?;
             let mut ti = Injector::new(s.host, host, leader.insn(), regs, u64::MAX)?;
             ti.share_scratch(&leader);
-            threads::restore_thread_settings(t, &mut ti)?;
-            all_threads.push((host, ti, t.clone(), p.get("creds").cloned(), None));
+            others.push(ti);
         }
         // What names a thread waits for the threads.
         crate::anonfd::posix_timers::restore(&mut leader, p)?;
         crate::anonfd::pidfd::after_install(&mut leader, p, true)?;
-        threads::restore_thread_settings(&ths[0], &mut leader)?;
+        threads::restore_settings(ths, &mut leader, &mut others, nice)?;
+        crate::sys::trace_mark("restore: thread settings");
+        let creds = p.get("creds").cloned();
+        let now = crate::creds::dump_creds_of_thread(s.host, s.host).ok();
+        for (k, ((host, inj), t)) in hosts.into_iter().zip(others).zip(&ths[1..]).enumerate() {
+            all_threads.push(Finishing { host, inj, t: t.clone(), slot: k + 1, creds: creds.clone(), creds_now: now.clone(), process: None });
+        }
         // Signals are queued from the leader: the kernel lets a process queue
         // any siginfo only to itself, and checks that against the caller's
         // own id, which for a queue aimed at another thread is the leader's.
@@ -424,23 +448,36 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
             signals::requeue(&mut leader, s.pid, Some(tid), t.arr_of("pending"))?;
         }
         signals::requeue(&mut leader, s.pid, None, p.arr_of("shared_pending"))?;
-        leaders.push((s.host, leader, ths[0].clone(), p.get("creds").cloned(), Some(p.clone())));
+        leaders.push(Finishing { host: s.host, inj: leader, t: ths[0].clone(), slot: 0, creds, creds_now: now, process: Some(p.clone()) });
     }
     // Leaders last: they own the scratch areas the others borrowed.
     all_threads.extend(leaders);
-    let mut finals = Vec::new();
-    for (tid, mut inj, t, creds, process) in all_threads {
-        // Before the credentials: installing a filter needs no_new_privs or
-        // CAP_SYS_ADMIN, which the stub has until then.
-        crate::seccomp::restore(&t, &mut inj, tid, stub::STUB_OPTIONS)?;
-        crate::creds::restore_creds(&mut inj, creds.as_ref()).map_err(|e| e.context(format!("thread {}: credentials", tid)))?;
-        threads::restore_late_thread_settings(&t, &mut inj)?;
-        if let Some(p) = process.as_ref() {
-            process::restore_late_prctls(&mut inj, p)?;
-        }
-        inj.finish()?;
-        finals.push((tid, threads::final_state(&t)?));
+    // Before the credentials: installing a filter needs no_new_privs or
+    // CAP_SYS_ADMIN, which the stub has until then.
+    for f in all_threads.iter_mut() {
+        crate::seccomp::restore(&f.t, &mut f.inj, f.host, stub::STUB_OPTIONS)?;
     }
+    // Then credentials and what comes after them, every thread at once.
+    let mut jobs = Vec::with_capacity(all_threads.len());
+    for f in all_threads.iter_mut() {
+        let data = crate::batch::data(&f.inj, f.slot)?;
+        let mut calls = crate::creds::creds_calls(f.creds.as_ref(), f.creds_now.as_ref(), &f.inj, data, crate::batch::DATA_LEN)
+            .map_err(|e| e.context(format!("thread {}: credentials", f.host)))?;
+        calls.extend(threads::late_calls(&f.t));
+        if let Some(p) = f.process.as_ref() {
+            calls.extend(process::late_prctl_calls(p));
+        }
+        jobs.push(crate::batch::Job { inj: &mut f.inj, slot: f.slot, calls });
+    }
+    crate::batch::run_checked(&mut jobs)?;
+    drop(jobs);
+    crate::sys::trace_mark("restore: credentials");
+    let mut finals = Vec::new();
+    for f in all_threads {
+        f.inj.finish()?;
+        finals.push((f.host, threads::final_state(&f.t)?));
+    }
+    crate::sys::trace_mark("restore: injectors finished");
     for (tid, (regs, xsave, mask)) in &finals {
         threads::apply_final_state(*tid, regs, xsave, *mask)?;
     }

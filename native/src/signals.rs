@@ -100,17 +100,16 @@ pub fn requeue(inj: &mut Injector, pid: Pid, tid: Option<Pid>, infos: &[Json]) -
     Ok(())
 }
 
-pub fn dump_sigaltstack(inj: &mut Injector) -> Result<Json> {
-    let buf = inj.scratch(4096)?;
-    inj.call("sigaltstack(get)", nr::SIGALTSTACK, &[0, buf + 64])?;
-    let b = inj.read_mem(buf + 64, 24)?;
+/// A stack_t as sigaltstack(NULL, &old) wrote it.
+pub fn sigaltstack_json(b: &[u8]) -> Json {
     let sp = u64::from_le_bytes(b[0..8].try_into().unwrap_or([0; 8]));
     let flags = i32::from_le_bytes(b[8..12].try_into().unwrap_or([0; 4]));
     let size = u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8]));
-    Ok(Json::obj().with("sp", sp).with("flags", flags as i64).with("size", size))
+    Json::obj().with("sp", sp).with("flags", flags as i64).with("size", size)
 }
 
-pub fn restore_sigaltstack(inj: &mut Injector, j: Option<&Json>) -> Result<()> {
+/// The stack_t that sets a thread's alternate signal stack as dumped.
+pub fn sigaltstack_bytes(j: Option<&Json>) -> Vec<u8> {
     const SS_DISABLE: i64 = 2;
     let (sp, flags, size) = match j {
         Some(j) => (j.u64_of("sp").unwrap_or(0), j.i64_of("flags").unwrap_or(SS_DISABLE), j.u64_of("size").unwrap_or(0)),
@@ -119,14 +118,12 @@ pub fn restore_sigaltstack(inj: &mut Injector, j: Option<&Json>) -> Result<()> {
     // SS_ONSTACK is a report, not a request: a thread running on its
     // alternate stack had it enabled.
     let flags = if flags & SS_DISABLE != 0 { SS_DISABLE } else { flags & !1 };
-    let mut b = Vec::new();
+    let mut b = Vec::with_capacity(24);
     b.extend_from_slice(&sp.to_le_bytes());
     b.extend_from_slice(&(flags as i32).to_le_bytes());
     b.extend_from_slice(&[0; 4]);
     b.extend_from_slice(&size.to_le_bytes());
-    let addr = inj.put(&b, 64)?;
-    inj.call("sigaltstack(set)", nr::SIGALTSTACK, &[addr, 0])?;
-    Ok(())
+    b
 }
 
 fn tv_us(b: &[u8]) -> u64 {

@@ -6,6 +6,7 @@
 //! is closed. The root stub is made by a short-lived intermediate process so
 //! that it is not phaul's child (it must outlive phaul).
 
+use crate::batch::{self, Call, Job};
 use crate::inject::{find_syscall_insn, Injector};
 use crate::memory::{Kind, Vma, MAP_FIXED_NOREPLACE};
 use crate::proc;
@@ -250,24 +251,42 @@ pub fn fork_child(inj: &mut Injector, pid: Pid) -> Result<Pid> {
     Ok(host)
 }
 
-/// Create thread `tid` in the stub (sharing everything a pthread shares).
-/// Returns its tid as phaul sees it.
-pub fn clone_thread(inj: &mut Injector, tid: Pid) -> Result<Pid> {
+/// Create threads `tids` in the stub (sharing everything a pthread
+/// shares), in one batch of clone3 calls per batch table. Returns their
+/// tids as phaul sees them. Thread `tids[i]`'s arguments go in batch slot
+/// i + 1, free until that thread's own settings are written there.
+pub fn clone_threads(inj: &mut Injector, tids: &[Pid]) -> Result<Vec<Pid>> {
     const FLAGS: u64 = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
-    let tids: [i32; 1] = [tid];
-    let tid_addr = inj.put(&tids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), 3584)?;
-    let args = CloneArgs { flags: FLAGS, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
-    let a = inj.put(&args.bytes(), 3456)?;
-    let r = inj.raw(nr::CLONE3, &[a, 88])?;
-    if r == -17 {
-        return Err(Error::new("EPIDTAKEN", format!("thread id {} is already in use on this host", tid)));
+    let mut hosts = Vec::with_capacity(tids.len());
+    for (c, chunk) in tids.chunks(batch::MAX_CALLS).enumerate() {
+        let mut calls = Vec::with_capacity(chunk.len());
+        for (i, &tid) in chunk.iter().enumerate() {
+            let at = batch::data(inj, c * batch::MAX_CALLS + i + 1)?;
+            inj.write_mem(at + 128, &tid.to_le_bytes())?;
+            let args = CloneArgs { flags: FLAGS, set_tid: at + 128, set_tid_size: 1, ..Default::default() };
+            inj.write_mem(at, &args.bytes())?;
+            calls.push(Call::new(format!("clone3 for thread {}", tid), nr::CLONE3, &[at, 88]));
+        }
+        inj.new_children.clear();
+        let res = batch::run(&mut [Job { inj: &mut *inj, slot: 0, calls }])?;
+        let born = std::mem::take(&mut inj.new_children);
+        for (&tid, &r) in chunk.iter().zip(&res[0]) {
+            if r == -17 {
+                return Err(Error::new("EPIDTAKEN", format!("thread id {} is already in use on this host", tid)));
+            }
+            if r < 0 {
+                return Err(Error::sys(format!("clone3 for thread {}", tid), (-r) as i32));
+            }
+        }
+        if born.len() != chunk.len() {
+            return Err(Error::new("ESTUB", format!("{} threads were made, {} reported", chunk.len(), born.len())));
+        }
+        for &host in &born {
+            wait_new(host)?;
+        }
+        hosts.extend(born);
     }
-    if r < 0 {
-        return Err(Error::sys(format!("clone3 for thread {}", tid), (-r) as i32));
-    }
-    let host = inj.new_children.pop().unwrap_or(r as Pid);
-    wait_new(host)?;
-    Ok(host)
+    Ok(hosts)
 }
 
 /// Kill stubs that will not become processes (restore failed).

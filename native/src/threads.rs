@@ -1,6 +1,8 @@
 //! Threads: registers, extended state, masks and per-thread kernel settings.
 
 use crate::arch::{Regs, Restart};
+use crate::batch::{self, Call, Job};
+use crate::freeze::FrozenThread;
 use crate::base64;
 use crate::inject::Injector;
 use crate::json::Json;
@@ -20,9 +22,44 @@ fn robust_list(tid: Pid) -> (u64, u64) {
     }
 }
 
-/// Everything per thread that can be read while the thread is stopped. `inj`
-/// runs in this very thread (sigaltstack and the tid address are per thread).
-pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injector) -> Result<Json> {
+/// The injected reads of one thread's settings; their results land in its
+/// batch slot at `data`.
+fn dump_calls(data: u64) -> Vec<Call> {
+    vec![
+        Call::new("sigaltstack(get)", nr::SIGALTSTACK, &[0, data]),
+        Call::new("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, &[PR_GET_TID_ADDRESS, data + 32]),
+        Call::new("prctl(PR_GET_PDEATHSIG)", nr::PRCTL, &[2, data + 40]),
+        Call::new("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, &[30]),
+    ]
+}
+
+/// Everything per thread that can be read while the threads are stopped.
+/// `leader` runs in the first thread and owns the areas `others` (one per
+/// further thread, in order) share; sigaltstack and the tid address are
+/// per thread. The injected reads of all threads run at once.
+pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, others: &mut [Injector]) -> Result<Vec<Json>> {
+    let mut jobs = Vec::with_capacity(others.len() + 1);
+    for (k, inj) in std::iter::once(leader).chain(others.iter_mut()).enumerate() {
+        let d = batch::data(inj, k)?;
+        jobs.push(Job { inj, slot: k, calls: dump_calls(d) });
+    }
+    let res = batch::run_checked(&mut jobs)?;
+    let mut out = Vec::with_capacity(threads.len());
+    for ((t, job), r) in threads.iter().zip(jobs.iter()).zip(res) {
+        let inj = &*job.inj;
+        let d = batch::data(inj, out.len())?;
+        let b = inj.read_mem(d, 48)?;
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+        let altstack = signals::sigaltstack_json(&b[0..24]);
+        let pdeathsig = u32::from_le_bytes(b[40..44].try_into().unwrap_or([0; 4]));
+        out.push(dump_thread(pid, t, inj, altstack, u64_at(32), pdeathsig, r[3])?);
+    }
+    Ok(out)
+}
+
+/// What is read without injection, and the record of one thread.
+fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid: u64, pdeathsig: u32, timerslack: u64) -> Result<Json> {
+    let (tid, regs) = (t.tid, &t.regs);
     let restart = match regs.restart_kind() {
         Restart::None => "none",
         Restart::Again => "again",
@@ -30,14 +67,7 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
     };
     let xsave = ptrace::get_ext_state(tid)?;
     let pending = ptrace::peek_siginfo(tid, false)?;
-    let altstack = signals::dump_sigaltstack(inj)?;
-    let buf = inj.scratch(4096)?;
-    inj.call("prctl(PR_GET_TID_ADDRESS)", nr::PRCTL, &[PR_GET_TID_ADDRESS, buf + 256])?;
-    let ctid = u64::from_le_bytes(inj.read_mem(buf + 256, 8)?.try_into().unwrap_or([0; 8]));
     let (rhead, rlen) = robust_list(tid);
-    inj.call("prctl(PR_GET_PDEATHSIG)", nr::PRCTL, &[2, buf + 264])?;
-    let pdeathsig = u32::from_le_bytes(inj.read_mem(buf + 264, 4)?.try_into().unwrap_or([0; 4]));
-    let timerslack = inj.call("prctl(PR_GET_TIMERSLACK)", nr::PRCTL, &[30])?;
     let rseq = ptrace::get_rseq(tid).unwrap_or((0, 0, 0));
     let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", pid, tid)).unwrap_or_default();
     let seccomp = crate::seccomp::dump(pid, tid)?;
@@ -46,7 +76,7 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
         .with("regs", regs_for_new_task(regs, inj).to_json())
         .with("restart", restart)
         .with("xsave", base64::encode(&xsave))
-        .with("sigmask", Json::Str(mask.to_string()))
+        .with("sigmask", Json::Str(t.sigmask.to_string()))
         .with("pending", signals::siginfos_to_json(pending))
         .with("sigaltstack", altstack)
         .with("rseq", Json::obj().with("addr", rseq.0).with("len", rseq.1).with("sig", rseq.2))
@@ -62,15 +92,31 @@ pub fn dump_thread(pid: Pid, tid: Pid, regs: &Regs, mask: u64, inj: &mut Injecto
     })
 }
 
-/// Per-thread kernel settings, applied by injecting into the thread itself.
+/// Per-thread kernel settings, injected into each thread itself, all
+/// threads at once. `leader` runs in the first thread of `ths` and owns the
+/// batch area; `others` run in the further ones, in order. `nice`: the
+/// threads' nice value now (a new thread has its creator's).
 /// (Pending signals are queued by the leader afterwards, see restore.rs.)
-pub fn restore_thread_settings(t: &Json, inj: &mut Injector) -> Result<()> {
-    signals::restore_sigaltstack(inj, t.get("sigaltstack"))?;
-    inj.call("set_tid_address", nr::SET_TID_ADDRESS, &[t.u64_of("clear_child_tid").unwrap_or(0)])?;
+pub fn restore_settings(ths: &[Json], leader: &mut Injector, others: &mut [Injector], nice: i64) -> Result<()> {
+    let mut jobs = Vec::with_capacity(others.len() + 1);
+    for ((k, inj), t) in std::iter::once(leader).chain(others.iter_mut()).enumerate().zip(ths) {
+        let calls = settings_calls(t, inj, batch::data(inj, k)?, nice)?;
+        jobs.push(Job { inj, slot: k, calls });
+    }
+    batch::run_checked(&mut jobs).map(|_| ())
+}
+
+/// The calls that set one thread's settings; their arguments are written
+/// at `data`.
+fn settings_calls(t: &Json, inj: &Injector, data: u64, nice: i64) -> Result<Vec<Call>> {
+    let mut calls = Vec::new();
+    inj.write_mem(data, &signals::sigaltstack_bytes(t.get("sigaltstack")))?;
+    calls.push(Call::new("sigaltstack(set)", nr::SIGALTSTACK, &[data, 0]));
+    calls.push(Call::new("set_tid_address", nr::SET_TID_ADDRESS, &[t.u64_of("clear_child_tid").unwrap_or(0)]));
     if let Some(r) = t.get("robust_list") {
         let head = r.u64_of("head").unwrap_or(0);
         if head != 0 {
-            inj.call("set_robust_list", nr::SET_ROBUST_LIST, &[head, r.u64_of("len").unwrap_or(24)])?;
+            calls.push(Call::new("set_robust_list", nr::SET_ROBUST_LIST, &[head, r.u64_of("len").unwrap_or(24)]));
         }
     }
     if let Some(r) = t.get("rseq") {
@@ -78,27 +124,29 @@ pub fn restore_thread_settings(t: &Json, inj: &mut Injector) -> Result<()> {
         if addr != 0 {
             // The area still holds the old registration's cpu fields; the kernel
             // rewrites them on the first return to user space.
-            inj.call("rseq", nr::RSEQ, &[addr, r.u64_of("len").unwrap_or(32), 0, r.u64_of("sig").unwrap_or(0)])?;
+            calls.push(Call::new("rseq", nr::RSEQ, &[addr, r.u64_of("len").unwrap_or(32), 0, r.u64_of("sig").unwrap_or(0)]));
         }
     }
     if let Some(c) = t.str_of("comm") {
-        let a = inj.put_str(c, 512)?;
-        inj.call("prctl(PR_SET_NAME)", nr::PRCTL, &[PR_SET_NAME, a])?;
+        let mut b: Vec<u8> = c.bytes().take(63).collect();
+        b.push(0);
+        inj.write_mem(data + 64, &b)?;
+        calls.push(Call::new("prctl(PR_SET_NAME)", nr::PRCTL, &[PR_SET_NAME, data + 64]));
     }
-    crate::creds::restore_sched(inj, t.get("sched"))?;
+    calls.extend(crate::creds::sched_calls(t.get("sched"), inj, data + 128, nice)?);
     if let Some(ns) = t.u64_of("timerslack_ns").filter(|&v| v > 0 && v != 50_000) {
-        inj.call("prctl(PR_SET_TIMERSLACK)", nr::PRCTL, &[29, ns])?;
+        calls.push(Call::new("prctl(PR_SET_TIMERSLACK)", nr::PRCTL, &[29, ns]));
     }
-    Ok(())
+    Ok(calls)
 }
 
 /// Per-thread settings that must come after the credentials (a change of
 /// uid clears the parent-death signal).
-pub fn restore_late_thread_settings(t: &Json, inj: &mut Injector) -> Result<()> {
-    if let Some(sig) = t.u64_of("pdeathsig").filter(|&s| s > 0 && s <= 64) {
-        inj.call("prctl(PR_SET_PDEATHSIG)", nr::PRCTL, &[1, sig])?;
+pub fn late_calls(t: &Json) -> Vec<Call> {
+    match t.u64_of("pdeathsig").filter(|&s| s > 0 && s <= 64) {
+        Some(sig) => vec![Call::new("prctl(PR_SET_PDEATHSIG)", nr::PRCTL, &[1, sig])],
+        None => Vec::new(),
     }
-    Ok(())
 }
 
 /// The registers, extended state and mask the thread will run on with.

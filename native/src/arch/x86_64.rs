@@ -9,6 +9,33 @@ pub const NT_EXT_STATE: u32 = 0x202;
 pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 pub const NR_RESTART_SYSCALL: u64 = 219;
 
+/// Runs a table of system calls and stops on a breakpoint (SIGTRAP). rbx:
+/// the first entry, r12: how many. An entry is eight u64: the number, six
+/// arguments, and the slot the result is stored in. rbx and r12 survive
+/// `syscall` (only rcx and r11 are clobbered).
+///
+/// ```text
+/// 0:  test r12, r12         ; 4d 85 e4
+///     je   done             ; 74 2a
+///     mov  rax, [rbx]       ; 48 8b 03
+///     mov  rdi, [rbx+8]     ; 48 8b 7b 08
+///     mov  rsi, [rbx+16]    ; 48 8b 73 10
+///     mov  rdx, [rbx+24]    ; 48 8b 53 18
+///     mov  r10, [rbx+32]    ; 4c 8b 53 20
+///     mov  r8,  [rbx+40]    ; 4c 8b 43 28
+///     mov  r9,  [rbx+48]    ; 4c 8b 4b 30
+///     syscall               ; 0f 05
+///     mov  [rbx+56], rax    ; 48 89 43 38
+///     add  rbx, 64          ; 48 83 c3 40
+///     dec  r12              ; 49 ff cc
+///     jmp  0                ; eb d1
+/// done: int3                ; cc
+/// ```
+pub const BATCH_CODE: [u8; 48] = [
+    0x4d, 0x85, 0xe4, 0x74, 0x2a, 0x48, 0x8b, 0x03, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73, 0x10, 0x48, 0x8b, 0x53, 0x18, 0x4c, 0x8b, 0x53, 0x20,
+    0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b, 0x30, 0x0f, 0x05, 0x48, 0x89, 0x43, 0x38, 0x48, 0x83, 0xc3, 0x40, 0x49, 0xff, 0xcc, 0xeb, 0xd1, 0xcc,
+];
+
 /// Field names of `struct user_regs_struct`, in kernel order.
 pub const REG_NAMES: [&str; 27] = [
     "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax",
@@ -77,6 +104,15 @@ impl Regs {
     }
     pub fn sp(&self) -> u64 {
         self.rsp
+    }
+
+    /// Point the thread at a batch runner (BATCH_CODE) over `count` table
+    /// entries at `table`. orig_rax = -1: no syscall restart on the way in.
+    pub fn set_batch(&mut self, code: u64, table: u64, count: u64) {
+        self.rip = code;
+        self.orig_rax = u64::MAX;
+        self.rbx = table;
+        self.r12 = count;
     }
 
     /// Prepare a syscall `nr(args)` to run at `insn` (a `syscall` instruction).

@@ -152,7 +152,9 @@ impl DestEngine {
         let _ = pid_ns;
         let live = restore::live_procs(state.arr_of("processes"));
         let procs = &live[..];
+        crate::sys::trace_mark("dest: preflight done");
         self.opened = Some(files::open_all(state.arr_of("files"), state.arr_of("pipes"))?);
+        crate::sys::trace_mark("dest: files opened");
         let opened = self.opened.as_ref().ok_or_else(|| Error::new("EPANIC", "restored objects lost"))?;
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
         if procs.len() != tree.stubs.len() {
@@ -163,10 +165,12 @@ impl DestEngine {
                 return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
             }
             restore::apply_layout(s, &restore::vmas_of(p)?, None)?;
+            crate::sys::trace_mark("dest: layout applied");
             restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
         // Held: the processes run only once the source has let go (commit_on_stream).
         let hold = req.bool_of("hold");
+        crate::sys::trace_mark("dest: processes finished");
         restore::finish_tree(procs, tree, hold)?;
         crate::sys::trace_mark("dest: restored (held)");
         if !hold {
