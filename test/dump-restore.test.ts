@@ -41,6 +41,7 @@ function treePids(w: Workload): number[] {
 const specs: Spec[] = [
   { name: 'counter' },
   { name: 'threads' },
+  { name: 'thread_crowd' },
   { name: 'bigmem', args: [BIGMEM_MIB], okTimeoutMs: 40_000 },
   { name: 'syscall_block', okTimeoutMs: 30_000 },
   { name: 'memory_kinds' },
