@@ -178,6 +178,27 @@ fn zombie_json(pid: Pid, status: i32) -> Json {
         .with("pages", memory::runs_to_json("", &[]))
 }
 
+/// SysV shared memory comes back as shared memory with the same contents,
+/// shared by the same processes, but not as a SysV segment (the ids of the
+/// IPC namespace are not carried over).
+fn sysv_warnings(procs: &[Json]) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for p in procs {
+        for v in p.arr_of("vmas") {
+            let path = v.str_of("path").unwrap_or("");
+            if path.starts_with("/SYSV") && seen.insert(v.u64_of("shmem_id").unwrap_or(0)) {
+                out.push(format!(
+                    "SysV shared memory segment {} (key 0x{}) is restored as plain shared memory: same contents and sharers, but shmctl and shmdt on it will fail",
+                    v.u64_of("shmem_id").unwrap_or(0),
+                    path.trim_start_matches("/SYSV").trim_end_matches(" (deleted)")
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The state document of an already frozen tree.
 /// `flags`: the areas' VmFlags read before the freeze; None reads them now.
 pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) -> Result<(Json, DumpStats)> {
@@ -192,7 +213,8 @@ pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) 
         procs.push(dump_process(fz, &mut files, dir, &mut stats, flags).ctx(format!("process {}", fz.pid))?);
     }
     let pids: Vec<Pid> = frozen.procs.iter().map(|p| p.pid).collect();
-    let (files, pipes, warnings) = files.finish(&pids)?;
+    let (files, pipes, mut warnings) = files.finish(&pids)?;
+    warnings.extend(sysv_warnings(&procs));
     let mut state = header(frozen.root);
     state.set("processes", procs).set("files", files).set("pipes", pipes);
     state.set("warnings", warnings.into_iter().map(Json::from).collect::<Vec<_>>());

@@ -122,7 +122,8 @@ pub fn classify(m: &MapLine) -> Kind {
         "[vvar_vclock]" => Kind::VvarVclock,
         "[vsyscall]" => Kind::Vsyscall,
         "" => Kind::Anon,
-        p if m.shared && m.ino != 0 && (p.starts_with("/dev/zero") || p.starts_with("/SYSV") || p == "[shmem]") => Kind::Shmem,
+        // A SysV segment's inode number is its id, and the first id is 0.
+        p if m.shared && (p.starts_with("/SYSV") || (m.ino != 0 && (p.starts_with("/dev/zero") || p == "[shmem]"))) => Kind::Shmem,
         p if p.starts_with('[') => Kind::Anon, // [anon:name] and friends
         _ => Kind::File,
     }
