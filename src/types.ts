@@ -121,6 +121,8 @@ export interface ThreadState {
   clear_child_tid: U64;
   robust_list?: RobustList;
   seccomp?: Seccomp;
+  /** Only when they differ from the process's (a thread that changed its own with a raw syscall). */
+  creds?: Record<string, unknown>;
   /** Thread name (/proc/PID/task/TID/comm). */
   comm?: string;
 }

@@ -43,6 +43,7 @@ const specs: Spec[] = [
   { name: 'threads' },
   { name: 'thread_crowd' },
   { name: 'sysv_shm' },
+  { name: 'thread_creds' },
   { name: 'bigmem', args: [BIGMEM_MIB], okTimeoutMs: 40_000 },
   { name: 'syscall_block', okTimeoutMs: 30_000 },
   { name: 'memory_kinds' },

@@ -24,11 +24,13 @@ pub fn dump_creds(pid: Pid) -> Result<Json> {
 
 /// Credentials of one thread (they are per thread in Linux).
 pub fn dump_creds_of_thread(pid: Pid, tid: Pid) -> Result<Json> {
-    let status = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default();
-    let f = |k: &str| -> String {
-        status.lines().find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(':'))).map(|v| v.trim().to_string()).unwrap_or_default()
-    };
-    Ok(Json::obj()
+    Ok(creds_of_status(&std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default()))
+}
+
+/// Credentials as a thread's /proc status text shows them.
+pub fn creds_of_status(status: &str) -> Json {
+    let f = |k: &str| -> String { crate::proc::field_of_status(status, k).unwrap_or_default() };
+    Json::obj()
         .with("uid", ids(&f("Uid")))
         .with("gid", ids(&f("Gid")))
         .with("groups", ids(&f("Groups")))
@@ -37,7 +39,7 @@ pub fn dump_creds_of_thread(pid: Pid, tid: Pid) -> Result<Json> {
         .with("cap_eff", Json::Str(hex(&f("CapEff")).to_string()))
         .with("cap_bnd", Json::Str(hex(&f("CapBnd")).to_string()))
         .with("cap_amb", Json::Str(hex(&f("CapAmb")).to_string()))
-        .with("no_new_privs", f("NoNewPrivs").trim() == "1"))
+        .with("no_new_privs", f("NoNewPrivs").trim() == "1")
 }
 
 pub fn dump_personality(pid: Pid) -> u64 {

@@ -112,7 +112,11 @@ pub fn children(pid: Pid) -> Vec<Pid> {
 /// A field of /proc/PID/status, e.g. "Umask".
 /// A field of one thread's status (/proc/PID/task/TID/status).
 pub fn task_status_field(pid: Pid, tid: Pid, key: &str) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).ok()?;
+    field_of_status(&fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).ok()?, key)
+}
+
+/// One field of a /proc status text, trimmed.
+pub fn field_of_status(text: &str, key: &str) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')).map(|v| v.trim().to_string()))
 }
 

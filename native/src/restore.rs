@@ -438,7 +438,8 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
         let creds = p.get("creds").cloned();
         let now = crate::creds::dump_creds_of_thread(s.host, s.host).ok();
         for (k, ((host, inj), t)) in hosts.into_iter().zip(others).zip(&ths[1..]).enumerate() {
-            all_threads.push(Finishing { host, inj, t: t.clone(), slot: k + 1, creds: creds.clone(), creds_now: now.clone(), process: None });
+            let creds = t.get("creds").or(creds.as_ref()).cloned();
+            all_threads.push(Finishing { host, inj, t: t.clone(), slot: k + 1, creds, creds_now: now.clone(), process: None });
         }
         // Signals are queued from the leader: the kernel lets a process queue
         // any siginfo only to itself, and checks that against the caller's

@@ -46,8 +46,9 @@ pub fn suspend_option() -> u64 {
 }
 
 /// Seccomp mode of a thread as /proc shows it: 0 none, 1 strict, 2 filters.
-pub fn mode(pid: Pid, tid: Pid) -> u32 {
-    crate::proc::task_status_field(pid, tid, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0)
+/// The Seccomp field of a thread's /proc status.
+pub fn mode_of_status(status: &str) -> u32 {
+    crate::proc::field_of_status(status, "Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn filter_len(tid: Pid, index: u64) -> std::result::Result<usize, i32> {
@@ -61,8 +62,9 @@ fn filter_flags(tid: Pid, index: u64) -> Result<u64> {
 }
 
 /// The thread's seccomp state (the thread is frozen by us), or None.
-pub fn dump(pid: Pid, tid: Pid) -> Result<Option<Json>> {
-    match mode(pid, tid) {
+/// `mode`: from its status (mode_of_status).
+pub fn dump(tid: Pid, mode: u32) -> Result<Option<Json>> {
+    match mode {
         0 => Ok(None),
         1 => Ok(Some(Json::obj().with("mode", 1))),
         2 => {

@@ -44,7 +44,8 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
         jobs.push(Job { inj, slot: k, calls: dump_calls(d) });
     }
     let res = batch::run_checked(&mut jobs)?;
-    let mut out = Vec::with_capacity(threads.len());
+    let mut out: Vec<Json> = Vec::with_capacity(threads.len());
+    let mut leader_creds: Option<Json> = None;
     for ((t, job), r) in threads.iter().zip(jobs.iter()).zip(res) {
         let inj = &*job.inj;
         let d = batch::data(inj, out.len())?;
@@ -52,13 +53,24 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
         let altstack = signals::sigaltstack_json(&b[0..24]);
         let pdeathsig = u32::from_le_bytes(b[40..44].try_into().unwrap_or([0; 4]));
-        out.push(dump_thread(pid, t, inj, altstack, u64_at(32), pdeathsig, r[3])?);
+        let (mut j, creds) = dump_thread(pid, t, inj, altstack, u64_at(32), pdeathsig, r[3])?;
+        // The leader's are the process's; a thread that changed its own
+        // (a raw setresuid, not glibc's process-wide one) keeps its own.
+        match &leader_creds {
+            None => leader_creds = Some(creds),
+            Some(l) if *l != creds => {
+                j.set("creds", creds);
+            }
+            Some(_) => {}
+        }
+        out.push(j);
     }
     Ok(out)
 }
 
 /// What is read without injection, and the record of one thread.
-fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid: u64, pdeathsig: u32, timerslack: u64) -> Result<Json> {
+/// Its credentials come apart: threads of one process usually share them.
+fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid: u64, pdeathsig: u32, timerslack: u64) -> Result<(Json, Json)> {
     let (tid, regs) = (t.tid, &t.regs);
     let restart = match regs.restart_kind() {
         Restart::None => "none",
@@ -70,7 +82,8 @@ fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid:
     let (rhead, rlen) = robust_list(tid);
     let rseq = ptrace::get_rseq(tid).unwrap_or((0, 0, 0));
     let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", pid, tid)).unwrap_or_default();
-    let seccomp = crate::seccomp::dump(pid, tid)?;
+    let status = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default();
+    let seccomp = crate::seccomp::dump(tid, crate::seccomp::mode_of_status(&status))?;
     let j = Json::obj()
         .with("tid", tid)
         .with("regs", regs_for_new_task(regs, inj).to_json())
@@ -86,10 +99,11 @@ fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid:
         .with("sched", crate::creds::dump_sched(pid, tid))
         .with("pdeathsig", pdeathsig)
         .with("timerslack_ns", timerslack);
-    Ok(match seccomp {
+    let j = match seccomp {
         Some(s) => j.with("seccomp", s),
         None => j,
-    })
+    };
+    Ok((j, crate::creds::creds_of_status(&status)))
 }
 
 /// Per-thread kernel settings, injected into each thread itself, all
