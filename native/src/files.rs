@@ -7,6 +7,7 @@
 //! be installed in several processes.
 
 use crate::base64;
+use crate::batch::{Call, Job};
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::memory::file_identity;
@@ -419,27 +420,13 @@ impl FdChannel {
         Ok(FdChannel { sender, stub_end: parked })
     }
 
-    /// Install `fd` (phaul's) as descriptor `target` in the stub.
+    /// Install `fd` (phaul's) as descriptor `target` in the stub, with
+    /// single injected calls: usable while the stub's layout is being built,
+    /// where a batch area could sit in the way of the target's mappings.
     pub fn install(&self, inj: &mut Injector, fd: &Fd, target: i32, cloexec: bool) -> Result<()> {
-        send_fd(&self.sender, fd)?;
-        let base = inj.scratch(4096)? + 1536;
-        // struct msghdr (56 bytes) + iovec (16) + 1 byte + cmsg buffer (24)
-        let iov = base + 64;
-        let data = base + 96;
-        let cmsg = base + 128;
-        let mut m = Vec::new();
-        for v in [0u64, 0, iov, 1, cmsg, 24, 0] {
-            m.extend_from_slice(&v.to_le_bytes());
-        }
-        inj.write_mem(base, &m)?;
-        let mut io = Vec::new();
-        io.extend_from_slice(&data.to_le_bytes());
-        io.extend_from_slice(&1u64.to_le_bytes());
-        inj.write_mem(iov, &io)?;
-        const MSG_CMSG_CLOEXEC: u64 = 0x40000000;
-        inj.call("recvmsg(fd)", nr::RECVMSG, &[self.stub_end, base, MSG_CMSG_CLOEXEC])?;
-        let c = inj.read_mem(cmsg, 24)?;
-        let got = i32::from_le_bytes(c[16..20].try_into().unwrap_or([0; 4])) as u64;
+        send_fds(&self.sender, &[fd.raw()])?;
+        let data = inj.scratch(4096)? + 1536;
+        let got = self.receive(inj, data, 1, false)?[0];
         if got as i32 != target {
             inj.call("dup3", 292, &[got, target as u64, if cloexec { O_CLOEXEC as u64 } else { 0 }])?;
             inj.call("close", nr::CLOSE, &[got])?;
@@ -449,21 +436,103 @@ impl FdChannel {
         Ok(())
     }
 
+    /// Install each `(fd, target, cloexec)`: the descriptors travel in one
+    /// message per chunk, and the stub receives and places a chunk in two
+    /// batches of injected calls (three calls per descriptor, each a round
+    /// trip of its own, made a process with many files slow to restore).
+    pub fn install_all(&self, inj: &mut Injector, items: &[(&Fd, i32, bool)]) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if inj.batch_range().is_none() {
+            crate::batch::reserve(inj, 1)?;
+        }
+        let data = crate::batch::data(inj, 0)?;
+        let mut high = items.iter().map(|i| i.1 as u64).max().unwrap_or(0).max(self.stub_end) + 1;
+        for chunk in items.chunks(FDS_PER_MESSAGE) {
+            let fds: Vec<i32> = chunk.iter().map(|i| i.0.raw()).collect();
+            send_fds(&self.sender, &fds)?;
+            let got = self.receive(inj, data, chunk.len(), true)?;
+            let mut calls = Vec::new();
+            let mut at: Vec<u64> = got.clone();
+            // A received descriptor sitting on another's target moves away
+            // first (dup3 would close it).
+            for k in 0..at.len() {
+                let taken_by_other = chunk.iter().enumerate().any(|(j, it)| j != k && it.1 as u64 == at[k]);
+                if taken_by_other {
+                    calls.push(Call::new("dup3 (out of the way)", 292, &[at[k], high, O_CLOEXEC as u64]));
+                    calls.push(Call::new("close", nr::CLOSE, &[at[k]]));
+                    at[k] = high;
+                    high += 1;
+                }
+            }
+            for (k, &(_, target, cloexec)) in chunk.iter().enumerate() {
+                if at[k] == target as u64 {
+                    if !cloexec {
+                        calls.push(Call::new("F_SETFD", nr::FCNTL, &[at[k], 2, 0]));
+                    }
+                    continue;
+                }
+                calls.push(Call::new(format!("dup3 to fd {}", target), 292, &[at[k], target as u64, if cloexec { O_CLOEXEC as u64 } else { 0 }]));
+                calls.push(Call::new("close", nr::CLOSE, &[at[k]]));
+            }
+            crate::batch::run_checked(&mut [Job { inj: &mut *inj, slot: 0, calls }])?;
+        }
+        Ok(())
+    }
+
+    /// recvmsg of one message of `n` descriptors in the stub (`batched`: as
+    /// a batch, in slot 0); their numbers. `data`: room for the message.
+    fn receive(&self, inj: &mut Injector, data: u64, n: usize, batched: bool) -> Result<Vec<u64>> {
+        // struct msghdr (56 bytes) + iovec (16) + 1 byte + cmsg buffer
+        let (iov, byte, cmsg) = (data + 64, data + 96, data + 128);
+        let clen = 16 + 4 * n as u64;
+        let cspace = (clen + 7) & !7;
+        let mut m = Vec::new();
+        for v in [0u64, 0, iov, 1, cmsg, cspace, 0] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m.extend_from_slice(&[0; 8]);
+        m.extend_from_slice(&byte.to_le_bytes());
+        m.extend_from_slice(&1u64.to_le_bytes());
+        inj.write_mem(data, &m)?;
+        const MSG_CMSG_CLOEXEC: u64 = 0x40000000;
+        if batched {
+            let calls = vec![Call::new("recvmsg(fds)", nr::RECVMSG, &[self.stub_end, data, MSG_CMSG_CLOEXEC])];
+            crate::batch::run_checked(&mut [Job { inj: &mut *inj, slot: 0, calls }])?;
+        } else {
+            inj.call("recvmsg(fd)", nr::RECVMSG, &[self.stub_end, data, MSG_CMSG_CLOEXEC])?;
+        }
+        let c = inj.read_mem(cmsg, clen as usize)?;
+        let len = u64::from_le_bytes(c[0..8].try_into().unwrap_or([0; 8]));
+        if len != clen {
+            return Err(Error::new("EPROTO", format!("{} descriptors sent to the stub, a control message of {} bytes came", n, len)));
+        }
+        Ok((0..n).map(|k| i32::from_le_bytes(c[16 + 4 * k..20 + 4 * k].try_into().unwrap_or([0; 4])) as u64).collect())
+    }
+
     pub fn close(self, inj: &mut Injector) -> Result<()> {
         inj.call("close", nr::CLOSE, &[self.stub_end])?;
         Ok(())
     }
 }
 
-fn send_fd(sock: &Fd, fd: &Fd) -> Result<()> {
+/// Descriptors per message into a stub: SCM_RIGHTS carries up to 253, and
+/// placing a chunk takes up to four calls per descriptor in one batch.
+const FDS_PER_MESSAGE: usize = crate::batch::MAX_CALLS / 4;
+
+fn send_fds(sock: &Fd, fds: &[i32]) -> Result<()> {
     let byte = [0u8; 1];
     let iov = [byte.as_ptr() as u64, 1u64];
-    // cmsghdr: len (u64), level (i32), type (i32), then the fd, padded to 24 bytes.
-    let mut cmsg = [0u8; 24];
-    cmsg[0..8].copy_from_slice(&20u64.to_le_bytes());
+    // cmsghdr: len (u64), level (i32), type (i32), then the fds, padded to 8.
+    let clen = 16 + 4 * fds.len();
+    let mut cmsg = vec![0u8; (clen + 7) & !7];
+    cmsg[0..8].copy_from_slice(&(clen as u64).to_le_bytes());
     cmsg[8..12].copy_from_slice(&1i32.to_le_bytes()); // SOL_SOCKET
     cmsg[12..16].copy_from_slice(&1i32.to_le_bytes()); // SCM_RIGHTS
-    cmsg[16..20].copy_from_slice(&fd.raw().to_le_bytes());
-    let msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, cmsg.as_ptr() as u64, 24, 0];
-    sys::call("sendmsg(fd)", nr::SENDMSG, &[sock.raw() as u64, msg.as_ptr() as u64, 0]).map(|_| ())
+    for (k, fd) in fds.iter().enumerate() {
+        cmsg[16 + 4 * k..20 + 4 * k].copy_from_slice(&fd.to_le_bytes());
+    }
+    let msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, cmsg.as_ptr() as u64, cmsg.len() as u64, 0];
+    sys::call("sendmsg(fds)", nr::SENDMSG, &[sock.raw() as u64, msg.as_ptr() as u64, 0]).map(|_| ())
 }

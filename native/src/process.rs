@@ -133,6 +133,28 @@ fn restore_cwd(inj: &mut Injector, cwd: &str) -> Result<()> {
     r.map(|_| ())
 }
 
+/// Let the stub hold descriptors up to `n` (the process's own limits come
+/// later, with its other attributes): the soft RLIMIT_NOFILE is raised as
+/// far as the hard one allows, from phaul, without an injected call.
+/// Returns the soft limit now.
+pub fn make_room_for_fds(inj: &Injector, n: u64) -> Result<u64> {
+    const RLIMIT_NOFILE: u64 = 7;
+    let mut cur = [0u64; 2];
+    sys_prlimit(inj.pid, RLIMIT_NOFILE, None, Some(&mut cur))?;
+    if cur[0] >= n {
+        return Ok(cur[0]);
+    }
+    let want = [n.min(cur[1]), cur[1]];
+    sys_prlimit(inj.pid, RLIMIT_NOFILE, Some(&want), None)?;
+    Ok(want[0])
+}
+
+fn sys_prlimit(pid: Pid, res: u64, new: Option<&[u64; 2]>, old: Option<&mut [u64; 2]>) -> Result<()> {
+    let n = new.map(|v| v.as_ptr() as u64).unwrap_or(0);
+    let o = old.map(|v| v.as_mut_ptr() as u64).unwrap_or(0);
+    crate::sys::call(&format!("prlimit(NOFILE) of {}", pid), nr::PRLIMIT64, &[pid as u64, res, n, o]).map(|_| ())
+}
+
 /// cwd, root, umask and rlimits, injected into the stub.
 pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
     if let Some(root) = p.str_of("root") {

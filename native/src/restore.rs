@@ -348,15 +348,25 @@ fn rejoin_split_areas(s: &mut Stub, want: &[&Vma]) -> Result<()> {
 pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<()> {
     let inj = &mut s.leader;
     let fds = p.arr_of("fds");
-    let park = fds.iter().filter_map(|f| f.u64_of("fd")).max().map(|m| m + 1).unwrap_or(0).max(100);
+    let top = fds.iter().filter_map(|f| f.u64_of("fd")).max().unwrap_or(0);
+    let limit = process::make_room_for_fds(inj, top + 64)?;
+    // The channel parks above every descriptor of the process, or, when the
+    // limit leaves no room there, in the lowest number it does not use.
+    let used: std::collections::BTreeSet<u64> = fds.iter().filter_map(|f| f.u64_of("fd")).collect();
+    let park = match (top + 1).max(100) {
+        p if p < limit => p,
+        _ => (3..limit).find(|n| !used.contains(n)).ok_or_else(|| Error::new("EUNSUPPORTED", format!("process {} uses every descriptor its limit allows", s.pid)))?,
+    };
     let pidfd = crate::sys::pidfd_open(s.host)?;
     let chan = FdChannel::open(inj, &pidfd, park)?;
+    let mut items = Vec::with_capacity(fds.len());
     for f in fds {
         let id = f.u64_of("file_id").unwrap_or(0);
         let fd = f.i64_of("fd").filter(|&x| (0..1 << 20).contains(&x)).ok_or_else(|| Error::new("EIMAGE", "a descriptor number in the image is not valid"))?;
         let obj = opened.by_id.get(&id).ok_or_else(|| Error::new("EIMAGE", format!("fd {} refers to a file missing from the image", fd)))?;
-        chan.install(inj, obj, fd as i32, f.bool_of("cloexec")).ctx(format!("installing fd {}", fd))?;
+        items.push((obj, fd as i32, f.bool_of("cloexec")));
     }
+    chan.install_all(inj, &items).ctx("installing the descriptors")?;
     chan.close(inj)?;
     // Again here for a migration, whose stubs were made before the pairs
     // (then the session's other members do not get the terminal back).

@@ -368,11 +368,8 @@ impl Handoff {
             let park = proc::fds(fz.pid).unwrap_or_default().into_iter().chain(fds.iter().map(|x| x.0)).max().unwrap_or(0) as u64 + 1;
             let pidfd = sys::pidfd_open(fz.pid)?;
             let chan = FdChannel::open(&mut inj, &pidfd, park.max(100))?;
-            for (fd, id, cloexec) in &fds {
-                if let Some(obj) = opened.get(id) {
-                    chan.install(&mut inj, obj, *fd, *cloexec)?;
-                }
-            }
+            let items: Vec<_> = fds.iter().filter_map(|(fd, id, cloexec)| opened.get(id).map(|obj| (obj, *fd, *cloexec))).collect();
+            chan.install_all(&mut inj, &items)?;
             chan.close(&mut inj)?;
             for (owner, epfd, tfd, events, data) in self.watches.iter().filter(|w| w.0 == fz.pid) {
                 let _ = owner;
