@@ -80,28 +80,59 @@ fn permission_waiter() -> Option<String> {
     None
 }
 
+/// What one "fanotify ..." line of fdinfo names.
+#[derive(Debug, PartialEq)]
+enum Line {
+    /// fanotify_init's flags and event_f_flags.
+    Group { flags: u64, event_f_flags: u64 },
+    Mark { target: Target, mflags: u64, mask: u64, ignored: u64 },
+}
+
+#[derive(Debug, PartialEq)]
+enum Target {
+    Inode { ino: u64, sdev: u64, htype: u32, handle: Vec<u8> },
+    Mount(u64),
+    Filesystem(u64),
+}
+
+/// None: a line this code does not understand.
+fn parse_line(l: &str) -> Option<Line> {
+    let t = tokens(l);
+    let hx = |k: &str| t.get(k).and_then(|v| u64::from_str_radix(v, 16).ok());
+    if t.contains_key("event-flags") {
+        return Some(Line::Group { flags: hx("flags")?, event_f_flags: hx("event-flags")? });
+    }
+    let target = if let Some(ino) = hx("ino") {
+        Target::Inode { ino, sdev: hx("sdev")?, htype: hx("fhandle-type")? as u32, handle: handle_bytes(t.get("f_handle")?) }
+    } else if let Some(id) = hx("mnt_id") {
+        Target::Mount(id)
+    } else if t.len() == 4 {
+        // "sdev mflags mask ignored_mask": newer kinds of marks add fields
+        Target::Filesystem(hx("sdev")?)
+    } else {
+        return None;
+    };
+    Some(Line::Mark { target, mflags: hx("mflags")?, mask: hx("mask")?, ignored: hx("ignored_mask")? })
+}
+
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let mut init: Option<(u64, u64)> = None;
     let mut marks = Vec::new();
     for l in ctx.info.raw.lines().filter(|l| l.starts_with("fanotify ")) {
-        let t = tokens(l);
-        let bad = || Error::new("EPROC", format!("fd {}: fanotify fdinfo line not understood: {}", ctx.fd, l));
-        let hx = |k: &str| t.get(k).and_then(|v| u64::from_str_radix(v, 16).ok());
-        if t.contains_key("event-flags") {
-            init = Some((hx("flags").ok_or_else(bad)?, hx("event-flags").ok_or_else(bad)?));
-            continue;
-        }
-        let (mflags, mask, ignored) = (hx("mflags").ok_or_else(bad)?, hx("mask").ok_or_else(bad)?, hx("ignored_mask").ok_or_else(bad)?);
-        let (kind, found) = if let Some(ino) = hx("ino") {
-            let sdev = hx("sdev").ok_or_else(bad)?;
-            let handle = handle_bytes(t.get("f_handle").ok_or_else(bad)?);
-            ("inode", resolve_handle(ino, sdev, hx("fhandle-type").ok_or_else(bad)? as u32, &handle).map_err(|e| format!("inode {} of device {}:{}: {}", ino, sdev >> 20, sdev & 0xfffff, e)))
-        } else if let Some(id) = hx("mnt_id") {
-            ("mount", mount_path(id))
-        } else if let Some(sdev) = hx("sdev") {
-            ("filesystem", filesystem_path(sdev))
-        } else {
-            return ctx.unsupported(&format!("fanotify mark of a kind phaul does not know ({})", l.trim()));
+        let (target, mflags, mask, ignored) = match parse_line(l) {
+            Some(Line::Group { flags, event_f_flags }) => {
+                init = Some((flags, event_f_flags));
+                continue;
+            }
+            Some(Line::Mark { target, mflags, mask, ignored }) => (target, mflags, mask, ignored),
+            None => return ctx.unsupported(&format!("fanotify mark of a kind phaul does not know ({})", l.trim())),
+        };
+        let (kind, found) = match target {
+            Target::Inode { ino, sdev, htype, handle } => {
+                ("inode", resolve_handle(ino, sdev, htype, &handle).map_err(|e| format!("inode {} of device {}:{}: {}", ino, sdev >> 20, sdev & 0xfffff, e)))
+            }
+            Target::Mount(id) => ("mount", mount_path(id)),
+            Target::Filesystem(sdev) => ("filesystem", filesystem_path(sdev)),
         };
         let path = match found {
             Ok(p) => p,
@@ -159,4 +190,34 @@ pub fn open(f: &Json) -> Result<Fd> {
     }
     sys::call("F_SETFL", crate::sys::nr::FCNTL, &[fd.raw() as u64, 4, (f.u64_of("flags").unwrap_or(0) as u32 & super::O_NONBLOCK) as u64])?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_lines_of_linux_6_18() {
+        assert_eq!(parse_line("fanotify flags:13 event-flags:8000"), Some(Line::Group { flags: 0x13, event_f_flags: 0x8000 }));
+        assert_eq!(
+            parse_line("fanotify ino:20c4ab sdev:fe00000 mflags:40 mask:0 ignored_mask:20 fhandle-bytes:8 fhandle-type:1 f_handle:abc42000505c98c0"),
+            Some(Line::Mark {
+                target: Target::Inode { ino: 0x20c4ab, sdev: 0xfe00000, htype: 1, handle: vec![0xab, 0xc4, 0x20, 0x00, 0x50, 0x5c, 0x98, 0xc0] },
+                mflags: 0x40,
+                mask: 0,
+                ignored: 0x20
+            })
+        );
+        assert_eq!(
+            parse_line("fanotify mnt_id:1a mflags:0 mask:10 ignored_mask:0"),
+            Some(Line::Mark { target: Target::Mount(0x1a), mflags: 0, mask: 0x10, ignored: 0 })
+        );
+        assert_eq!(
+            parse_line("fanotify sdev:14 mflags:0 mask:20 ignored_mask:0"),
+            Some(Line::Mark { target: Target::Filesystem(0x14), mflags: 0, mask: 0x20, ignored: 0 })
+        );
+        // a mark kind of a later kernel (mount namespace marks) is not taken for a filesystem mark
+        assert_eq!(parse_line("fanotify mnt_ns:4026531841 mflags:0 mask:1000000 ignored_mask:0"), None);
+        assert_eq!(parse_line("fanotify ino:zz sdev:1"), None);
+    }
 }
