@@ -260,7 +260,7 @@ pub(crate) fn sockname(fd: &Fd, peer: bool) -> Result<Vec<u8>> {
 /// Is a message waiting in the socket's receive queue? (A peek of none of
 /// its bytes: the queue is left as it is.)
 pub(crate) fn has_queued(fd: &Fd) -> bool {
-    matches!(unsafe { sys::raw(snr::RECVFROM, &[fd.raw() as u64, 0, 0, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC, 0, 0]) }, Ok(_))
+    unsafe { sys::raw(snr::RECVFROM, &[fd.raw() as u64, 0, 0, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC, 0, 0]) }.is_ok()
 }
 
 /// A classic or eBPF socket filter (SO_GET_FILTER answers eBPF with EACCES).

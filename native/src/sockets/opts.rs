@@ -154,10 +154,23 @@ pub fn restore(fd: &Fd, s: &Json) -> Result<()> {
 /// "rcvbuf" / "sndbuf" when they differ from a new socket's. The kernel
 /// reports twice what was asked for.
 pub fn dump_buffers(copy: &Fd, family: i32, ty: i32, proto: i32, s: &mut Json) {
-    let fresh = new_socket(family, ty, proto).ok();
-    for (key, opt) in [("rcvbuf", SO_RCVBUF), ("sndbuf", SO_SNDBUF)] {
+    // A new socket's sizes, asked once per kind as `defaults` does.
+    type Seen = Vec<((i32, i32, i32), [Option<i32>; 2])>;
+    static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let defaults = match seen.iter().find(|(k, _)| *k == (family, ty, proto)) {
+        Some((_, d)) => *d,
+        None => match new_socket(family, ty, proto) {
+            Ok(fresh) => {
+                let d = [getsockopt_int(&fresh, SOL_SOCKET, SO_RCVBUF).ok(), getsockopt_int(&fresh, SOL_SOCKET, SO_SNDBUF).ok()];
+                seen.push(((family, ty, proto), d));
+                d
+            }
+            Err(_) => [None, None],
+        },
+    };
+    for ((key, opt), default) in [("rcvbuf", SO_RCVBUF), ("sndbuf", SO_SNDBUF)].into_iter().zip(defaults) {
         let now = getsockopt_int(copy, SOL_SOCKET, opt).ok();
-        let default = fresh.as_ref().and_then(|f| getsockopt_int(f, SOL_SOCKET, opt).ok());
         if let (Some(v), Some(d)) = (now, default) {
             if v != d {
                 s.set(key, v as u64);

@@ -53,6 +53,9 @@ pub fn describe(ctx: &FileCtx, copy: Fd, mut s: Json, ty: i32) -> Result<Json> {
         return ctx.unsupported(&format!("packet socket in fanout group {} (PACKET_FANOUT) ({})", f & 0xffff, ctx.target));
     }
     let mut p = Json::obj().with("protocol", info.protocol as u64);
+    if info.ifindex < 0 {
+        return ctx.unsupported(&format!("packet socket whose interface was removed ({})", ctx.target));
+    }
     if info.ifindex != 0 {
         let name = ifname(&copy, info.ifindex).map_err(|e| Error::new("EUNSUPPORTED", format!("fd {}: packet socket bound to interface {} that has no name ({})", ctx.fd, info.ifindex, e.message)))?;
         p.set("ifname", name);
