@@ -23,6 +23,7 @@
  * Logs "OK <pass>". */
 #include "common.h"
 #include <poll.h>
+#include <signal.h>
 #include <sys/fanotify.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -55,6 +56,13 @@ static int opener(void)
 	CHECK(c >= 0, "fork");
 	if (c == 0) {
 		if (fork() == 0) {
+			/* Hold none of the groups: g3 must go away with the workload,
+			 * answering the open. And never outlive a test that answers
+			 * nothing: a fatal signal ends the wait for a decision. */
+			for (int fd = 3; fd < 1024; fd++)
+				if (fd != p[1])
+					close(fd);
+			alarm(120);
 			int fd = open(pp, O_RDONLY);
 			int e = fd < 0 ? errno : 0;
 			ssize_t w = write(p[1], &e, sizeof e);
@@ -212,6 +220,10 @@ int main(int argc, char **argv)
 	CHECK(fanotify_mark(g2, FAN_MARK_ADD, FAN_CREATE | FAN_DELETE, AT_FDCWD, dir) == 0, "mark dir (g2): errno %d", errno);
 	CHECK(fanotify_mark(g2, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_ATTRIB, AT_FDCWD, dir) == 0, "filesystem mark: errno %d", errno);
 
+	/* The permission group last: a process's descriptors are released last
+	 * to first when it dies, and releasing a group that has a mark on the
+	 * object of a pending permission event (g2's filesystem mark) waits
+	 * until the event is answered, as releasing g3 does. */
 	g3 = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC, O_RDONLY);
 	CHECK(g3 >= 0, "fanotify_init g3: errno %d", errno);
 	CHECK(fanotify_mark(g3, FAN_MARK_ADD, FAN_OPEN_PERM, AT_FDCWD, pp) == 0, "permission mark: errno %d", errno);
