@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { assertCliOk, dump, restore, runCli } from './helpers/cli.js';
+import { assertCliError, assertCliOk, dump, restore, runCli } from './helpers/cli.js';
 import { pidExists, procStat, waitPidGone } from './helpers/proc.js';
 import {
   assertNoFail,
@@ -71,6 +71,10 @@ const specs: Spec[] = [
   { name: 'job_stop', afterRestore: (w) => goAndWait(w, GO_CHECKS.job_stop) },
   // the restored child is still in strict mode: a forbidden call kills it
   { name: 'seccomp_filters', afterRestore: (w) => goAndWait(w, GO_CHECKS.seccomp_filters) },
+  // the restored permission group denies an open from outside the tree
+  { name: 'fanotify_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.fanotify_kinds) },
+  { name: 'netlink_kinds' },
+  { name: 'packet_kinds' },
   { name: 'creds' },
   { name: 'zombie' },
   { name: 'shm_tree' },
@@ -135,6 +139,31 @@ describe('dump and restore', () => {
       if (spec.afterRestore) await spec.afterRestore(w, linesAtDump, t);
       assertNoFail(w);
       assertOkSequence(w);
+      await h.kill(w);
+    });
+  }
+
+  // What cannot be carried over is refused at the dump, and the process runs on.
+  const refusals: { name: string; args: string[]; error: RegExp; go?: string }[] = [
+    {
+      // a process outside the tree waits for the group's decision on an open
+      name: 'fanotify_kinds',
+      args: ['pending'],
+      error: /fd \d+: fanotify group with permission events while process \d+ waits for a permission decision .* is not supported/,
+      go: 'PERM_ANSWERED',
+    },
+    { name: 'packet_kinds', args: ['ring'], error: /fd \d+: packet socket with a memory-mapped ring \(PACKET_RX_RING\) .* is not supported/ },
+  ];
+  for (const r of refusals) {
+    test(`${r.name} ${r.args.join(' ')}: refused, the process runs on`, { timeout: 60_000 }, async () => {
+      const w = await h.start(r.name, { args: r.args });
+      await waitForOk(w, 2);
+      const images = path.join(w.dir, 'images');
+      mkdirSync(images);
+      assertCliError(await dump(w.pid, images), r.error);
+      await waitForOk(w, lastOk(w) + 2);
+      if (r.go) await goAndWait(w, r.go);
+      assertNoFail(w);
       await h.kill(w);
     });
   }

@@ -18,7 +18,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'ptimers_thread', 'tcp_halfclosed', 'cwd_deleted', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'ptimers_thread', 'tcp_halfclosed', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
@@ -54,6 +54,17 @@ describe('state kinds under live migration', () => {
     assertCliError(r, /holds a lease on fd \d+: a migration to this same host cannot carry file leases.*still running here/);
     assert.ok(r.ms < 20_000, `refusal took ${r.ms} ms`);
     await waitForOk(w, lastOk(w) + 3, 10_000);
+    assertNoFail(w);
+    await h.kill(w);
+  });
+
+  test('fanotify_kinds: a pending permission event is refused at the freeze, the source runs on', { timeout: 90_000 }, async () => {
+    const w = await h.start('fanotify_kinds', { args: ['pending'] });
+    await waitForOk(w, 3, 30_000);
+    const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+    assertCliError(r, /fanotify group with permission events while process \d+ waits for a permission decision/);
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    await goAndWait(w, 'PERM_ANSWERED');
     assertNoFail(w);
     await h.kill(w);
   });

@@ -1,6 +1,7 @@
 //! inotify: every watch is resolved to a path at dump time (file handle from
 //! fdinfo, open_by_handle_at on the mount of the watched inode, readlink) and
 //! added again on restore, in wd order, keeping the watch descriptors.
+//! fanotify's inode marks are resolved the same way (`resolve_handle`).
 
 use super::{fd_of, nr, tokens, O_CLOEXEC, O_NONBLOCK};
 use crate::files::FileCtx;
@@ -14,7 +15,7 @@ const IN_DONT_FOLLOW: u32 = 0x02000000;
 const IN_MASK_ADD: u32 = 0x20000000;
 
 /// Mount points (phaul's view) of device `maj:min`, whole-filesystem mounts first.
-fn mounts_of(maj: u64, min: u64) -> Vec<String> {
+pub(crate) fn mounts_of(maj: u64, min: u64) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = format!("{}:{}", maj, min);
     let mut out: Vec<(bool, String)> = Vec::new();
@@ -28,7 +29,8 @@ fn mounts_of(maj: u64, min: u64) -> Vec<String> {
     out.into_iter().map(|(_, p)| p).collect()
 }
 
-fn unescape(s: &str) -> String {
+/// A path of /proc/PID/mountinfo, whose spaces and such are octal escapes.
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -46,7 +48,14 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn resolve(ctx: &FileCtx, ino: u64, sdev: u64, htype: u32, handle: &[u8]) -> Result<String> {
+/// The bytes of an fdinfo `f_handle:` hex string.
+pub(crate) fn handle_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+/// The path of inode `ino` on device `sdev` (fdinfo's encoding: major << 20
+/// | minor) named by a file handle; Err: why it cannot be named by path.
+pub(crate) fn resolve_handle(ino: u64, sdev: u64, htype: u32, handle: &[u8]) -> std::result::Result<String, String> {
     let (maj, min) = (sdev >> 20, sdev & 0xfffff);
     let mut fh = Vec::with_capacity(8 + handle.len());
     fh.extend_from_slice(&(handle.len() as u32).to_le_bytes());
@@ -54,7 +63,13 @@ fn resolve(ctx: &FileCtx, ino: u64, sdev: u64, htype: u32, handle: &[u8]) -> Res
     fh.extend_from_slice(handle);
     let mut last = String::from("no mount of the device is visible");
     for m in mounts_of(maj, min) {
-        let c = cstr(&m)?;
+        let c = match cstr(&m) {
+            Ok(c) => c,
+            Err(e) => {
+                last = e.message;
+                continue;
+            }
+        };
         let mfd = match sys::call("open mount", crate::sys::nr::OPEN, &[c.as_ptr() as u64, O_DIRECTORY | O_CLOEXEC as u64, 0] /* not O_PATH: open_by_handle_at ignores those */) {
             Ok(f) => fd_of(f),
             Err(e) => {
@@ -69,7 +84,7 @@ fn resolve(ctx: &FileCtx, ino: u64, sdev: u64, htype: u32, handle: &[u8]) -> Res
                 continue;
             }
         };
-        let path = crate::proc::readlink(&format!("/proc/self/fd/{}", f.raw()))?;
+        let path = crate::proc::readlink(&format!("/proc/self/fd/{}", f.raw())).map_err(|e| e.message)?;
         if path.ends_with(" (deleted)") || !path.starts_with('/') {
             last = format!("the watched file is now {}", path);
             continue;
@@ -79,7 +94,7 @@ fn resolve(ctx: &FileCtx, ino: u64, sdev: u64, htype: u32, handle: &[u8]) -> Res
             _ => last = format!("{} is not reachable by path", path),
         }
     }
-    ctx.unsupported(&format!("inotify watch on inode {} of device {}:{} ({})", ino, maj, min, last))
+    Err(last)
 }
 
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
@@ -94,8 +109,10 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         let mask = hx("mask").ok_or_else(bad)? as u32;
         let htype = hx("fhandle-type").ok_or_else(bad)? as u32;
         let hstr = t.get("f_handle").ok_or_else(bad)?;
-        let handle: Vec<u8> = (0..hstr.len() / 2).filter_map(|i| u8::from_str_radix(&hstr[2 * i..2 * i + 2], 16).ok()).collect();
-        let path = resolve(ctx, ino, sdev, htype, &handle)?;
+        let path = match resolve_handle(ino, sdev, htype, &handle_bytes(hstr)) {
+            Ok(p) => p,
+            Err(why) => return ctx.unsupported(&format!("inotify watch on inode {} of device {}:{} ({})", ino, sdev >> 20, sdev & 0xfffff, why)),
+        };
         watches.push(Json::obj().with("wd", wd).with("path", path).with("mask", mask));
     }
     Ok(ctx.base.clone().with("kind", "inotify").with("inotify_watches", watches))

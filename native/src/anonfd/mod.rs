@@ -1,5 +1,5 @@
 //! Descriptors without a usable path: eventfd, timerfd, signalfd, epoll,
-//! inotify, pidfd, memfd and regular files unlinked while open; plus per-process
+//! inotify, fanotify, pidfd, memfd and regular files unlinked while open; plus per-process
 //! kernel state that hangs off no descriptor: POSIX timers and file locks.
 //!
 //! Dump: `describe` reads fdinfo (and a stolen copy of the descriptor, taken
@@ -18,6 +18,7 @@ use std::sync::Mutex;
 
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -55,7 +56,7 @@ pub(crate) mod nr {
 }
 
 pub fn handles(kind: &str) -> bool {
-    matches!(kind, "eventfd" | "epoll" | "timerfd" | "signalfd" | "inotify" | "memfd" | "unlinked" | "pidfd")
+    matches!(kind, "eventfd" | "epoll" | "timerfd" | "signalfd" | "inotify" | "fanotify" | "memfd" | "unlinked" | "pidfd")
 }
 
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
@@ -75,6 +76,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         "anon_inode:[signalfd]" => signalfd::describe(ctx),
         "anon_inode:[eventpoll]" => epoll::describe(ctx),
         "anon_inode:inotify" => inotify::describe(ctx),
+        "anon_inode:[fanotify]" => fanotify::describe(ctx),
         _ => ctx.unsupported(t.strip_prefix("anon_inode:").unwrap_or(t)),
     }
 }
@@ -87,6 +89,7 @@ pub fn open(f: &Json) -> Result<Fd> {
         "signalfd" => signalfd::open(f)?,
         "epoll" => epoll::open(f)?,
         "inotify" => inotify::open(f)?,
+        "fanotify" => fanotify::open(f)?,
         "memfd" => memfd::open(f)?,
         "unlinked" => unlinked::open(f)?,
         "pidfd" => pidfd::open(f)?,

@@ -3,7 +3,8 @@
 //! with the 4-tuple of a live established connection (connect in repair mode:
 //! EADDRNOTAVAIL), a second listener on a port (EADDRINUSE), a second UDP
 //! socket on a bound port and a second unix socket on an abstract name. So at
-//! the final freeze, once the state is dumped, the source's copies are
+//! the final freeze, once the state is dumped, the source's copies (and
+//! netlink sockets with their port ids) are
 //! *detached*: close() is injected into every frozen process for each such
 //! descriptor and phaul drops its own copies (the TCP connections are in
 //! repair mode, so closing them sends neither FIN nor RST). On rollback the
@@ -423,6 +424,8 @@ fn collides(f: &Json) -> bool {
         Some("sock_tcp") => matches!(state, "listen" | "established" | "connecting") || (state == "bound" && port != 0),
         Some("sock_udp") => port != 0,
         Some("sock_unix") => matches!(state, "listen" | "bound") && s.get("local").and_then(|l| l.str_of("path")).map(|p| !p.is_empty()).unwrap_or(false),
+        // a bound port id is taken while the source's socket exists
+        Some("sock_netlink") => s.get("netlink").and_then(|n| n.u64_of("portid")).unwrap_or(0) != 0,
         _ => false,
     }
 }

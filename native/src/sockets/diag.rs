@@ -1,6 +1,7 @@
 //! NETLINK_SOCK_DIAG lookups by socket inode: the listen backlog of TCP
 //! sockets (inet_diag: idiag_wqueue of a listener), the peer and queue
-//! lengths of unix sockets (unix_diag). The netlink socket is opened in the
+//! lengths of unix sockets (unix_diag), the interface, memberships, rings and
+//! fanout of packet sockets (packet_diag). The netlink socket is opened in the
 //! network namespace of the examined socket (SIOCGSKNS), from a short-lived
 //! thread that enters it, so a target in another namespace is seen too.
 
@@ -171,4 +172,103 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
         return Ok(Some(info));
     }
     Ok(None)
+}
+
+/// What packet_diag tells of a packet socket.
+pub struct PacketInfo {
+    /// Bound (or, unbound, opened) for this ethertype, host order; 0: none.
+    pub protocol: u16,
+    /// PACKET_DIAG_INFO pdi_index: the bound interface, 0 if none.
+    pub ifindex: i32,
+    /// PACKET_DIAG_MCLIST: (ifindex, count, type, address).
+    pub memberships: Vec<(i32, u32, u16, Vec<u8>)>,
+    pub rx_ring: bool,
+    pub tx_ring: bool,
+    /// PACKET_DIAG_FANOUT: id | type << 16.
+    pub fanout: Option<u32>,
+}
+
+/// packet_diag of the socket with inode `ino` (the kernel dumps them all).
+pub fn packet_lookup(of: &Fd, ino: u64) -> Result<Option<PacketInfo>> {
+    const AF_PACKET: u8 = 17;
+    const SHOW: u32 = 1 /* INFO */ | 2 /* MCLIST */ | 4 /* RING_CFG */ | 8 /* FANOUT */;
+    let nl = diag_socket(of)?;
+    let mut req = [0u8; 20];
+    req[0] = AF_PACKET;
+    req[8..12].copy_from_slice(&SHOW.to_le_bytes());
+    Ok(request(&nl, &req, true)?.iter().find(|m| m.len() >= 16 && u32::from_le_bytes(m[4..8].try_into().unwrap()) as u64 == ino).map(|m| parse_packet(m)))
+}
+
+/// A packet_diag_msg and its attributes.
+fn parse_packet(m: &[u8]) -> PacketInfo {
+    let mut info = PacketInfo { protocol: u16::from_le_bytes([m[2], m[3]]), ifindex: 0, memberships: Vec::new(), rx_ring: false, tx_ring: false, fanout: None };
+    let mut off = 16;
+    while off + 4 <= m.len() {
+        let len = u16::from_le_bytes(m[off..off + 2].try_into().unwrap()) as usize;
+        let ty = u16::from_le_bytes(m[off + 2..off + 4].try_into().unwrap());
+        if len < 4 || off + len > m.len() {
+            break;
+        }
+        let p = &m[off + 4..off + len];
+        match ty {
+            0 if p.len() >= 4 => info.ifindex = i32::from_le_bytes(p[0..4].try_into().unwrap()),
+            1 => {
+                // struct packet_diag_mclist: index, count, type, alen, addr[32]
+                for e in p.chunks_exact(44) {
+                    let alen = (u16::from_le_bytes([e[10], e[11]]) as usize).min(32);
+                    let idx = i32::from_le_bytes(e[0..4].try_into().unwrap());
+                    info.memberships.push((idx, u32::from_le_bytes(e[4..8].try_into().unwrap()), u16::from_le_bytes([e[8], e[9]]), e[12..12 + alen].to_vec()));
+                }
+            }
+            2 => info.rx_ring = true,
+            3 => info.tx_ring = true,
+            4 if p.len() >= 4 => info.fanout = Some(u32::from_le_bytes(p[0..4].try_into().unwrap())),
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + payload.len()) as u16).to_le_bytes());
+        a.extend_from_slice(&ty.to_le_bytes());
+        a.extend_from_slice(payload);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
+    #[test]
+    fn packet_diag_message() {
+        // As Linux 6.18 answers for a SOCK_RAW socket bound to lo (1) for
+        // 0x0800, TPACKET_V2, aux data, a multicast and a promiscuous membership.
+        let mut m = vec![17, 3, 0x00, 0x08, 0x37, 0x73, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let words = |w: &[u32]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        m.extend(attr(0, &words(&[1, 1, 0, 0, 0, 3])));
+        let mut mc = Vec::new();
+        for (ty, addr) in [(0u16, &[1u8, 0, 0x5e, 0, 0, 0x42][..]), (1, &[][..])] {
+            mc.extend(words(&[1, 1]));
+            mc.extend(ty.to_le_bytes());
+            mc.extend((addr.len() as u16).to_le_bytes());
+            let mut a = addr.to_vec();
+            a.resize(32, 0);
+            mc.extend(a);
+        }
+        m.extend(attr(1, &mc));
+        m.extend(attr(5, &words(&[0])));
+        let p = parse_packet(&m);
+        assert_eq!((p.protocol, p.ifindex, p.rx_ring, p.tx_ring, p.fanout), (0x0800, 1, false, false, None));
+        assert_eq!(p.memberships, vec![(1, 1, 0, vec![1, 0, 0x5e, 0, 0, 0x42]), (1, 1, 1, vec![])]);
+        m.extend(attr(2, &words(&[4096, 4, 2048, 8, 0, 0, 0])));
+        m.extend(attr(4, &words(&[77])));
+        let p = parse_packet(&m);
+        assert_eq!((p.rx_ring, p.tx_ring, p.fanout), (true, false, Some(77)));
+    }
 }

@@ -1,17 +1,21 @@
 //! Sockets: TCP (listening, bound, established through TCP_REPAIR), UDP,
-//! unix (listening, pairs inside the tree with their queued data).
+//! unix (listening, pairs inside the tree with their queued data), netlink
+//! (port id, groups) and packet (interface, ethertype, memberships).
 //!
 //! Dump works on a copy of the descriptor taken with pidfd_getfd: what the
 //! socket API can tell (SO_DOMAIN, getsockname, options, queued data with
 //! MSG_PEEK) is asked directly, the rest (listen backlog, unix peers) comes
 //! from NETLINK_SOCK_DIAG, opened in the socket's own network namespace.
 //!
-//! JSON: `{"kind": "sock_tcp" | "sock_udp" | "sock_unix", "sock": {...}}`,
+//! JSON: `{"kind": "sock_tcp" | "sock_udp" | "sock_unix" | "sock_netlink" |
+//! "sock_packet", "sock": {...}}`,
 //! see docs/sockets.md and `Socket` in images/files.proto.
 
 mod diag;
 mod inet;
+mod netlink;
 mod opts;
+mod packet;
 mod unix;
 
 use crate::files::FileCtx;
@@ -81,7 +85,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let ino = ctx.info.ino;
     let ino = if ino != 0 { ino } else { std::os::unix::fs::MetadataExt::ino(ctx.md) };
     let mut s = Json::obj().with("family", domain as u64).with("type", ty as u64).with("protocol", proto as u64).with("ino", ino);
-    if matches!(domain, AF_INET | AF_INET6 | AF_UNIX) {
+    if matches!(domain, AF_INET | AF_INET6 | AF_UNIX | AF_NETLINK | AF_PACKET) {
         let o = opts::dump(&copy, domain, ty, proto, ty == SOCK_STREAM && domain != AF_UNIX);
         if !o.is_empty() {
             s.set("opts", o);
@@ -91,6 +95,9 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         (AF_INET | AF_INET6, SOCK_STREAM) if proto == 6 || proto == 0 => inet::describe_tcp(ctx, copy, s, domain),
         (AF_INET | AF_INET6, SOCK_DGRAM) if proto == 17 || proto == 0 => inet::describe_udp(ctx, copy, s, domain),
         (AF_UNIX, SOCK_STREAM | SOCK_DGRAM | SOCK_SEQPACKET) => unix::describe(ctx, copy, s, ty, ino),
+        (AF_NETLINK | AF_PACKET, _) if has_filter(&copy) => ctx.unsupported(&format!("socket filter on a {} socket ({})", family_name(domain, ty, proto), ctx.target)),
+        (AF_NETLINK, SOCK_RAW | SOCK_DGRAM) => netlink::describe(ctx, copy, s, ty, proto),
+        (AF_PACKET, SOCK_RAW | SOCK_DGRAM) => packet::describe(ctx, copy, s, ty),
         _ => ctx.unsupported(&format!("{} socket ({})", family_name(domain, ty, proto), ctx.target)),
     }
 }
@@ -142,6 +149,8 @@ pub fn open(f: &Json) -> Result<Fd> {
         "sock_tcp" => inet::open_tcp(s),
         "sock_udp" => inet::open_udp(s),
         "sock_unix" => unix::open(s),
+        "sock_netlink" => netlink::open(s),
+        "sock_packet" => packet::open(s),
         k => return Err(Error::new("EIMAGE", format!("socket kind {:?} cannot be restored", k))),
     }
     .map_err(|e| e.context(format!("socket (file {})", id)))?;
@@ -246,6 +255,22 @@ pub(crate) fn sockname(fd: &Fd, peer: bool) -> Result<Vec<u8>> {
     let n = if peer { snr::GETPEERNAME } else { snr::GETSOCKNAME };
     sys::call(if peer { "getpeername" } else { "getsockname" }, n, &[fd.raw() as u64, buf.as_mut_ptr() as u64, &mut len as *mut u32 as u64])?;
     Ok(buf[..(len as usize).min(128)].to_vec())
+}
+
+/// Is a message waiting in the socket's receive queue? (A peek of none of
+/// its bytes: the queue is left as it is.)
+pub(crate) fn has_queued(fd: &Fd) -> bool {
+    unsafe { sys::raw(snr::RECVFROM, &[fd.raw() as u64, 0, 0, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC, 0, 0]) }.is_ok()
+}
+
+/// A classic or eBPF socket filter (SO_GET_FILTER answers eBPF with EACCES).
+fn has_filter(fd: &Fd) -> bool {
+    const SO_GET_FILTER: u64 = 26;
+    let mut len: u32 = 0;
+    match unsafe { sys::raw(snr::GETSOCKOPT, &[fd.raw() as u64, SOL_SOCKET as u64, SO_GET_FILTER, 0, &mut len as *mut u32 as u64]) } {
+        Ok(_) => len > 0,
+        Err(e) => e == 13,
+    }
 }
 
 /// Bytes that the peer may try to send, enlarged so `len` bytes fit.

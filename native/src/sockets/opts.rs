@@ -4,7 +4,8 @@
 //! rebuilt (addresses, reuse, keepalive, nodelay...) are handled where the
 //! socket is made (inet.rs, unix.rs).
 
-use super::{getsockopt_buf, new_socket, setsockopt_buf, AF_INET, AF_INET6, SOL_SOCKET};
+use super::{getsockopt_buf, getsockopt_int, new_socket, setsockopt_buf, setsockopt_int, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, SOL_SOCKET};
+use super::{SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE};
 use crate::base64;
 use crate::json::Json;
 use crate::sys::{Fd, Result};
@@ -41,6 +42,48 @@ const OPTS: &[Opt] = &[
     Opt { level: SOL_TCP, name: 25, size: 4, inet: true, tcp: true, what: "TCP_NOTSENT_LOWAT" },
 ];
 
+const SOL_PACKET: i32 = 263;
+const SOL_NETLINK: i32 = 270;
+
+/// Flags of netlink sockets (NETLINK_PKTINFO ... NETLINK_GET_STRICT_CHK).
+const NETLINK_OPTS: &[Opt] = &[
+    Opt { level: SOL_NETLINK, name: 3, size: 4, inet: false, tcp: false, what: "NETLINK_PKTINFO" },
+    Opt { level: SOL_NETLINK, name: 4, size: 4, inet: false, tcp: false, what: "NETLINK_BROADCAST_ERROR" },
+    Opt { level: SOL_NETLINK, name: 5, size: 4, inet: false, tcp: false, what: "NETLINK_NO_ENOBUFS" },
+    Opt { level: SOL_NETLINK, name: 8, size: 4, inet: false, tcp: false, what: "NETLINK_LISTEN_ALL_NSID" },
+    Opt { level: SOL_NETLINK, name: 10, size: 4, inet: false, tcp: false, what: "NETLINK_CAP_ACK" },
+    Opt { level: SOL_NETLINK, name: 11, size: 4, inet: false, tcp: false, what: "NETLINK_EXT_ACK" },
+    Opt { level: SOL_NETLINK, name: 12, size: 4, inet: false, tcp: false, what: "NETLINK_GET_STRICT_CHK" },
+];
+
+/// Options of packet sockets that read back what was set. PACKET_VNET_HDR
+/// before PACKET_VNET_HDR_SZ (it sets the size to 10); not PACKET_STATISTICS
+/// (reading it clears the counters); rings and fanout are refused (packet.rs).
+const PACKET_OPTS: &[Opt] = &[
+    Opt { level: SOL_PACKET, name: 10, size: 4, inet: false, tcp: false, what: "PACKET_VERSION" },
+    Opt { level: SOL_PACKET, name: 7, size: 4, inet: false, tcp: false, what: "PACKET_COPY_THRESH" },
+    Opt { level: SOL_PACKET, name: 8, size: 4, inet: false, tcp: false, what: "PACKET_AUXDATA" },
+    Opt { level: SOL_PACKET, name: 9, size: 4, inet: false, tcp: false, what: "PACKET_ORIGDEV" },
+    Opt { level: SOL_PACKET, name: 12, size: 4, inet: false, tcp: false, what: "PACKET_RESERVE" },
+    Opt { level: SOL_PACKET, name: 14, size: 4, inet: false, tcp: false, what: "PACKET_LOSS" },
+    Opt { level: SOL_PACKET, name: 15, size: 4, inet: false, tcp: false, what: "PACKET_VNET_HDR" },
+    Opt { level: SOL_PACKET, name: 24, size: 4, inet: false, tcp: false, what: "PACKET_VNET_HDR_SZ" },
+    Opt { level: SOL_PACKET, name: 17, size: 4, inet: false, tcp: false, what: "PACKET_TIMESTAMP" },
+    Opt { level: SOL_PACKET, name: 19, size: 4, inet: false, tcp: false, what: "PACKET_TX_HAS_OFF" },
+    Opt { level: SOL_PACKET, name: 20, size: 4, inet: false, tcp: false, what: "PACKET_QDISC_BYPASS" },
+    Opt { level: SOL_PACKET, name: 23, size: 4, inet: false, tcp: false, what: "PACKET_IGNORE_OUTGOING" },
+];
+
+/// The options of a family: OPTS (those of every socket first) and its own.
+fn table(family: i32) -> impl Iterator<Item = &'static Opt> {
+    let own: &'static [Opt] = match family {
+        AF_NETLINK => NETLINK_OPTS,
+        AF_PACKET => PACKET_OPTS,
+        _ => &[],
+    };
+    OPTS.iter().chain(own.iter())
+}
+
 fn applies(o: &Opt, family: i32, tcp: bool) -> bool {
     if !o.inet {
         return true;
@@ -69,8 +112,8 @@ fn defaults(family: i32, ty: i32, proto: i32, tcp: bool) -> Vec<Option<Vec<u8>>>
         return d.clone();
     }
     let d: Vec<Option<Vec<u8>>> = match new_socket(family, ty, proto) {
-        Ok(fresh) => OPTS.iter().map(|o| if applies(o, family, tcp) { read(&fresh, o) } else { None }).collect(),
-        Err(_) => return vec![None; OPTS.len()], // not cached: try again next time
+        Ok(fresh) => table(family).map(|o| if applies(o, family, tcp) { read(&fresh, o) } else { None }).collect(),
+        Err(_) => return vec![None; table(family).count()], // not cached: try again next time
     };
     seen.push(((family, ty, proto), d.clone()));
     d
@@ -80,7 +123,7 @@ fn defaults(family: i32, ty: i32, proto: i32, tcp: bool) -> Vec<Option<Vec<u8>>>
 /// same family, type and protocol.
 pub fn dump(copy: &Fd, family: i32, ty: i32, proto: i32, tcp: bool) -> Vec<Json> {
     let mut out = Vec::new();
-    for (o, d) in OPTS.iter().zip(defaults(family, ty, proto, tcp)) {
+    for (o, d) in table(family).zip(defaults(family, ty, proto, tcp)) {
         if !applies(o, family, tcp) {
             continue;
         }
@@ -94,14 +137,58 @@ pub fn dump(copy: &Fd, family: i32, ty: i32, proto: i32, tcp: bool) -> Vec<Json>
 
 /// Set the options recorded by `dump` on a rebuilt socket.
 pub fn restore(fd: &Fd, s: &Json) -> Result<()> {
+    let family = s.u64_of("family").unwrap_or(0) as i32;
     for j in s.arr_of("opts") {
         let (level, name) = (j.i64_of("level").unwrap_or(-1) as i32, j.i64_of("name").unwrap_or(-1) as i32);
-        let Some(o) = OPTS.iter().find(|o| o.level == level && o.name == name) else { continue };
+        let Some(o) = table(family).find(|o| o.level == level && o.name == name) else { continue };
         let v = j.str_of("value").and_then(base64::decode).unwrap_or_default();
         if v.len() != o.size {
             continue;
         }
         setsockopt_buf(fd, level, name, &v, &format!("setsockopt({})", o.what))?;
+    }
+    Ok(())
+}
+
+/// Buffer sizes of sockets the kernel never autotunes (netlink, packet):
+/// "rcvbuf" / "sndbuf" when they differ from a new socket's. The kernel
+/// reports twice what was asked for.
+pub fn dump_buffers(copy: &Fd, family: i32, ty: i32, proto: i32, s: &mut Json) {
+    // A new socket's sizes, asked once per kind as `defaults` does.
+    type Seen = Vec<((i32, i32, i32), [Option<i32>; 2])>;
+    static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let defaults = match seen.iter().find(|(k, _)| *k == (family, ty, proto)) {
+        Some((_, d)) => *d,
+        None => match new_socket(family, ty, proto) {
+            Ok(fresh) => {
+                let d = [getsockopt_int(&fresh, SOL_SOCKET, SO_RCVBUF).ok(), getsockopt_int(&fresh, SOL_SOCKET, SO_SNDBUF).ok()];
+                seen.push(((family, ty, proto), d));
+                d
+            }
+            Err(_) => [None, None],
+        },
+    };
+    for ((key, opt), default) in [("rcvbuf", SO_RCVBUF), ("sndbuf", SO_SNDBUF)].into_iter().zip(defaults) {
+        let now = getsockopt_int(copy, SOL_SOCKET, opt).ok();
+        if let (Some(v), Some(d)) = (now, default) {
+            if v != d {
+                s.set(key, v as u64);
+            }
+        }
+    }
+}
+
+/// Set the sizes recorded by `dump_buffers` (the *FORCE options pass over
+/// the sysctl limits, as the program may have).
+pub fn restore_buffers(fd: &Fd, s: &Json) -> Result<()> {
+    for (key, force, opt) in [("rcvbuf", SO_RCVBUFFORCE, SO_RCVBUF), ("sndbuf", SO_SNDBUFFORCE, SO_SNDBUF)] {
+        if let Some(v) = s.u64_of(key) {
+            let half = (v / 2).min(i32::MAX as u64) as i32;
+            if setsockopt_int(fd, SOL_SOCKET, force, half).is_err() {
+                setsockopt_int(fd, SOL_SOCKET, opt, half)?;
+            }
+        }
     }
     Ok(())
 }
