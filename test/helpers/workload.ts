@@ -189,6 +189,7 @@ export const GO_CHECKS: Record<string, string> = {
   seccomp_filters: 'STRICT_ENFORCED',
   job_stop: 'CONTINUED',
   pidfd_kinds: 'PIDFD_REAPED',
+  sock_scm: 'SCM_CHECKED',
 };
 
 /** Create LOG.go, wait for `line`, then for two more OK lines. */
