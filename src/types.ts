@@ -200,6 +200,22 @@ export interface OpenFile {
   pty_id?: U64;
   /** pty_master: the pair's state (docs/state-json.md). */
   pty?: PtyState;
+  /** Found only in flight in a unix socket's queue (docs/sockets.md). */
+  in_flight?: boolean;
+  /** Kinds sock_tcp, sock_udp, sock_unix (docs/sockets.md); only the fields named here are typed. */
+  sock?: SocketState;
+}
+
+export interface SocketState {
+  family: number;
+  type: number;
+  ino: U64;
+  state: string;
+  /** unix: unread data, base64, one entry per datagram (stream: per run of plain bytes, per message with descriptors). */
+  queue?: string[];
+  /** unix: the descriptors in flight with queue[msg], as file ids. */
+  in_flight?: { msg: number; files: U64[] }[];
+  [field: string]: unknown;
 }
 
 export interface PtyState {

@@ -67,6 +67,8 @@ const specs: Spec[] = [
   { name: 'ptimers_thread' },
   // the restored pidfd kills and reaps the restored child
   { name: 'pidfd_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.pidfd_kinds) },
+  // descriptors in flight in unix socket queues are received and checked
+  { name: 'sock_scm', afterRestore: (w) => goAndWait(w, GO_CHECKS.sock_scm) },
   // the child came back stopped (checked by the workload); now continue it
   { name: 'job_stop', afterRestore: (w) => goAndWait(w, GO_CHECKS.job_stop) },
   // the restored child is still in strict mode: a forbidden call kills it

@@ -18,7 +18,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'ptimers_thread', 'tcp_halfclosed', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'ptimers_thread', 'tcp_halfclosed', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
@@ -46,6 +46,26 @@ describe('state kinds under live migration', () => {
     t.diagnostic(roundsText(summary));
     await h.kill(w);
   });
+
+  // On one host the handoff frees a socket's name by closing the source's
+  // descriptors of it, and gives them back on a rollback: a named socket
+  // held only in flight has none, and one handed back could not get the
+  // descriptors of its queue. Both are refused at the freeze.
+  for (const [mode, refusal] of [
+    ['named', /the unix socket bound to @phaul-scm-\d+ is held only in flight in a unix socket queue: a migration to this same host cannot carry it/],
+    ['bound', /the unix socket bound to \S+\/scm\.sock has descriptors in flight in its queue: a migration to this same host cannot carry it/],
+  ] as const) {
+    test(`sock_scm ${mode}: refused on one host, the source keeps its queues`, { timeout: 90_000 }, async () => {
+      const w = await h.start('sock_scm', { args: [mode] });
+      await waitForOk(w, 3, 30_000);
+      const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+      assertCliError(r, refusal);
+      await waitForOk(w, lastOk(w) + 3, 10_000);
+      await goAndWait(w, GO_CHECKS.sock_scm);
+      assertNoFail(w);
+      await h.kill(w);
+    });
+  }
 
   test('file_owner: leases on one host are refused, the source keeps them', { timeout: 90_000 }, async () => {
     const w = await h.start('file_owner', { args: ['1'] });

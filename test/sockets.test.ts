@@ -12,6 +12,8 @@ import { isAlive, procStat, sleep, waitPidGone } from './helpers/proc.js';
 import {
   assertNoFail,
   assertOkSequence,
+  goAndWait,
+  GO_CHECKS,
   Harness,
   lastOk,
   readLog,
@@ -140,6 +142,32 @@ describe('sockets', () => {
     await roundTrip(w, t, [child]);
     await roundTrip(w, t, [child]);
     assertOkSequence(w);
+    await h.kill(w);
+  });
+
+  test('unix: descriptors in flight (a listener on an abstract name among them, some to a bound datagram socket) survive two round trips and are received after', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('sock_scm', { args: ['named,bound'] });
+    await waitForOk(w, 2);
+    await roundTrip(w, t);
+    // the restored queues, refilled by phaul, dump again
+    await roundTrip(w, t);
+    await goAndWait(w, GO_CHECKS.sock_scm);
+    assertOkSequence(w);
+    await h.kill(w);
+  });
+
+  test('unix: an epoll descriptor in flight fails the dump with one line; the process and its queues are untouched', { timeout: 60_000 }, async () => {
+    const w = await h.start('sock_scm', { args: ['epoll'] });
+    await waitForOk(w, 2);
+    const images = path.join(w.dir, 'images');
+    mkdirSync(images);
+    const r = await dump(w.pid, images);
+    assertCliError(r, /process \d+: fd \d+: a descriptor in flight in its unix socket queue: epoll descriptor is not supported/);
+    assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
+    assert.ok(isAlive(w.pid), 'process was not left running');
+    // every descriptor in flight is still there, once, with its message
+    await goAndWait(w, GO_CHECKS.sock_scm);
+    assertNoFail(w);
     await h.kill(w);
   });
 

@@ -40,6 +40,9 @@ pub struct FileTable {
     /// pseudo-terminal masters and slaves, linked into pairs in `finish`
     ptys: crate::tty::PtyTable,
     next_id: u64,
+    /// Copies of the descriptors in flight in the unix socket queues seen,
+    /// described in `finish` (crate::inflight).
+    in_flight: crate::inflight::Sink,
 }
 
 fn kcmp_same(p1: Pid, p2: Pid, f1: i32, f2: i32) -> bool {
@@ -82,7 +85,15 @@ fn peek_pipe(read_end: &Fd) -> Result<(Vec<u8>, u64)> {
 
 impl FileTable {
     pub fn new() -> FileTable {
-        FileTable { seen: Vec::new(), files: Vec::new(), pipes: BTreeMap::new(), pipe_ends: BTreeMap::new(), ptys: Default::default(), next_id: 1 }
+        FileTable {
+            seen: Vec::new(),
+            files: Vec::new(),
+            pipes: BTreeMap::new(),
+            pipe_ends: BTreeMap::new(),
+            ptys: Default::default(),
+            next_id: 1,
+            in_flight: Default::default(),
+        }
     }
 
     /// Describe every descriptor of `pid`; returns its fd list.
@@ -94,20 +105,8 @@ impl FileTable {
             let md = std::fs::metadata(&link).map_err(|e| Error::new("EUNSUPPORTED", format!("fd {}: {} cannot be examined: {}", fd, target, e)))?;
             let info = proc::fdinfo(pid, fd)?;
             let cloexec = info.flags & O_CLOEXEC != 0;
-            let (dev, ino) = (md.dev(), md.ino());
-            // Same description already seen (dup, or inherited across fork)?
-            let same = self.seen.iter().find(|s| s.dev == dev && s.ino == ino && kcmp_same(s.pid, pid, s.fd, fd)).map(|s| s.id);
-            let id = match same {
-                Some(id) => id,
-                None => {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    let f = self.describe(pid, pidfd, fd, &target, &md, &info, id)?;
-                    self.files.push(f);
-                    id
-                }
-            };
-            self.seen.push(Seen { pid, fd, dev, ino, id });
+            self.in_flight.set_carrier((pid, fd));
+            let id = self.note(pid, pidfd, fd, &target, &md, &info, false)?;
             let mut entry = Json::obj().with("fd", fd).with("file_id", id).with("cloexec", cloexec);
             if let Some(owner) = crate::fown::dump(pidfd, fd, info.flags)? {
                 entry.set("owner", owner);
@@ -115,6 +114,86 @@ impl FileTable {
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// The id of the description of fd `fd` of `pid` if seen already (dup,
+    /// inherited across fork, in flight more than once).
+    fn seen_id(&self, pid: Pid, fd: i32, md: &std::fs::Metadata) -> Option<u64> {
+        let (dev, ino) = (md.dev(), md.ino());
+        self.seen.iter().find(|s| s.dev == dev && s.ino == ino && kcmp_same(s.pid, pid, s.fd, fd)).map(|s| s.id)
+    }
+
+    /// The file id of descriptor `fd` of `pid`, described now if its
+    /// description is new (marked `in_flight` if found only in a queue).
+    #[allow(clippy::too_many_arguments)]
+    fn note(&mut self, pid: Pid, pidfd: &Fd, fd: i32, target: &str, md: &std::fs::Metadata, info: &proc::FdInfo, in_flight: bool) -> Result<u64> {
+        let id = match self.seen_id(pid, fd, md) {
+            Some(id) => id,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let mut f = self.describe(pid, pidfd, fd, target, md, info, id)?;
+                if in_flight {
+                    f.set("in_flight", true);
+                }
+                self.files.push(f);
+                id
+            }
+        };
+        self.seen.push(Seen { pid, fd, dev: md.dev(), ino: md.ino(), id });
+        Ok(id)
+    }
+
+    /// Describe the descriptors found in flight, as descriptors of phaul's
+    /// own process (where the peeks put their copies). Describing a unix
+    /// socket in flight peeks its queue in turn, which may add more.
+    /// Returns the file id of each slot.
+    fn describe_in_flight(&mut self) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        if self.in_flight.get(0).is_none() {
+            return Ok(ids);
+        }
+        let me = sys::getpid();
+        let pidfd = sys::pidfd_open(me)?;
+        while let Some((_, carrier)) = self.in_flight.get(ids.len()) {
+            let id = self
+                .note_in_flight(me, &pidfd, ids.len())
+                .map_err(|e| e.context(format!("process {}: fd {}: a descriptor in flight in its unix socket queue", carrier.0, carrier.1)))?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn note_in_flight(&mut self, me: Pid, pidfd: &Fd, slot: usize) -> Result<u64> {
+        let (fd, carrier) = self.in_flight.get(slot).ok_or_else(|| Error::new("EINTERNAL", "no such descriptor in flight"))?;
+        let link = format!("/proc/self/fd/{}", fd);
+        let target = proc::readlink(&link).unwrap_or_default();
+        let md = std::fs::metadata(&link).map_err(|e| Error::new("EUNSUPPORTED", format!("{} cannot be examined: {}", target, e)))?;
+        let info = proc::fdinfo(me, fd)?;
+        // Also open in the tree, or in flight before: described already.
+        if self.seen_id(me, fd, &md).is_none() {
+            if let Some(why) = self.in_flight.with_fd(slot, |copy| crate::inflight::refusal(copy, &target, &md, &info)).flatten() {
+                return Err(Error::new("EUNSUPPORTED", format!("{} is not supported", why)));
+            }
+        }
+        // Descriptors in the queue of this one (a unix socket in flight)
+        // are reported where it was found.
+        self.in_flight.set_carrier(carrier);
+        self.note(me, pidfd, fd, &target, &md, &info, true)
+    }
+
+    /// Where file `id` was found, for messages: "process P: fd N" (in flight
+    /// only: the descriptor whose queue holds it).
+    fn where_of(&self, id: u64) -> String {
+        let me = sys::getpid();
+        match self.seen.iter().find(|s| s.id == id && s.pid != me) {
+            Some(s) => format!("process {}: fd {}", s.pid, s.fd),
+            None => {
+                let slot = self.seen.iter().find(|s| s.id == id).map(|s| s.fd);
+                let carrier = (0..).map_while(|i| self.in_flight.get(i)).find(|(fd, _)| Some(*fd) == slot).map(|(_, c)| c).unwrap_or((0, 0));
+                format!("process {}: fd {}: a descriptor in flight in its unix socket queue", carrier.0, carrier.1)
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -125,7 +204,7 @@ impl FileTable {
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
         if ft.is_file() {
             if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
-                return crate::anonfd::describe(&FileCtx { pidfd, fd, target, md, info, base });
+                return crate::anonfd::describe(&FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             return Ok(base.with("kind", "reg").with("path", target).with("stat", file_identity(target)));
         }
@@ -138,10 +217,10 @@ impl FileTable {
             }
             // A new pair is made by each open of /dev/ptmx: its own kind.
             if crate::tty::is_ptmx(md.rdev()) {
-                return self.ptys.describe_master(&FileCtx { pidfd, fd, target, md, info, base });
+                return self.ptys.describe_master(&FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             if crate::tty::is_pts(md.rdev()) {
-                self.ptys.note_slave(&FileCtx { pidfd, fd, target, md, info, base: Json::Null }, id);
+                self.ptys.note_slave(&FileCtx { pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
             }
             return Ok(base.with("kind", "chr").with("path", target).with("rdev", md.rdev()));
         }
@@ -167,7 +246,7 @@ impl FileTable {
             }
             return Ok(j);
         }
-        let ctx = FileCtx { pidfd, fd, target, md, info, base };
+        let ctx = FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight };
         if ft.is_socket() {
             return crate::sockets::describe(&ctx);
         }
@@ -183,27 +262,36 @@ impl FileTable {
     /// discarded) rather than failing the whole dump.
     fn mark_external_pipes(&mut self) -> Vec<String> {
         let mut warnings = Vec::new();
-        for f in self.files.iter_mut() {
+        let mut external = Vec::new();
+        let me = sys::getpid();
+        for (i, f) in self.files.iter().enumerate() {
             if f.str_of("kind") != Some("pipe") {
                 continue;
             }
             let ino = f.u64_of("pipe_id").unwrap_or(0);
             if let Some((r, w)) = self.pipe_ends.get(&ino) {
                 if !(*r && *w) {
-                    f.set("external", true);
-                    let where_ = self.seen.iter().find(|s| s.ino == ino).map(|s| (s.pid, s.fd)).unwrap_or((0, 0));
-                    warnings.push(format!(
-                        "fd {} of process {}: pipe:[{}] leads outside the process tree; it will be connected to /dev/null on restore",
-                        where_.1, where_.0, ino
-                    ));
+                    external.push(i);
+                    let id = f.u64_of("id").unwrap_or(0);
+                    let where_ = match self.seen.iter().find(|s| s.id == id && s.pid != me) {
+                        Some(s) => format!("fd {} of process {}", s.fd, s.pid),
+                        None => self.where_of(id),
+                    };
+                    warnings.push(format!("{}: pipe:[{}] leads outside the process tree; it will be connected to /dev/null on restore", where_, ino));
                 }
             }
+        }
+        for i in external {
+            self.files[i].set("external", true);
         }
         warnings
     }
 
     /// (files, pipes, warnings); `tree`: pids of every process dumped.
     pub fn finish(mut self, tree: &[Pid]) -> Result<(Vec<Json>, Vec<Json>, Vec<String>)> {
+        let ids = self.describe_in_flight()?;
+        crate::inflight::link(&mut self.files, &ids)?;
+        crate::sockets::check_unix_peers(&self.files, &|id| self.where_of(id))?;
         let mut warnings = self.mark_external_pipes();
         warnings.extend(self.ptys.link(&mut self.files, tree));
         let pipes = std::mem::take(&mut self.pipes).into_values().collect();
@@ -222,6 +310,8 @@ pub struct FileCtx<'a> {
     pub info: &'a proc::FdInfo,
     /// {"id", "flags", "pos"} to extend with "kind" and the kind's fields.
     pub base: Json,
+    /// Where descriptors found in flight in a socket's queue go.
+    pub in_flight: &'a crate::inflight::Sink,
 }
 
 impl FileCtx<'_> {
@@ -300,7 +390,7 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
             None => Ok((Vec::new(), 65536)),
         }
     };
-    let r = open_each(files, &pipe_data, &ptys, &mut pipe_objs, &mut by_id).and_then(|_| crate::sockets::finish_opened());
+    let r = open_each(files, &pipe_data, &ptys, &mut pipe_objs, &mut by_id).and_then(|_| crate::sockets::finish_opened(&by_id));
     if let Err(e) = r {
         crate::sockets::abandon_opened();
         return Err(e);

@@ -11,6 +11,7 @@ pub mod dump;
 pub mod ffi;
 pub mod files;
 pub mod fown;
+pub mod inflight;
 pub mod freeze;
 pub mod batch;
 pub mod inject;

@@ -58,7 +58,7 @@ function fileText(f: OpenFile | undefined, fileId: string | number): string {
   if (!f) return `file #${fileId} (missing from files)`;
   const access = ["read", "write", "read/write", "?"][f.flags & 3];
   if (f.kind === "pipe") return `pipe:[${f.pipe_id}] ${(f.flags & 3) === 0 ? "read end" : "write end"}`;
-  const where = f.path ?? `(${f.kind})`;
+  const where = f.path ?? (f.sock ? `socket:[${f.sock.ino}]` : `(${f.kind})`);
   const extra = [f.kind, access, f.pos !== undefined ? `pos ${f.pos}` : "", f.rdev !== undefined ? `rdev ${hex(f.rdev)}` : ""];
   return `${where} (${extra.filter(Boolean).join(", ")})`;
 }
@@ -137,6 +137,16 @@ export function inspectText(dir: string, s: StateDocument): string {
     out.push(...table(s.pipes.map((p) => [
       `pipe:[${p.pipe_id}]`, `capacity ${bytes(p.size)}`, `${Buffer.from(p.data, "base64").length} bytes unread`,
     ])));
+  }
+  const carrying = s.files.filter((f) => f.sock?.in_flight?.length);
+  if (carrying.length) {
+    out.push("", "in flight (SCM_RIGHTS):");
+    for (const f of carrying) {
+      for (const m of f.sock?.in_flight ?? []) {
+        out.push(`  socket:[${f.sock?.ino}] message ${m.msg + 1} of ${f.sock?.queue?.length ?? "?"}: ` +
+          m.files.map((id) => fileText(files.get(String(id)), id)).join(", "));
+      }
+    }
   }
   return out.join("\n").trimEnd() + "\n";
 }

@@ -190,6 +190,7 @@ export const GO_CHECKS: Record<string, string> = {
   job_stop: 'CONTINUED',
   pidfd_kinds: 'PIDFD_REAPED',
   fanotify_kinds: 'PERM_DENIED',
+  sock_scm: 'SCM_CHECKED',
 };
 
 /** Create LOG.go, wait for `line`, then for two more OK lines. */

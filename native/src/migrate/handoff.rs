@@ -354,7 +354,7 @@ impl Handoff {
                 let id = f.u64_of("id").unwrap_or(0);
                 opened.insert(id, crate::sockets::open(&f).map_err(|e| e.context("recreating a socket on rollback"))?);
             }
-            crate::sockets::finish_opened()
+            crate::sockets::finish_opened(&opened)
         })();
         if let Err(e) = made {
             crate::sockets::abandon_opened();
@@ -413,7 +413,7 @@ fn injector(fz: &crate::freeze::FrozenProc) -> Result<Injector> {
 
 /// Would a socket like this one, created on the destination while the
 /// source's exists, collide with it?
-fn collides(f: &Json) -> bool {
+pub(crate) fn collides(f: &Json) -> bool {
     let s = match f.get("sock") {
         Some(s) => s,
         None => return false,

@@ -56,6 +56,31 @@ fn refuse_leases(state: &Json) -> Result<()> {
     Ok(())
 }
 
+/// On one host the handoff frees a socket's name (or port) for the
+/// destination by closing the source's descriptors of it, and gives them
+/// back on a rollback: a socket held only in flight in a queue has none,
+/// and a socket so handed back could not get its queue's descriptors.
+fn refuse_named_in_flight(state: &Json) -> Result<()> {
+    for f in state.arr_of("files").iter().filter(|f| super::handoff::collides(f)) {
+        let name = f
+            .get("sock")
+            .and_then(|s| s.get("local"))
+            .and_then(|l| l.str_of("path"))
+            .and_then(crate::base64::decode)
+            .map(|p| if p.first() == Some(&0) { format!("@{}", String::from_utf8_lossy(&p[1..])) } else { String::from_utf8_lossy(&p).into_owned() })
+            .unwrap_or_default();
+        let why = if f.bool_of("in_flight") {
+            "is held only in flight in a unix socket queue"
+        } else if f.get("sock").map(|s| !s.arr_of("in_flight").is_empty()).unwrap_or(false) {
+            "has descriptors in flight in its queue"
+        } else {
+            continue;
+        };
+        return Err(Error::new("EUNSUPPORTED", format!("the unix socket bound to {} {}: a migration to this same host cannot carry it", name, why)));
+    }
+    Ok(())
+}
+
 /// What the final-round sender thread gives back.
 type Sent = (Vec<Tracker>, BufWriter<TcpStream>, Result<()>);
 
@@ -291,6 +316,7 @@ impl SourceEngine {
         let (mut state, _) = dumped?;
         if self.same_host {
             refuse_leases(&state)?;
+            refuse_named_in_flight(&state)?;
         }
         state.set("freeze_us", freeze_us);
         let mut handoff_json = Json::obj();

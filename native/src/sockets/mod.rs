@@ -16,6 +16,7 @@ mod inet;
 mod netlink;
 mod opts;
 mod packet;
+mod scm;
 mod unix;
 
 use crate::files::FileCtx;
@@ -132,14 +133,27 @@ fn family_name(domain: i32, ty: i32, proto: i32) -> String {
     format!("{} {}", d, t)
 }
 
-/// Once every socket of a restore is made: connections leave repair mode.
-pub fn finish_opened() -> Result<()> {
+/// Once every file of a restore is open (`by_id`): unix queues that carry
+/// descriptors are refilled, then connections leave repair mode.
+pub fn finish_opened(by_id: &std::collections::BTreeMap<u64, Fd>) -> Result<()> {
+    unix::refill_deferred(by_id)?;
     inet::finish_established()
 }
 
 /// A restore that failed half-way: nothing left to finish.
 pub fn abandon_opened() {
+    unix::abandon_deferred();
     inet::abandon_established()
+}
+
+/// At the end of a dump: every connected unix socket's peer was dumped too.
+pub fn check_unix_peers(files: &[Json], where_of: &dyn Fn(u64) -> String) -> Result<()> {
+    unix::check_peers(files, where_of)
+}
+
+/// The address family of a socket (SO_DOMAIN), -1 if it cannot be asked.
+pub fn domain_of(fd: &Fd) -> i32 {
+    getsockopt_int(fd, SOL_SOCKET, SO_DOMAIN).unwrap_or(-1)
 }
 
 pub fn open(f: &Json) -> Result<Fd> {
