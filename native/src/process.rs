@@ -39,15 +39,24 @@ pub fn rlimits(pid: Pid) -> Result<Vec<Json>> {
     Ok(out)
 }
 
-pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
+/// The injected reads of the process-wide attributes, run in the leader
+/// with its thread's own (threads::dump_threads); `out`: 4 bytes of its slot.
+pub fn reads(out: u64) -> Vec<Call> {
+    vec![
+        Call::new("brk(0)", nr::BRK, &[0]),
+        Call::new("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[3]),
+        Call::new("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[42]),
+        Call::new("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[37, out]),
+    ]
+}
+
+/// `res`: the results of `reads(out)`.
+pub fn dump_process(pid: Pid, inj: &Injector, res: &[i64], out: u64) -> Result<Json> {
     let (comm, st) = proc::stat(pid)?;
     let exe = proc::readlink(&format!("/proc/{}/exe", pid)).unwrap_or_default();
     let umask = u64::from_str_radix(&proc::status_field(pid, "Umask").unwrap_or_else(|_| "22".into()), 8).unwrap_or(0o22);
-    let brk = inj.call("brk(0)", nr::BRK, &[0])?;
-    let dumpable = inj.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[3])?;
-    let thp_disable = inj.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[42])?;
-    let out = inj.scratch(4096)? + 3968;
-    inj.call("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[37, out])?;
+    let r = |i: usize| res.get(i).copied().unwrap_or(0) as u64;
+    let (brk, dumpable, thp_disable) = (r(0), r(1), r(2));
     let subreaper = u32::from_le_bytes(inj.read_mem(out, 4)?.try_into().unwrap_or([0; 4])) != 0;
     let auxv_raw = std::fs::read(format!("/proc/{}/auxv", pid)).unwrap_or_default();
     let auxv: Vec<Json> = auxv_raw.chunks_exact(8).map(|c| Json::U64(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect();

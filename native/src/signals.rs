@@ -1,6 +1,7 @@
 //! Signals: handlers, pending signals, alternate stacks and interval timers.
 
 use crate::base64;
+use crate::batch::Call;
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::ptrace;
@@ -27,16 +28,21 @@ fn non_default(pid: Pid) -> u64 {
     }
 }
 
-pub fn dump_sigactions(inj: &mut Injector) -> Result<Vec<Json>> {
-    let buf = inj.scratch(4096)?;
+/// The injected reads of the signal handlers that are not the default; each
+/// lands at `at` + 32 * its place in the returned list of signals.
+pub fn sigaction_reads(pid: Pid, at: u64) -> (Vec<u64>, Vec<Call>) {
+    let wanted = non_default(pid);
+    let sigs: Vec<u64> = (1..=NSIG).filter(|&sig| sig != SIGKILL && sig != SIGSTOP && wanted & (1 << (sig - 1)) != 0).collect();
+    let calls = sigs.iter().enumerate().map(|(k, &sig)| Call::new("rt_sigaction(get)", nr::RT_SIGACTION, &[sig, 0, at + 32 * k as u64, 8])).collect();
+    (sigs, calls)
+}
+
+/// The handlers `sigaction_reads` read.
+pub fn sigactions_from(inj: &Injector, sigs: &[u64], at: u64) -> Result<Vec<Json>> {
+    let all = inj.read_mem(at, 32 * sigs.len())?;
     let mut out = Vec::new();
-    let wanted = non_default(inj.pid);
-    for sig in 1..=NSIG {
-        if sig == SIGKILL || sig == SIGSTOP || wanted & (1 << (sig - 1)) == 0 {
-            continue;
-        }
-        inj.call("rt_sigaction(get)", nr::RT_SIGACTION, &[sig, 0, buf, 8])?;
-        let a = parse_sigaction(&inj.read_mem(buf, 32)?);
+    for (k, &sig) in sigs.iter().enumerate() {
+        let a = parse_sigaction(&all[32 * k..32 * k + 32]);
         if a == [0, 0, 0, 0] {
             continue;
         }
@@ -132,12 +138,16 @@ fn tv_us(b: &[u8]) -> u64 {
     (s * 1_000_000 + us).max(0) as u64
 }
 
-pub fn dump_itimers(inj: &mut Injector) -> Result<Vec<Json>> {
-    let buf = inj.scratch(4096)?;
+/// The injected reads of the three interval timers, landing at `at` (96 bytes).
+pub fn itimer_reads(at: u64) -> Vec<Call> {
+    (0..3u64).map(|which| Call::new("getitimer", nr::GETITIMER, &[which, at + 32 * which])).collect()
+}
+
+pub fn itimers_from(inj: &Injector, at: u64) -> Result<Vec<Json>> {
+    let all = inj.read_mem(at, 96)?;
     let mut out = Vec::new();
     for which in 0..3u64 {
-        inj.call("getitimer", nr::GETITIMER, &[which, buf + 128])?;
-        let b = inj.read_mem(buf + 128, 32)?;
+        let b = &all[32 * which as usize..32 * which as usize + 32];
         let (interval, value) = (tv_us(&b[0..16]), tv_us(&b[16..32]));
         if interval != 0 || value != 0 {
             out.push(Json::obj().with("which", which).with("interval_us", interval).with("value_us", value));
