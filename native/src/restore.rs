@@ -375,9 +375,15 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     crate::anonfd::after_install(inj, p)?;
     crate::fown::restore(inj, p)?;
     process::restore_attrs(inj, p)?;
-    signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
-    signals::restore_itimers(inj, p.arr_of("itimers"))?;
-    crate::creds::restore_personality(inj, p)?;
+    // Handlers, interval timers and personality in one batch.
+    if inj.batch_range().is_none() {
+        crate::batch::reserve(inj, 1)?;
+    }
+    let d0 = crate::batch::data(inj, 0)?;
+    let mut calls = signals::sigaction_calls(inj, p.arr_of("sigactions"), d0)?;
+    calls.extend(signals::itimer_calls(inj, p.arr_of("itimers"), d0 + 64 * 32)?);
+    calls.extend(crate::creds::personality_calls(p));
+    crate::batch::run_checked(&mut [crate::batch::Job { inj: &mut *inj, slot: 0, calls }])?;
     let exe_fd = process::open_exe_in_stub(inj, p)?;
     if let Some(mm) = p.get("mm") {
         let r = process::restore_mm(inj, mm, exe_fd);
