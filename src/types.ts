@@ -167,6 +167,8 @@ export interface ProcessState {
   /** A zombie keeps only pid, parent, group, session and exit status; its lists are empty or absent. */
   zombie?: boolean;
   exit_code?: number;
+  /** Objects shared with an earlier process of the tree by clone flags: that process's pid. */
+  shares?: { files?: number; fs?: number };
   comm: string;
   exe?: ExeInfo;
   cwd: string;

@@ -25,6 +25,7 @@ pub mod process;
 pub mod ptrace;
 pub mod restore;
 pub mod seccomp;
+pub mod shares;
 pub mod session;
 pub mod signals;
 pub mod sockets;

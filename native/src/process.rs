@@ -164,8 +164,9 @@ fn sys_prlimit(pid: Pid, res: u64, new: Option<&[u64; 2]>, old: Option<&mut [u64
     crate::sys::call(&format!("prlimit(NOFILE) of {}", pid), nr::PRLIMIT64, &[pid as u64, res, n, o]).map(|_| ())
 }
 
-/// cwd, root, umask and rlimits, injected into the stub.
-pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
+/// Root, cwd and umask (the kernel's fs_struct, which CLONE_FS shares),
+/// injected into the stub.
+pub fn restore_fs(inj: &mut Injector, p: &Json) -> Result<()> {
     if let Some(root) = p.str_of("root") {
         if root != "/" {
             let a = inj.put_str(root, 0)?;
@@ -176,6 +177,11 @@ pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
         restore_cwd(inj, cwd)?;
     }
     inj.call("umask", nr::UMASK, &[p.u64_of("umask").unwrap_or(0o22) & 0o777])?;
+    Ok(())
+}
+
+/// oom_score_adj and rlimits, injected into the stub.
+pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
     restore_oom_score_adj(inj.pid, p);
     // Only limits that differ from what the stub already has (one injected
     // call each, inside a migration's frozen window).
