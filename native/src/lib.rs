@@ -22,6 +22,7 @@ pub mod ops;
 pub mod pageserver;
 pub mod proc;
 pub mod process;
+pub mod procpid;
 pub mod ptrace;
 pub mod restore;
 pub mod seccomp;

@@ -119,6 +119,8 @@ pub struct Tree {
     pub pid_ns: bool,
     /// Fully restored threads kept stopped until `release` (two-phase commit).
     pub held: Vec<Pid>,
+    /// (pid, host pid) of every process made, zombies included.
+    pub hosts: Vec<(Pid, Pid)>,
 }
 
 impl Tree {
@@ -134,6 +136,10 @@ impl Tree {
     fn in_tree(&self, pid: Pid) -> bool {
         self.stubs.iter().any(|s| s.pid == pid)
     }
+    /// Image pid -> host pid, for entries under /proc.
+    pub fn host_map(&self) -> std::collections::BTreeMap<Pid, Pid> {
+        self.hosts.iter().copied().collect()
+    }
 }
 
 /// Create an empty stub for every process (tree order, parents first), each
@@ -142,7 +148,7 @@ impl Tree {
 /// prepares its stubs), so that a session leader takes its controlling
 /// terminal before the members of its session are forked from it.
 pub fn create_stubs(procs: &[Json], pid_ns: bool, opened: Option<&files::Opened>) -> Result<Tree> {
-    let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns, held: Vec::new() };
+    let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns, held: Vec::new(), hosts: Vec::new() };
     match create_stubs_inner(procs, &mut tree, opened) {
         Ok(()) => Ok(tree),
         Err(e) => {
@@ -170,6 +176,7 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Op
             let parent = parent.ok_or_else(|| Error::new("EIMAGE", format!("zombie {} has no parent in the image", pid)))?;
             let host = stub::fork_child(&mut parent.leader, pid, 0)?;
             tree.created.push(host);
+            tree.hosts.push((pid, host));
             stub::become_zombie(host, p.i64_of("exit_code").unwrap_or(0) as i32, p.str_of("comm").unwrap_or(""))?;
             continue;
         }
@@ -187,6 +194,7 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Op
             }
         };
         tree.created.push(host);
+        tree.hosts.push((pid, host));
         let mut inj = stub::attach_injector(host, &vmas)?;
         stub::empty(&mut inj, &vmas, flags)?;
         restore_session(&mut inj, p, pid, tree)?;
@@ -373,7 +381,7 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         crate::fown::restore(inj, p)?;
     }
     if s.shared & shares::CLONE_FS == 0 {
-        process::restore_fs(inj, p)?;
+        process::restore_fs(inj, p, &opened.proc_hosts)?;
     }
     process::restore_attrs(inj, p)?;
     signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
@@ -556,12 +564,13 @@ pub struct RestoreStats {
 pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, RestoreStats)> {
     preflight(state, pid_ns)?;
     let all = state.arr_of("processes");
-    let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
+    let mut opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
     let mut tree = create_stubs(all, pid_ns, Some(&opened))?;
     let live = live_procs(all);
     let procs = &live[..];
     let host = tree.stubs.first().map(|s| s.host).unwrap_or(0);
     let r = (|| -> Result<RestoreStats> {
+        opened.open_proc_entries(state.arr_of("files"), tree.host_map())?;
         let mut stats = RestoreStats { pages_bytes: 0 };
         for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
             let vmas = vmas_of(p)?;
