@@ -296,24 +296,46 @@ impl FileTable {
     /// path on restore, as any file: whatever process has that pid then.
     fn mark_outside_proc_entries(&mut self, tree: &[Pid]) -> Vec<String> {
         let mut warnings = Vec::new();
-        for f in self.files.iter_mut() {
+        for i in 0..self.files.len() {
+            let f = &self.files[i];
             let Some(p) = f.i64_of("proc_pid") else { continue };
             if tree.contains(&(p as Pid)) {
                 continue;
             }
-            f.set("proc_pid", Json::Null);
-            let id = f.u64_of("id");
-            let where_ = self.seen.iter().find(|s| Some(s.id) == id).map(|s| (s.pid, s.fd)).unwrap_or((0, 0));
             warnings.push(format!(
-                "fd {} of process {}: {} belongs to process {}, outside the process tree; the restore opens that path again, in whatever process then has pid {}",
-                where_.1,
-                where_.0,
+                "{}: {} belongs to process {}, outside the process tree; the restore opens that path again, in whatever process then has pid {}",
+                self.where_of(f.u64_of("id").unwrap_or(0)),
                 f.str_of("path").unwrap_or(""),
                 p,
                 p
             ));
+            self.files[i].set("proc_pid", Json::Null);
         }
         warnings
+    }
+
+    /// An entry of a process of the tree is opened only once the stubs
+    /// exist, after the unix queues that carry descriptors are refilled:
+    /// it cannot be one of those descriptors.
+    fn refuse_proc_entries_in_flight(&self) -> Result<()> {
+        let carried: Vec<u64> = self
+            .files
+            .iter()
+            .filter_map(|f| f.get("sock"))
+            .flat_map(|s| s.arr_of("in_flight").iter().flat_map(|e| e.arr_of("files").iter().filter_map(Json::as_u64)))
+            .collect();
+        let entry = self.files.iter().find(|f| f.i64_of("proc_pid").is_some() && f.u64_of("id").is_some_and(|id| carried.contains(&id)));
+        match entry {
+            Some(f) => Err(Error::new(
+                "EUNSUPPORTED",
+                format!(
+                    "{}: {} is in flight in a unix socket queue: an entry under /proc/PID of a process of the tree cannot travel in flight",
+                    self.where_of(f.u64_of("id").unwrap_or(0)),
+                    f.str_of("path").unwrap_or("")
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// (files, pipes, warnings); `tree`: pids of every process dumped.
@@ -323,6 +345,7 @@ impl FileTable {
         crate::sockets::check_unix_peers(&self.files, &|id| self.where_of(id))?;
         let mut warnings = self.mark_external_pipes();
         warnings.extend(self.mark_outside_proc_entries(tree));
+        self.refuse_proc_entries_in_flight()?;
         warnings.extend(self.ptys.link(&mut self.files, tree));
         let pipes = std::mem::take(&mut self.pipes).into_values().collect();
         Ok((self.files, pipes, warnings))
