@@ -167,6 +167,8 @@ export interface ProcessState {
   /** A zombie keeps only pid, parent, group, session and exit status; its lists are empty or absent. */
   zombie?: boolean;
   exit_code?: number;
+  /** Objects shared with an earlier process of the tree by clone flags: that process's pid. */
+  shares?: { files?: number; fs?: number };
   comm: string;
   exe?: ExeInfo;
   cwd: string;
@@ -196,6 +198,8 @@ export interface OpenFile {
   pipe_id?: U64;
   /** A pipe end whose other end is outside the tree; restored as /dev/null. */
   external?: boolean;
+  /** reg or dir under /proc/PID of a process of the tree: opened again under the restored process. */
+  proc_pid?: number;
   /** Kinds pty_master and pty_slave: entries of one pseudo-terminal pair share it. */
   pty_id?: U64;
   /** pty_master: the pair's state (docs/state-json.md). */

@@ -80,6 +80,11 @@ const specs: Spec[] = [
   { name: 'creds' },
   { name: 'zombie' },
   { name: 'shm_tree' },
+  // processes sharing a descriptor table (CLONE_FILES) or cwd and umask (CLONE_FS)
+  { name: 'share_files' },
+  { name: 'share_fs' },
+  // descriptors and cwd on /proc/self, /proc/thread-self and /proc/<child>
+  { name: 'proc_entries' },
   { name: 'prctls' },
   {
     name: 'tree',
@@ -155,6 +160,10 @@ describe('dump and restore', () => {
       go: 'PERM_ANSWERED',
     },
     { name: 'packet_kinds', args: ['ring'], error: /fd \d+: packet socket with a memory-mapped ring \(PACKET_RX_RING\) .* is not supported/ },
+    // two processes sharing one address space (clone with CLONE_VM, not vfork)
+    { name: 'share_vm', args: [], error: /processes \d+ and \d+ share one address space \(CLONE_VM\): not supported/ },
+    // a descriptor on the /proc entry of a reaped child
+    { name: 'proc_entries', args: ['dead'], error: /fd \d+: \/proc\/\d+ is an entry of process \d+, which has exited: it cannot be restored/ },
   ];
   for (const r of refusals) {
     test(`${r.name} ${r.args.join(' ')}: refused, the process runs on`, { timeout: 60_000 }, async () => {

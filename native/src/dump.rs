@@ -7,6 +7,7 @@ use crate::inject::{find_syscall_insn, open_mem, Injector};
 use crate::json::Json;
 use crate::memory;
 use crate::process;
+use crate::shares;
 use crate::ptrace;
 use crate::signals;
 use crate::sys::{self, Context, Error, Pid, Result};
@@ -214,12 +215,18 @@ pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) 
     let mut files = FileTable::new();
     let mut stats = DumpStats { pages: 0, bytes: 0 };
     let mut procs = Vec::new();
+    // First: what is refused here costs no dump.
+    let shares = shares::dump(frozen)?;
     for fz in &frozen.procs {
         if let Some(status) = fz.zombie {
             procs.push(zombie_json(fz.pid, status));
             continue;
         }
-        procs.push(dump_process(fz, &mut files, dir, &mut stats, flags).ctx(format!("process {}", fz.pid))?);
+        let mut p = dump_process(fz, &mut files, dir, &mut stats, flags).ctx(format!("process {}", fz.pid))?;
+        if let Some(s) = shares.get(&fz.pid) {
+            p.set("shares", s.clone());
+        }
+        procs.push(p);
     }
     let pids: Vec<Pid> = frozen.procs.iter().map(|p| p.pid).collect();
     let (files, pipes, mut warnings) = files.finish(&pids)?;
