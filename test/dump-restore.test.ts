@@ -64,6 +64,7 @@ const specs: Spec[] = [
   { name: 'file_owner' },
   { name: 'cwd_deleted' },
   { name: 'tcp_halfclosed' },
+  { name: 'sock_filter' },
   { name: 'ptimers_thread' },
   // the restored pidfd kills and reaps the restored child
   { name: 'pidfd_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.pidfd_kinds) },

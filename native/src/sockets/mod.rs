@@ -12,6 +12,7 @@
 //! see docs/sockets.md and `Socket` in images/files.proto.
 
 mod diag;
+mod filter;
 mod inet;
 mod netlink;
 mod opts;
@@ -91,6 +92,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         if !o.is_empty() {
             s.set("opts", o);
         }
+        filter::dump(&copy, &mut s, &format!("fd {}: {}", ctx.fd, ctx.target))?;
     }
     match (domain, ty) {
         (AF_INET | AF_INET6, SOCK_STREAM) if proto == 6 || proto == 0 => inet::describe_tcp(ctx, copy, s, domain),
@@ -168,7 +170,7 @@ pub fn open(f: &Json) -> Result<Fd> {
         k => return Err(Error::new("EIMAGE", format!("socket kind {:?} cannot be restored", k))),
     }
     .map_err(|e| e.context(format!("socket (file {})", id)))?;
-    opts::restore(&fd, s).map_err(|e| e.context(format!("socket (file {})", id)))?;
+    opts::restore(&fd, s).and_then(|_| filter::restore(&fd, s)).map_err(|e| e.context(format!("socket (file {})", id)))?;
     let flags = f.u64_of("flags").unwrap_or(0) as u32;
     sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, 4, (flags & O_NONBLOCK) as u64])?;
     Ok(fd)
