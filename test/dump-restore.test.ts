@@ -65,6 +65,8 @@ const specs: Spec[] = [
   { name: 'cwd_deleted' },
   { name: 'tcp_halfclosed' },
   { name: 'sock_filter' },
+  // errors pending at the dump are reported once, after the restore
+  { name: 'tcp_closed', afterRestore: (w) => goAndWait(w, GO_CHECKS.tcp_closed) },
   { name: 'ptimers_thread' },
   // the restored pidfd kills and reaps the restored child
   { name: 'pidfd_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.pidfd_kinds) },

@@ -18,6 +18,7 @@ mod netlink;
 mod opts;
 mod packet;
 mod scm;
+mod tcp_closed;
 mod unix;
 
 use crate::files::FileCtx;
@@ -62,6 +63,7 @@ pub(crate) use crate::sys::O_NONBLOCK;
 pub(crate) mod snr {
     pub const SOCKET: i64 = 41;
     pub const CONNECT: i64 = 42;
+    pub const ACCEPT: i64 = 43;
     pub const SENDTO: i64 = 44;
     pub const RECVFROM: i64 = 45;
     pub const BIND: i64 = 49;
