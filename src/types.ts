@@ -38,7 +38,7 @@ export interface MmInfo {
 }
 
 export type VmaKind =
-  | "anon" | "file" | "heap" | "stack" | "vdso" | "vvar" | "vvar_vclock" | "shmem" | "vsyscall";
+  | "anon" | "file" | "heap" | "stack" | "vdso" | "vvar" | "vvar_vclock" | "shmem" | "vsyscall" | "aio";
 
 export interface Vma {
   start: U64;
@@ -52,6 +52,19 @@ export interface Vma {
   shmem_id?: U64;
   growsdown: boolean;
   flags?: string;
+}
+
+/** A kernel AIO context (io_setup): its ring, mapped at the context id. */
+export interface AioRing {
+  start: U64;
+  end: U64;
+  prot: number;
+  /** Ring size in events, head and tail. */
+  nr: number;
+  head: number;
+  tail: number;
+  /** struct io_event[] from head to tail (completed, not yet reaped), base64. */
+  events?: string;
 }
 
 export interface PageEntry {
@@ -177,6 +190,7 @@ export interface ProcessState {
   rlimits: Rlimit[];
   mm: MmInfo;
   vmas: Vma[];
+  aio_rings?: AioRing[];
   pages: Pages;
   threads: ThreadState[];
   sigactions: Sigaction[];

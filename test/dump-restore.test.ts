@@ -67,6 +67,8 @@ const specs: Spec[] = [
   { name: 'sock_filter' },
   // errors pending at the dump are reported once, after the restore
   { name: 'tcp_closed', afterRestore: (w) => goAndWait(w, GO_CHECKS.tcp_closed) },
+  // completed AIO events left in the ring at the dump are reaped after the restore
+  { name: 'aio_ring', afterRestore: (w) => goAndWait(w, GO_CHECKS.aio_ring) },
   { name: 'ptimers_thread' },
   // the restored pidfd kills and reaps the restored child
   { name: 'pidfd_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.pidfd_kinds) },

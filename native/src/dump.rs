@@ -116,6 +116,10 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         for (k, v) in crate::anonfd::dump_process_extras(&mut inj, pid)? {
             p.set(k, v);
         }
+        let rings = crate::aio::dump(&mut inj, pid)?;
+        if !rings.is_empty() {
+            p.set("aio_rings", rings);
+        }
         p.set("shared_pending", signals::siginfos_to_json(ptrace::peek_siginfo(leader.tid, true)?));
         p.set("threads", ths);
         crate::sys::trace_mark("dump: threads");

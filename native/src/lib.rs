@@ -1,6 +1,7 @@
 //! phaul's native engine: everything that talks to the kernel about another
 //! process. One module per kind of kernel object; `ffi` is the only door.
 
+pub mod aio;
 pub mod anonfd;
 pub mod arch;
 pub mod base64;

@@ -367,6 +367,9 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         return Err(Error::new("EPROTO", format!("process {}: what it shares with other processes changed after its stub was made", s.pid)));
     }
     let inj = &mut s.leader;
+    // Every other area is in place: the kernel picks where io_setup maps a
+    // ring, which then moves to its old address.
+    crate::aio::restore(inj, p)?;
     // A shared descriptor table is filled once, by its first process.
     let own_table = s.shared & shares::CLONE_FILES == 0;
     if own_table {

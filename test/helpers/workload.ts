@@ -192,6 +192,7 @@ export const GO_CHECKS: Record<string, string> = {
   fanotify_kinds: 'PERM_DENIED',
   sock_scm: 'SCM_CHECKED',
   tcp_closed: 'ENDINGS_REPORTED',
+  aio_ring: 'AIO_REAPED',
 };
 
 /** Create LOG.go, wait for `line`, then for two more OK lines. */
