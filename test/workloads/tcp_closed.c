@@ -5,13 +5,14 @@
  *   c: 4 unread bytes, then reset, ECONNRESET not yet reported;
  *   d: the peer's FIN, then a reset: EPIPE pending (reads give 0 first);
  *   e: closed both ways (FIN, FIN), nothing pending;
- *   f: a non-blocking connect refused, ECONNREFUSED not yet reported.
+ *   f: a non-blocking connect refused, ECONNREFUSED not yet reported;
+ *   g: IPv6, reset, ECONNRESET not yet reported.
  * Every pass checks, without consuming anything, what poll() shows (HUP and
  * RDHUP everywhere, ERR where an error is pending), the bytes c holds
  * (MSG_PEEK), and that a and e read 0 and fail writes with EPIPE. Once
  * LOG.go exists it consumes the endings once: c reads its bytes, then
- * ECONNRESET; b ECONNRESET; d reads 0, then SO_ERROR is EPIPE; f SO_ERROR
- * ECONNREFUSED; then 0 / no error everywhere. Logs ENDINGS_REPORTED, then
+ * ECONNRESET; b and g ECONNRESET; d reads 0, then SO_ERROR is EPIPE; f
+ * SO_ERROR ECONNREFUSED; then 0 / no error everywhere. Logs ENDINGS_REPORTED, then
  * "OK <pass>" with reads of 0 and no error left. */
 #include "common.h"
 #include <netinet/in.h>
@@ -36,18 +37,25 @@ static void wait_state(int s, int want, const char *what)
 	CHECK(tcp_state(s) == want, "%s: state %d, want %d", what, tcp_state(s), want);
 }
 
-/* A connected pair over loopback: *c is ours to keep, *p the peer. */
-static void pair(int *c, int *p)
+/* A connected pair over loopback (IPv4, or IPv6 with v6): *c is ours to keep, *p the peer. */
+static void pair_of(int v6, int *c, int *p)
 {
-	struct sockaddr_in a = lo;
-	socklen_t al = sizeof(a);
-	int l = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(bind(l, (void *)&a, sizeof(a)) == 0 && listen(l, 1) == 0 && getsockname(l, (void *)&a, &al) == 0, "listen: errno %d", errno);
-	*c = socket(AF_INET, SOCK_STREAM, 0);
-	CHECK(connect(*c, (void *)&a, sizeof(a)) == 0, "connect: errno %d", errno);
+	struct sockaddr_in6 a6 = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	struct sockaddr_in a4 = lo;
+	struct sockaddr *a = v6 ? (void *)&a6 : (void *)&a4;
+	socklen_t al = v6 ? sizeof(a6) : sizeof(a4), len = al;
+	int l = socket(a->sa_family, SOCK_STREAM, 0);
+	CHECK(bind(l, a, len) == 0 && listen(l, 1) == 0 && getsockname(l, a, &al) == 0, "listen: errno %d", errno);
+	*c = socket(a->sa_family, SOCK_STREAM, 0);
+	CHECK(connect(*c, a, len) == 0, "connect: errno %d", errno);
 	*p = accept(l, NULL, NULL);
 	CHECK(*p >= 0, "accept: errno %d", errno);
 	close(l);
+}
+
+static void pair(int *c, int *p)
+{
+	pair_of(0, c, p);
 }
 
 static void reset(int p)
@@ -98,7 +106,7 @@ int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
 	lo.sin_addr.s_addr = htonl(0x7f000001);
-	int a, b, c, d, e, f, p;
+	int a, b, c, d, e, f, g, p;
 	char buf[8];
 
 	pair(&a, &p);
@@ -138,6 +146,10 @@ int main(int argc, char **argv)
 	wait_state(f, TCP_CLOSE, "f");
 	close(zs);
 
+	pair_of(1, &g, &p);
+	reset(p);
+	wait_state(g, TCP_CLOSE, "g");
+
 	char go[4400];
 	snprintf(go, sizeof(go), "%s.go", log_path);
 	int reported = 0;
@@ -153,8 +165,10 @@ int main(int argc, char **argv)
 			check_poll("e", e, 0);
 			check_eof("e", e);
 			check_poll("f", f, 1);
+			check_poll("g", g, 1);
 			if (access(go, F_OK) == 0) {
 				check_recv_error("b", b, ECONNRESET);
+				check_recv_error("g", g, ECONNRESET);
 				CHECK(recv(c, buf, sizeof(buf), MSG_DONTWAIT) == 4 && memcmp(buf, "tail", 4) == 0, "c: recv of the unread bytes: errno %d", errno);
 				check_recv_error("c", c, ECONNRESET);
 				CHECK(recv(d, buf, sizeof(buf), MSG_DONTWAIT) == 0, "d: recv before the error: errno %d", errno);
@@ -164,9 +178,9 @@ int main(int argc, char **argv)
 				wl_log("ENDINGS_REPORTED");
 			}
 		} else {
-			int all[] = { a, b, c, d, e, f };
-			const char *names = "abcdef";
-			for (int k = 0; k < 6; k++) {
+			int all[] = { a, b, c, d, e, f, g };
+			const char *names = "abcdefg";
+			for (int k = 0; k < 7; k++) {
 				char w[2] = { names[k], 0 };
 				CHECK(so_error(all[k]) == 0, "%s: an error is pending again", w);
 				check_poll(w, all[k], 0);

@@ -9,7 +9,8 @@
 //! The error itself can only be read by clearing it (SO_ERROR, or a read
 //! that reports it), so the process being dumped no longer sees it if it
 //! keeps running. Restore: the same ending is played again on a loopback
-//! connection made for it, so the kernel builds exactly that socket.
+//! connection made for it, so the kernel builds exactly that socket; with
+//! nothing pending and nothing unread, a new socket shut both ways does.
 
 use super::inet::{restore_pre_bind_opts, restore_tcp_post_opts, SOL_TCP, TCP_INFO};
 use super::*;
@@ -141,9 +142,13 @@ pub fn open(s: &Json, family: i32) -> Result<Fd> {
         Some(q) => q.as_str().and_then(base64::decode).ok_or_else(|| Error::new("EIMAGE", "unread data of a closed TCP socket is malformed"))?,
         None => Vec::new(),
     };
+    if error == 0 && unread.is_empty() {
+        return open_shut(s, family);
+    }
     let peer = new_socket(family, SOCK_STREAM, 6)?;
     let mut addr = loopback(family);
-    sys::call("bind (loopback)", snr::BIND, &[peer.raw() as u64, addr.as_ptr() as u64, addr.len() as u64])?;
+    sys::call("bind (loopback)", snr::BIND, &[peer.raw() as u64, addr.as_ptr() as u64, addr.len() as u64])
+        .map_err(|e| e.context("rebuilding a closed TCP socket with a pending error or unread bytes needs the loopback interface"))?;
     let mut len = addr.len() as u32;
     sys::call("getsockname (loopback)", snr::GETSOCKNAME, &[peer.raw() as u64, addr.as_mut_ptr() as u64, &mut len as *mut u32 as u64])?;
     let fd = new_socket(family, SOCK_STREAM, 6)?;
@@ -189,6 +194,26 @@ pub fn open(s: &Json, family: i32) -> Result<Fd> {
             getsockopt_int(&fd, SOL_SOCKET, SO_ERROR)?; // reported already: clear it
         }
     }
+    finish(fd, s)
+}
+
+/// Nothing to replay (no error pending, nothing unread): a new socket with
+/// both directions shut reads 0 and fails writes with EPIPE, and poll shows
+/// the same, as an ended connection's socket does. No network is needed.
+fn open_shut(s: &Json, family: i32) -> Result<Fd> {
+    let fd = new_socket(family, SOCK_STREAM, 6)?;
+    restore_pre_bind_opts(&fd, s, family)?;
+    const SHUT_RDWR: u64 = 2;
+    const ENOTCONN: i32 = 107;
+    // Refused (ENOTCONN) on a socket that never connected, but done all the same.
+    match sys::call("shutdown", SHUTDOWN, &[fd.raw() as u64, SHUT_RDWR]) {
+        Err(e) if e.errno != ENOTCONN => return Err(e),
+        _ => {}
+    }
+    finish(fd, s)
+}
+
+fn finish(fd: Fd, s: &Json) -> Result<Fd> {
     if s.bool_of("reuseaddr") {
         setsockopt_int(&fd, SOL_SOCKET, SO_REUSEADDR, 1)?;
     }
