@@ -26,6 +26,7 @@
 use crate::base64;
 use crate::inject::Injector;
 use crate::json::Json;
+use crate::memory::MAP_FIXED_NOREPLACE;
 use crate::proc;
 use crate::sys::{nr, Error, Pid, Result, PAGE_SIZE};
 
@@ -133,8 +134,16 @@ fn rebuild(inj: &mut Injector, r: &Json, start: u64, end: u64) -> Result<()> {
     }
     let n = setup_size(pages);
     inj.scratch(SCRATCH)?;
+    // A placeholder keeps io_setup from putting the ring on (part of) its
+    // own final place, from where mremap could not move it; the move
+    // replaces the placeholder.
+    let len = end - start;
+    inj.call("mmap (placeholder)", nr::MMAP, &[start, len, 0, 0x22 | MAP_FIXED_NOREPLACE, u64::MAX, 0])?;
     let id_at = inj.put(&[0u8; 8], AT)?;
-    inj.call(&format!("io_setup({})", n), IO_SETUP, &[n, id_at])?;
+    if let Err(e) = inj.call(&format!("io_setup({})", n), IO_SETUP, &[n, id_at]) {
+        let _ = inj.raw(nr::MUNMAP, &[start, len]);
+        return Err(e);
+    }
     let tmp = u64::from_le_bytes(inj.read_mem(id_at, 8)?.try_into().unwrap_or([0; 8]));
     let r = (|| -> Result<()> {
         let got = u32_at(&inj.read_mem(tmp, HEADER as usize)?, 4) as u64;
@@ -150,11 +159,9 @@ fn rebuild(inj: &mut Injector, r: &Json, start: u64, end: u64) -> Result<()> {
             let e = &events[(i * EVENT) as usize..((i + 1) * EVENT) as usize];
             inj.write_mem(tmp + HEADER + slot * EVENT, e)?;
         }
-        if tmp != start {
-            const MREMAP_MAYMOVE: u64 = 1;
-            const MREMAP_FIXED: u64 = 2;
-            inj.call("mremap", nr::MREMAP, &[tmp, end - start, end - start, MREMAP_MAYMOVE | MREMAP_FIXED, start])?;
-        }
+        const MREMAP_MAYMOVE: u64 = 1;
+        const MREMAP_FIXED: u64 = 2;
+        inj.call("mremap", nr::MREMAP, &[tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, start])?;
         let prot = r.u64_of("prot").unwrap_or(3);
         if prot != 3 {
             inj.call("mprotect", nr::MPROTECT, &[start, end - start, prot])?;
@@ -163,6 +170,7 @@ fn rebuild(inj: &mut Injector, r: &Json, start: u64, end: u64) -> Result<()> {
     })();
     if r.is_err() {
         let _ = inj.raw(IO_DESTROY, &[tmp]);
+        let _ = inj.raw(nr::MUNMAP, &[start, len]);
     }
     r
 }
@@ -190,8 +198,8 @@ fn advance(inj: &mut Injector, ctx: u64, size: u64, head: u64, unreaped: u64) ->
             block[p..p + 8].copy_from_slice(&(iocbs + (i * IOCB) as u64).to_le_bytes());
         }
         inj.write_mem(iocbs, &block)?;
-        // (Reaping fewer than a batch at a time keeps the kernel's count of
-        // free slots away from its limit.)
+        // At most half the ring per submission: the kernel keeps part of the
+        // free slots in per-CPU counts, so not all of them may be at hand.
         let mut todo = head;
         while todo > 0 {
             let n = inj.call("io_submit (dummies)", IO_SUBMIT, &[ctx, todo.min(BATCH).min(size / 2), ptrs])?;
@@ -212,7 +220,6 @@ fn advance(inj: &mut Injector, ctx: u64, size: u64, head: u64, unreaped: u64) ->
     inj.call("close", nr::CLOSE, &[fd])?;
     r
 }
-
 
 #[cfg(test)]
 mod tests {
