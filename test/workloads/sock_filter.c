@@ -5,13 +5,15 @@
  *   only "keep!" arrives, and the filter cannot be detached (EPERM);
  * - unix datagram pair: a filter dropping datagrams under 5 bytes on one end;
  * - TCP (both ends of a connection here): an accept-all program on one end,
- *   read back, with data still flowing through it.
+ *   read back, with data still flowing through it;
+ * - a netlink (route) socket and a packet socket: the program reads back.
  * Logs "OK <pass>".
  * With argument "bpf": a UDP socket holds an eBPF filter (SO_ATTACH_BPF)
  * instead, which phaul cannot read back and must refuse; logs "OK <pass>". */
 #include "common.h"
 #include <linux/bpf.h>
 #include <linux/filter.h>
+#include <linux/netlink.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -113,6 +115,14 @@ int main(int argc, char **argv)
 	close(l);
 	attach(t, all, N(all));
 
+	int nl = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+	CHECK(nl >= 0, "netlink socket: errno %d", errno);
+	attach(nl, under5, N(under5));
+	int pk = socket(AF_PACKET, SOCK_DGRAM, 0); /* protocol 0: receives nothing */
+	CHECK(pk >= 0, "packet socket: errno %d", errno);
+	attach(pk, drop4, N(drop4));
+	CHECK(setsockopt(pk, SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof(one)) == 0, "SO_LOCK_FILTER: errno %d", errno);
+
 	wl_log("READY");
 	for (uint64_t i = 1;; i++) {
 		char b[16];
@@ -133,6 +143,12 @@ int main(int argc, char **argv)
 		CHECK(send(c, "ping", 4, 0) == 4, "tcp send: errno %d", errno);
 		n = recv(t, b, 4, MSG_WAITALL);
 		CHECK(n == 4 && memcmp(b, "ping", 4) == 0, "tcp: got %zd bytes", n);
+
+		same_filter("netlink", nl, under5, N(under5), 0);
+		same_filter("packet", pk, drop4, N(drop4), 1);
+
+		same_filter("netlink", nl, under5, N(under5), 0);
+		same_filter("packet", pk, drop4, N(drop4), 1);
 
 		wl_log("OK %lu", (unsigned long)i);
 		sleep_ms(20);
