@@ -49,7 +49,11 @@ pub fn dump_personality(pid: Pid) -> u64 {
 /// Per-thread scheduling: policy, real-time priority, nice.
 pub fn dump_sched(pid: Pid, tid: Pid) -> Json {
     let st = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).unwrap_or_default();
-    let fields: Vec<String> = st.rsplit_once(')').map(|(_, r)| r.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    sched_of_stat(&st.rsplit_once(')').map(|(_, r)| r.split_whitespace().map(String::from).collect::<Vec<_>>()).unwrap_or_default())
+}
+
+/// Policy, priority and nice from a thread's stat fields (after its comm).
+pub fn sched_of_stat(fields: &[String]) -> Json {
     let g = |n: usize| fields.get(n - 3).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
     Json::obj().with("policy", g(41)).with("priority", g(40)).with("nice", g(19))
 }

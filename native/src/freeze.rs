@@ -124,6 +124,10 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                     Err(_) if p != root => continue, // exited meanwhile
                     Err(e) => return Err(e),
                 };
+                // Every new thread is seized and interrupted first, then
+                // waited for: the round trips of their stops overlap, and the
+                // threads stop closer together.
+                let mut interrupted = Vec::new();
                 for t in tids {
                     let known = seized.get(&p).map(|v| v.contains(&t)).unwrap_or(false);
                     if known {
@@ -143,6 +147,9 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                     seized.entry(p).or_default().push(t);
                     changed = true;
                     ptrace::interrupt(t)?;
+                    interrupted.push(t);
+                }
+                for t in interrupted {
                     match wait_interrupted(t)? {
                         None => {
                             seized.get_mut(&p).map(|v| v.retain(|&x| x != t));

@@ -138,7 +138,11 @@ pub fn status_field(pid: Pid, key: &str) -> Result<String> {
 
 /// /proc/PID/stat split into fields; field 1 (comm) is returned whole.
 pub fn stat(pid: Pid) -> Result<(String, Vec<String>)> {
-    let text = fs::read_to_string(format!("/proc/{}/stat", pid)).ctx(format!("reading /proc/{}/stat", pid))?;
+    parse_stat(&fs::read_to_string(format!("/proc/{}/stat", pid)).ctx(format!("reading /proc/{}/stat", pid))?)
+}
+
+/// A stat text split into its comm and the fields after it.
+pub fn parse_stat(text: &str) -> Result<(String, Vec<String>)> {
     let open = text.find('(').ok_or_else(|| Error::new("EPROC", "bad stat"))?;
     let close = text.rfind(')').ok_or_else(|| Error::new("EPROC", "bad stat"))?;
     let comm = text[open + 1..close].to_string();

@@ -22,6 +22,25 @@ fn robust_list(tid: Pid) -> (u64, u64) {
     }
 }
 
+/// A thread's stat and status, read from /proc.
+struct ProcView {
+    comm: String,
+    sched: Json,
+    status: String,
+}
+
+impl ProcView {
+    fn read(pid: Pid, tid: Pid) -> ProcView {
+        let stat = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).unwrap_or_default();
+        let (comm, fields) = crate::proc::parse_stat(&stat).unwrap_or_default();
+        ProcView {
+            comm,
+            sched: crate::creds::sched_of_stat(&fields),
+            status: std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default(),
+        }
+    }
+}
+
 /// The injected reads of one thread's settings; their results land in its
 /// batch slot at `data`.
 fn dump_calls(data: u64) -> Vec<Call> {
@@ -49,18 +68,27 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
         calls.extend(dump_calls(d));
         jobs.push(Job { inj, slot: k, calls });
     }
-    let mut res = batch::run_checked(&mut jobs)?;
+    // What /proc tells of the threads is read on another thread of ours
+    // meanwhile (ptrace calls must stay on this one).
+    let tids: Vec<Pid> = threads.iter().map(|t| t.tid).collect();
+    let (res, views) = std::thread::scope(|sc| {
+        let reader = sc.spawn(|| tids.iter().map(|&tid| ProcView::read(pid, tid)).collect::<Vec<_>>());
+        let res = batch::run_checked(&mut jobs);
+        (res, reader.join())
+    });
+    let mut res = res?;
+    let views = views.map_err(|_| Error::new("EPANIC", "reading the threads' /proc entries panicked"))?;
     let extra: Vec<u64> = res.first_mut().map(|r| r.drain(..first).collect()).unwrap_or_default();
     let mut out: Vec<Json> = Vec::with_capacity(threads.len());
     let mut leader_creds: Option<Json> = None;
-    for ((t, job), r) in threads.iter().zip(jobs.iter()).zip(res) {
+    for (((t, job), r), view) in threads.iter().zip(jobs.iter()).zip(res).zip(views) {
         let inj = &*job.inj;
         let d = batch::data(inj, out.len())?;
         let b = inj.read_mem(d, 48)?;
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
         let altstack = signals::sigaltstack_json(&b[0..24]);
         let pdeathsig = u32::from_le_bytes(b[40..44].try_into().unwrap_or([0; 4]));
-        let (mut j, creds) = dump_thread(pid, t, inj, altstack, u64_at(32), pdeathsig, r[3])?;
+        let (mut j, creds) = dump_thread(t, inj, &view, altstack, u64_at(32), pdeathsig, r[3])?;
         // The leader's are the process's; a thread that changed its own
         // (a raw setresuid, not glibc's process-wide one) keeps its own.
         match &leader_creds {
@@ -77,7 +105,7 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
 
 /// What is read without injection, and the record of one thread.
 /// Its credentials come apart: threads of one process usually share them.
-fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid: u64, pdeathsig: u32, timerslack: u64) -> Result<(Json, Json)> {
+fn dump_thread(t: &FrozenThread, inj: &Injector, view: &ProcView, altstack: Json, ctid: u64, pdeathsig: u32, timerslack: u64) -> Result<(Json, Json)> {
     let (tid, regs) = (t.tid, &t.regs);
     let restart = match regs.restart_kind() {
         Restart::None => "none",
@@ -88,9 +116,7 @@ fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid:
     let pending = ptrace::peek_siginfo(tid, false)?;
     let (rhead, rlen) = robust_list(tid);
     let rseq = ptrace::get_rseq(tid).unwrap_or((0, 0, 0));
-    let comm = std::fs::read_to_string(format!("/proc/{}/task/{}/comm", pid, tid)).unwrap_or_default();
-    let status = std::fs::read_to_string(format!("/proc/{}/task/{}/status", pid, tid)).unwrap_or_default();
-    let seccomp = crate::seccomp::dump(tid, crate::seccomp::mode_of_status(&status))?;
+    let seccomp = crate::seccomp::dump(tid, crate::seccomp::mode_of_status(&view.status))?;
     let j = Json::obj()
         .with("tid", tid)
         .with("regs", regs_for_new_task(regs, inj).to_json())
@@ -102,15 +128,15 @@ fn dump_thread(pid: Pid, t: &FrozenThread, inj: &Injector, altstack: Json, ctid:
         .with("rseq", Json::obj().with("addr", rseq.0).with("len", rseq.1).with("sig", rseq.2))
         .with("robust_list", Json::obj().with("head", rhead).with("len", rlen))
         .with("clear_child_tid", ctid)
-        .with("comm", comm.trim_end_matches('\n'))
-        .with("sched", crate::creds::dump_sched(pid, tid))
+        .with("comm", view.comm.as_str())
+        .with("sched", view.sched.clone())
         .with("pdeathsig", pdeathsig)
         .with("timerslack_ns", timerslack);
     let j = match seccomp {
         Some(s) => j.with("seccomp", s),
         None => j,
     };
-    Ok((j, crate::creds::creds_of_status(&status)))
+    Ok((j, crate::creds::creds_of_status(&view.status)))
 }
 
 /// Per-thread kernel settings, injected into each thread itself, all
