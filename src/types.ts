@@ -215,6 +215,12 @@ export interface SocketState {
   queue?: string[];
   /** unix: the descriptors in flight with queue[msg], as file ids. */
   in_flight?: { msg: number; files: U64[] }[];
+  /** unix, relative name: the directory its file was in at the dump. */
+  bind_dir?: string;
+  /** unix, path name: no file led to the socket at the dump; restored with the name and no file. */
+  unlinked?: boolean;
+  /** unix, bound datagram socket: the sender address (base64 sun_path) of queue[msg]. */
+  senders?: { msg: number; path: string; held_by?: U64 }[];
   [field: string]: unknown;
 }
 

@@ -197,14 +197,17 @@ impl FileTable {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn describe(&mut self, _pid: Pid, pidfd: &Fd, fd: i32, target: &str, md: &std::fs::Metadata, info: &proc::FdInfo, id: u64) -> Result<Json> {
+    fn describe(&mut self, pid: Pid, pidfd: &Fd, fd: i32, target: &str, md: &std::fs::Metadata, info: &proc::FdInfo, id: u64) -> Result<Json> {
+        // A descriptor in flight is phaul's copy: it belongs with the process
+        // holding the socket that carries it.
+        let pid = if pid == sys::getpid() { self.in_flight.carrier().0 } else { pid };
         let ft = md.file_type();
         let flags = info.flags & !O_CLOEXEC;
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
         if ft.is_file() {
             if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
-                return crate::anonfd::describe(&FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
+                return crate::anonfd::describe(&FileCtx { pid, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             return Ok(base.with("kind", "reg").with("path", target).with("stat", file_identity(target)));
         }
@@ -217,10 +220,10 @@ impl FileTable {
             }
             // A new pair is made by each open of /dev/ptmx: its own kind.
             if crate::tty::is_ptmx(md.rdev()) {
-                return self.ptys.describe_master(&FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
+                return self.ptys.describe_master(&FileCtx { pid, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             if crate::tty::is_pts(md.rdev()) {
-                self.ptys.note_slave(&FileCtx { pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
+                self.ptys.note_slave(&FileCtx { pid, pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
             }
             return Ok(base.with("kind", "chr").with("path", target).with("rdev", md.rdev()));
         }
@@ -246,7 +249,7 @@ impl FileTable {
             }
             return Ok(j);
         }
-        let ctx = FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight };
+        let ctx = FileCtx { pid, pidfd, fd, target, md, info, base, in_flight: &self.in_flight };
         if ft.is_socket() {
             return crate::sockets::describe(&ctx);
         }
@@ -293,6 +296,7 @@ impl FileTable {
         crate::inflight::link(&mut self.files, &ids)?;
         crate::sockets::check_unix_peers(&self.files, &|id| self.where_of(id))?;
         let mut warnings = self.mark_external_pipes();
+        warnings.extend(crate::sockets::unix_warnings(&self.files, &|id| self.where_of(id)));
         warnings.extend(self.ptys.link(&mut self.files, tree));
         let pipes = std::mem::take(&mut self.pipes).into_values().collect();
         Ok((self.files, pipes, warnings))
@@ -301,6 +305,10 @@ impl FileTable {
 
 /// What a per-kind module needs to describe one descriptor at dump time.
 pub struct FileCtx<'a> {
+    /// The process holding the descriptor (for one in flight: the process
+    /// holding the socket whose queue carries it), whose working directory
+    /// relative names are looked up in.
+    pub pid: Pid,
     /// pidfd of the process, for pidfd_getfd (a copy of the descriptor).
     pub pidfd: &'a Fd,
     pub fd: i32,
