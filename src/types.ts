@@ -202,6 +202,8 @@ export interface OpenFile {
   pty?: PtyState;
   /** Found only in flight in a unix socket's queue (docs/sockets.md). */
   in_flight?: boolean;
+  /** fifo: its path was removed while open; restored as a new FIFO without a name. */
+  unlinked?: boolean;
   /** Kinds sock_tcp, sock_udp, sock_unix (docs/sockets.md); only the fields named here are typed. */
   sock?: SocketState;
 }

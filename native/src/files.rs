@@ -43,6 +43,9 @@ pub struct FileTable {
     /// Copies of the descriptors in flight in the unix socket queues seen,
     /// described in `finish` (crate::inflight).
     in_flight: crate::inflight::Sink,
+    /// FIFOs removed while open: (a file id, device, inode), to tell in
+    /// `finish` whether a process outside the tree holds one too.
+    unlinked_fifos: Vec<(u64, u64, u64)>,
 }
 
 fn kcmp_same(p1: Pid, p2: Pid, f1: i32, f2: i32) -> bool {
@@ -93,6 +96,7 @@ impl FileTable {
             ptys: Default::default(),
             next_id: 1,
             in_flight: Default::default(),
+            unlinked_fifos: Vec::new(),
         }
     }
 
@@ -200,14 +204,14 @@ impl FileTable {
     fn describe(&mut self, pid: Pid, pidfd: &Fd, fd: i32, target: &str, md: &std::fs::Metadata, info: &proc::FdInfo, id: u64) -> Result<Json> {
         // A descriptor in flight is phaul's copy: it belongs with the process
         // holding the socket that carries it.
-        let pid = if pid == sys::getpid() { self.in_flight.carrier().0 } else { pid };
+        let holder = if pid == sys::getpid() { self.in_flight.carrier().0 } else { pid };
         let ft = md.file_type();
         let flags = info.flags & !O_CLOEXEC;
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
         if ft.is_file() {
             if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
-                return crate::anonfd::describe(&FileCtx { pid, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
+                return crate::anonfd::describe(&FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             return Ok(base.with("kind", "reg").with("path", target).with("stat", file_identity(target)));
         }
@@ -220,15 +224,17 @@ impl FileTable {
             }
             // A new pair is made by each open of /dev/ptmx: its own kind.
             if crate::tty::is_ptmx(md.rdev()) {
-                return self.ptys.describe_master(&FileCtx { pid, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
+                return self.ptys.describe_master(&FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             if crate::tty::is_pts(md.rdev()) {
-                self.ptys.note_slave(&FileCtx { pid, pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
+                self.ptys.note_slave(&FileCtx { pid: holder, pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
             }
             return Ok(base.with("kind", "chr").with("path", target).with("rdev", md.rdev()));
         }
         if ft.is_fifo() {
             let is_pipe = target.starts_with("pipe:");
+            // A FIFO whose name was removed: only descriptors lead to it.
+            let unlinked = !is_pipe && md.nlink() == 0;
             let ino = md.ino();
             let acc = flags & O_ACCMODE;
             let ends = self.pipe_ends.entry(ino).or_insert((false, false));
@@ -238,18 +244,27 @@ impl FileTable {
             if acc == O_RDWR || acc == O_WRONLY {
                 ends.1 = true;
             }
-            if !self.pipes.contains_key(&ino) && acc != O_WRONLY {
-                let stolen = sys::pidfd_getfd(pidfd, fd)?;
+            if !self.pipes.contains_key(&ino) && (acc != O_WRONLY || unlinked) {
+                let stolen = if acc == O_WRONLY { crate::fifo::reader_of(pid, fd)? } else { sys::pidfd_getfd(pidfd, fd)? };
                 let (data, size) = peek_pipe(&stolen)?;
                 self.pipes.insert(ino, Json::obj().with("pipe_id", ino).with("data", base64::encode(&data)).with("size", size));
             }
             let mut j = base.with("kind", if is_pipe { "pipe" } else { "fifo" }).with("pipe_id", ino);
-            if !is_pipe {
+            if unlinked {
+                j.set("path", target.strip_suffix(" (deleted)").unwrap_or(target))
+                    .set("unlinked", true)
+                    .set("mode", md.mode() & 0o7777)
+                    .set("uid", md.uid())
+                    .set("gid", md.gid());
+                if !self.unlinked_fifos.iter().any(|u| u.1 == md.dev() && u.2 == ino) {
+                    self.unlinked_fifos.push((id, md.dev(), ino));
+                }
+            } else if !is_pipe {
                 j.set("path", target);
             }
             return Ok(j);
         }
-        let ctx = FileCtx { pid, pidfd, fd, target, md, info, base, in_flight: &self.in_flight };
+        let ctx = FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight };
         if ft.is_socket() {
             return crate::sockets::describe(&ctx);
         }
@@ -297,6 +312,20 @@ impl FileTable {
         crate::sockets::check_unix_peers(&self.files, &|id| self.where_of(id))?;
         let mut warnings = self.mark_external_pipes();
         warnings.extend(crate::sockets::unix_warnings(&self.files, &|id| self.where_of(id)));
+        let fifos: Vec<(u64, u64)> = self.unlinked_fifos.iter().map(|u| (u.1, u.2)).collect();
+        let outside = if fifos.is_empty() { Vec::new() } else { crate::fifo::held_outside(&fifos, tree) };
+        for ((id, _, _), held) in self.unlinked_fifos.iter().zip(outside) {
+            if let Some((p, fd)) = held {
+                let path = self.files.iter().find(|f| f.u64_of("id") == Some(*id)).and_then(|f| f.str_of("path")).unwrap_or("");
+                warnings.push(format!(
+                    "{}: FIFO {} (removed while open) is also open in process {} (fd {}), outside the process tree; restored, the tree gets a FIFO of its own",
+                    self.where_of(*id),
+                    path,
+                    p,
+                    fd
+                ));
+            }
+        }
         warnings.extend(self.ptys.link(&mut self.files, tree));
         let pipes = std::mem::take(&mut self.pipes).into_values().collect();
         Ok((self.files, pipes, warnings))
@@ -336,10 +365,19 @@ pub struct Opened {
     /// The new pseudo-terminal pairs, for the controlling terminal.
     pub ptys: crate::tty::Pairs,
     /// FIFO handles kept open until every end is installed, so data survives.
-    _keep: Vec<Fd>,
+    keep: Vec<Fd>,
 }
 
 impl Opened {
+    /// Every end is installed: phaul's own ends of pipes and FIFOs go before
+    /// the tree runs. Held on, they were one more reader and writer: a write
+    /// to a FIFO left without readers succeeded instead of failing with
+    /// EPIPE, a read of one left without writers waited instead of seeing
+    /// end-of-file.
+    pub fn release_pipes(&mut self) {
+        self.keep.clear();
+    }
+
     /// Put every restored TCP socket into repair mode, so that killing a
     /// restored copy that must not live (a migration rolled back after the
     /// restore) closes its connections without a FIN or RST reaching the
@@ -408,7 +446,7 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
         keep.push(b);
     }
     ptys.relock()?;
-    Ok(Opened { by_id, ptys, _keep: keep })
+    Ok(Opened { by_id, ptys, keep })
 }
 
 fn open_each(
@@ -464,9 +502,15 @@ fn open_each(
             }
             "fifo" => {
                 let pid_ = f.u64_of("pipe_id").unwrap_or(0);
+                let unlinked = f.bool_of("unlinked");
                 if !pipe_objs.contains_key(&pid_) {
-                    let rw = open_path(path, O_RDWR | O_NONBLOCK).map_err(|e| Error::new("EFILE", format!("FIFO {} needed by the process: {}", path, e.message)))?;
-                    let (data, _) = pipe_data(pid_)?;
+                    let rw = if unlinked {
+                        let owner = f.u64_of("uid").zip(f.u64_of("gid"));
+                        crate::fifo::make_unlinked(path, f.u64_of("mode").unwrap_or(0o600), owner)?
+                    } else {
+                        open_path(path, O_RDWR | O_NONBLOCK).map_err(|e| Error::new("EFILE", format!("FIFO {} needed by the process: {}", path, e.message)))?
+                    };
+                    let (data, size) = pipe_data(pid_)?;
                     // A FIFO that still holds data is the very pipe the process
                     // had, still open elsewhere (a migration on one host, where
                     // the frozen source keeps it): its contents are already there.
@@ -474,12 +518,15 @@ fn open_each(
                     const FIONREAD: u64 = 0x541b;
                     let _ = sys::call("FIONREAD", nr::IOCTL, &[rw.raw() as u64, FIONREAD, &mut queued as *mut i32 as u64]);
                     if queued == 0 {
+                        let _ = sys::call("F_SETPIPE_SZ", nr::FCNTL, &[rw.raw() as u64, F_SETPIPE_SZ, size.max(data.len() as u64)]);
                         write_all(&rw, &data)?;
                     }
                     let dup = Fd(sys::call("dup", nr::FCNTL, &[rw.raw() as u64, 1030, 0])? as i32);
                     pipe_objs.insert(pid_, (rw, dup));
                 }
-                let fd = open_path(path, flags | O_NONBLOCK)?;
+                // A removed FIFO has no name to open: its descriptions are
+                // opened through the one phaul keeps.
+                let fd = if unlinked { crate::fifo::reopen(&pipe_objs[&pid_].0, flags | O_NONBLOCK)? } else { open_path(path, flags | O_NONBLOCK)? };
                 sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, F_SETFL, (flags & O_NONBLOCK) as u64])?;
                 fd
             }

@@ -9,6 +9,7 @@ pub mod creds;
 pub mod dirty;
 pub mod dump;
 pub mod ffi;
+pub mod fifo;
 pub mod files;
 pub mod fown;
 pub mod inflight;

@@ -528,7 +528,7 @@ pub struct RestoreStats {
 pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, RestoreStats)> {
     preflight(state, pid_ns)?;
     let all = state.arr_of("processes");
-    let opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
+    let mut opened = files::open_all(state.arr_of("files"), state.arr_of("pipes"))?;
     let mut tree = create_stubs(all, pid_ns, Some(&opened))?;
     let live = live_procs(all);
     let procs = &live[..];
@@ -541,6 +541,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
             stats.pages_bytes += fill_from_images(dir, p, s).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
             finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
+        opened.release_pipes();
         finish_tree(procs, &mut tree, false)?;
         Ok(stats)
     })();

@@ -192,6 +192,7 @@ export const GO_CHECKS: Record<string, string> = {
   fanotify_kinds: 'PERM_DENIED',
   sock_scm: 'SCM_CHECKED',
   sock_senders: 'SENDERS_CHECKED',
+  fifo_unlinked: 'FIFOS_CHECKED',
 };
 
 /** Create LOG.go, wait for `line`, then for two more OK lines. */
