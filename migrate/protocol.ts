@@ -38,6 +38,8 @@ export interface LayoutProcess {
   /** An exited child not yet reaped by its parent: no threads, only its wait status. */
   zombie?: boolean;
   exit_code?: number;
+  /** Objects shared by clone flags with an earlier process: its pid (the stub is forked sharing them). */
+  shares?: { files?: number; fs?: number };
 }
 
 export interface Layout {
@@ -306,6 +308,14 @@ function layout(v: unknown): Layout {
           throw protoError(`${where}.vmas must be a list of maps`);
         }
         out.vmas = q.vmas as Record<string, unknown>[];
+      }
+      if (q.shares !== undefined && q.shares !== null) {
+        const sh = obj(q.shares, `${where}.shares`);
+        out.shares = {};
+        for (const key of Object.keys(sh)) {
+          if (key !== "files" && key !== "fs") throw protoError(`${where}.shares.${key} is not a shared object phaul knows`);
+          out.shares[key] = int(sh, key, `${where}.shares`, 1, PID_MAX);
+        }
       }
       return out;
     }),

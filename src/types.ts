@@ -38,7 +38,7 @@ export interface MmInfo {
 }
 
 export type VmaKind =
-  | "anon" | "file" | "heap" | "stack" | "vdso" | "vvar" | "vvar_vclock" | "shmem" | "vsyscall";
+  | "anon" | "file" | "heap" | "stack" | "vdso" | "vvar" | "vvar_vclock" | "shmem" | "vsyscall" | "aio";
 
 export interface Vma {
   start: U64;
@@ -52,6 +52,19 @@ export interface Vma {
   shmem_id?: U64;
   growsdown: boolean;
   flags?: string;
+}
+
+/** A kernel AIO context (io_setup): its ring, mapped at the context id. */
+export interface AioRing {
+  start: U64;
+  end: U64;
+  prot: number;
+  /** Ring size in events, head and tail. */
+  nr: number;
+  head: number;
+  tail: number;
+  /** struct io_event[] from head to tail (completed, not yet reaped), base64. */
+  events?: string;
 }
 
 export interface PageEntry {
@@ -167,6 +180,8 @@ export interface ProcessState {
   /** A zombie keeps only pid, parent, group, session and exit status; its lists are empty or absent. */
   zombie?: boolean;
   exit_code?: number;
+  /** Objects shared with an earlier process of the tree by clone flags: that process's pid. */
+  shares?: { files?: number; fs?: number };
   comm: string;
   exe?: ExeInfo;
   cwd: string;
@@ -175,6 +190,7 @@ export interface ProcessState {
   rlimits: Rlimit[];
   mm: MmInfo;
   vmas: Vma[];
+  aio_rings?: AioRing[];
   pages: Pages;
   threads: ThreadState[];
   sigactions: Sigaction[];
@@ -196,6 +212,8 @@ export interface OpenFile {
   pipe_id?: U64;
   /** A pipe end whose other end is outside the tree; restored as /dev/null. */
   external?: boolean;
+  /** reg or dir under /proc/PID of a process of the tree: opened again under the restored process. */
+  proc_pid?: number;
   /** Kinds pty_master and pty_slave: entries of one pseudo-terminal pair share it. */
   pty_id?: U64;
   /** pty_master: the pair's state (docs/state-json.md). */

@@ -84,6 +84,20 @@ describe('dump failures', () => {
   });
 });
 
+describe('refused at the dump', () => {
+  // A forked child shares its parent's AIO ring pages without the context;
+  // the kernel lets nobody open the ring's file, so that cannot be rebuilt.
+  test('a child holding an AIO ring inherited over fork: one line, the tree keeps running', { timeout: 60_000 }, async () => {
+    const w = await h.start('aio_ring', { args: ['fork'] });
+    await waitForOk(w, 2);
+    const r = await dump(w.pid, h.tempDir());
+    assertCliError(r, /process \d+: AIO ring at 0x[0-9a-f]+: a mapping inherited over fork .*is not supported/);
+    assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
+    await assertUntouched(w);
+    await h.kill(w);
+  });
+});
+
 describe('restore failures', () => {
   let good = ''; // a complete image dir of a counter workload (which is dead now)
   let files: string[] = [];

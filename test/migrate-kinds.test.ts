@@ -18,7 +18,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
@@ -88,6 +88,40 @@ describe('state kinds under live migration', () => {
     assertNoFail(w);
     await h.kill(w);
   });
+
+  // Processes sharing a descriptor table or cwd/umask (clone flags), and
+  // descriptors and cwd under /proc/PID (the destination runs the tree in
+  // a pid namespace: the entries must name the moved processes).
+  for (const name of ['share_files', 'share_fs', 'proc_entries']) {
+    test(name, { timeout: 90_000 }, async (t) => {
+      const w = await h.start(name);
+      await waitForOk(w, 3, 30_000);
+      const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
+      t.diagnostic(roundsText(summary));
+      // These OK lines come from the moved copy (the source is gone).
+      await waitForOk(w, lastOk(w) + 2, 10_000);
+      assertNoFail(w);
+      await h.kill(w);
+    });
+  }
+
+  // Refused: at the start (an address space shared by two processes), or at
+  // the freeze (a descriptor on the /proc entry of a reaped child); either
+  // way the source keeps running.
+  for (const [name, args, pattern] of [
+    ['share_vm', [], /processes \d+ and \d+ share one address space \(CLONE_VM\): not supported.*still running here/],
+    ['proc_entries', ['dead'], /fd \d+: \/proc\/\d+ is an entry of process \d+, which has exited: it cannot be restored.*still running here/],
+  ] as const) {
+    test(`${name} ${args.join(' ')}: refused, the source keeps running`, { timeout: 90_000 }, async () => {
+      const w = await h.start(name, { args: [...args] });
+      await waitForOk(w, 3, 30_000);
+      const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+      assertCliError(r, pattern);
+      await waitForOk(w, lastOk(w) + 3, 10_000);
+      assertNoFail(w);
+      await h.kill(w);
+    });
+  }
 
   // The layout changes inside a round (mmap, munmap and mremap every 2 ms):
   // the destination applies the round's layout, on the thread that traces

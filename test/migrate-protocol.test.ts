@@ -28,6 +28,8 @@ describe('protocol messages', () => {
       helloSrc,
       helloDst,
       { type: 'prepare', migration: 'm-1', token: 'abc', layout },
+      // a process sharing its parent's descriptor table and cwd (clone flags)
+      { type: 'prepare', migration: 'm-2', token: 'abc', layout: { processes: [...layout.processes, { pid: 102, ppid: 100, pgid: 100, sid: 100, tids: [102], shares: { files: 100, fs: 100 } }] } },
       { type: 'prepared', page_port: 7071 },
       { type: 'round', n: 3 },
       { type: 'round_done', stats: { round: 3, pages: 10, bytes: 40960, ms: 1.5 } },
@@ -57,6 +59,8 @@ describe('protocol messages', () => {
     rejects({ type: 'prepare', migration: 'm', token: 't', layout: { processes: [] } }, /processes/);
     rejects({ type: 'prepare', migration: 'm', token: 't', layout: { processes: [{ ...layout.processes[0], tids: [] }] } }, /tids/);
     rejects({ type: 'prepare', migration: 'm', token: 't', layout: { processes: [{ ...layout.processes[0], pid: 0 }] } }, /pid/);
+    rejects({ type: 'prepare', migration: 'm', token: 't', layout: { processes: [{ ...layout.processes[0], shares: { vm: 1 } }] } }, /shares\.vm/);
+    rejects({ type: 'prepare', migration: 'm', token: 't', layout: { processes: [{ ...layout.processes[0], shares: { files: 0 } }] } }, /shares\.files/);
     rejects({ type: 'round_done', stats: { round: 0, pages: 1, bytes: 1 } }, /ms/);
     rejects({ type: 'restored', pid: 5 }, /restore_us/);
     rejects({ type: 'failed', code: 'lower', message: 'x' }, /code/);

@@ -256,6 +256,19 @@ describe('sockets', () => {
     });
   }
 
+  test('an eBPF socket filter (SO_ATTACH_BPF) fails the dump with one line and the process keeps running', { timeout: 60_000 }, async () => {
+    const w = await h.start('sock_filter', { args: ['bpf'] });
+    await waitForOk(w, 2);
+    const images = path.join(w.dir, 'images');
+    mkdirSync(images);
+    const r = await dump(w.pid, images);
+    assertCliError(r, /fd \d+: socket:\[\d+\] has an eBPF filter \(SO_ATTACH_BPF\), whose program cannot be read back: not supported/);
+    assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    assertNoFail(w);
+    await h.kill(w);
+  });
+
   test('an unsupported socket (raw ICMP) fails the dump with one line and the process keeps running', { timeout: 60_000 }, async () => {
     const dir = h.tempDir('phaul-sock-unsup-');
     const marker = path.join(dir, 'marker');

@@ -54,11 +54,11 @@ pub fn dump_sched(pid: Pid, tid: Pid) -> Json {
     Json::obj().with("policy", g(41)).with("priority", g(40)).with("nice", g(19))
 }
 
-pub fn restore_personality(inj: &mut Injector, p: &Json) -> Result<()> {
-    if let Some(v) = p.u64_of("personality") {
-        inj.call("personality", nr::PERSONALITY, &[v & 0xffff_ffff])?;
+pub fn personality_calls(p: &Json) -> Vec<Call> {
+    match p.u64_of("personality") {
+        Some(v) => vec![Call::new("personality", nr::PERSONALITY, &[v & 0xffff_ffff])],
+        None => Vec::new(),
     }
-    Ok(())
 }
 
 /// The calls that give a thread its scheduling policy, priority and nice

@@ -7,6 +7,7 @@ use crate::inject::{find_syscall_insn, open_mem, Injector};
 use crate::json::Json;
 use crate::memory;
 use crate::process;
+use crate::shares;
 use crate::ptrace;
 use crate::signals;
 use crate::sys::{self, Context, Error, Pid, Result};
@@ -71,19 +72,16 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     let mut inj = Injector::new(pid, leader.tid, insn, leader.regs.rewound(true), leader.sigmask)?;
     crate::sys::trace_mark("dump: injector ready");
     let res = (|| -> Result<Json> {
-        let mut p = process::dump_process(pid, &mut inj)?;
-        if let Some(sig) = fz.group_stop {
-            p.set("stop_signal", sig);
-        }
-        crate::sys::trace_mark("dump: process");
-        p.set("sigactions", signals::dump_sigactions(&mut inj)?);
-        p.set("itimers", signals::dump_itimers(&mut inj)?);
-        for (k, v) in crate::anonfd::dump_process_extras(&mut inj, pid)? {
-            p.set(k, v);
-        }
-        p.set("shared_pending", signals::siginfos_to_json(ptrace::peek_siginfo(leader.tid, true)?));
-        // The leader's areas serve every thread (one address space).
+        // One batch runs every injected read: the process-wide ones in the
+        // leader, before its thread's, and every thread's at once.
         crate::batch::reserve(&mut inj, fz.threads.len())?;
+        let d0 = crate::batch::data(&inj, 0)?;
+        let (out, timers_at, sigs_at) = (d0 + 1024, d0 + 1088, d0 + 2048);
+        let mut first = process::reads(out);
+        let n_proc = first.len();
+        let (sigs, sig_calls) = signals::sigaction_reads(pid, sigs_at);
+        first.extend(sig_calls);
+        first.extend(signals::itimer_reads(timers_at));
         let mut others = Vec::with_capacity(fz.threads.len() - 1);
         let mut made = Ok(());
         for t in &fz.threads[1..] {
@@ -98,15 +96,31 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
                 }
             }
         }
-        let ths = made.and_then(|_| threads::dump_threads(pid, &fz.threads, &mut inj, &mut others));
+        let ths = made.and_then(|_| threads::dump_threads(pid, &fz.threads, &mut inj, &mut others, first));
         let mut fin = Ok(());
         for ti in others {
             if let Err(e) = ti.finish() {
                 fin = fin.and(Err(e));
             }
         }
-        let ths = ths?;
+        let (ths, first_res) = ths?;
         fin?;
+        let as_i64: Vec<i64> = first_res.iter().map(|&r| r as i64).collect();
+        let mut p = process::dump_process(pid, &inj, &as_i64[..n_proc], out)?;
+        if let Some(sig) = fz.group_stop {
+            p.set("stop_signal", sig);
+        }
+        crate::sys::trace_mark("dump: process and threads");
+        p.set("sigactions", signals::sigactions_from(&inj, &sigs, sigs_at)?);
+        p.set("itimers", signals::itimers_from(&inj, timers_at)?);
+        for (k, v) in crate::anonfd::dump_process_extras(&mut inj, pid)? {
+            p.set(k, v);
+        }
+        let rings = crate::aio::dump(&mut inj, pid)?;
+        if !rings.is_empty() {
+            p.set("aio_rings", rings);
+        }
+        p.set("shared_pending", signals::siginfos_to_json(ptrace::peek_siginfo(leader.tid, true)?));
         p.set("threads", ths);
         crate::sys::trace_mark("dump: threads");
         let pidfd = sys::pidfd_open(pid)?;
@@ -205,12 +219,18 @@ pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) 
     let mut files = FileTable::new();
     let mut stats = DumpStats { pages: 0, bytes: 0 };
     let mut procs = Vec::new();
+    // First: what is refused here costs no dump.
+    let shares = shares::dump(frozen)?;
     for fz in &frozen.procs {
         if let Some(status) = fz.zombie {
             procs.push(zombie_json(fz.pid, status));
             continue;
         }
-        procs.push(dump_process(fz, &mut files, dir, &mut stats, flags).ctx(format!("process {}", fz.pid))?);
+        let mut p = dump_process(fz, &mut files, dir, &mut stats, flags).ctx(format!("process {}", fz.pid))?;
+        if let Some(s) = shares.get(&fz.pid) {
+            p.set("shares", s.clone());
+        }
+        procs.push(p);
     }
     let pids: Vec<Pid> = frozen.procs.iter().map(|p| p.pid).collect();
     let (files, pipes, mut warnings) = files.finish(&pids)?;

@@ -209,6 +209,11 @@ impl FileTable {
         let flags = info.flags & !O_CLOEXEC;
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
+        if ft.is_file() || ft.is_dir() {
+            if let Some(p) = crate::procpid::check(pid, &format!("fd {}", fd), target, md)? {
+                return Ok(base.with("kind", if ft.is_dir() { "dir" } else { "reg" }).with("path", target).with("proc_pid", p));
+            }
+        }
         if ft.is_file() {
             if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
                 return crate::anonfd::describe(&FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
@@ -305,12 +310,60 @@ impl FileTable {
         warnings
     }
 
+    /// An entry under /proc of a process outside the tree is opened by its
+    /// path on restore, as any file: whatever process has that pid then.
+    fn mark_outside_proc_entries(&mut self, tree: &[Pid]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for i in 0..self.files.len() {
+            let f = &self.files[i];
+            let Some(p) = f.i64_of("proc_pid") else { continue };
+            if tree.contains(&(p as Pid)) {
+                continue;
+            }
+            warnings.push(format!(
+                "{}: {} belongs to process {}, outside the process tree; the restore opens that path again, in whatever process then has pid {}",
+                self.where_of(f.u64_of("id").unwrap_or(0)),
+                f.str_of("path").unwrap_or(""),
+                p,
+                p
+            ));
+            self.files[i].set("proc_pid", Json::Null);
+        }
+        warnings
+    }
+
+    /// An entry of a process of the tree is opened only once the stubs
+    /// exist, after the unix queues that carry descriptors are refilled:
+    /// it cannot be one of those descriptors.
+    fn refuse_proc_entries_in_flight(&self) -> Result<()> {
+        let carried: Vec<u64> = self
+            .files
+            .iter()
+            .filter_map(|f| f.get("sock"))
+            .flat_map(|s| s.arr_of("in_flight").iter().flat_map(|e| e.arr_of("files").iter().filter_map(Json::as_u64)))
+            .collect();
+        let entry = self.files.iter().find(|f| f.i64_of("proc_pid").is_some() && f.u64_of("id").is_some_and(|id| carried.contains(&id)));
+        match entry {
+            Some(f) => Err(Error::new(
+                "EUNSUPPORTED",
+                format!(
+                    "{}: {} is in flight in a unix socket queue: an entry under /proc/PID of a process of the tree cannot travel in flight",
+                    self.where_of(f.u64_of("id").unwrap_or(0)),
+                    f.str_of("path").unwrap_or("")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// (files, pipes, warnings); `tree`: pids of every process dumped.
     pub fn finish(mut self, tree: &[Pid]) -> Result<(Vec<Json>, Vec<Json>, Vec<String>)> {
         let ids = self.describe_in_flight()?;
         crate::inflight::link(&mut self.files, &ids)?;
         crate::sockets::check_unix_peers(&self.files, &|id| self.where_of(id))?;
         let mut warnings = self.mark_external_pipes();
+        warnings.extend(self.mark_outside_proc_entries(tree));
+        self.refuse_proc_entries_in_flight()?;
         warnings.extend(crate::sockets::unix_warnings(&self.files, &|id| self.where_of(id)));
         let fifos: Vec<(u64, u64)> = self.unlinked_fifos.iter().map(|u| (u.1, u.2)).collect();
         let outside = if fifos.is_empty() { Vec::new() } else { crate::fifo::held_outside(&fifos, tree) };
@@ -366,6 +419,8 @@ pub struct Opened {
     pub ptys: crate::tty::Pairs,
     /// FIFO handles kept open until every end is installed, so data survives.
     keep: Vec<Fd>,
+    /// Image pid -> host pid of every process of the tree (open_proc_entries).
+    pub proc_hosts: BTreeMap<Pid, Pid>,
 }
 
 impl Opened {
@@ -376,6 +431,26 @@ impl Opened {
     /// end-of-file.
     pub fn release_pipes(&mut self) {
         self.keep.clear();
+    }
+
+    /// Entries under /proc of processes of the tree, once their stubs
+    /// exist: opened under the pid phaul sees each with (`hosts`: image
+    /// pid -> host pid, kept for working directories under /proc too).
+    pub fn open_proc_entries(&mut self, files: &[Json], hosts: BTreeMap<Pid, Pid>) -> Result<()> {
+        for f in files {
+            let Some(pid) = f.i64_of("proc_pid").map(|p| p as Pid) else { continue };
+            let id = f.u64_of("id").ok_or_else(|| Error::new("EIMAGE", "a file entry has no id"))?;
+            let path = f.str_of("path").unwrap_or("");
+            let host = *hosts.get(&pid).ok_or_else(|| Error::new("EIMAGE", format!("{} names process {}, which is not in the image", path, pid)))?;
+            let here = crate::procpid::on_host(path, pid, host);
+            let fd = open_path(&here, open_flags(f)).map_err(|e| Error::new("EFILE", format!("{} of the restored process {}: {}", path, pid, e.message)))?;
+            if f.str_of("kind") == Some("reg") {
+                sys::call(&format!("lseek {}", here), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
+            }
+            self.by_id.insert(id, fd);
+        }
+        self.proc_hosts = hosts;
+        Ok(())
     }
 
     /// Put every restored TCP socket into repair mode, so that killing a
@@ -391,6 +466,11 @@ impl Opened {
             let _ = unsafe { sys::raw(54 /* setsockopt */, &[fd.raw() as u64, SOL_TCP, TCP_REPAIR, &one as *const i32 as u64, 4]) };
         }
     }
+}
+
+/// The flags a description is opened again with.
+fn open_flags(f: &Json) -> u32 {
+    f.u64_of("flags").unwrap_or(0) as u32 & !(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | O_NOCTTY)
 }
 
 fn open_path(path: &str, flags: u32) -> Result<Fd> {
@@ -446,7 +526,7 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
         keep.push(b);
     }
     ptys.relock()?;
-    Ok(Opened { by_id, ptys, keep })
+    Ok(Opened { by_id, ptys, keep, proc_hosts: BTreeMap::new() })
 }
 
 fn open_each(
@@ -458,8 +538,11 @@ fn open_each(
 ) -> Result<()> {
     for f in files {
         let id = f.u64_of("id").ok_or_else(|| Error::new("EIMAGE", "a file entry has no id"))?;
-        let flags = f.u64_of("flags").unwrap_or(0) as u32 & !(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+        let flags = open_flags(f);
         let path = f.str_of("path").unwrap_or("");
+        if f.i64_of("proc_pid").is_some() {
+            continue; // once the stubs exist: Opened::open_proc_entries
+        }
         let fd = match f.str_of("kind").unwrap_or("") {
             "reg" => {
                 let md = std::fs::metadata(path).map_err(|_| Error::new("EFILE", format!("file {} needed by the process is missing", path)))?;

@@ -177,10 +177,10 @@ impl Injector {
     }
 
     /// The batch area, at least `len` bytes (code page included), mapped on
-    /// first use. Mapped executable, then all but the code page made
-    /// writable: a process that denies itself write+execute memory
-    /// (PR_SET_MDWE) allows both steps, and the code is written through
-    /// /proc/PID/mem, which needs no write permission in the mapping.
+    /// first use: one read-write-execute mapping, or, for a process that
+    /// denies itself write+execute memory (PR_SET_MDWE), an executable one
+    /// whose slots are then made writable (MDWE allows both steps). The code
+    /// is written through /proc/PID/mem, which needs no write permission.
     pub fn batch_area(&mut self, len: u64, code: &[u8]) -> Result<u64> {
         if self.batch_len >= len {
             return Ok(self.batch_base);
@@ -195,10 +195,18 @@ impl Injector {
             self.call("munmap(batch)", nr::MUNMAP, &[a, l])?;
         }
         let l = (len + 0xffff) & !0xffff;
-        let base = self.call("mmap(batch)", nr::MMAP, &[0, l, 5, 0x22, u64::MAX, 0])?;
+        let base = match self.raw(nr::MMAP, &[0, l, 7, 0x22, u64::MAX, 0])? {
+            r if r >= 0 => r as u64,
+            _ => {
+                let base = self.call("mmap(batch)", nr::MMAP, &[0, l, 5, 0x22, u64::MAX, 0])?;
+                self.batch_base = base;
+                self.batch_len = l;
+                self.call("mprotect(batch)", nr::MPROTECT, &[base + 4096, l - 4096, 3])?;
+                base
+            }
+        };
         self.batch_base = base;
         self.batch_len = l;
-        self.call("mprotect(batch)", nr::MPROTECT, &[base + 4096, l - 4096, 3])?;
         self.write_mem(base, code)?;
         Ok(base)
     }
@@ -210,10 +218,8 @@ impl Injector {
     /// Mappings phaul made in the target, which are not the target's own.
     pub fn own_ranges(&self) -> Vec<(u64, u64)> {
         let mut v: Vec<(u64, u64)> = self.scratch_range().into_iter().collect();
-        if let Some((a, b)) = self.batch_range() {
-            // Two areas after the mprotect: the code page and the slots.
-            v.push((a, a + 4096));
-            v.push((a + 4096, b));
+        if let Some(r) = self.batch_range() {
+            v.push(r);
         }
         v
     }

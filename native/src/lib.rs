@@ -1,6 +1,7 @@
 //! phaul's native engine: everything that talks to the kernel about another
 //! process. One module per kind of kernel object; `ffi` is the only door.
 
+pub mod aio;
 pub mod anonfd;
 pub mod arch;
 pub mod base64;
@@ -23,9 +24,11 @@ pub mod ops;
 pub mod pageserver;
 pub mod proc;
 pub mod process;
+pub mod procpid;
 pub mod ptrace;
 pub mod restore;
 pub mod seccomp;
+pub mod shares;
 pub mod session;
 pub mod signals;
 pub mod sockets;

@@ -31,6 +31,8 @@ pub enum Kind {
     VvarVclock,
     Shmem,
     Vsyscall,
+    /// A kernel AIO ring (io_setup): made again by aio.rs, not mapped.
+    Aio,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::VvarVclock => "vvar_vclock",
             Kind::Shmem => "shmem",
             Kind::Vsyscall => "vsyscall",
+            Kind::Aio => "aio",
         }
     }
     pub fn parse(s: &str) -> Option<Kind> {
@@ -58,12 +61,13 @@ impl Kind {
             "vvar_vclock" => Kind::VvarVclock,
             "shmem" => Kind::Shmem,
             "vsyscall" => Kind::Vsyscall,
+            "aio" => Kind::Aio,
             _ => return None,
         })
     }
     /// Mappings the kernel provides itself; never stored nor mapped by us.
     pub fn is_special(&self) -> bool {
-        matches!(self, Kind::Vdso | Kind::Vvar | Kind::VvarVclock | Kind::Vsyscall)
+        matches!(self, Kind::Vdso | Kind::Vvar | Kind::VvarVclock | Kind::Vsyscall | Kind::Aio)
     }
 }
 
@@ -122,6 +126,7 @@ pub fn classify(m: &MapLine) -> Kind {
         "[vvar_vclock]" => Kind::VvarVclock,
         "[vsyscall]" => Kind::Vsyscall,
         "" => Kind::Anon,
+        p if m.shared && crate::aio::is_ring(p) => Kind::Aio,
         // A SysV segment's inode number is its id, and the first id is 0.
         p if m.shared && (p.starts_with("/SYSV") || (m.ino != 0 && (p.starts_with("/dev/zero") || p == "[shmem]"))) => Kind::Shmem,
         p if p.starts_with('[') => Kind::Anon, // [anon:name] and friends

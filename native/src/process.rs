@@ -39,15 +39,24 @@ pub fn rlimits(pid: Pid) -> Result<Vec<Json>> {
     Ok(out)
 }
 
-pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
+/// The injected reads of the process-wide attributes, run in the leader
+/// with its thread's own (threads::dump_threads); `out`: 4 bytes of its slot.
+pub fn reads(out: u64) -> Vec<Call> {
+    vec![
+        Call::new("brk(0)", nr::BRK, &[0]),
+        Call::new("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[3]),
+        Call::new("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[42]),
+        Call::new("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[37, out]),
+    ]
+}
+
+/// `res`: the results of `reads(out)`.
+pub fn dump_process(pid: Pid, inj: &Injector, res: &[i64], out: u64) -> Result<Json> {
     let (comm, st) = proc::stat(pid)?;
     let exe = proc::readlink(&format!("/proc/{}/exe", pid)).unwrap_or_default();
     let umask = u64::from_str_radix(&proc::status_field(pid, "Umask").unwrap_or_else(|_| "22".into()), 8).unwrap_or(0o22);
-    let brk = inj.call("brk(0)", nr::BRK, &[0])?;
-    let dumpable = inj.call("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[3])?;
-    let thp_disable = inj.call("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[42])?;
-    let out = inj.scratch(4096)? + 3968;
-    inj.call("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[37, out])?;
+    let r = |i: usize| res.get(i).copied().unwrap_or(0) as u64;
+    let (brk, dumpable, thp_disable) = (r(0), r(1), r(2));
     let subreaper = u32::from_le_bytes(inj.read_mem(out, 4)?.try_into().unwrap_or([0; 4])) != 0;
     let auxv_raw = std::fs::read(format!("/proc/{}/auxv", pid)).unwrap_or_default();
     let auxv: Vec<Json> = auxv_raw.chunks_exact(8).map(|c| Json::U64(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect();
@@ -78,7 +87,7 @@ pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
         .with("sid", f(6))
         .with("comm", comm)
         .with("exe", exe_j)
-        .with("cwd", proc::readlink(&format!("/proc/{}/cwd", pid))?)
+        .with("cwd", dump_cwd(pid)?)
         .with("root", proc::readlink(&format!("/proc/{}/root", pid))?)
         .with("umask", umask)
         .with("rlimits", rlimits(pid)?)
@@ -89,6 +98,16 @@ pub fn dump_process(pid: Pid, inj: &mut Injector) -> Result<Json> {
         .with("child_subreaper", subreaper)
         .with("oom_score_adj", oom_score_adj(pid))
         .with("mm", mm))
+}
+
+/// The working directory; one under /proc/PID must be of a live process.
+fn dump_cwd(pid: Pid) -> Result<String> {
+    let cwd = proc::readlink(&format!("/proc/{}/cwd", pid))?;
+    if cwd.starts_with("/proc/") {
+        let md = std::fs::metadata(format!("/proc/{}/cwd", pid)).map_err(|e| Error::from(e).context("the working directory"))?;
+        crate::procpid::check(pid, "the working directory", &cwd, &md)?;
+    }
+    Ok(cwd)
 }
 
 fn oom_score_adj(pid: Pid) -> i64 {
@@ -155,8 +174,10 @@ fn sys_prlimit(pid: Pid, res: u64, new: Option<&[u64; 2]>, old: Option<&mut [u64
     crate::sys::call(&format!("prlimit(NOFILE) of {}", pid), nr::PRLIMIT64, &[pid as u64, res, n, o]).map(|_| ())
 }
 
-/// cwd, root, umask and rlimits, injected into the stub.
-pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
+/// Root, cwd and umask (the kernel's fs_struct, which CLONE_FS shares),
+/// injected into the stub.
+/// `hosts`: image pid -> host pid, for a cwd under /proc/PID of the tree.
+pub fn restore_fs(inj: &mut Injector, p: &Json, hosts: &std::collections::BTreeMap<Pid, Pid>) -> Result<()> {
     if let Some(root) = p.str_of("root") {
         if root != "/" {
             let a = inj.put_str(root, 0)?;
@@ -164,9 +185,17 @@ pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
         }
     }
     if let Some(cwd) = p.str_of("cwd") {
-        restore_cwd(inj, cwd)?;
+        match crate::procpid::parse(cwd).and_then(|e| hosts.get(&e.pid).map(|h| (e.pid, *h))) {
+            Some((pid, host)) => restore_cwd(inj, &crate::procpid::on_host(cwd, pid, host))?,
+            None => restore_cwd(inj, cwd)?,
+        }
     }
     inj.call("umask", nr::UMASK, &[p.u64_of("umask").unwrap_or(0o22) & 0o777])?;
+    Ok(())
+}
+
+/// oom_score_adj and rlimits, injected into the stub.
+pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
     restore_oom_score_adj(inj.pid, p);
     // Only limits that differ from what the stub already has (one injected
     // call each, inside a migration's frozen window).

@@ -9,6 +9,7 @@ use crate::json::Json;
 use crate::memory::{self, Kind, Vma};
 use crate::process;
 use crate::ptrace;
+use crate::shares;
 use crate::signals;
 use crate::stub;
 use crate::sys::{nr, Context, Error, Pid, Result, PAGE_SIZE};
@@ -105,6 +106,9 @@ pub struct Stub {
     pub leader: Injector,
     /// Areas currently mapped in the stub.
     pub mapped: Vec<Vma>,
+    /// The objects it shares with an earlier stub (CLONE_FILES, CLONE_FS),
+    /// which that stub fills.
+    pub shared: u64,
 }
 
 pub struct Tree {
@@ -115,6 +119,8 @@ pub struct Tree {
     pub pid_ns: bool,
     /// Fully restored threads kept stopped until `release` (two-phase commit).
     pub held: Vec<Pid>,
+    /// (pid, host pid) of every process made, zombies included.
+    pub hosts: Vec<(Pid, Pid)>,
 }
 
 impl Tree {
@@ -130,6 +136,10 @@ impl Tree {
     fn in_tree(&self, pid: Pid) -> bool {
         self.stubs.iter().any(|s| s.pid == pid)
     }
+    /// Image pid -> host pid, for entries under /proc.
+    pub fn host_map(&self) -> std::collections::BTreeMap<Pid, Pid> {
+        self.hosts.iter().copied().collect()
+    }
 }
 
 /// Create an empty stub for every process (tree order, parents first), each
@@ -138,7 +148,7 @@ impl Tree {
 /// prepares its stubs), so that a session leader takes its controlling
 /// terminal before the members of its session are forked from it.
 pub fn create_stubs(procs: &[Json], pid_ns: bool, opened: Option<&files::Opened>) -> Result<Tree> {
-    let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns, held: Vec::new() };
+    let mut tree = Tree { stubs: Vec::new(), created: Vec::new(), init: None, pid_ns, held: Vec::new(), hosts: Vec::new() };
     match create_stubs_inner(procs, &mut tree, opened) {
         Ok(()) => Ok(tree),
         Err(e) => {
@@ -149,11 +159,12 @@ pub fn create_stubs(procs: &[Json], pid_ns: bool, opened: Option<&files::Opened>
 }
 
 fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Opened>) -> Result<()> {
+    let forks = shares::plan(procs)?;
     if tree.pid_ns {
         let host = stub::spawn_ns_init()?;
         tree.created.push(host);
         let mut inj = stub::attach_injector(host, &[])?;
-        stub::empty(&mut inj, &[])?;
+        stub::empty(&mut inj, &[], 0)?;
         stub::become_init(&mut inj)?;
         tree.init = Some(inj);
     }
@@ -163,30 +174,34 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Op
         if is_zombie(p) {
             let parent = tree.stubs.iter_mut().find(|b| b.pid == ppid);
             let parent = parent.ok_or_else(|| Error::new("EIMAGE", format!("zombie {} has no parent in the image", pid)))?;
-            let host = stub::fork_child(&mut parent.leader, pid)?;
+            let host = stub::fork_child(&mut parent.leader, pid, 0)?;
             tree.created.push(host);
+            tree.hosts.push((pid, host));
             stub::become_zombie(host, p.i64_of("exit_code").unwrap_or(0) as i32, p.str_of("comm").unwrap_or(""))?;
             continue;
         }
         let vmas = vmas_of(p)?;
-        let host = if i == 0 {
-            match tree.init.as_mut() {
-                Some(init) => stub::fork_child(init, pid)?,
-                None => stub::spawn_detached(pid)?,
+        let (host, flags) = match forks[i] {
+            None => match tree.init.as_mut() {
+                Some(init) => (stub::fork_child(init, pid, 0)?, 0),
+                None => (stub::spawn_detached(pid)?, 0),
+            },
+            Some(f) => {
+                // The parent, or a sibling holding what the process shares.
+                let from = tree.stubs.iter_mut().find(|b| b.pid == f.from);
+                let from = from.ok_or_else(|| Error::new("EIMAGE", format!("process {} is not a child of any process in the image", pid)))?;
+                (stub::fork_child(&mut from.leader, pid, f.flags)?, f.flags)
             }
-        } else {
-            let parent = tree.stubs.iter_mut().find(|b| b.pid == ppid);
-            let parent = parent.ok_or_else(|| Error::new("EIMAGE", format!("process {} is not a child of any process in the image", pid)))?;
-            stub::fork_child(&mut parent.leader, pid)?
         };
         tree.created.push(host);
+        tree.hosts.push((pid, host));
         let mut inj = stub::attach_injector(host, &vmas)?;
-        stub::empty(&mut inj, &vmas)?;
+        stub::empty(&mut inj, &vmas, flags)?;
         restore_session(&mut inj, p, pid, tree)?;
         if let Some(o) = opened {
             crate::tty::claim_ctty(&mut inj, p, pid, &o.ptys)?;
         }
-        tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new() });
+        tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new(), shared: flags & !shares::CLONE_PARENT });
     }
     Ok(())
 }
@@ -346,38 +361,41 @@ fn rejoin_split_areas(s: &mut Stub, want: &[&Vma]) -> Result<()> {
 
 /// Files, process attributes, signals, mm fields and exe of one process.
 pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<()> {
-    let inj = &mut s.leader;
-    let fds = p.arr_of("fds");
-    let top = fds.iter().filter_map(|f| f.u64_of("fd")).max().unwrap_or(0);
-    let limit = process::make_room_for_fds(inj, top + 64)?;
-    // The channel parks above every descriptor of the process, or, when the
-    // limit leaves no room there, in the lowest number it does not use.
-    let used: std::collections::BTreeSet<u64> = fds.iter().filter_map(|f| f.u64_of("fd")).collect();
-    let park = match (top + 1).max(100) {
-        p if p < limit => p,
-        _ => (3..limit).find(|n| !used.contains(n)).ok_or_else(|| Error::new("EUNSUPPORTED", format!("process {} uses every descriptor its limit allows", s.pid)))?,
-    };
-    let pidfd = crate::sys::pidfd_open(s.host)?;
-    let chan = FdChannel::open(inj, &pidfd, park)?;
-    let mut items = Vec::with_capacity(fds.len());
-    for f in fds {
-        let id = f.u64_of("file_id").unwrap_or(0);
-        let fd = f.i64_of("fd").filter(|&x| (0..1 << 20).contains(&x)).ok_or_else(|| Error::new("EIMAGE", "a descriptor number in the image is not valid"))?;
-        let obj = opened.by_id.get(&id).ok_or_else(|| Error::new("EIMAGE", format!("fd {} refers to a file missing from the image", fd)))?;
-        items.push((obj, fd as i32, f.bool_of("cloexec")));
+    // A migration's stubs were made from its first layout: what the
+    // processes share must not have changed since.
+    if shares::shared_flags(p) != s.shared {
+        return Err(Error::new("EPROTO", format!("process {}: what it shares with other processes changed after its stub was made", s.pid)));
     }
-    chan.install_all(inj, &items).ctx("installing the descriptors")?;
-    chan.close(inj)?;
+    let inj = &mut s.leader;
+    // Every other area is in place: the kernel picks where io_setup maps a
+    // ring, which then moves to its old address.
+    crate::aio::restore(inj, p)?;
+    // A shared descriptor table is filled once, by its first process.
+    let own_table = s.shared & shares::CLONE_FILES == 0;
+    if own_table {
+        install_fds(inj, p, s.host, opened)?;
+    }
     // Again here for a migration, whose stubs were made before the pairs
     // (then the session's other members do not get the terminal back).
     crate::tty::claim_ctty(inj, p, s.pid, &opened.ptys)?;
     crate::tty::restore_foreground(inj, p, s.pid, &opened.ptys)?;
-    crate::anonfd::after_install(inj, p)?;
-    crate::fown::restore(inj, p)?;
+    if own_table {
+        crate::anonfd::after_install(inj, p)?;
+        crate::fown::restore(inj, p)?;
+    }
+    if s.shared & shares::CLONE_FS == 0 {
+        process::restore_fs(inj, p, &opened.proc_hosts)?;
+    }
     process::restore_attrs(inj, p)?;
-    signals::restore_sigactions(inj, p.arr_of("sigactions"))?;
-    signals::restore_itimers(inj, p.arr_of("itimers"))?;
-    crate::creds::restore_personality(inj, p)?;
+    // Handlers, interval timers and personality in one batch.
+    if inj.batch_range().is_none() {
+        crate::batch::reserve(inj, 1)?;
+    }
+    let d0 = crate::batch::data(inj, 0)?;
+    let mut calls = signals::sigaction_calls(inj, p.arr_of("sigactions"), d0)?;
+    calls.extend(signals::itimer_calls(inj, p.arr_of("itimers"), d0 + 64 * 32)?);
+    calls.extend(crate::creds::personality_calls(p));
+    crate::batch::run_checked(&mut [crate::batch::Job { inj: &mut *inj, slot: 0, calls }])?;
     let exe_fd = process::open_exe_in_stub(inj, p)?;
     if let Some(mm) = p.get("mm") {
         let r = process::restore_mm(inj, mm, exe_fd);
@@ -387,6 +405,31 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         r?;
     }
     restore_advice(inj, p)
+}
+
+/// Every descriptor of the process, passed in from phaul.
+fn install_fds(inj: &mut Injector, p: &Json, host: Pid, opened: &files::Opened) -> Result<()> {
+    let fds = p.arr_of("fds");
+    let top = fds.iter().filter_map(|f| f.u64_of("fd")).max().unwrap_or(0);
+    let limit = process::make_room_for_fds(inj, top + 64)?;
+    // The channel parks above every descriptor of the process, or, when the
+    // limit leaves no room there, in the lowest number it does not use.
+    let used: std::collections::BTreeSet<u64> = fds.iter().filter_map(|f| f.u64_of("fd")).collect();
+    let park = match (top + 1).max(100) {
+        p if p < limit => p,
+        _ => (3..limit).find(|n| !used.contains(n)).ok_or_else(|| Error::new("EUNSUPPORTED", format!("process {} uses every descriptor its limit allows", p.i64_of("pid").unwrap_or(0))))?,
+    };
+    let pidfd = crate::sys::pidfd_open(host)?;
+    let chan = FdChannel::open(inj, &pidfd, park)?;
+    let mut items = Vec::with_capacity(fds.len());
+    for f in fds {
+        let id = f.u64_of("file_id").unwrap_or(0);
+        let fd = f.i64_of("fd").filter(|&x| (0..1 << 20).contains(&x)).ok_or_else(|| Error::new("EIMAGE", "a descriptor number in the image is not valid"))?;
+        let obj = opened.by_id.get(&id).ok_or_else(|| Error::new("EIMAGE", format!("fd {} refers to a file missing from the image", fd)))?;
+        items.push((obj, fd as i32, f.bool_of("cloexec")));
+    }
+    chan.install_all(inj, &items).ctx("installing the descriptors")?;
+    chan.close(inj)
 }
 
 /// madvise and mlock settings, last: every page of the process is written
@@ -442,7 +485,9 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
         }
         // What names a thread waits for the threads.
         crate::anonfd::posix_timers::restore(&mut leader, p)?;
-        crate::anonfd::pidfd::after_install(&mut leader, p, true)?;
+        if s.shared & shares::CLONE_FILES == 0 {
+            crate::anonfd::pidfd::after_install(&mut leader, p, true)?;
+        }
         threads::restore_settings(ths, &mut leader, &mut others, nice)?;
         crate::sys::trace_mark("restore: thread settings");
         let creds = p.get("creds").cloned();
@@ -534,6 +579,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
     let procs = &live[..];
     let host = tree.stubs.first().map(|s| s.host).unwrap_or(0);
     let r = (|| -> Result<RestoreStats> {
+        opened.open_proc_entries(state.arr_of("files"), tree.host_map())?;
         let mut stats = RestoreStats { pages_bytes: 0 };
         for (p, s) in procs.iter().zip(tree.stubs.iter_mut()) {
             let vmas = vmas_of(p)?;

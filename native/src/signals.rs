@@ -1,6 +1,7 @@
 //! Signals: handlers, pending signals, alternate stacks and interval timers.
 
 use crate::base64;
+use crate::batch::Call;
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::ptrace;
@@ -27,16 +28,21 @@ fn non_default(pid: Pid) -> u64 {
     }
 }
 
-pub fn dump_sigactions(inj: &mut Injector) -> Result<Vec<Json>> {
-    let buf = inj.scratch(4096)?;
+/// The injected reads of the signal handlers that are not the default; each
+/// lands at `at` + 32 * its place in the returned list of signals.
+pub fn sigaction_reads(pid: Pid, at: u64) -> (Vec<u64>, Vec<Call>) {
+    let wanted = non_default(pid);
+    let sigs: Vec<u64> = (1..=NSIG).filter(|&sig| sig != SIGKILL && sig != SIGSTOP && wanted & (1 << (sig - 1)) != 0).collect();
+    let calls = sigs.iter().enumerate().map(|(k, &sig)| Call::new("rt_sigaction(get)", nr::RT_SIGACTION, &[sig, 0, at + 32 * k as u64, 8])).collect();
+    (sigs, calls)
+}
+
+/// The handlers `sigaction_reads` read.
+pub fn sigactions_from(inj: &Injector, sigs: &[u64], at: u64) -> Result<Vec<Json>> {
+    let all = inj.read_mem(at, 32 * sigs.len())?;
     let mut out = Vec::new();
-    let wanted = non_default(inj.pid);
-    for sig in 1..=NSIG {
-        if sig == SIGKILL || sig == SIGSTOP || wanted & (1 << (sig - 1)) == 0 {
-            continue;
-        }
-        inj.call("rt_sigaction(get)", nr::RT_SIGACTION, &[sig, 0, buf, 8])?;
-        let a = parse_sigaction(&inj.read_mem(buf, 32)?);
+    for (k, &sig) in sigs.iter().enumerate() {
+        let a = parse_sigaction(&all[32 * k..32 * k + 32]);
         if a == [0, 0, 0, 0] {
             continue;
         }
@@ -48,30 +54,32 @@ pub fn dump_sigactions(inj: &mut Injector) -> Result<Vec<Json>> {
 /// Set every handler: the listed ones as saved, all others back to default
 /// (the stub inherited the engine's dispositions; only those that are not
 /// the default need resetting).
-pub fn restore_sigactions(inj: &mut Injector, acts: &[Json]) -> Result<()> {
-    let buf = inj.scratch(4096)?;
+/// The calls that set every handler: the listed ones as saved, all others
+/// back to default (the stub inherited the engine's dispositions; only those
+/// that are not the default need resetting). Each struct goes at `at` + 32 k.
+pub fn sigaction_calls(inj: &Injector, acts: &[Json], at: u64) -> Result<Vec<Call>> {
     let inherited = non_default(inj.pid);
+    let mut calls = Vec::new();
+    let mut structs = Vec::new();
     for sig in 1..=NSIG {
         if sig == SIGKILL || sig == SIGSTOP {
             continue;
         }
-        let listed = acts.iter().any(|a| a.u64_of("sig") == Some(sig));
-        if !listed && inherited & (1 << (sig - 1)) == 0 {
+        let a = acts.iter().find(|a| a.u64_of("sig") == Some(sig));
+        if a.is_none() && inherited & (1 << (sig - 1)) == 0 {
             continue;
         }
-        let a = acts.iter().find(|a| a.u64_of("sig") == Some(sig));
         let v = match a {
             Some(a) => [a.u64_of("handler").unwrap_or(0), a.u64_of("flags").unwrap_or(0), a.u64_of("restorer").unwrap_or(0), a.u64_of("mask").unwrap_or(0)],
             None => [0, 0, 0, 0],
         };
-        let mut b = Vec::with_capacity(32);
         for x in v {
-            b.extend_from_slice(&x.to_le_bytes());
+            structs.extend_from_slice(&x.to_le_bytes());
         }
-        inj.write_mem(buf, &b)?;
-        inj.call(&format!("rt_sigaction({})", sig), nr::RT_SIGACTION, &[sig, buf, 0, 8])?;
+        calls.push(Call::new(format!("rt_sigaction({})", sig), nr::RT_SIGACTION, &[sig, at + 32 * (calls.len() as u64), 0, 8]));
     }
-    Ok(())
+    inj.write_mem(at, &structs)?;
+    Ok(calls)
 }
 
 pub fn siginfos_to_json(v: Vec<[u8; ptrace::SIGINFO_SIZE]>) -> Json {
@@ -132,12 +140,16 @@ fn tv_us(b: &[u8]) -> u64 {
     (s * 1_000_000 + us).max(0) as u64
 }
 
-pub fn dump_itimers(inj: &mut Injector) -> Result<Vec<Json>> {
-    let buf = inj.scratch(4096)?;
+/// The injected reads of the three interval timers, landing at `at` (96 bytes).
+pub fn itimer_reads(at: u64) -> Vec<Call> {
+    (0..3u64).map(|which| Call::new("getitimer", nr::GETITIMER, &[which, at + 32 * which])).collect()
+}
+
+pub fn itimers_from(inj: &Injector, at: u64) -> Result<Vec<Json>> {
+    let all = inj.read_mem(at, 96)?;
     let mut out = Vec::new();
     for which in 0..3u64 {
-        inj.call("getitimer", nr::GETITIMER, &[which, buf + 128])?;
-        let b = inj.read_mem(buf + 128, 32)?;
+        let b = &all[32 * which as usize..32 * which as usize + 32];
         let (interval, value) = (tv_us(&b[0..16]), tv_us(&b[16..32]));
         if interval != 0 || value != 0 {
             out.push(Json::obj().with("which", which).with("interval_us", interval).with("value_us", value));
@@ -146,10 +158,12 @@ pub fn dump_itimers(inj: &mut Injector) -> Result<Vec<Json>> {
     Ok(out)
 }
 
-pub fn restore_itimers(inj: &mut Injector, timers: &[Json]) -> Result<()> {
-    for t in timers {
+/// The calls that arm the interval timers again; each struct at `at` + 32 k.
+pub fn itimer_calls(inj: &Injector, timers: &[Json], at: u64) -> Result<Vec<Call>> {
+    let mut calls = Vec::new();
+    for (k, t) in timers.iter().enumerate() {
         let which = t.u64_of("which").unwrap_or(0);
-        if which > 2 {
+        if which > 2 || k > 2 {
             return Err(Error::new("EIMAGE", "an interval timer in the image has an unknown kind"));
         }
         let tv = |us: u64| {
@@ -161,8 +175,9 @@ pub fn restore_itimers(inj: &mut Injector, timers: &[Json]) -> Result<()> {
         let mut b = tv(t.u64_of("interval_us").unwrap_or(0));
         // A timer that was about to fire keeps a minimal delay rather than 0 (which disarms).
         b.extend(tv(t.u64_of("value_us").unwrap_or(0).max(1)));
-        let addr = inj.put(&b, 128)?;
-        inj.call("setitimer", nr::SETITIMER, &[which, addr, 0])?;
+        let addr = at + 32 * k as u64;
+        inj.write_mem(addr, &b)?;
+        calls.push(Call::new("setitimer", nr::SETITIMER, &[which, addr, 0]));
     }
-    Ok(())
+    Ok(calls)
 }

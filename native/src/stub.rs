@@ -181,8 +181,10 @@ pub fn attach_injector(pid: Pid, target: &[Vma]) -> Result<Injector> {
 }
 
 /// Empty the stub: unmap all but the vDSO group, move that group to where the
-/// target had it, close every descriptor.
-pub fn empty(inj: &mut Injector, target: &[Vma]) -> Result<()> {
+/// target had it, close every descriptor. `shared`: the clone flags it was
+/// forked with; a descriptor table shared with an earlier stub is that
+/// stub's (empty already, or holding what it needs).
+pub fn empty(inj: &mut Injector, target: &[Vma], shared: u64) -> Result<()> {
     let pid = inj.pid;
     // The stub inherited phaul's rseq registration, whose area is about to be
     // unmapped: the kernel would answer the next return to user space with SIGSEGV.
@@ -199,7 +201,9 @@ pub fn empty(inj: &mut Injector, target: &[Vma]) -> Result<()> {
         }
         inj.call(&format!("munmap {:#x}", v.start), nr::MUNMAP, &[v.start, v.end - v.start])?;
     }
-    inj.call("close_range", 436, &[0, u32::MAX as u64, 0])?;
+    if shared & crate::shares::CLONE_FILES == 0 {
+        inj.call("close_range", 436, &[0, u32::MAX as u64, 0])?;
+    }
     let have = vdso_group(&mine);
     let want = vdso_group(target);
     if want.is_empty() || have.is_empty() {
@@ -233,11 +237,14 @@ pub fn empty(inj: &mut Injector, target: &[Vma]) -> Result<()> {
 }
 
 /// Fork a child stub with pid `pid` (in the stub's pid namespace) out of the
-/// (empty) stub behind `inj`. Returns the child's pid as phaul sees it.
-pub fn fork_child(inj: &mut Injector, pid: Pid) -> Result<Pid> {
+/// (empty) stub behind `inj`, with clone `flags` (what it shares with it;
+/// CLONE_PARENT makes it a sibling). Returns the child's pid as phaul sees it.
+pub fn fork_child(inj: &mut Injector, pid: Pid, flags: u64) -> Result<Pid> {
     let tids: [i32; 1] = [pid];
     let tid_addr = inj.put(&tids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), 3584)?;
-    let args = CloneArgs { exit_signal: SIGCHLD, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
+    // clone3 refuses an exit signal with CLONE_PARENT: the child gets the caller's.
+    let exit_signal = if flags & crate::shares::CLONE_PARENT != 0 { 0 } else { SIGCHLD };
+    let args = CloneArgs { flags, exit_signal, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
     let a = inj.put(&args.bytes(), 3456)?;
     let r = inj.raw(nr::CLONE3, &[a, 88])?;
     if r == -17 {

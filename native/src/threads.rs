@@ -37,13 +37,20 @@ fn dump_calls(data: u64) -> Vec<Call> {
 /// `leader` runs in the first thread and owns the areas `others` (one per
 /// further thread, in order) share; sigaltstack and the tid address are
 /// per thread. The injected reads of all threads run at once.
-pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, others: &mut [Injector]) -> Result<Vec<Json>> {
+/// `leader_first`: calls the leader runs before its own (the process-wide
+/// reads); their results are returned apart.
+pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, others: &mut [Injector], leader_first: Vec<Call>) -> Result<(Vec<Json>, Vec<u64>)> {
+    let first = leader_first.len();
+    let mut leader_first = Some(leader_first);
     let mut jobs = Vec::with_capacity(others.len() + 1);
     for (k, inj) in std::iter::once(leader).chain(others.iter_mut()).enumerate() {
         let d = batch::data(inj, k)?;
-        jobs.push(Job { inj, slot: k, calls: dump_calls(d) });
+        let mut calls = leader_first.take().unwrap_or_default();
+        calls.extend(dump_calls(d));
+        jobs.push(Job { inj, slot: k, calls });
     }
-    let res = batch::run_checked(&mut jobs)?;
+    let mut res = batch::run_checked(&mut jobs)?;
+    let extra: Vec<u64> = res.first_mut().map(|r| r.drain(..first).collect()).unwrap_or_default();
     let mut out: Vec<Json> = Vec::with_capacity(threads.len());
     let mut leader_creds: Option<Json> = None;
     for ((t, job), r) in threads.iter().zip(jobs.iter()).zip(res) {
@@ -65,7 +72,7 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
         }
         out.push(j);
     }
-    Ok(out)
+    Ok((out, extra))
 }
 
 /// What is read without injection, and the record of one thread.

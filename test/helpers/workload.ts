@@ -191,6 +191,8 @@ export const GO_CHECKS: Record<string, string> = {
   pidfd_kinds: 'PIDFD_REAPED',
   fanotify_kinds: 'PERM_DENIED',
   sock_scm: 'SCM_CHECKED',
+  tcp_closed: 'ENDINGS_REPORTED',
+  aio_ring: 'AIO_REAPED',
   sock_senders: 'SENDERS_CHECKED',
   fifo_unlinked: 'FIFOS_CHECKED',
 };

@@ -155,8 +155,10 @@ impl DestEngine {
         crate::sys::trace_mark("dest: preflight done");
         self.opened = Some(files::open_all(state.arr_of("files"), state.arr_of("pipes"))?);
         crate::sys::trace_mark("dest: files opened");
-        let opened = self.opened.as_ref().ok_or_else(|| Error::new("EPANIC", "restored objects lost"))?;
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
+        let opened = self.opened.as_mut().ok_or_else(|| Error::new("EPANIC", "restored objects lost"))?;
+        opened.open_proc_entries(state.arr_of("files"), tree.host_map())?;
+        let opened = &*opened;
         if procs.len() != tree.stubs.len() {
             return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
         }

@@ -10,7 +10,9 @@
 //! repair mode, so closing them sends neither FIN nor RST). On rollback the
 //! sockets are recreated from the dumped JSON and installed back at their
 //! descriptor numbers (and into the epoll sets that watched them) before the
-//! tree resumes.
+//! tree resumes. TCP sockets whose connection ended with an error not yet
+//! reported are detached too: the dump read (and so cleared) the error, and
+//! the socket put back on rollback reports it again.
 //!
 //! While no socket exists, a packet from a peer would draw a reset (TCP) or
 //! an ICMP error (UDP). A per-migration nftables table (`inet phaul_*`)
@@ -281,7 +283,7 @@ impl Handoff {
         let t0 = Instant::now();
         let mut ids = BTreeSet::new();
         for f in state.arr_of("files") {
-            if collides(f) {
+            if collides(f) || error_was_read(f) {
                 if let Some(id) = f.u64_of("id") {
                     ids.insert(id);
                     self.files.push(f.clone());
@@ -409,6 +411,13 @@ impl Drop for Handoff {
 fn injector(fz: &crate::freeze::FrozenProc) -> Result<Injector> {
     let leader = &fz.threads[0];
     Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)
+}
+
+/// A TCP socket whose connection ended with an error not yet reported
+/// (sockets/tcp_closed.rs): the dump had to read the error, which clears it.
+/// Detaching it lets a rollback put back a socket that reports it again.
+fn error_was_read(f: &Json) -> bool {
+    f.str_of("kind") == Some("sock_tcp") && f.get("sock").map(|s| s.str_of("state") == Some("closed") && s.u64_of("error").unwrap_or(0) != 0).unwrap_or(false)
 }
 
 /// Would a socket like this one, created on the destination while the

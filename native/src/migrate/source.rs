@@ -13,6 +13,7 @@ use crate::json::Json;
 use crate::memory::{self, Vma};
 use crate::ops::{ok, pid_arg};
 use crate::proc;
+use crate::shares;
 use crate::session::Engine;
 use crate::sys::{self, Error, Pid, PollFd, Result, PAGE_SIZE};
 use std::fs::File;
@@ -39,6 +40,9 @@ pub struct SourceEngine {
     /// The destination runs on this very host (same boot id): what the two
     /// copies cannot both hold, like a file lease, cannot move.
     same_host: bool,
+    /// What processes share (shares.rs) when the destination's stubs were
+    /// laid out: the final state must say the same.
+    shares: std::collections::BTreeMap<Pid, Json>,
 }
 
 /// A lease is held by one open of a file: the destination's own open of it,
@@ -134,6 +138,8 @@ impl SourceEngine {
         let mut frozen = freeze::freeze_tree(pid)?;
         let mut layout = Vec::new();
         let r = (|| -> Result<()> {
+            // The destination forks its stubs sharing what these share.
+            self.shares = shares::dump(&frozen)?;
             // Tree order (parents first), zombies included: the destination forks them in this order.
             for fz in &frozen.procs {
                 if let Some(status) = fz.zombie {
@@ -148,7 +154,11 @@ impl SourceEngine {
                 let t = Tracker::start_lazy(method, fz.pid, &mut inj);
                 inj.finish()?;
                 self.trackers.push(t?);
-                layout.push(layout_entry(fz, &vmas));
+                let mut entry = layout_entry(fz, &vmas);
+                if let Some(sh) = self.shares.get(&fz.pid) {
+                    entry.set("shares", sh.clone());
+                }
+                layout.push(entry);
             }
             Ok(())
         })();
@@ -163,6 +173,21 @@ impl SourceEngine {
         self.sock = Some(w);
         self.back = Some(BufReader::new(back));
         Ok(ok().with("method", method.name()).with("layout", Json::obj().with("processes", layout)))
+    }
+
+    /// The destination's stubs share what the processes shared at the
+    /// start; a clone or unshare since then cannot be followed.
+    fn refuse_new_sharing(&self, state: &Json) -> Result<()> {
+        for p in state.arr_of("processes") {
+            let pid = p.i64_of("pid").unwrap_or(0) as Pid;
+            if p.get("shares") != self.shares.get(&pid) {
+                return Err(Error::new(
+                    "EUNSUPPORTED",
+                    format!("process {} changed what it shares with other processes of the tree (descriptor table, working directory) during pre-copy; migrate again", pid),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// One round: layout and pages of every process, then a round-end mark.
@@ -318,6 +343,7 @@ impl SourceEngine {
             refuse_leases(&state)?;
             refuse_named_in_flight(&state)?;
         }
+        self.refuse_new_sharing(&state)?;
         state.set("freeze_us", freeze_us);
         let mut handoff_json = Json::obj();
         if let (Some(h), Some(f)) = (self.handoff.as_mut(), self.frozen.as_ref()) {

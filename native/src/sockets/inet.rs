@@ -13,7 +13,7 @@ const TCP_MAXSEG: i32 = 2;
 const TCP_KEEPIDLE: i32 = 4;
 const TCP_KEEPINTVL: i32 = 5;
 const TCP_KEEPCNT: i32 = 6;
-const TCP_INFO: i32 = 11;
+pub(super) const TCP_INFO: i32 = 11;
 pub(crate) const TCP_REPAIR: i32 = 19;
 const TCP_REPAIR_QUEUE: i32 = 20;
 const TCP_QUEUE_SEQ: i32 = 21;
@@ -150,7 +150,7 @@ fn dump_common_opts(copy: &Fd, s: &mut Json, domain: i32) {
     }
 }
 
-fn restore_pre_bind_opts(fd: &Fd, s: &Json, family: i32) -> Result<()> {
+pub(super) fn restore_pre_bind_opts(fd: &Fd, s: &Json, family: i32) -> Result<()> {
     if family == AF_INET6 {
         setsockopt_int(fd, SOL_IPV6, IPV6_V6ONLY, s.bool_of("v6only") as i32)?;
     }
@@ -204,6 +204,12 @@ pub fn describe_tcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
             Ok(base.with("sock", s))
         }
         TCP_CLOSE => {
+            // A connection that ended (reset, refused, closed both ways):
+            // not a socket that never had one.
+            if let Some(end) = super::tcp_closed::dump(ctx.fd, &copy)? {
+                super::tcp_closed::describe(end, &mut s);
+                return Ok(base.with("sock", s));
+            }
             match local {
                 Some(l) if !is_unbound(&l) => {
                     s.set("state", "bound").set("local", l);
@@ -333,7 +339,7 @@ fn family_of(s: &Json) -> Result<i32> {
     }
 }
 
-fn restore_tcp_post_opts(fd: &Fd, s: &Json) -> Result<()> {
+pub(super) fn restore_tcp_post_opts(fd: &Fd, s: &Json) -> Result<()> {
     if s.bool_of("nodelay") {
         setsockopt_int(fd, SOL_TCP, TCP_NODELAY, 1)?;
     }
@@ -354,6 +360,7 @@ pub fn open_tcp(s: &Json) -> Result<Fd> {
     match state {
         "established" => return open_established(s, family),
         "connecting" => return open_connecting(s, family),
+        "closed" => return super::tcp_closed::open(s, family),
         _ => {}
     }
     let fd = new_socket(family, SOCK_STREAM, 6)?;

@@ -12,11 +12,13 @@
 //! see docs/sockets.md and `Socket` in images/files.proto.
 
 mod diag;
+mod filter;
 mod inet;
 mod netlink;
 mod opts;
 mod packet;
 mod scm;
+mod tcp_closed;
 mod unix;
 mod unixname;
 
@@ -62,6 +64,7 @@ pub(crate) use crate::sys::O_NONBLOCK;
 pub(crate) mod snr {
     pub const SOCKET: i64 = 41;
     pub const CONNECT: i64 = 42;
+    pub const ACCEPT: i64 = 43;
     pub const SENDTO: i64 = 44;
     pub const RECVFROM: i64 = 45;
     pub const BIND: i64 = 49;
@@ -92,12 +95,12 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         if !o.is_empty() {
             s.set("opts", o);
         }
+        filter::dump(&copy, &mut s, &format!("fd {}: {}", ctx.fd, ctx.target))?;
     }
     match (domain, ty) {
         (AF_INET | AF_INET6, SOCK_STREAM) if proto == 6 || proto == 0 => inet::describe_tcp(ctx, copy, s, domain),
         (AF_INET | AF_INET6, SOCK_DGRAM) if proto == 17 || proto == 0 => inet::describe_udp(ctx, copy, s, domain),
         (AF_UNIX, SOCK_STREAM | SOCK_DGRAM | SOCK_SEQPACKET) => unix::describe(ctx, copy, s, ty, ino),
-        (AF_NETLINK | AF_PACKET, _) if has_filter(&copy) => ctx.unsupported(&format!("socket filter on a {} socket ({})", family_name(domain, ty, proto), ctx.target)),
         (AF_NETLINK, SOCK_RAW | SOCK_DGRAM) => netlink::describe(ctx, copy, s, ty, proto),
         (AF_PACKET, SOCK_RAW | SOCK_DGRAM) => packet::describe(ctx, copy, s, ty),
         _ => ctx.unsupported(&format!("{} socket ({})", family_name(domain, ty, proto), ctx.target)),
@@ -178,7 +181,7 @@ pub fn open(f: &Json) -> Result<Fd> {
         k => return Err(Error::new("EIMAGE", format!("socket kind {:?} cannot be restored", k))),
     }
     .map_err(|e| e.context(format!("socket (file {})", id)))?;
-    opts::restore(&fd, s).map_err(|e| e.context(format!("socket (file {})", id)))?;
+    opts::restore(&fd, s).and_then(|_| filter::restore(&fd, s)).map_err(|e| e.context(format!("socket (file {})", id)))?;
     let flags = f.u64_of("flags").unwrap_or(0) as u32;
     sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, 4, (flags & O_NONBLOCK) as u64])?;
     Ok(fd)
@@ -285,16 +288,6 @@ pub(crate) fn sockname(fd: &Fd, peer: bool) -> Result<Vec<u8>> {
 /// its bytes: the queue is left as it is.)
 pub(crate) fn has_queued(fd: &Fd) -> bool {
     unsafe { sys::raw(snr::RECVFROM, &[fd.raw() as u64, 0, 0, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC, 0, 0]) }.is_ok()
-}
-
-/// A classic or eBPF socket filter (SO_GET_FILTER answers eBPF with EACCES).
-fn has_filter(fd: &Fd) -> bool {
-    const SO_GET_FILTER: u64 = 26;
-    let mut len: u32 = 0;
-    match unsafe { sys::raw(snr::GETSOCKOPT, &[fd.raw() as u64, SOL_SOCKET as u64, SO_GET_FILTER, 0, &mut len as *mut u32 as u64]) } {
-        Ok(_) => len > 0,
-        Err(e) => e == 13,
-    }
 }
 
 /// Bytes that the peer may try to send, enlarged so `len` bytes fit.
