@@ -220,6 +220,8 @@ export interface OpenFile {
   pty?: PtyState;
   /** Found only in flight in a unix socket's queue (docs/sockets.md). */
   in_flight?: boolean;
+  /** fifo: its path was removed while open; restored as a new FIFO without a name. */
+  unlinked?: boolean;
   /** Kinds sock_tcp, sock_udp, sock_unix (docs/sockets.md); only the fields named here are typed. */
   sock?: SocketState;
 }
@@ -233,6 +235,12 @@ export interface SocketState {
   queue?: string[];
   /** unix: the descriptors in flight with queue[msg], as file ids. */
   in_flight?: { msg: number; files: U64[] }[];
+  /** unix, relative name: the directory its file was in at the dump. */
+  bind_dir?: string;
+  /** unix, path name: no file led to the socket at the dump; restored with the name and no file. */
+  unlinked?: boolean;
+  /** unix, bound datagram socket: the sender address (base64 sun_path) of queue[msg]. */
+  senders?: { msg: number; path: string; held_by?: U64 }[];
   [field: string]: unknown;
 }
 

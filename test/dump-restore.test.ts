@@ -60,6 +60,8 @@ const specs: Spec[] = [
     },
   },
   { name: 'files' },
+  // removed FIFOs come back nameless with their bytes; one-ended ones read end-of-file / fail with EPIPE
+  { name: 'fifo_unlinked', afterRestore: (w) => goAndWait(w, GO_CHECKS.fifo_unlinked) },
   { name: 'procattrs' },
   { name: 'file_owner' },
   { name: 'cwd_deleted' },
@@ -74,6 +76,8 @@ const specs: Spec[] = [
   { name: 'pidfd_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.pidfd_kinds) },
   // descriptors in flight in unix socket queues are received and checked
   { name: 'sock_scm', afterRestore: (w) => goAndWait(w, GO_CHECKS.sock_scm) },
+  // queued datagrams keep their senders' addresses (senders gone too)
+  { name: 'sock_senders', afterRestore: (w) => goAndWait(w, GO_CHECKS.sock_senders) },
   // the child came back stopped (checked by the workload); now continue it
   { name: 'job_stop', afterRestore: (w) => goAndWait(w, GO_CHECKS.job_stop) },
   // the restored child is still in strict mode: a forbidden call kills it

@@ -171,6 +171,43 @@ describe('sockets', () => {
     await h.kill(w);
   });
 
+  test("unix: queued datagrams keep their senders' addresses (senders in the tree, gone, or outside it) over two round trips", { timeout: 90_000 }, async (t) => {
+    // "outside": a process outside the tree holds an abstract name and has
+    // a datagram queued on a socket with a path: restored, it comes from a
+    // socket bound to that name in a network namespace of its own.
+    const w = await h.start('sock_senders', { args: ['outside'] });
+    const outsider = { pid: Number(readLog(w).find((l) => l.startsWith('OUTSIDER '))!.split(' ')[1]), marker: w.marker };
+    h.track(outsider.pid, outsider.marker);
+    await waitForOk(w, 2);
+    await roundTrip(w, t);
+    // the restored queues, refilled from those senders, dump again
+    await roundTrip(w, t);
+    await goAndWait(w, GO_CHECKS.sock_senders);
+    assertOkSequence(w);
+    await h.kill(w);
+    await h.kill(outsider);
+  });
+
+  test('unix: a datagram from an abstract name held outside the tree, queued on an abstract name, fails the dump with one line; the process keeps its queues', { timeout: 60_000 }, async () => {
+    const w = await h.start('sock_senders', { args: ['outside,refused'] });
+    const outsider = { pid: Number(readLog(w).find((l) => l.startsWith('OUTSIDER '))!.split(' ')[1]), marker: w.marker };
+    h.track(outsider.pid, outsider.marker);
+    await waitForOk(w, 2);
+    const images = path.join(w.dir, 'images');
+    mkdirSync(images);
+    const r = await dump(w.pid, images);
+    assertCliError(
+      r,
+      /process \d+: fd \d+: unix datagram socket @phaul-senders-r2-\d+ holds datagrams from @phaul-senders-out-\d+, a name held by socket:\[\d+\] outside the dumped process tree: restored, they could not carry that sender address/,
+    );
+    assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
+    assert.ok(isAlive(w.pid), 'process was not left running');
+    await goAndWait(w, GO_CHECKS.sock_senders);
+    assertNoFail(w);
+    await h.kill(w);
+    await h.kill(outsider);
+  });
+
   for (const family of [4, 6]) {
     test(`established TCP (IPv${family}) with data queued both ways survives dump and restore unnoticed by the peer`, { timeout: 120_000 }, async (t) => {
       const peer = new Peer();

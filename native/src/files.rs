@@ -43,6 +43,9 @@ pub struct FileTable {
     /// Copies of the descriptors in flight in the unix socket queues seen,
     /// described in `finish` (crate::inflight).
     in_flight: crate::inflight::Sink,
+    /// FIFOs removed while open: (a file id, device, inode), to tell in
+    /// `finish` whether a process outside the tree holds one too.
+    unlinked_fifos: Vec<(u64, u64, u64)>,
 }
 
 fn kcmp_same(p1: Pid, p2: Pid, f1: i32, f2: i32) -> bool {
@@ -93,6 +96,7 @@ impl FileTable {
             ptys: Default::default(),
             next_id: 1,
             in_flight: Default::default(),
+            unlinked_fifos: Vec::new(),
         }
     }
 
@@ -198,6 +202,9 @@ impl FileTable {
 
     #[allow(clippy::too_many_arguments)]
     fn describe(&mut self, pid: Pid, pidfd: &Fd, fd: i32, target: &str, md: &std::fs::Metadata, info: &proc::FdInfo, id: u64) -> Result<Json> {
+        // A descriptor in flight is phaul's copy: it belongs with the process
+        // holding the socket that carries it.
+        let holder = if pid == sys::getpid() { self.in_flight.carrier().0 } else { pid };
         let ft = md.file_type();
         let flags = info.flags & !O_CLOEXEC;
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
@@ -209,7 +216,7 @@ impl FileTable {
         }
         if ft.is_file() {
             if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
-                return crate::anonfd::describe(&FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
+                return crate::anonfd::describe(&FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             return Ok(base.with("kind", "reg").with("path", target).with("stat", file_identity(target)));
         }
@@ -222,15 +229,17 @@ impl FileTable {
             }
             // A new pair is made by each open of /dev/ptmx: its own kind.
             if crate::tty::is_ptmx(md.rdev()) {
-                return self.ptys.describe_master(&FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
+                return self.ptys.describe_master(&FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
             }
             if crate::tty::is_pts(md.rdev()) {
-                self.ptys.note_slave(&FileCtx { pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
+                self.ptys.note_slave(&FileCtx { pid: holder, pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
             }
             return Ok(base.with("kind", "chr").with("path", target).with("rdev", md.rdev()));
         }
         if ft.is_fifo() {
             let is_pipe = target.starts_with("pipe:");
+            // A FIFO whose name was removed: only descriptors lead to it.
+            let unlinked = !is_pipe && md.nlink() == 0;
             let ino = md.ino();
             let acc = flags & O_ACCMODE;
             let ends = self.pipe_ends.entry(ino).or_insert((false, false));
@@ -240,18 +249,27 @@ impl FileTable {
             if acc == O_RDWR || acc == O_WRONLY {
                 ends.1 = true;
             }
-            if !self.pipes.contains_key(&ino) && acc != O_WRONLY {
-                let stolen = sys::pidfd_getfd(pidfd, fd)?;
+            if !self.pipes.contains_key(&ino) && (acc != O_WRONLY || unlinked) {
+                let stolen = if acc == O_WRONLY { crate::fifo::reader_of(pid, fd)? } else { sys::pidfd_getfd(pidfd, fd)? };
                 let (data, size) = peek_pipe(&stolen)?;
                 self.pipes.insert(ino, Json::obj().with("pipe_id", ino).with("data", base64::encode(&data)).with("size", size));
             }
             let mut j = base.with("kind", if is_pipe { "pipe" } else { "fifo" }).with("pipe_id", ino);
-            if !is_pipe {
+            if unlinked {
+                j.set("path", target.strip_suffix(" (deleted)").unwrap_or(target))
+                    .set("unlinked", true)
+                    .set("mode", md.mode() & 0o7777)
+                    .set("uid", md.uid())
+                    .set("gid", md.gid());
+                if !self.unlinked_fifos.iter().any(|u| u.1 == md.dev() && u.2 == ino) {
+                    self.unlinked_fifos.push((id, md.dev(), ino));
+                }
+            } else if !is_pipe {
                 j.set("path", target);
             }
             return Ok(j);
         }
-        let ctx = FileCtx { pidfd, fd, target, md, info, base, in_flight: &self.in_flight };
+        let ctx = FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight };
         if ft.is_socket() {
             return crate::sockets::describe(&ctx);
         }
@@ -346,6 +364,21 @@ impl FileTable {
         let mut warnings = self.mark_external_pipes();
         warnings.extend(self.mark_outside_proc_entries(tree));
         self.refuse_proc_entries_in_flight()?;
+        warnings.extend(crate::sockets::unix_warnings(&self.files, &|id| self.where_of(id)));
+        let fifos: Vec<(u64, u64)> = self.unlinked_fifos.iter().map(|u| (u.1, u.2)).collect();
+        let outside = if fifos.is_empty() { Vec::new() } else { crate::fifo::held_outside(&fifos, tree) };
+        for ((id, _, _), held) in self.unlinked_fifos.iter().zip(outside) {
+            if let Some((p, fd)) = held {
+                let path = self.files.iter().find(|f| f.u64_of("id") == Some(*id)).and_then(|f| f.str_of("path")).unwrap_or("");
+                warnings.push(format!(
+                    "{}: FIFO {} (removed while open) is also open in process {} (fd {}), outside the process tree; restored, the tree gets a FIFO of its own",
+                    self.where_of(*id),
+                    path,
+                    p,
+                    fd
+                ));
+            }
+        }
         warnings.extend(self.ptys.link(&mut self.files, tree));
         let pipes = std::mem::take(&mut self.pipes).into_values().collect();
         Ok((self.files, pipes, warnings))
@@ -354,6 +387,10 @@ impl FileTable {
 
 /// What a per-kind module needs to describe one descriptor at dump time.
 pub struct FileCtx<'a> {
+    /// The process holding the descriptor (for one in flight: the process
+    /// holding the socket whose queue carries it), whose working directory
+    /// relative names are looked up in.
+    pub pid: Pid,
     /// pidfd of the process, for pidfd_getfd (a copy of the descriptor).
     pub pidfd: &'a Fd,
     pub fd: i32,
@@ -381,12 +418,21 @@ pub struct Opened {
     /// The new pseudo-terminal pairs, for the controlling terminal.
     pub ptys: crate::tty::Pairs,
     /// FIFO handles kept open until every end is installed, so data survives.
-    _keep: Vec<Fd>,
+    keep: Vec<Fd>,
     /// Image pid -> host pid of every process of the tree (open_proc_entries).
     pub proc_hosts: BTreeMap<Pid, Pid>,
 }
 
 impl Opened {
+    /// Every end is installed: phaul's own ends of pipes and FIFOs go before
+    /// the tree runs. Held on, they were one more reader and writer: a write
+    /// to a FIFO left without readers succeeded instead of failing with
+    /// EPIPE, a read of one left without writers waited instead of seeing
+    /// end-of-file.
+    pub fn release_pipes(&mut self) {
+        self.keep.clear();
+    }
+
     /// Entries under /proc of processes of the tree, once their stubs
     /// exist: opened under the pid phaul sees each with (`hosts`: image
     /// pid -> host pid, kept for working directories under /proc too).
@@ -480,7 +526,7 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
         keep.push(b);
     }
     ptys.relock()?;
-    Ok(Opened { by_id, ptys, _keep: keep, proc_hosts: BTreeMap::new() })
+    Ok(Opened { by_id, ptys, keep, proc_hosts: BTreeMap::new() })
 }
 
 fn open_each(
@@ -539,9 +585,15 @@ fn open_each(
             }
             "fifo" => {
                 let pid_ = f.u64_of("pipe_id").unwrap_or(0);
+                let unlinked = f.bool_of("unlinked");
                 if !pipe_objs.contains_key(&pid_) {
-                    let rw = open_path(path, O_RDWR | O_NONBLOCK).map_err(|e| Error::new("EFILE", format!("FIFO {} needed by the process: {}", path, e.message)))?;
-                    let (data, _) = pipe_data(pid_)?;
+                    let rw = if unlinked {
+                        let owner = f.u64_of("uid").zip(f.u64_of("gid"));
+                        crate::fifo::make_unlinked(path, f.u64_of("mode").unwrap_or(0o600), owner)?
+                    } else {
+                        open_path(path, O_RDWR | O_NONBLOCK).map_err(|e| Error::new("EFILE", format!("FIFO {} needed by the process: {}", path, e.message)))?
+                    };
+                    let (data, size) = pipe_data(pid_)?;
                     // A FIFO that still holds data is the very pipe the process
                     // had, still open elsewhere (a migration on one host, where
                     // the frozen source keeps it): its contents are already there.
@@ -549,12 +601,15 @@ fn open_each(
                     const FIONREAD: u64 = 0x541b;
                     let _ = sys::call("FIONREAD", nr::IOCTL, &[rw.raw() as u64, FIONREAD, &mut queued as *mut i32 as u64]);
                     if queued == 0 {
+                        let _ = sys::call("F_SETPIPE_SZ", nr::FCNTL, &[rw.raw() as u64, F_SETPIPE_SZ, size.max(data.len() as u64)]);
                         write_all(&rw, &data)?;
                     }
                     let dup = Fd(sys::call("dup", nr::FCNTL, &[rw.raw() as u64, 1030, 0])? as i32);
                     pipe_objs.insert(pid_, (rw, dup));
                 }
-                let fd = open_path(path, flags | O_NONBLOCK)?;
+                // A removed FIFO has no name to open: its descriptions are
+                // opened through the one phaul keeps.
+                let fd = if unlinked { crate::fifo::reopen(&pipe_objs[&pid_].0, flags | O_NONBLOCK)? } else { open_path(path, flags | O_NONBLOCK)? };
                 sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, F_SETFL, (flags & O_NONBLOCK) as u64])?;
                 fd
             }

@@ -33,6 +33,11 @@ impl Sink {
         self.carrier.set(c);
     }
 
+    /// Where descriptors taken now are found.
+    pub fn carrier(&self) -> Carrier {
+        self.carrier.get()
+    }
+
     /// Keep `fd` (a copy peeked from a queue); returns its slot.
     pub fn take(&self, fd: Fd) -> u64 {
         let mut v = self.found.borrow_mut();

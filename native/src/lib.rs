@@ -10,6 +10,7 @@ pub mod creds;
 pub mod dirty;
 pub mod dump;
 pub mod ffi;
+pub mod fifo;
 pub mod files;
 pub mod fown;
 pub mod inflight;

@@ -587,6 +587,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
             stats.pages_bytes += fill_from_images(dir, p, s).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
             finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
+        opened.release_pipes();
         finish_tree(procs, &mut tree, false)?;
         Ok(stats)
     })();

@@ -193,6 +193,8 @@ export const GO_CHECKS: Record<string, string> = {
   sock_scm: 'SCM_CHECKED',
   tcp_closed: 'ENDINGS_REPORTED',
   aio_ring: 'AIO_REAPED',
+  sock_senders: 'SENDERS_CHECKED',
+  fifo_unlinked: 'FIFOS_CHECKED',
 };
 
 /** Create LOG.go, wait for `line`, then for two more OK lines. */

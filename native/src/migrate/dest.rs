@@ -170,6 +170,9 @@ impl DestEngine {
             crate::sys::trace_mark("dest: layout applied");
             restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
+        if let Some(o) = self.opened.as_mut() {
+            o.release_pipes();
+        }
         // Held: the processes run only once the source has let go (commit_on_stream).
         let hold = req.bool_of("hold");
         crate::sys::trace_mark("dest: processes finished");

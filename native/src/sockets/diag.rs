@@ -130,6 +130,9 @@ pub struct UnixInfo {
     pub peer: u64,
     pub rqueue: u32,
     pub wqueue: u32,
+    /// UNIX_DIAG_VFS: (inode, device) of the file a path name made, as the
+    /// kernel numbers them (the device is major << 20 | minor).
+    pub vfs: Option<(u32, u32)>,
 }
 
 /// unix_diag of the socket with inode `ino`.
@@ -139,7 +142,7 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
     req[0] = AF_UNIX as u8;
     req[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     req[8..12].copy_from_slice(&(ino as u32).to_le_bytes());
-    req[12..16].copy_from_slice(&(4u32 /* PEER */ | 16 /* RQLEN */).to_le_bytes());
+    req[12..16].copy_from_slice(&(2u32 /* VFS */ | 4 /* PEER */ | 16 /* RQLEN */).to_le_bytes());
     req[16..24].copy_from_slice(&[0xff; 8]);
     let msgs = match request(&nl, &req, false) {
         Ok(m) => m,
@@ -150,7 +153,7 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
         if m.len() < 16 || u32::from_le_bytes(m[4..8].try_into().unwrap()) as u64 != ino {
             continue;
         }
-        let mut info = UnixInfo { state: m[2], peer: 0, rqueue: 0, wqueue: 0 };
+        let mut info = UnixInfo { state: m[2], peer: 0, rqueue: 0, wqueue: 0, vfs: None };
         let mut off = 16;
         while off + 4 <= m.len() {
             let len = u16::from_le_bytes(m[off..off + 2].try_into().unwrap()) as usize;
@@ -160,6 +163,7 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
             }
             let p = &m[off + 4..off + len];
             match ty {
+                1 if p.len() >= 8 => info.vfs = Some((u32::from_le_bytes(p[0..4].try_into().unwrap()), u32::from_le_bytes(p[4..8].try_into().unwrap()))),
                 2 if p.len() >= 4 => info.peer = u32::from_le_bytes(p[0..4].try_into().unwrap()) as u64,
                 4 if p.len() >= 8 => {
                     info.rqueue = u32::from_le_bytes(p[0..4].try_into().unwrap());
@@ -172,6 +176,36 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
         return Ok(Some(info));
     }
     Ok(None)
+}
+
+/// Every unix socket bound to a name in the network namespace of socket
+/// `of`: (inode, sun_path bytes as the kernel keeps them).
+pub fn unix_names(of: &Fd) -> Result<Vec<(u64, Vec<u8>)>> {
+    let nl = diag_socket(of)?;
+    let mut req = [0u8; 24];
+    req[0] = AF_UNIX as u8;
+    req[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    req[12..16].copy_from_slice(&1u32.to_le_bytes()); // UDIAG_SHOW_NAME
+    let mut out = Vec::new();
+    for m in request(&nl, &req, true)? {
+        if m.len() < 16 {
+            continue;
+        }
+        let ino = u32::from_le_bytes(m[4..8].try_into().unwrap()) as u64;
+        let mut off = 16;
+        while off + 4 <= m.len() {
+            let len = u16::from_le_bytes(m[off..off + 2].try_into().unwrap()) as usize;
+            let ty = u16::from_le_bytes(m[off + 2..off + 4].try_into().unwrap());
+            if len < 4 || off + len > m.len() {
+                break;
+            }
+            if ty == 0 {
+                out.push((ino, m[off + 4..off + len].to_vec()));
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    Ok(out)
 }
 
 /// What packet_diag tells of a packet socket.

@@ -20,6 +20,7 @@ mod packet;
 mod scm;
 mod tcp_closed;
 mod unix;
+mod unixname;
 
 use crate::files::FileCtx;
 use crate::json::Json;
@@ -139,19 +140,28 @@ fn family_name(domain: i32, ty: i32, proto: i32) -> String {
 /// Once every file of a restore is open (`by_id`): unix queues that carry
 /// descriptors are refilled, then connections leave repair mode.
 pub fn finish_opened(by_id: &std::collections::BTreeMap<u64, Fd>) -> Result<()> {
-    unix::refill_deferred(by_id)?;
+    let r = unix::refill_deferred(by_id);
+    // Names bound without a file are only needed to refill their queues.
+    unixname::finish();
+    r?;
     inet::finish_established()
 }
 
 /// A restore that failed half-way: nothing left to finish.
 pub fn abandon_opened() {
     unix::abandon_deferred();
+    unixname::finish();
     inet::abandon_established()
 }
 
 /// At the end of a dump: every connected unix socket's peer was dumped too.
 pub fn check_unix_peers(files: &[Json], where_of: &dyn Fn(u64) -> String) -> Result<()> {
     unix::check_peers(files, where_of)
+}
+
+/// At the end of a dump: what the user should know of unix socket names.
+pub fn unix_warnings(files: &[Json], where_of: &dyn Fn(u64) -> String) -> Vec<String> {
+    unix::warnings(files, where_of)
 }
 
 /// The address family of a socket (SO_DOMAIN), -1 if it cannot be asked.

@@ -15,6 +15,8 @@ const EINTR: i32 = 4;
 pub(crate) const EFAULT: i32 = 14;
 /// Room for SCM_MAX_FD (253) descriptors and any credentials next to them.
 const CTL_LEN: usize = 4096;
+/// sizeof(struct sockaddr_un)
+const NAME_LEN: usize = 110;
 
 /// What one MSG_PEEK returned.
 pub(crate) struct Peeked {
@@ -23,6 +25,9 @@ pub(crate) struct Peeked {
     pub fds: Vec<Fd>,
     /// msg_flags (MSG_TRUNC...)
     pub flags: u64,
+    /// msg_name: the address of the socket that sent the message (empty
+    /// when it has none).
+    pub name: Vec<u8>,
 }
 
 /// MSG_PEEK from byte `off` of the receive queue (SO_PEEK_OFF) into the
@@ -32,13 +37,15 @@ pub(crate) struct Peeked {
 pub(crate) fn peek_at(sock: &Fd, off: usize, iov: &[[u64; 2]], extra_flags: u64) -> std::result::Result<Option<Peeked>, i32> {
     setsockopt_int(sock, SOL_SOCKET, SO_PEEK_OFF, off as i32).map_err(|e| if e.errno != 0 { e.errno } else { 22 })?;
     let mut ctl = vec![0u8; CTL_LEN];
+    let mut name = [0u8; NAME_LEN];
     loop {
-        let mut msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, iov.len() as u64, ctl.as_mut_ptr() as u64, ctl.len() as u64, 0];
+        let mut msg: [u64; 7] = [name.as_mut_ptr() as u64, NAME_LEN as u64, iov.as_ptr() as u64, iov.len() as u64, ctl.as_mut_ptr() as u64, ctl.len() as u64, 0];
         let r = unsafe { sys::raw(nr::RECVMSG, &[sock.raw() as u64, msg.as_mut_ptr() as u64, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC | extra_flags]) };
         match r {
             Ok(n) => {
                 let fds = take_fds(&ctl[..(msg[5] as usize).min(ctl.len())]);
-                return Ok(Some(Peeked { n: n as usize, fds, flags: msg[6] }));
+                let name_len = (msg[1] as u32 as usize).min(NAME_LEN);
+                return Ok(Some(Peeked { n: n as usize, fds, flags: msg[6], name: name[..name_len].to_vec() }));
             }
             Err(EAGAIN) => return Ok(None),
             Err(EINTR) => continue,
@@ -191,5 +198,29 @@ mod tests {
             assert!(seen.len() < 10);
         }
         assert_eq!(seen, vec![(b"one".to_vec(), 0), (Vec::new(), 2), (b"two".to_vec(), 1)]);
+    }
+
+    // A peek names each datagram's sender (msg_name), or none.
+    #[test]
+    fn datagram_peek_sender() {
+        let sock = |name: Option<&[u8]>| {
+            let s = new_socket(AF_UNIX, SOCK_DGRAM, 0).expect("socket");
+            if let Some(n) = name {
+                let sa = super::super::unixname::sockaddr_un(n).expect("name");
+                sys::call("bind", snr::BIND, &[s.raw() as u64, sa.as_ptr() as u64, sa.len() as u64]).expect("bind");
+            }
+            s
+        };
+        let tag = format!("phaul-test-peek-{}", sys::getpid());
+        let (rn, sn) = ([b"\0r-", tag.as_bytes()].concat(), [b"\0s-", tag.as_bytes()].concat());
+        let (r, s, anon) = (sock(Some(&rn)), sock(Some(&sn)), sock(None));
+        let to = super::super::unixname::sockaddr_un(&rn).expect("name");
+        send_with_fds(&s, b"a", &[], Some(&to), "send").expect("send");
+        send_with_fds(&anon, b"b", &[], Some(&to), "send").expect("send");
+        let mut buf = [0u8; 8];
+        let p = peek_at(&r, 0, &[[buf.as_mut_ptr() as u64, 8]], MSG_TRUNC).expect("peek").expect("queued");
+        assert_eq!(super::super::unixname::name_of(&p.name), sn);
+        let p = peek_at(&r, 1, &[[buf.as_mut_ptr() as u64, 8]], MSG_TRUNC).expect("peek").expect("queued");
+        assert!(p.name.is_empty());
     }
 }

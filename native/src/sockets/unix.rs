@@ -4,10 +4,10 @@
 //! descriptors in flight with it (SCM_RIGHTS; described by files.rs).
 
 use super::scm::{peek_at, send_with_fds, Guard, EFAULT};
+use super::unixname::{self, is_abstract, name_of, name_text, Place, Reach};
 use super::*;
 use crate::base64;
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileTypeExt;
 
 const ST_ESTABLISHED: u8 = 1;
 const ST_LISTEN: u8 = 10;
@@ -21,40 +21,6 @@ fn type_name(ty: i32) -> &'static str {
     }
 }
 
-/// sun_path bytes of a sockaddr_un (abstract names keep their leading NUL).
-fn name_of(raw: &[u8]) -> Vec<u8> {
-    if raw.len() <= 2 {
-        return Vec::new();
-    }
-    let mut p = raw[2..].to_vec();
-    if p.first() != Some(&0) {
-        while p.last() == Some(&0) {
-            p.pop();
-        }
-    }
-    p
-}
-
-fn name_text(p: &[u8]) -> String {
-    if p.first() == Some(&0) {
-        format!("@{}", String::from_utf8_lossy(&p[1..]))
-    } else {
-        String::from_utf8_lossy(p).into_owned()
-    }
-}
-
-fn sockaddr_un(name: &[u8]) -> Result<Vec<u8>> {
-    if name.len() > 107 {
-        return Err(Error::new("EIMAGE", "unix socket name longer than 107 bytes"));
-    }
-    let mut r = (AF_UNIX as u16).to_le_bytes().to_vec();
-    r.extend_from_slice(name);
-    if name.first() != Some(&0) {
-        r.push(0);
-    }
-    Ok(r)
-}
-
 /// One record of a receive queue: a datagram, or for a stream socket a run
 /// of bytes; `fds` are copies (in phaul) of the descriptors in flight with
 /// it. On a stream socket only a record with descriptors is a message of
@@ -63,6 +29,8 @@ fn sockaddr_un(name: &[u8]) -> Result<Vec<u8>> {
 struct Record {
     data: Vec<u8>,
     fds: Vec<Fd>,
+    /// A datagram's sender address (sun_path bytes), empty if it had none.
+    from: Vec<u8>,
 }
 
 /// Largest message (datagram, or part of a stream queue) read in one peek.
@@ -116,7 +84,7 @@ fn peek_datagrams(ctx: &FileCtx, copy: &Fd) -> Result<Vec<Record>> {
         // A zero-length datagram leaves the offset where it is; the kernel
         // marks it peeked and steps over it on the next peek.
         off += p.n;
-        out.push(Record { data: buf[..p.n].to_vec(), fds: p.fds });
+        out.push(Record { data: buf[..p.n].to_vec(), fds: p.fds, from: name_of(&p.name) });
     }
 }
 
@@ -160,7 +128,7 @@ fn peek_stream(ctx: &FileCtx, copy: &Fd) -> Result<Vec<Record>> {
             continue;
         }
         push_plain(&mut out, &buf[..start]);
-        out.push(Record { data: buf[start..p.n].to_vec(), fds: p.fds });
+        out.push(Record { data: buf[start..p.n].to_vec(), fds: p.fds, from: Vec::new() });
         off += p.n;
     }
 }
@@ -171,7 +139,7 @@ fn push_plain(out: &mut Vec<Record>, data: &[u8]) {
     }
     match out.last_mut() {
         Some(r) if r.fds.is_empty() => r.data.extend_from_slice(data),
-        _ => out.push(Record { data: data.to_vec(), fds: Vec::new() }),
+        _ => out.push(Record { data: data.to_vec(), fds: Vec::new(), from: Vec::new() }),
     }
 }
 
@@ -194,17 +162,29 @@ fn record_start(copy: &Fd, off: usize, n: usize, buf: &mut [u8], guard: &mut Opt
     }
 }
 
-/// "queue" (base64 data of each record) and "in_flight" ({msg, files}: the
+/// "queue" (base64 data of each record), "in_flight" ({msg, files}: the
 /// record's index and its descriptors, as slots of the dump's in-flight
-/// list until files.rs turns them into file ids).
-fn queue_json(ctx: &FileCtx, s: &mut Json, q: Vec<Record>) {
+/// list until files.rs turns them into file ids) and, for a socket that
+/// takes datagrams from anyone (`senders`), "senders" ({msg, path}: the
+/// address of a datagram's sender; `held_by`: inode of the socket bound to
+/// it, where that is asked).
+fn queue_json(ctx: &FileCtx, s: &mut Json, q: Vec<Record>, senders: bool, held_by: &dyn Fn(&[u8]) -> u64) {
     let mut data = Vec::new();
     let mut fds = Vec::new();
+    let mut from = Vec::new();
     for (i, r) in q.into_iter().enumerate() {
         data.push(Json::from(base64::encode(&r.data)));
         if !r.fds.is_empty() {
             let slots: Vec<Json> = r.fds.into_iter().map(|f| Json::from(ctx.in_flight.take(f))).collect();
             fds.push(Json::obj().with("msg", i as u64).with("files", slots));
+        }
+        if senders && !r.from.is_empty() {
+            let mut e = Json::obj().with("msg", i as u64).with("path", base64::encode(&r.from));
+            let holder = held_by(&r.from);
+            if holder != 0 {
+                e.set("held_by", holder);
+            }
+            from.push(e);
         }
     }
     if !data.is_empty() {
@@ -213,17 +193,41 @@ fn queue_json(ctx: &FileCtx, s: &mut Json, q: Vec<Record>) {
     if !fds.is_empty() {
         s.set("in_flight", fds);
     }
+    if !from.is_empty() {
+        s.set("senders", from);
+    }
+}
+
+/// Which socket holds each abstract name the datagrams of `q` came from,
+/// when the receiver's own name is abstract too: a temporary sender bound
+/// to such a name at restore can reach it only from this network namespace,
+/// where the name must then be free (see `check_peers`).
+fn abstract_holders(copy: &Fd, local: &[u8], q: &[Record]) -> Result<BTreeMap<Vec<u8>, u64>> {
+    let wanted = is_abstract(local) && q.iter().any(|r| is_abstract(&r.from));
+    if !wanted {
+        return Ok(BTreeMap::new());
+    }
+    Ok(super::diag::unix_names(copy)?.into_iter().filter(|(_, n)| is_abstract(n)).map(|(ino, n)| (n, ino)).collect())
 }
 
 pub fn describe(ctx: &FileCtx, copy: Fd, mut s: Json, ty: i32, ino: u64) -> Result<Json> {
     let what = format!("unix {} socket", type_name(ty));
     let local = sockname(&copy, false).map(|r| name_of(&r)).unwrap_or_default();
-    if !local.is_empty() {
-        s.set("local", Json::obj().with("path", base64::encode(&local)));
-    }
     s.set("passcred", getsockopt_int(&copy, SOL_SOCKET, SO_PASSCRED).map(|v| v != 0).unwrap_or(false));
     let info = super::diag::unix_lookup(&copy, ino)?
         .ok_or_else(|| Error::new("EUNSUPPORTED", format!("fd {}: {} {} is not known to sock_diag, so it is not supported", ctx.fd, what, ctx.target)))?;
+    if !local.is_empty() {
+        s.set("local", Json::obj().with("path", base64::encode(&local)));
+        match unixname::locate(ctx.pid, &local, info.vfs) {
+            Place::Here => {}
+            Place::From(dir) => {
+                s.set("bind_dir", dir);
+            }
+            Place::Unlinked => {
+                s.set("unlinked", true);
+            }
+        }
+    }
     let base = ctx.base.clone().with("kind", "sock_unix");
     match info.state {
         ST_LISTEN => {
@@ -246,14 +250,16 @@ pub fn describe(ctx: &FileCtx, copy: Fd, mut s: Json, ty: i32, ino: u64) -> Resu
             }
             let q = peek_all(ctx, &copy, ty)?;
             s.set("state", "connected");
-            queue_json(ctx, &mut s, q);
+            // The pair comes back from socketpair, nameless: its senders too.
+            queue_json(ctx, &mut s, q, false, &|_| 0);
             Ok(base.with("sock", s))
         }
         _ => {
             // unconnected: bound (datagram server) or not bound at all
             let q = if ty == SOCK_DGRAM { peek_all(ctx, &copy, ty)? } else { Vec::new() };
             s.set("state", if local.is_empty() { "unbound" } else { "bound" });
-            queue_json(ctx, &mut s, q);
+            let holders = abstract_holders(&copy, &local, &q)?;
+            queue_json(ctx, &mut s, q, true, &|n| holders.get(n).copied().unwrap_or(0));
             Ok(base.with("sock", s))
         }
     }
@@ -278,8 +284,50 @@ pub fn check_peers(files: &[Json], where_of: &dyn Fn(u64) -> String) -> Result<(
                 format!("{}: {} connected to a socket outside the dumped process tree (socket:[{}]) is not supported", where_of(f.u64_of("id").unwrap_or(0)), what, peer),
             ));
         }
+        // An abstract sender's name held outside the tree stays taken: a
+        // temporary socket could not take it to send the datagrams again,
+        // and an abstract receiver is reached from this namespace only.
+        for e in s.arr_of("senders") {
+            let holder = e.u64_of("held_by").unwrap_or(0);
+            if holder != 0 && !dumped.contains(&holder) {
+                let name = |v: Option<&Json>| v.and_then(|p| p.as_str()).and_then(base64::decode).map(|p| name_text(&p)).unwrap_or_default();
+                return Err(Error::new(
+                    "EUNSUPPORTED",
+                    format!(
+                        "{}: unix datagram socket {} holds datagrams from {}, a name held by socket:[{}] outside the dumped process tree: restored, they could not carry that sender address",
+                        where_of(f.u64_of("id").unwrap_or(0)),
+                        name(s.get("local").and_then(|l| l.get("path"))),
+                        name(e.get("path")),
+                        holder
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// What the dump tells the user of: a relative name whose file is not in
+/// the process's working directory. Taken as removed, the socket keeps its
+/// name and gets no file; if the file lives on in a directory the process
+/// has left, it no longer leads to the socket.
+pub fn warnings(files: &[Json], where_of: &dyn Fn(u64) -> String) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in files.iter().filter(|f| f.str_of("kind") == Some("sock_unix")) {
+        let s = match f.get("sock") {
+            Some(s) if s.bool_of("unlinked") => s,
+            _ => continue,
+        };
+        let name = s.get("local").and_then(|l| l.str_of("path")).and_then(base64::decode).unwrap_or_default();
+        if !name.is_empty() && name[0] != b'/' {
+            out.push(format!(
+                "{}: unix socket bound to the relative name {} has no such file in its working directory; it is restored with that name and no file (a file of it left in another directory no longer leads to it)",
+                where_of(f.u64_of("id").unwrap_or(0)),
+                name_text(&name)
+            ));
+        }
+    }
+    out
 }
 
 // ---- restore ----
@@ -289,11 +337,12 @@ pub fn check_peers(files: &[Json], where_of: &dyn Fn(u64) -> String) -> Result<(
 /// refill the second end's queue from).
 static PENDING: Mutex<BTreeMap<u64, (i32, i32)>> = Mutex::new(BTreeMap::new());
 
-/// A message of a queue in the image: its bytes and the file ids of the
-/// descriptors in flight with it.
+/// A message of a queue in the image: its bytes, the file ids of the
+/// descriptors in flight with it, and its sender's address (a datagram's).
 struct Msg {
     data: Vec<u8>,
     files: Vec<u64>,
+    from: Vec<u8>,
 }
 
 fn queue_of(s: &Json) -> Result<Vec<Msg>> {
@@ -301,32 +350,43 @@ fn queue_of(s: &Json) -> Result<Vec<Msg>> {
     let mut q = s
         .arr_of("queue")
         .iter()
-        .map(|d| d.as_str().and_then(base64::decode).map(|data| Msg { data, files: Vec::new() }).ok_or_else(bad))
+        .map(|d| d.as_str().and_then(base64::decode).map(|data| Msg { data, files: Vec::new(), from: Vec::new() }).ok_or_else(bad))
         .collect::<Result<Vec<Msg>>>()?;
     for e in s.arr_of("in_flight") {
         let m = e.u64_of("msg").and_then(|i| q.get_mut(i as usize)).ok_or_else(bad)?;
         m.files = e.arr_of("files").iter().map(Json::as_u64).collect::<Option<Vec<u64>>>().ok_or_else(bad)?;
     }
+    for e in s.arr_of("senders") {
+        let m = e.u64_of("msg").and_then(|i| q.get_mut(i as usize)).ok_or_else(bad)?;
+        m.from = e.str_of("path").and_then(base64::decode).ok_or_else(bad)?;
+    }
     Ok(q)
 }
 
-/// Queues whose messages carry descriptors: refilled by `refill_deferred`
-/// once every file of the restore is open, as a message may carry any of
-/// them (the socket itself included).
+/// Queues whose messages carry descriptors or came from a named sender:
+/// refilled by `refill_deferred` once every file of the restore is open, as
+/// a message may carry any of them (the socket itself included), and its
+/// sender may be any socket restored.
 struct Deferred {
     from: Fd,
-    /// sockaddr to send to (a bound datagram socket); None: the peer
-    to: Option<Vec<u8>>,
+    /// the bound datagram socket to send to; None: the peer
+    to: Option<Reach>,
     ty: i32,
     queue: Vec<Msg>,
 }
 
 static DEFERRED: Mutex<Vec<Deferred>> = Mutex::new(Vec::new());
 
-/// Refill now, or after every file is open if a message carries descriptors.
-fn refill_or_defer(from: &Fd, queue: Vec<Msg>, ty: i32, to: Option<Vec<u8>>) -> Result<()> {
-    if queue.iter().all(|m| m.files.is_empty()) {
-        return refill(from, &queue, ty, to.as_deref(), &BTreeMap::new());
+/// Datagram sockets restored bound to a name, by name: datagrams they had
+/// sent and that wait in a queue are sent again through them, so they keep
+/// their sender address and are charged to their sender.
+static NAMED: Mutex<BTreeMap<Vec<u8>, Fd>> = Mutex::new(BTreeMap::new());
+
+/// Refill now, or after every file is open if a message carries
+/// descriptors or has a sender.
+fn refill_or_defer(from: &Fd, queue: Vec<Msg>, ty: i32, to: Option<Reach>) -> Result<()> {
+    if queue.iter().all(|m| m.files.is_empty() && m.from.is_empty()) {
+        return refill(from, &queue, ty, to.as_ref(), &BTreeMap::new());
     }
     let from = dup(from)?;
     DEFERRED.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?.push(Deferred { from, to, ty, queue });
@@ -334,33 +394,62 @@ fn refill_or_defer(from: &Fd, queue: Vec<Msg>, ty: i32, to: Option<Vec<u8>>) -> 
 }
 
 /// The queues left by `open` for later, sent with their descriptors
-/// (`by_id`: every file of the restore, opened in phaul).
+/// (`by_id`: every file of the restore, opened in phaul) from their senders.
 pub fn refill_deferred(by_id: &BTreeMap<u64, Fd>) -> Result<()> {
     let all = std::mem::take(&mut *DEFERRED.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?);
-    for d in all {
-        refill(&d.from, &d.queue, d.ty, d.to.as_deref(), by_id)?;
-    }
-    Ok(())
+    let r = all.iter().try_for_each(|d| refill(&d.from, &d.queue, d.ty, d.to.as_ref(), by_id));
+    abandon_deferred();
+    r
 }
 
-/// A restore that failed half-way: drop the queues not yet refilled.
+/// A restore that failed half-way (or is done): drop the queues not yet
+/// refilled and the senders kept for them.
 pub fn abandon_deferred() {
     if let Ok(mut v) = DEFERRED.lock() {
+        v.clear();
+    }
+    if let Ok(mut v) = NAMED.lock() {
         v.clear();
     }
 }
 
 const REFILL: &str = "refill of a unix socket queue";
 
+/// The socket to send datagrams from `name` through: the restored socket
+/// bound to it, or a temporary one (unixname::temp_sender).
+fn sender_for(name: &[u8], ty: i32, to: Option<&Reach>) -> Result<Fd> {
+    if let Some(s) = NAMED.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?.get(name) {
+        return dup(s);
+    }
+    let to = to.ok_or_else(|| Error::new("EIMAGE", "a unix socket message has a sender but no destination"))?;
+    unixname::temp_sender(name, ty, to)
+}
+
 /// Send `queue` from `from` so that it lands in the receive queue of its
-/// peer (or of the socket named `to`), each message with its descriptors.
-fn refill(from: &Fd, queue: &[Msg], ty: i32, to: Option<&[u8]>, files: &BTreeMap<u64, Fd>) -> Result<()> {
+/// peer (or of the socket `to`), each message with its descriptors, a
+/// datagram with a sender from a socket bound to the sender's name.
+fn refill(from: &Fd, queue: &[Msg], ty: i32, to: Option<&Reach>, files: &BTreeMap<u64, Fd>) -> Result<()> {
     if queue.is_empty() {
         return Ok(());
     }
-    let total: usize = queue.iter().map(|m| m.data.len()).sum();
-    let old = getsockopt_int(from, SOL_SOCKET, SO_SNDBUF).unwrap_or(0);
-    grow_buffer(from, SO_SNDBUFFORCE, SO_SNDBUF, total + queue.len() * 1024);
+    let to_addr = match to {
+        Some(r) => Some(r.addr(REFILL)?),
+        None => None,
+    };
+    // Bytes and messages each sender sends, to make room in its buffer.
+    let mut load: BTreeMap<&[u8], usize> = BTreeMap::new();
+    for m in queue {
+        *load.entry(&m.from[..]).or_default() += m.data.len() + 1024;
+    }
+    let mut senders: BTreeMap<&[u8], Fd> = BTreeMap::new();
+    for name in load.keys().filter(|n| !n.is_empty()) {
+        senders.insert(name, sender_for(name, ty, to)?);
+    }
+    let sender = |name: &[u8]| pick(&senders, from, name);
+    let old: Vec<(&Fd, i32)> = load.keys().map(|n| (sender(n), getsockopt_int(sender(n), SOL_SOCKET, SO_SNDBUF).unwrap_or(0))).collect();
+    for (n, bytes) in &load {
+        grow_buffer(sender(n), SO_SNDBUFFORCE, SO_SNDBUF, *bytes);
+    }
     let r = (|| -> Result<()> {
         for m in queue {
             let fds = m
@@ -373,38 +462,26 @@ fn refill(from: &Fd, queue: &[Msg], ty: i32, to: Option<&[u8]>, files: &BTreeMap
                 // one message for the reader.
                 let sent = if fds.is_empty() { 0 } else { send_with_fds(from, &m.data, &fds, None, REFILL)? };
                 send_all(from, &m.data[sent..], MSG_DONTWAIT, REFILL)?;
-            } else if send_with_fds(from, &m.data, &fds, to, REFILL)? != m.data.len() {
+            } else if send_with_fds(sender(&m.from), &m.data, &fds, to_addr, REFILL)? != m.data.len() {
                 return Err(Error::new("ESOCKET", "refill of a unix socket queue: a datagram was cut short"));
             }
         }
         Ok(())
     })();
-    if old > 0 {
-        let _ = setsockopt_int(from, SOL_SOCKET, SO_SNDBUFFORCE, old / 2);
+    for (fd, v) in old {
+        if v > 0 {
+            let _ = setsockopt_int(fd, SOL_SOCKET, SO_SNDBUFFORCE, v / 2);
+        }
     }
     r
 }
 
-fn dup(fd: &Fd) -> Result<Fd> {
-    sys::call("dup", nr::FCNTL, &[fd.raw() as u64, 1030, 0]).map(|f| Fd(f as i32))
+fn pick<'a>(senders: &'a BTreeMap<&[u8], Fd>, from: &'a Fd, name: &[u8]) -> &'a Fd {
+    senders.get(name).unwrap_or(from)
 }
 
-fn bind_name(fd: &Fd, name: &[u8]) -> Result<()> {
-    if name.first() != Some(&0) {
-        // A stale socket file of the dumped process: remove it, but only if it is a socket.
-        let path = std::str::from_utf8(name).map_err(|_| Error::new("EIMAGE", "unix socket path is not UTF-8"))?;
-        if let Ok(md) = std::fs::symlink_metadata(path) {
-            if md.file_type().is_socket() {
-                let _ = std::fs::remove_file(path);
-            } else {
-                return Err(Error::new("ESOCKET", format!("cannot bind unix socket {}: a file that is not a socket is in the way", path)));
-            }
-        }
-    }
-    let sa = sockaddr_un(name)?;
-    sys::call(&format!("bind unix socket {}", name_text(name)), snr::BIND, &[fd.raw() as u64, sa.as_ptr() as u64, sa.len() as u64])
-        .map(|_| ())
-        .map_err(|e| Error { code: "ESOCKET", ..e })
+fn dup(fd: &Fd) -> Result<Fd> {
+    sys::call("dup", nr::FCNTL, &[fd.raw() as u64, 1030, 0]).map(|f| Fd(f as i32))
 }
 
 pub fn open(s: &Json) -> Result<Fd> {
@@ -442,15 +519,16 @@ pub fn open(s: &Json) -> Result<Fd> {
         }
         "listen" | "bound" | "unbound" => {
             let fd = new_socket(AF_UNIX, ty, 0)?;
-            if !name.is_empty() {
-                bind_name(&fd, &name)?;
-            }
+            let reach = if name.is_empty() { None } else { Some(unixname::bind(&fd, &name, s)?) };
             if state == "listen" {
                 sys::call("listen", snr::LISTEN, &[fd.raw() as u64, s.u64_of("backlog").unwrap_or(128)])?;
             }
-            if !queue.is_empty() && !name.is_empty() {
+            if state == "bound" && ty == SOCK_DGRAM {
+                NAMED.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?.entry(name.clone()).or_insert(dup(&fd)?);
+            }
+            if let (false, Some(reach)) = (queue.is_empty(), reach) {
                 let tmp = new_socket(AF_UNIX, ty, 0)?;
-                refill_or_defer(&tmp, queue, ty, Some(sockaddr_un(&name)?))?;
+                refill_or_defer(&tmp, queue, ty, Some(reach))?;
             }
             fd
         }
