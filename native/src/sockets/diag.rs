@@ -87,6 +87,21 @@ fn request(nl: &Fd, req: &[u8], dump: bool) -> Result<Vec<Vec<u8>>> {
     }
 }
 
+/// The netlink attributes (type, payload) of a diag answer from `off` on.
+fn attrs(m: &[u8], mut off: usize) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while off + 4 <= m.len() {
+        let len = u16::from_le_bytes([m[off], m[off + 1]]) as usize;
+        let ty = u16::from_le_bytes([m[off + 2], m[off + 3]]);
+        if len < 4 || off + len > m.len() {
+            break;
+        }
+        out.push((ty, &m[off + 4..off + len]));
+        off += (len + 3) & !3;
+    }
+    out
+}
+
 /// What sock_diag tells of an inet socket.
 pub struct InetInfo {
     pub state: u8,
@@ -154,14 +169,7 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
             continue;
         }
         let mut info = UnixInfo { state: m[2], peer: 0, rqueue: 0, wqueue: 0, vfs: None };
-        let mut off = 16;
-        while off + 4 <= m.len() {
-            let len = u16::from_le_bytes(m[off..off + 2].try_into().unwrap()) as usize;
-            let ty = u16::from_le_bytes(m[off + 2..off + 4].try_into().unwrap());
-            if len < 4 || off + len > m.len() {
-                break;
-            }
-            let p = &m[off + 4..off + len];
+        for (ty, p) in attrs(&m, 16) {
             match ty {
                 1 if p.len() >= 8 => info.vfs = Some((u32::from_le_bytes(p[0..4].try_into().unwrap()), u32::from_le_bytes(p[4..8].try_into().unwrap()))),
                 2 if p.len() >= 4 => info.peer = u32::from_le_bytes(p[0..4].try_into().unwrap()) as u64,
@@ -171,7 +179,6 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
                 }
                 _ => {}
             }
-            off += (len + 3) & !3;
         }
         return Ok(Some(info));
     }
@@ -192,17 +199,10 @@ pub fn unix_names(of: &Fd) -> Result<Vec<(u64, Vec<u8>)>> {
             continue;
         }
         let ino = u32::from_le_bytes(m[4..8].try_into().unwrap()) as u64;
-        let mut off = 16;
-        while off + 4 <= m.len() {
-            let len = u16::from_le_bytes(m[off..off + 2].try_into().unwrap()) as usize;
-            let ty = u16::from_le_bytes(m[off + 2..off + 4].try_into().unwrap());
-            if len < 4 || off + len > m.len() {
-                break;
-            }
+        for (ty, p) in attrs(&m, 16) {
             if ty == 0 {
-                out.push((ino, m[off + 4..off + len].to_vec()));
+                out.push((ino, p.to_vec()));
             }
-            off += (len + 3) & !3;
         }
     }
     Ok(out)
@@ -236,14 +236,7 @@ pub fn packet_lookup(of: &Fd, ino: u64) -> Result<Option<PacketInfo>> {
 /// A packet_diag_msg and its attributes.
 fn parse_packet(m: &[u8]) -> PacketInfo {
     let mut info = PacketInfo { protocol: u16::from_le_bytes([m[2], m[3]]), ifindex: 0, memberships: Vec::new(), rx_ring: false, tx_ring: false, fanout: None };
-    let mut off = 16;
-    while off + 4 <= m.len() {
-        let len = u16::from_le_bytes(m[off..off + 2].try_into().unwrap()) as usize;
-        let ty = u16::from_le_bytes(m[off + 2..off + 4].try_into().unwrap());
-        if len < 4 || off + len > m.len() {
-            break;
-        }
-        let p = &m[off + 4..off + len];
+    for (ty, p) in attrs(m, 16) {
         match ty {
             0 if p.len() >= 4 => info.ifindex = i32::from_le_bytes(p[0..4].try_into().unwrap()),
             1 => {
@@ -259,7 +252,6 @@ fn parse_packet(m: &[u8]) -> PacketInfo {
             4 if p.len() >= 4 => info.fanout = Some(u32::from_le_bytes(p[0..4].try_into().unwrap())),
             _ => {}
         }
-        off += (len + 3) & !3;
     }
     info
 }
