@@ -43,6 +43,10 @@ pub struct FileTable {
     /// Copies of the descriptors in flight in the unix socket queues seen,
     /// described in `finish` (crate::inflight).
     in_flight: crate::inflight::Sink,
+    /// Every process of the tree dumped (set by the caller).
+    pub tree: Vec<Pid>,
+    /// userfaultfd file id -> the process holding it (anonfd::userfaultfd).
+    pub uffd_holders: BTreeMap<u64, Pid>,
 }
 
 fn kcmp_same(p1: Pid, p2: Pid, f1: i32, f2: i32) -> bool {
@@ -93,6 +97,8 @@ impl FileTable {
             ptys: Default::default(),
             next_id: 1,
             in_flight: Default::default(),
+            tree: Vec::new(),
+            uffd_holders: BTreeMap::new(),
         }
     }
 

@@ -594,6 +594,11 @@ fn abort_error(body: Option<Json>) -> Error {
 fn release_memory_gently(f: &Frozen) {
     const SLICE: u64 = 16 << 20;
     for p in f.live() {
+        // An unmap of an area registered with UFFD_FEATURE_EVENT_UNMAP waits
+        // until the process's handler reads the event: it never will.
+        if holds_userfaultfd(p.pid) {
+            continue;
+        }
         let leader = match p.threads.first() {
             Some(t) => t,
             None => continue,
@@ -620,6 +625,10 @@ fn release_memory_gently(f: &Frozen) {
         }
         let _ = inj.finish();
     }
+}
+
+fn holds_userfaultfd(pid: Pid) -> bool {
+    proc::fds(pid).unwrap_or_default().iter().any(|fd| proc::readlink(&format!("/proc/{}/fd/{}", pid, fd)).is_ok_and(|t| crate::anonfd::userfaultfd::is_userfaultfd(&t)))
 }
 
 /// Each tracked process's current layout and the pages a round must send:
