@@ -18,7 +18,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'ptimers_thread', 'tcp_halfclosed', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'ptimers_thread', 'tcp_halfclosed', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
@@ -85,6 +85,30 @@ describe('state kinds under live migration', () => {
     assertCliError(r, /fanotify group with permission events while process \d+ waits for a permission decision/);
     await waitForOk(w, lastOk(w) + 3, 10_000);
     await goAndWait(w, 'PERM_ANSWERED');
+    assertNoFail(w);
+    await h.kill(w);
+  });
+
+  // The process's own userfaultfd areas refuse the tracker's uffd-wp
+  // registration and are sent whole every round; the moved copy gets the
+  // process's registrations and none of the tracker's. Hash tracking
+  // registers nothing.
+  test('uffd_kinds (hash tracking)', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('uffd_kinds');
+    await waitForOk(w, 3, 30_000);
+    const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000, extra: ['--track', 'hash'] });
+    t.diagnostic(roundsText(summary));
+    await goAndWait(w, GO_CHECKS.uffd_kinds);
+    await h.kill(w);
+  });
+
+  test('uffd_kinds: a wait in the kernel for a userfaultfd page is refused at the freeze, the source runs on', { timeout: 90_000 }, async () => {
+    const w = await h.start('uffd_kinds', { args: ['syscall'] });
+    await waitForOk(w, 3, 30_000);
+    const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+    assertCliError(r, /does not stop: it waits in the kernel, most likely for a page fault its userfaultfd \(fd \d+\) must resolve/);
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    await goAndWait(w, GO_CHECKS.uffd_kinds);
     assertNoFail(w);
     await h.kill(w);
   });

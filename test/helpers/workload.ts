@@ -191,6 +191,7 @@ export const GO_CHECKS: Record<string, string> = {
   pidfd_kinds: 'PIDFD_REAPED',
   fanotify_kinds: 'PERM_DENIED',
   sock_scm: 'SCM_CHECKED',
+  uffd_kinds: 'UFFD_CHECKED',
 };
 
 /** Create LOG.go, wait for `line`, then for two more OK lines. */

@@ -17,16 +17,26 @@
  * W 0-3 write-protected, W 4-7 not (pagemap bit 57); VmFlags um, uw, ui on
  * M, W, S; both descriptors' features, O_NONBLOCK and FD_CLOEXEC.
  * Logs "OK <pass>".
- * Once LOG.go exists: M 6 (never touched) faults to the handler and holds
+ * Once LOG.go exists: no other area is registered (a migration's own
+ * tracking registers areas in WP mode while it runs); M 6 (never touched) faults to the handler and holds
  * its pattern, M 0 does not fault; a write to W 1 traps, one to W 5 does
  * not; S 5 takes a minor fault, S 1 does not; the waiting thread gets its
- * page. Then "UFFD_CHECKED". */
+ * page. Then "UFFD_CHECKED".
+ * Modes (argv[2]), which phaul refuses: "fork" forks a child before READY
+ * that keeps both descriptors (shared between processes); "forkevent" asks
+ * A for UFFD_FEATURE_EVENT_FORK, so the child's copy of M is registered with
+ * a context of the child's memory, which A's thread receives; the child
+ * closes its copies of A and B; "syscall" has another thread read() from a
+ * pipe into the held page: a wait in the kernel no freeze can interrupt
+ * (the page arrives once LOG.go exists). */
 #include "common.h"
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #define PG 4096UL
@@ -41,7 +51,7 @@
 static int ua, ub;
 static char *M, *W, *S, *S1;
 static volatile int mfaults[MPAGES], wfaults[WPAGES], sfaults[SPAGES];
-static volatile int held_seen, faulter_done;
+static volatile int held_seen, faulter_done, forked_ctx = -1;
 static volatile char faulter_got;
 static char go_path[4200];
 
@@ -69,6 +79,8 @@ static void *handler_a(void *arg)
 		if (r < 0 && errno == EINTR)
 			continue;
 		CHECK(r == sizeof(m), "read of userfaultfd A: %zd errno %d", r, errno);
+		if (m.event == UFFD_EVENT_FORK)
+			forked_ctx = (int)m.arg.fork.ufd;
 		if (m.event != UFFD_EVENT_PAGEFAULT)
 			continue;
 		unsigned long a = m.arg.pagefault.address & ~(PG - 1);
@@ -122,6 +134,18 @@ static void *handler_b(void *arg)
 	return NULL;
 }
 
+static int pipe_fds[2];
+static volatile int reader_done;
+
+static void *reader(void *arg)
+{
+	(void)arg;
+	ssize_t n = read(pipe_fds[0], M + HELD * PG + 8, 4);
+	CHECK(n == 4, "read into the held page: %zd errno %d", n, errno);
+	reader_done = 1;
+	return NULL;
+}
+
 static void *faulter(void *arg)
 {
 	(void)arg;
@@ -169,6 +193,28 @@ static void vm_flags(void *at, char *out, size_t cap)
 	FAIL("no area at %p in smaps", at);
 }
 
+/* How many areas of the process show VmFlag f */
+static int areas_with_flag(const char *f)
+{
+	static char buf[1 << 20];
+	ssize_t n = read_file("/proc/self/smaps", buf, sizeof(buf) - 1);
+	CHECK(n > 0, "read smaps");
+	buf[n] = 0;
+	char w[8];
+	snprintf(w, sizeof(w), " %s", f);
+	int count = 0;
+	for (char *l = strstr(buf, "VmFlags:"); l; l = strstr(l + 1, "VmFlags:")) {
+		char *end = strchr(l, '\n');
+		for (char *h = strstr(l, w); h && (!end || h < end); h = strstr(h + 1, w)) {
+			if (h[3] == ' ' || h[3] == '\n' || h[3] == 0) {
+				count++;
+				break;
+			}
+		}
+	}
+	return count;
+}
+
 static int has_flag(const char *flags, const char *f)
 {
 	char w[8];
@@ -206,6 +252,7 @@ static void wait_for(volatile int *v, int want, const char *what)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv);
+	const char *mode = argc > 2 ? argv[2] : "";
 	snprintf(go_path, sizeof(go_path), "%s.go", log_path);
 	ua = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
 	CHECK(ua >= 0, "userfaultfd: errno %d", errno);
@@ -214,7 +261,8 @@ int main(int argc, char **argv)
 	ub = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
 	CHECK(ub >= 0, "USERFAULTFD_IOC_NEW: errno %d", errno);
 	close(dev);
-	struct uffdio_api api_a = { .api = UFFD_API, .features = FEATURES_A };
+	unsigned long features_a = FEATURES_A | (strcmp(mode, "forkevent") == 0 ? UFFD_FEATURE_EVENT_FORK : 0);
+	struct uffdio_api api_a = { .api = UFFD_API, .features = features_a };
 	struct uffdio_api api_b = { .api = UFFD_API, .features = FEATURES_B };
 	CHECK(ioctl(ua, UFFDIO_API, &api_a) == 0, "UFFDIO_API A: errno %d", errno);
 	CHECK(ioctl(ub, UFFDIO_API, &api_b) == 0, "UFFDIO_API B: errno %d", errno);
@@ -246,6 +294,27 @@ int main(int argc, char **argv)
 	CHECK(pthread_create(&th, NULL, faulter, NULL) == 0, "pthread_create");
 	wait_for(&held_seen, 1, "the held fault");
 
+	if (strcmp(mode, "syscall") == 0) {
+		CHECK(pipe(pipe_fds) == 0 && write(pipe_fds[1], "data", 4) == 4, "pipe: errno %d", errno);
+		CHECK(pthread_create(&th, NULL, reader, NULL) == 0, "pthread_create");
+	}
+	if (strcmp(mode, "fork") == 0 || strcmp(mode, "forkevent") == 0) {
+		pid_t child = fork();
+		CHECK(child >= 0, "fork: errno %d", errno);
+		if (child == 0) {
+			prctl(PR_SET_PDEATHSIG, SIGKILL);
+			if (strcmp(mode, "forkevent") == 0) {
+				close(ua);
+				close(ub);
+			}
+			for (;;)
+				pause();
+		}
+		for (int t = 0; strcmp(mode, "forkevent") == 0 && forked_ctx < 0; t++) {
+			CHECK(t < 500, "no fork event");
+			sleep_ms(10);
+		}
+	}
 	wl_log("READY");
 	int checked = 0;
 	for (uint64_t pass = 1;; pass++) {
@@ -272,12 +341,15 @@ int main(int argc, char **argv)
 		CHECK(has_flag(f, "uw") && !has_flag(f, "um"), "VmFlags of W:%s", f);
 		vm_flags(S, f, sizeof(f));
 		CHECK(has_flag(f, "ui"), "VmFlags of S:%s", f);
-		CHECK(features_of(ua) == FEATURES_A, "features of A: %#lx", features_of(ua));
+		CHECK(features_of(ua) == features_a, "features of A: %#lx", features_of(ua));
 		CHECK(features_of(ub) == FEATURES_B, "features of B: %#lx", features_of(ub));
 		CHECK(!(fcntl(ua, F_GETFL) & O_NONBLOCK), "A became O_NONBLOCK");
 		CHECK(fcntl(ub, F_GETFL) & O_NONBLOCK, "B lost O_NONBLOCK");
 		CHECK((fcntl(ua, F_GETFD) & FD_CLOEXEC) && (fcntl(ub, F_GETFD) & FD_CLOEXEC), "lost FD_CLOEXEC");
 		if (!checked && go()) {
+			/* the process's registrations, and none of a migration's dirty tracking */
+			CHECK(areas_with_flag("um") == 1 && areas_with_flag("uw") == 1 && areas_with_flag("ui") == 1,
+			      "areas registered: um %d, uw %d, ui %d (want 1 each)", areas_with_flag("um"), areas_with_flag("uw"), areas_with_flag("ui"));
 			check_page(M, 6, "M");
 			CHECK(mfaults[6] == 1, "M 6 (never touched) faulted %d times", mfaults[6]);
 			CHECK(mfaults[0] == 1, "M 0 faulted again");
@@ -292,6 +364,10 @@ int main(int argc, char **argv)
 			fill(HELD);
 			wait_for(&faulter_done, 1, "the held fault");
 			CHECK(faulter_got == pattern(M, HELD), "the held fault read %d", faulter_got);
+			if (strcmp(mode, "syscall") == 0) {
+				wait_for(&reader_done, 1, "the read into the held page");
+				CHECK(memcmp(M + HELD * PG + 8, "data", 4) == 0, "the read into the held page got other bytes");
+			}
 			checked = 1;
 			wl_log("UFFD_CHECKED");
 		}

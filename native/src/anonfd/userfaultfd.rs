@@ -41,6 +41,7 @@ const UFFDIO_WRITEPROTECT: u64 = 0xc018_aa06;
 const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
 
 const EBUSY: i32 = 16;
+const EINVAL: i32 = 22;
 const ENOMEM: i32 = 12;
 const EPERM: i32 = 1;
 const MADV_POPULATE_READ: u64 = 22;
@@ -56,6 +57,11 @@ const PROBE_TO: u64 = 0x7000_0000_0000;
 
 pub fn is_userfaultfd(target: &str) -> bool {
     target == "anon_inode:[userfaultfd]"
+}
+
+/// The first descriptor of `pid` that is a userfaultfd.
+pub fn held_by(pid: Pid) -> Option<i32> {
+    proc::fds(pid).ok()?.into_iter().find(|fd| proc::readlink(&format!("/proc/{}/fd/{}", pid, fd)).is_ok_and(|t| is_userfaultfd(&t)))
 }
 
 /// Modes an area is registered in, from its VmFlags (0: none).
@@ -223,7 +229,9 @@ fn owner_of(v: &memory::Vma, modes: u64, held: &[Held], ours: Option<&Fd>) -> st
     for (who, fd) in tries {
         match register(fd, v.start, v.end, modes) {
             Ok(()) => return Ok(who),
-            Err(EBUSY) => {}
+            // Owned by another; or a kind of area only another's features
+            // allow (any file mapping with UFFD_FEATURE_WP_ASYNC, phaul's).
+            Err(EBUSY) | Err(EINVAL) => {}
             Err(e) => return Err(e),
         }
     }

@@ -596,7 +596,7 @@ fn release_memory_gently(f: &Frozen) {
     for p in f.live() {
         // An unmap of an area registered with UFFD_FEATURE_EVENT_UNMAP waits
         // until the process's handler reads the event: it never will.
-        if holds_userfaultfd(p.pid) {
+        if crate::anonfd::userfaultfd::held_by(p.pid).is_some() {
             continue;
         }
         let leader = match p.threads.first() {
@@ -625,10 +625,6 @@ fn release_memory_gently(f: &Frozen) {
         }
         let _ = inj.finish();
     }
-}
-
-fn holds_userfaultfd(pid: Pid) -> bool {
-    proc::fds(pid).unwrap_or_default().iter().any(|fd| proc::readlink(&format!("/proc/{}/fd/{}", pid, fd)).is_ok_and(|t| crate::anonfd::userfaultfd::is_userfaultfd(&t)))
 }
 
 /// Each tracked process's current layout and the pages a round must send:
