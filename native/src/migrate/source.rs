@@ -108,6 +108,7 @@ impl SourceEngine {
         let pid = pid_arg(req)?;
         dump::validate_target(pid)?;
         self.same_host = req.bool_of("same_host");
+        let auto = req.str_of("track").unwrap_or("auto") == "auto";
         let method = match req.str_of("track").unwrap_or("auto") {
             "auto" => dirty::best_method(),
             m => {
@@ -133,6 +134,7 @@ impl SourceEngine {
         self.root = pid;
         let mut frozen = freeze::freeze_tree(pid)?;
         let mut layout = Vec::new();
+        let mut hashed = Vec::new();
         let r = (|| -> Result<()> {
             // Tree order (parents first), zombies included: the destination forks them in this order.
             for fz in &frozen.procs {
@@ -143,9 +145,18 @@ impl SourceEngine {
                 let vmas = memory::vmas(fz.pid)?;
                 let leader = &fz.threads[0];
                 let mut inj = Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)?;
+                // A process with a userfaultfd of its own gets EBUSY registering
+                // an area phaul's uffd-wp tracking holds: unless told
+                // otherwise, such a process is tracked by hashing.
+                let m = if auto && method == Method::UffdWp && crate::anonfd::userfaultfd::held_by(fz.pid).is_some() {
+                    hashed.push(fz.pid);
+                    Method::Hash
+                } else {
+                    method
+                };
                 // Arming (write-protecting every page) happens in round 0,
                 // while the tree runs: only the userfaultfd is made now.
-                let t = Tracker::start_lazy(method, fz.pid, &mut inj);
+                let t = Tracker::start_lazy(m, fz.pid, &mut inj);
                 inj.finish()?;
                 self.trackers.push(t?);
                 layout.push(layout_entry(fz, &vmas));
@@ -162,7 +173,13 @@ impl SourceEngine {
         frozen.resume();
         self.sock = Some(w);
         self.back = Some(BufReader::new(back));
-        Ok(ok().with("method", method.name()).with("layout", Json::obj().with("processes", layout)))
+        let live = frozen.live().count();
+        let named = match hashed.len() {
+            0 => method.name().to_string(),
+            n if n == live => Method::Hash.name().to_string(),
+            _ => format!("{} (hash for {}: a userfaultfd of its own)", method.name(), hashed.iter().map(|p| format!("process {}", p)).collect::<Vec<_>>().join(", ")),
+        };
+        Ok(ok().with("method", named).with("layout", Json::obj().with("processes", layout)))
     }
 
     /// One round: layout and pages of every process, then a round-end mark.
