@@ -177,7 +177,7 @@ describe('dump and restore', () => {
     {
       name: 'uffd_kinds',
       args: ['syscall'],
-      error: /thread \d+ of process \d+ does not stop: it waits in the kernel, most likely for a page fault its userfaultfd \(fd \d+\) must resolve/,
+      error: /thread \d+ of process \d+ does not stop: it waits in the kernel for its userfaultfd \(fd \d+\) handler, most likely a page fault in a system call/,
       go: 'UFFD_CHECKED',
     },
   ];

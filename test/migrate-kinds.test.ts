@@ -110,7 +110,7 @@ describe('state kinds under live migration', () => {
     const w = await h.start('uffd_kinds', { args: ['syscall'] });
     await waitForOk(w, 3, 30_000);
     const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
-    assertCliError(r, /does not stop: it waits in the kernel, most likely for a page fault its userfaultfd \(fd \d+\) must resolve/);
+    assertCliError(r, /does not stop: it waits in the kernel for its userfaultfd \(fd \d+\) handler, most likely a page fault in a system call/);
     await waitForOk(w, lastOk(w) + 3, 10_000);
     await goAndWait(w, GO_CHECKS.uffd_kinds);
     assertNoFail(w);

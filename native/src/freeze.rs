@@ -236,7 +236,7 @@ fn not_stopping(pid: Pid, tid: Pid) -> Error {
         return Error::new(
             "EUNSUPPORTED",
             format!(
-                "thread {} of process {} does not stop: it waits in the kernel, most likely for a page fault its userfaultfd (fd {}) must resolve (a system call reading or writing a missing page); such a wait is not supported",
+                "thread {} of process {} does not stop: it waits in the kernel for its userfaultfd (fd {}) handler, most likely a page fault in a system call (reading or writing a missing page) or an event not read yet; such a wait is not supported",
                 tid, pid, fd
             ),
         );
