@@ -174,7 +174,9 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                             seized.get_mut(&p).map(|v| v.retain(|&x| x != t));
                         }
                         Waited::TimedOut => {
-                            seized.get_mut(&p).map(|v| v.retain(|&x| x != t));
+                            if let Some(v) = seized.get_mut(&p) {
+                                v.retain(|&x| x != t);
+                            }
                             stuck = Some(t);
                             return Err(not_stopping(p, t));
                         }

@@ -185,7 +185,8 @@ pub fn dump(inj: &mut Injector, pid: Pid, pidfd: &Fd, fds: &[Json], table: &mut 
     }
     let pagemap = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context(format!("opening /proc/{}/pagemap", pid)))?;
     for (v, modes) in registered {
-        let owner = owner_of(v, modes, &held, ours.as_ref()).map_err(|e| Error::sys(format!("process {}: finding which userfaultfd area {:#x}-{:#x} is registered with", pid, v.start, v.end), e))?;
+        // (Errors name the process where the caller adds it.)
+        let owner = owner_of(v, modes, &held, ours.as_ref()).map_err(|e| Error::sys(format!("finding which userfaultfd area {:#x}-{:#x} is registered with", v.start, v.end), e))?;
         let h = match owner {
             Owner::Process(i) => &held[i],
             Owner::Phaul => {
@@ -196,8 +197,8 @@ pub fn dump(inj: &mut Injector, pid: Pid, pidfd: &Fd, fds: &[Json], table: &mut 
                 return Err(Error::new(
                     "EUNSUPPORTED",
                     format!(
-                        "process {}: memory area {:#x}-{:#x} is registered with a userfaultfd the process does not hold (passed to another process, or made by a fork event): not supported",
-                        pid, v.start, v.end
+                        "memory area {:#x}-{:#x} is registered with a userfaultfd the process does not hold (passed to another process, or made by a fork event): not supported",
+                        v.start, v.end
                     ),
                 ))
             }
@@ -247,7 +248,7 @@ fn same_memory(inj: &mut Injector, pid: Pid, held: &[Held], tree: &[Pid]) -> Res
     if !procs.contains(&pid) {
         procs.push(pid);
     }
-    let at = probe_address(&procs).ok_or_else(|| Error::new("ENOMEM", format!("process {}: no room for a probe page to tell whose memory its userfaultfds are of", pid)))?;
+    let at = probe_address(&procs).ok_or_else(|| Error::new("ENOMEM", "no room for a probe page to tell whose memory its userfaultfds are of"))?;
     let page = inj.call("mmap(userfaultfd probe)", nr::MMAP, &[at, PAGE_SIZE, 3, 0x22 | MAP_FIXED_NOREPLACE, u64::MAX, 0])?;
     let r = (|| {
         for h in held.iter().filter(|h| h.api) {
@@ -395,14 +396,16 @@ pub fn register_areas(inj: &mut Injector, p: &Json) -> Result<()> {
         let id = u.u64_of("file_id").unwrap_or(0);
         let what = format!("memory area {:#x}-{:#x}", start, end);
         let fd = *first.get(&id).ok_or_else(|| Error::new("EIMAGE", format!("{} is registered with a userfaultfd the process does not hold", what)))?;
-        if !copies.contains_key(&id) {
-            if pidfd.is_none() {
-                pidfd = Some(sys::pidfd_open(inj.pid)?);
+        let copy = match copies.entry(id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                if pidfd.is_none() {
+                    pidfd = Some(sys::pidfd_open(inj.pid)?);
+                }
+                let pf = pidfd.as_ref().ok_or_else(|| Error::new("EINTERNAL", "no pidfd"))?;
+                e.insert(sys::pidfd_getfd(pf, fd as i32)?)
             }
-            let pf = pidfd.as_ref().ok_or_else(|| Error::new("EINTERNAL", "no pidfd"))?;
-            copies.insert(id, sys::pidfd_getfd(pf, fd as i32)?);
-        }
-        let copy = &copies[&id];
+        };
         let modes = u.u64_of("modes").unwrap_or(0);
         if modes & MODE_MINOR != 0 {
             map_as_before(inj, start, end, u.arr_of("mapped"))?;
