@@ -52,6 +52,19 @@ export interface Vma {
   shmem_id?: U64;
   growsdown: boolean;
   flags?: string;
+  /** Registered with one of the process's userfaultfds (docs/event-fds.md). */
+  uffd?: UffdArea;
+}
+
+export interface UffdArea {
+  /** The userfaultfd: an OpenFile of kind "userfaultfd". */
+  file_id: U64;
+  /** UFFDIO_REGISTER_MODE_MISSING 1 | WP 2 | MINOR 4. */
+  modes: number;
+  /** WP: pages write-protected at the dump. */
+  wp?: { start: U64; end: U64 }[];
+  /** MINOR: pages mapped in the area at the dump. */
+  mapped?: { start: U64; end: U64 }[];
 }
 
 /** A kernel AIO context (io_setup): its ring, mapped at the context id. */

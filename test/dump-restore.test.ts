@@ -84,6 +84,10 @@ const specs: Spec[] = [
   { name: 'seccomp_filters', afterRestore: (w) => goAndWait(w, GO_CHECKS.seccomp_filters) },
   // the restored permission group denies an open from outside the tree
   { name: 'fanotify_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.fanotify_kinds) },
+  // userfaultfds: never-touched pages still fault to the handler, filled
+  // ones do not, write-protected pages still trap, a thread waiting in a
+  // fault at the dump gets its page
+  { name: 'uffd_kinds', afterRestore: (w) => goAndWait(w, GO_CHECKS.uffd_kinds) },
   { name: 'netlink_kinds' },
   { name: 'packet_kinds' },
   { name: 'creds' },
@@ -173,6 +177,27 @@ describe('dump and restore', () => {
     { name: 'share_vm', args: [], error: /processes \d+ and \d+ share one address space \(CLONE_VM\): not supported/ },
     // a descriptor on the /proc entry of a reaped child
     { name: 'proc_entries', args: ['dead'], error: /fd \d+: \/proc\/\d+ is an entry of process \d+, which has exited: it cannot be restored/ },
+    // a child keeps the userfaultfds it inherited: one context, two processes
+    {
+      name: 'uffd_kinds',
+      args: ['fork'],
+      error: /process \d+: fd \d+: userfaultfd shared with process \d+ \(inherited across fork or passed over a socket\) is not supported/,
+      go: 'UFFD_CHECKED',
+    },
+    // a fork event gave the parent a context of its child's memory
+    {
+      name: 'uffd_kinds',
+      args: ['forkevent'],
+      error: /fd \d+: userfaultfd of another process's memory \(passed over a socket, or made by a fork event\) is not supported/,
+      go: 'UFFD_CHECKED',
+    },
+    // a read() into a page the handler has not provided yet cannot be stopped
+    {
+      name: 'uffd_kinds',
+      args: ['syscall'],
+      error: /thread \d+ of process \d+ does not stop: it waits in the kernel for its userfaultfd \(fd \d+\) handler, most likely a page fault in a system call/,
+      go: 'UFFD_CHECKED',
+    },
   ];
   for (const r of refusals) {
     test(`${r.name} ${r.args.join(' ')}: refused, the process runs on`, { timeout: 60_000 }, async () => {

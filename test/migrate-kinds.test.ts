@@ -18,12 +18,14 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
       const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
       t.diagnostic(roundsText(summary));
+      // (a process with a userfaultfd is tracked by hashing unless told otherwise)
+      if (name === 'uffd_kinds') assert.equal(summary.method, 'hash');
       // the state survived the move (checked every pass); now the last check
       if (GO_CHECKS[name]) await goAndWait(w, GO_CHECKS[name]);
       if (name === 'vma_advice') {
@@ -122,6 +124,32 @@ describe('state kinds under live migration', () => {
       await h.kill(w);
     });
   }
+
+  // By default a process with a userfaultfd is tracked by hashing (it could
+  // not register an area phaul's uffd-wp tracking holds: EBUSY). Asked for,
+  // uffd-wp tracking works beside it: the process's own areas refuse the
+  // tracker's registration and are sent whole every round, and the moved
+  // copy gets the process's registrations and none of the tracker's.
+  test('uffd_kinds (uffd-wp tracking asked for)', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('uffd_kinds');
+    await waitForOk(w, 3, 30_000);
+    const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000, extra: ['--track', 'uffd-wp'] });
+    t.diagnostic(roundsText(summary));
+    assert.equal(summary.method, 'uffd-wp');
+    await goAndWait(w, GO_CHECKS.uffd_kinds);
+    await h.kill(w);
+  });
+
+  test('uffd_kinds: a wait in the kernel for a userfaultfd page is refused at the freeze, the source runs on', { timeout: 90_000 }, async () => {
+    const w = await h.start('uffd_kinds', { args: ['syscall'] });
+    await waitForOk(w, 3, 30_000);
+    const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+    assertCliError(r, /does not stop: it waits in the kernel for its userfaultfd \(fd \d+\) handler, most likely a page fault in a system call/);
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    await goAndWait(w, GO_CHECKS.uffd_kinds);
+    assertNoFail(w);
+    await h.kill(w);
+  });
 
   // The layout changes inside a round (mmap, munmap and mremap every 2 ms):
   // the destination applies the round's layout, on the thread that traces

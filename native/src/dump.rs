@@ -68,10 +68,11 @@ pub type VmFlags = std::collections::HashMap<Pid, std::collections::HashMap<u64,
 pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<&str>, stats: &mut DumpStats, flags: Option<&VmFlags>) -> Result<Json> {
     let pid = fz.pid;
     let insn = find_syscall_insn(pid)?;
+    let empty = std::collections::HashMap::new();
     let leader = &fz.threads[0];
     let mut inj = Injector::new(pid, leader.tid, insn, leader.regs.rewound(true), leader.sigmask)?;
     crate::sys::trace_mark("dump: injector ready");
-    let res = (|| -> Result<Json> {
+    let res = (|| -> Result<(Json, crate::anonfd::userfaultfd::Registrations)> {
         // One batch runs every injected read: the process-wide ones in the
         // leader, before its thread's, and every thread's at once.
         crate::batch::reserve(&mut inj, fz.threads.len())?;
@@ -124,19 +125,35 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         p.set("threads", ths);
         crate::sys::trace_mark("dump: threads");
         let pidfd = sys::pidfd_open(pid)?;
-        p.set("fds", files.dump_fds(pid, &pidfd)?);
-        Ok(p)
+        let fds = files.dump_fds(pid, &pidfd)?;
+        // Before the injector goes: telling which userfaultfd is of this
+        // memory takes a page mapped here (anonfd::userfaultfd::dump).
+        let read_before = flags.map(|f| f.get(&pid).unwrap_or(&empty));
+        let uffd = crate::anonfd::userfaultfd::dump(&mut inj, pid, &pidfd, &fds, files, read_before)?;
+        p.set("fds", fds);
+        Ok((p, uffd))
     })();
     let ours = inj.own_ranges();
     crate::sys::trace_mark("dump: fds");
     let fin = inj.finish();
     crate::sys::trace_mark("dump: injector finished");
-    let mut p = res?;
+    let (mut p, uffd) = res?;
     fin?;
-    let empty = std::collections::HashMap::new();
-    let read_before = flags.map(|f| f.get(&pid).unwrap_or(&empty));
-    let vmas: Vec<memory::Vma> = memory::without_ranges(memory::vmas_with_flags(pid, read_before)?, &ours);
-    p.set("vmas", vmas.iter().map(|v| v.to_json()).collect::<Vec<_>>());
+    // VmFlags read again at the freeze for a process with a userfaultfd.
+    let read_before = uffd.flags.as_ref().or_else(|| flags.map(|f| f.get(&pid).unwrap_or(&empty)));
+    let mut vmas: Vec<memory::Vma> = memory::without_ranges(memory::vmas_with_flags(pid, read_before)?, &ours);
+    for v in vmas.iter_mut().filter(|v| uffd.phauls.contains(&v.start)) {
+        // Registered by phaul's own dirty tracking, not by the process.
+        v.flags = crate::anonfd::userfaultfd::without_modes(&v.flags);
+    }
+    let with_uffd = |v: &memory::Vma| {
+        let mut j = v.to_json();
+        if let Some(a) = uffd.areas.get(&v.start) {
+            j.set("uffd", a.clone());
+        }
+        j
+    };
+    p.set("vmas", vmas.iter().map(with_uffd).collect::<Vec<_>>());
     let dir = match dir {
         Some(d) => d,
         None => {
@@ -217,6 +234,7 @@ fn sysv_warnings(procs: &[Json]) -> Vec<String> {
 /// `flags`: the areas' VmFlags read before the freeze; None reads them now.
 pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) -> Result<(Json, DumpStats)> {
     let mut files = FileTable::new();
+    files.tree = frozen.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid).collect();
     let mut stats = DumpStats { pages: 0, bytes: 0 };
     let mut procs = Vec::new();
     // First: what is refused here costs no dump.
@@ -234,6 +252,7 @@ pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) 
     }
     let pids: Vec<Pid> = frozen.procs.iter().map(|p| p.pid).collect();
     let (files, pipes, mut warnings) = files.finish(&pids)?;
+    crate::anonfd::userfaultfd::check_in_flight(&files)?;
     warnings.extend(sysv_warnings(&procs));
     let mut state = header(frozen.root);
     state.set("processes", procs).set("files", files).set("pipes", pipes);

@@ -46,6 +46,10 @@ pub struct FileTable {
     /// FIFOs removed while open: (a file id, device, inode), to tell in
     /// `finish` whether a process outside the tree holds one too.
     unlinked_fifos: Vec<(u64, u64, u64)>,
+    /// Every process of the tree dumped (set by the caller).
+    pub tree: Vec<Pid>,
+    /// userfaultfd file id -> the process holding it (anonfd::userfaultfd).
+    pub uffd_holders: BTreeMap<u64, Pid>,
 }
 
 fn kcmp_same(p1: Pid, p2: Pid, f1: i32, f2: i32) -> bool {
@@ -97,6 +101,8 @@ impl FileTable {
             next_id: 1,
             in_flight: Default::default(),
             unlinked_fifos: Vec::new(),
+            tree: Vec::new(),
+            uffd_holders: BTreeMap::new(),
         }
     }
 

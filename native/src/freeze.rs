@@ -40,21 +40,46 @@ fn ppid_of(pid: Pid) -> Pid {
     proc::stat(pid).map(|(_, f)| proc::stat_u64(&f, 4) as Pid).unwrap_or(0)
 }
 
+/// How long a thread may take to reach the stop. A thread stops within a
+/// millisecond, one in an uninterruptible wait once the wait ends (a vfork
+/// parent when its child leaves); one that never does (a system call that
+/// faults on a page a userfaultfd handler must provide, the handler being
+/// stopped already) must not hang the freeze.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+enum Waited {
+    Exited,
+    /// The stop reports SIGTRAP for our interrupt, the stopping signal when
+    /// the thread was in a group stop already.
+    Stopped(i32),
+    TimedOut,
+}
+
 /// Wait until `tid` is in a ptrace stop we caused. Signal-delivery stops that
 /// race with the interrupt are let through (the signal is delivered as it
 /// would have been), and we keep waiting for the interrupt's stop.
-fn wait_interrupted(tid: Pid) -> Result<Option<i32>> {
+fn wait_interrupted(tid: Pid, timeout: std::time::Duration) -> Result<Waited> {
+    let t0 = std::time::Instant::now();
+    let mut nap = 0u64;
     loop {
-        let st = ptrace::wait(tid)?;
+        let st = match ptrace::wait_nohang(tid)? {
+            Some(st) => st,
+            None if t0.elapsed() > timeout => return Ok(Waited::TimedOut),
+            None => {
+                if nap > 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(nap));
+                }
+                nap = (nap * 2).clamp(5, 1000);
+                continue;
+            }
+        };
         if !ptrace::stopped(st) {
-            return Ok(None); // exited
+            return Ok(Waited::Exited);
         }
         let sig = ptrace::stop_sig(st);
         let ev = ptrace::event(st);
         if ev == ptrace::EVENT_STOP {
-            // The stop reports SIGTRAP for our interrupt, the stopping
-            // signal when the thread was in a group stop already.
-            return Ok(Some(sig));
+            return Ok(Waited::Stopped(sig));
         }
         if ev != 0 || sig == (libc_sigtrap() | 0x80) {
             ptrace::cont(tid, 0)?;
@@ -99,6 +124,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
     let mut zombies: Vec<Pid> = Vec::new();
     let mut stopped: BTreeMap<Pid, i32> = BTreeMap::new();
     let mut frozen = Frozen { root, procs: Vec::new(), released: false };
+    let mut stuck = None;
     let res = (|| -> Result<()> {
         loop {
             let mut changed = false;
@@ -150,11 +176,18 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                     interrupted.push(t);
                 }
                 for t in interrupted {
-                    match wait_interrupted(t)? {
-                        None => {
+                    match wait_interrupted(t, STOP_TIMEOUT)? {
+                        Waited::Exited => {
                             seized.get_mut(&p).map(|v| v.retain(|&x| x != t));
                         }
-                        Some(sig) => {
+                        Waited::TimedOut => {
+                            if let Some(v) = seized.get_mut(&p) {
+                                v.retain(|&x| x != t);
+                            }
+                            stuck = Some(t);
+                            return Err(not_stopping(p, t));
+                        }
+                        Waited::Stopped(sig) => {
                             suspend_seccomp(t);
                             if sig != libc_sigtrap() {
                                 stopped.insert(p, sig);
@@ -189,6 +222,14 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
     }
     if let Err(e) = res {
         frozen.resume();
+        if let Some(t) = stuck {
+            // With the others running again its wait may end: it then stops
+            // for our interrupt, and must be let go. (If it does not soon,
+            // the interrupt is dropped when this process exits.)
+            if let Ok(Waited::Stopped(_)) = wait_interrupted(t, std::time::Duration::from_millis(300)) {
+                let _ = ptrace::detach(t, 0);
+            }
+        }
         return Err(e);
     }
     frozen.procs.retain(|p| !p.threads.is_empty() || p.zombie.is_some());
@@ -197,6 +238,21 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
         return Err(Error::new("ESRCH", format!("process {} exited while being frozen", root)));
     }
     Ok(frozen)
+}
+
+fn not_stopping(pid: Pid, tid: Pid) -> Error {
+    if let Some(fd) = crate::anonfd::userfaultfd::held_by(pid) {
+        return Error::new(
+            "EUNSUPPORTED",
+            format!(
+                "thread {} of process {} does not stop: it waits in the kernel for its userfaultfd (fd {}) handler, most likely a page fault in a system call (reading or writing a missing page) or an event not read yet; such a wait is not supported",
+                tid, pid, fd
+            ),
+        );
+    }
+    let state = proc::stat(tid).ok().and_then(|(_, f)| f.first().cloned()).unwrap_or_default();
+    let wchan = std::fs::read_to_string(format!("/proc/{}/task/{}/wchan", pid, tid)).unwrap_or_default();
+    Error::new("EBUSY", format!("thread {} of process {} does not stop within {} s (state {}, waiting in {:?})", tid, pid, STOP_TIMEOUT.as_secs(), state, wchan))
 }
 
 impl Frozen {

@@ -404,7 +404,8 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         }
         r?;
     }
-    restore_advice(inj, p)
+    restore_advice(inj, p)?;
+    crate::anonfd::userfaultfd::register_areas(inj, p)
 }
 
 /// Every descriptor of the process, passed in from phaul.
@@ -432,8 +433,9 @@ fn install_fds(inj: &mut Injector, p: &Json, host: Pid, opened: &files::Opened) 
     chan.close(inj)
 }
 
-/// madvise and mlock settings, last: every page of the process is written
-/// by now (a migration's final round included) and its children are forked.
+/// madvise and mlock settings, last but for userfaultfd registrations:
+/// every page of the process is written by now (a migration's final round
+/// included) and its children are forked.
 fn restore_advice(inj: &mut Injector, p: &Json) -> Result<()> {
     for v in vmas_of(p)? {
         memory::apply_advice(inj, &v)?;

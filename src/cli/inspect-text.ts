@@ -49,9 +49,10 @@ function storedPages(p: ProcessState, v: Vma): number {
 }
 
 function vmaName(v: Vma): string {
-  if (v.path) return v.path;
-  if (v.kind === "anon") return "";
-  return `[${v.kind}]`;
+  const name = v.path ?? (v.kind === "anon" ? "" : `[${v.kind}]`);
+  if (!v.uffd) return name;
+  const modes = ["missing", "wp", "minor"].filter((_, i) => v.uffd!.modes & (1 << i));
+  return `${name}${name ? " " : ""}(userfaultfd file #${v.uffd.file_id}: ${modes.join(", ")})`;
 }
 
 function fileText(f: OpenFile | undefined, fileId: string | number): string {

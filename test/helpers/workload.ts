@@ -195,6 +195,7 @@ export const GO_CHECKS: Record<string, string> = {
   aio_ring: 'AIO_REAPED',
   sock_senders: 'SENDERS_CHECKED',
   fifo_unlinked: 'FIFOS_CHECKED',
+  uffd_kinds: 'UFFD_CHECKED',
 };
 
 /** Create LOG.go, wait for `line`, then for two more OK lines. */

@@ -1,5 +1,5 @@
 //! Descriptors without a usable path: eventfd, timerfd, signalfd, epoll,
-//! inotify, fanotify, pidfd, memfd and regular files unlinked while open; plus per-process
+//! inotify, fanotify, pidfd, userfaultfd, memfd and regular files unlinked while open; plus per-process
 //! kernel state that hangs off no descriptor: POSIX timers and file locks.
 //!
 //! Dump: `describe` reads fdinfo (and a stolen copy of the descriptor, taken
@@ -27,6 +27,7 @@ pub mod posix_timers;
 pub mod signalfd;
 pub mod timerfd;
 pub mod unlinked;
+pub mod userfaultfd;
 
 pub(crate) use crate::sys::{O_CLOEXEC, O_CREAT, O_EXCL, O_NOCTTY, O_NONBLOCK, O_TRUNC};
 
@@ -56,7 +57,7 @@ pub(crate) mod nr {
 }
 
 pub fn handles(kind: &str) -> bool {
-    matches!(kind, "eventfd" | "epoll" | "timerfd" | "signalfd" | "inotify" | "fanotify" | "memfd" | "unlinked" | "pidfd")
+    matches!(kind, "eventfd" | "epoll" | "timerfd" | "signalfd" | "inotify" | "fanotify" | "memfd" | "unlinked" | "pidfd" | "userfaultfd")
 }
 
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
@@ -77,6 +78,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         "anon_inode:[eventpoll]" => epoll::describe(ctx),
         "anon_inode:inotify" => inotify::describe(ctx),
         "anon_inode:[fanotify]" => fanotify::describe(ctx),
+        t if userfaultfd::is_userfaultfd(t) => userfaultfd::describe(ctx),
         _ => ctx.unsupported(t.strip_prefix("anon_inode:").unwrap_or(t)),
     }
 }
@@ -93,6 +95,7 @@ pub fn open(f: &Json) -> Result<Fd> {
         "memfd" => memfd::open(f)?,
         "unlinked" => unlinked::open(f)?,
         "pidfd" => pidfd::open(f)?,
+        "userfaultfd" => userfaultfd::open(f)?,
         k => return Err(Error::new("EIMAGE", format!("descriptor kind {:?} cannot be restored", k))),
     };
     if let Some(id) = f.u64_of("id") {
@@ -106,6 +109,7 @@ pub fn open(f: &Json) -> Result<Fd> {
 /// Also restores the per-process extras (POSIX timers, file locks).
 pub fn after_install(inj: &mut Injector, p: &Json) -> Result<()> {
     pidfd::after_install(inj, p, false)?; // before epoll: a watch may name one
+    userfaultfd::after_install(inj, p)?; // the same
     epoll::after_install(inj, p)?;
     restore_process_extras(inj, p)
 }

@@ -194,6 +194,18 @@ fn scan_parallel(pagemap: &File, jobs: &[(u64, u64, bool)], rearm: bool) -> Vec<
     out
 }
 
+/// The userfaultfd of each live tracker, by process: a dump at the final
+/// freeze must tell the areas phaul registered from the process's own
+/// (anonfd::userfaultfd), while the tracker itself is busy elsewhere.
+static OWN: std::sync::Mutex<Vec<(Pid, i32)>> = std::sync::Mutex::new(Vec::new());
+
+/// A copy of the userfaultfd phaul tracks `pid` with, if it does.
+pub fn own_uffd(pid: Pid) -> Option<Fd> {
+    let own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    let &(_, fd) = own.iter().find(|o| o.0 == pid)?;
+    sys::call("dup(tracking userfaultfd)", nr::FCNTL, &[fd as u64, 1030 /* F_DUPFD_CLOEXEC */, 0]).ok().map(|f| Fd(f as i32))
+}
+
 pub struct UffdTracker {
     pid: Pid,
     uffd: Fd,
@@ -223,6 +235,7 @@ impl UffdTracker {
         uffd_api(&uffd)?;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
         let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, frozen: true, kept: Vec::new(), prev: Vec::new() };
+        OWN.lock().unwrap_or_else(|e| e.into_inner()).push((pid, t.uffd.raw()));
         let mut ignored = Vec::new();
         let armed = t.collect(&[], vmas, &mut ignored)?;
         t.frozen = false;
@@ -409,7 +422,12 @@ impl UffdTracker {
     /// a whole (and lets the kernel merge them with their neighbours again).
     /// UFFDIO_UNREGISTER of the ranges armed is not used: the process runs
     /// on, and a range whose bounds are stale would split its areas.
-    pub fn stop(self) {
-        drop(self.uffd);
+    pub fn stop(self) {}
+}
+
+impl Drop for UffdTracker {
+    fn drop(&mut self) {
+        // Forgotten before the descriptor closes (the fields drop after this).
+        OWN.lock().unwrap_or_else(|e| e.into_inner()).retain(|o| o != &(self.pid, self.uffd.raw()));
     }
 }

@@ -112,6 +112,7 @@ impl SourceEngine {
         let pid = pid_arg(req)?;
         dump::validate_target(pid)?;
         self.same_host = req.bool_of("same_host");
+        let auto = req.str_of("track").unwrap_or("auto") == "auto";
         let method = match req.str_of("track").unwrap_or("auto") {
             "auto" => dirty::best_method(),
             m => {
@@ -137,6 +138,7 @@ impl SourceEngine {
         self.root = pid;
         let mut frozen = freeze::freeze_tree(pid)?;
         let mut layout = Vec::new();
+        let mut hashed = Vec::new();
         let r = (|| -> Result<()> {
             // The destination forks its stubs sharing what these share.
             self.shares = shares::dump(&frozen)?;
@@ -149,9 +151,18 @@ impl SourceEngine {
                 let vmas = memory::vmas(fz.pid)?;
                 let leader = &fz.threads[0];
                 let mut inj = Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)?;
+                // A process with a userfaultfd of its own gets EBUSY registering
+                // an area phaul's uffd-wp tracking holds: unless told
+                // otherwise, such a process is tracked by hashing.
+                let m = if auto && method == Method::UffdWp && crate::anonfd::userfaultfd::held_by(fz.pid).is_some() {
+                    hashed.push(fz.pid);
+                    Method::Hash
+                } else {
+                    method
+                };
                 // Arming (write-protecting every page) happens in round 0,
                 // while the tree runs: only the userfaultfd is made now.
-                let t = Tracker::start_lazy(method, fz.pid, &mut inj);
+                let t = Tracker::start_lazy(m, fz.pid, &mut inj);
                 inj.finish()?;
                 self.trackers.push(t?);
                 let mut entry = layout_entry(fz, &vmas);
@@ -172,7 +183,13 @@ impl SourceEngine {
         frozen.resume();
         self.sock = Some(w);
         self.back = Some(BufReader::new(back));
-        Ok(ok().with("method", method.name()).with("layout", Json::obj().with("processes", layout)))
+        let live = frozen.live().count();
+        let named = match hashed.len() {
+            0 => method.name().to_string(),
+            n if n == live => Method::Hash.name().to_string(),
+            _ => format!("{} (hash for {}: a userfaultfd of its own)", method.name(), hashed.iter().map(|p| format!("process {}", p)).collect::<Vec<_>>().join(", ")),
+        };
+        Ok(ok().with("method", named).with("layout", Json::obj().with("processes", layout)))
     }
 
     /// The destination's stubs share what the processes shared at the
@@ -620,6 +637,11 @@ fn abort_error(body: Option<Json>) -> Error {
 fn release_memory_gently(f: &Frozen) {
     const SLICE: u64 = 16 << 20;
     for p in f.live() {
+        // An unmap of an area registered with UFFD_FEATURE_EVENT_UNMAP waits
+        // until the process's handler reads the event: it never will.
+        if crate::anonfd::userfaultfd::held_by(p.pid).is_some() {
+            continue;
+        }
         let leader = match p.threads.first() {
             Some(t) => t,
             None => continue,
