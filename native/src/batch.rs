@@ -46,7 +46,7 @@ pub struct Job<'a> {
 }
 
 /// Room for `slots` threads, mapped by the injector that owns the areas,
-/// before the other threads share them.
+/// before the other threads share them; nothing to do when there is room.
 pub fn reserve(owner: &mut Injector, slots: usize) -> Result<()> {
     owner.batch_area(4096 + slots as u64 * SLOT, &arch::BATCH_CODE).map(|_| ())
 }

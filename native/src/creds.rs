@@ -49,7 +49,7 @@ pub fn dump_personality(pid: Pid) -> u64 {
 /// Per-thread scheduling: policy, real-time priority, nice.
 pub fn dump_sched(pid: Pid, tid: Pid) -> Json {
     let st = std::fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).unwrap_or_default();
-    sched_of_stat(&st.rsplit_once(')').map(|(_, r)| r.split_whitespace().map(String::from).collect::<Vec<_>>()).unwrap_or_default())
+    sched_of_stat(&crate::proc::parse_stat(&st).map(|(_, f)| f).unwrap_or_default())
 }
 
 /// Policy, priority and nice from a thread's stat fields (after its comm).

@@ -106,8 +106,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         }
         let (ths, first_res) = ths?;
         fin?;
-        let as_i64: Vec<i64> = first_res.iter().map(|&r| r as i64).collect();
-        let mut p = process::dump_process(pid, &inj, &as_i64[..n_proc], out)?;
+        let mut p = process::dump_process(pid, &inj, &first_res[..n_proc], out)?;
         if let Some(sig) = fz.group_stop {
             p.set("stop_signal", sig);
         }

@@ -716,9 +716,7 @@ impl FdChannel {
         if items.is_empty() {
             return Ok(());
         }
-        if inj.batch_range().is_none() {
-            crate::batch::reserve(inj, 1)?;
-        }
+        crate::batch::reserve(inj, 1)?;
         let data = crate::batch::data(inj, 0)?;
         let mut high = items.iter().map(|i| i.1 as u64).max().unwrap_or(0).max(self.stub_end) + 1;
         for chunk in items.chunks(FDS_PER_MESSAGE) {

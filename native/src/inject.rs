@@ -255,9 +255,6 @@ impl Injector {
     pub fn set_saved_regs(&mut self, r: Regs) {
         self.saved = r;
     }
-    pub fn saved_mask(&self) -> u64 {
-        self.saved_mask
-    }
 
     /// Unmap the scratch area and give the thread back its registers and mask.
     pub fn finish(mut self) -> Result<()> {

@@ -51,11 +51,11 @@ pub fn reads(out: u64) -> Vec<Call> {
 }
 
 /// `res`: the results of `reads(out)`.
-pub fn dump_process(pid: Pid, inj: &Injector, res: &[i64], out: u64) -> Result<Json> {
+pub fn dump_process(pid: Pid, inj: &Injector, res: &[u64], out: u64) -> Result<Json> {
     let (comm, st) = proc::stat(pid)?;
     let exe = proc::readlink(&format!("/proc/{}/exe", pid)).unwrap_or_default();
     let umask = u64::from_str_radix(&proc::status_field(pid, "Umask").unwrap_or_else(|_| "22".into()), 8).unwrap_or(0o22);
-    let r = |i: usize| res.get(i).copied().unwrap_or(0) as u64;
+    let r = |i: usize| res.get(i).copied().unwrap_or(0);
     let (brk, dumpable, thp_disable) = (r(0), r(1), r(2));
     let subreaper = u32::from_le_bytes(inj.read_mem(out, 4)?.try_into().unwrap_or([0; 4])) != 0;
     let auxv_raw = std::fs::read(format!("/proc/{}/auxv", pid)).unwrap_or_default();

@@ -388,9 +388,7 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     }
     process::restore_attrs(inj, p)?;
     // Handlers, interval timers and personality in one batch.
-    if inj.batch_range().is_none() {
-        crate::batch::reserve(inj, 1)?;
-    }
+    crate::batch::reserve(inj, 1)?;
     let d0 = crate::batch::data(inj, 0)?;
     let mut calls = signals::sigaction_calls(inj, p.arr_of("sigactions"), d0)?;
     calls.extend(signals::itimer_calls(inj, p.arr_of("itimers"), d0 + 64 * 32)?);
@@ -460,7 +458,6 @@ struct Finishing {
 /// Threads, per-thread settings and registers; then everything runs, or,
 /// with `hold`, stays stopped until `release` (a migration's commit).
 pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
-    // (host tid, injector, thread state, credentials of its process, the process for leaders)
     let mut all_threads: Vec<Finishing> = Vec::new();
     let mut leaders = Vec::new();
     let mut stops = Vec::new();
