@@ -92,6 +92,8 @@ const specs: Spec[] = [
   { name: 'packet_kinds' },
   { name: 'creds' },
   { name: 'zombie' },
+  // children forked and reaped every few ms, zombies among them at the dump
+  { name: 'churn_children' },
   { name: 'shm_tree' },
   // processes sharing a descriptor table (CLONE_FILES) or cwd and umask (CLONE_FS)
   { name: 'share_files' },

@@ -151,6 +151,20 @@ describe('state kinds under live migration', () => {
     await h.kill(w);
   });
 
+  // The tree changes during pre-copy and at the freeze (children forked and
+  // reaped every few ms): the final round drops the destination's stubs of
+  // the processes gone (each reaped by its parent's stub), makes the new
+  // ones (their whole memory in the final round) and zombies as they are.
+  for (const [mode, extra] of [['pre-copy', []], ['stop-and-copy', ['--max-rounds', '0']], ['pre-copy, hash tracking', ['--track', 'hash']]] as const) {
+    test(`churn_children (${mode})`, { timeout: 90_000 }, async (t) => {
+      const w = await h.start('churn_children');
+      await waitForOk(w, 3, 30_000);
+      const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000, extra: [...extra] });
+      t.diagnostic(roundsText(summary));
+      await h.kill(w);
+    });
+  }
+
   // The layout changes inside a round (mmap, munmap and mremap every 2 ms):
   // the destination applies the round's layout, on the thread that traces
   // its stubs, before the pages that follow it; maps anew what the source

@@ -196,6 +196,14 @@ pub fn fds(pid: Pid) -> Result<Vec<i32>> {
     Ok(v)
 }
 
+/// Exited (a zombie, or reaped): no longer a live process.
+pub fn exited(pid: Pid) -> bool {
+    match stat(pid) {
+        Ok((_, f)) => matches!(f.first().map(String::as_str), Some("Z") | Some("X")),
+        Err(_) => true,
+    }
+}
+
 pub fn exists(pid: Pid) -> bool {
     std::path::Path::new(&format!("/proc/{}", pid)).exists()
 }

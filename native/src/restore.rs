@@ -160,7 +160,7 @@ pub fn create_stubs(procs: &[Json], pid_ns: bool, opened: Option<&files::Opened>
 
 fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Opened>) -> Result<()> {
     let forks = shares::plan(procs)?;
-    if tree.pid_ns {
+    if tree.pid_ns && tree.init.is_none() {
         let host = stub::spawn_ns_init()?;
         tree.created.push(host);
         let mut inj = stub::attach_injector(host, &[])?;
@@ -170,6 +170,9 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Op
     }
     for (i, p) in procs.iter().enumerate() {
         let pid = pid_of(p)?;
+        if tree.hosts.iter().any(|h| h.0 == pid) {
+            continue; // made before (reshape)
+        }
         let ppid = p.i64_of("ppid").unwrap_or(0) as Pid;
         if is_zombie(p) {
             let parent = tree.stubs.iter_mut().find(|b| b.pid == ppid);
@@ -202,6 +205,56 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Op
             crate::tty::claim_ctty(&mut inj, p, pid, &o.ptys)?;
         }
         tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new(), shared: flags & !shares::CLONE_PARENT });
+    }
+    Ok(())
+}
+
+/// Make the prepared tree the final one, for a migration whose tree
+/// changed during pre-copy (stream::TREE): drop the stubs of the processes
+/// in `gone`, children first, each reaped by its parent's stub as its
+/// parent reaped it; make stubs for the processes of `procs` not made yet;
+/// order the stubs as `procs`.
+pub fn reshape(tree: &mut Tree, gone: &[Pid], procs: &[Json]) -> Result<()> {
+    let mut doomed: Vec<(Pid, Pid)> = tree.hosts.iter().copied().filter(|(p, _)| gone.contains(p)).collect();
+    doomed.reverse();
+    for (pid, host) in doomed {
+        drop_stub(tree, pid, host).map_err(|e| e.context(format!("dropping the stub of process {}, gone during pre-copy", pid)))?;
+    }
+    create_stubs_inner(procs, tree, None)?;
+    let mut stubs = std::mem::take(&mut tree.stubs);
+    for p in procs.iter().filter(|p| !is_zombie(p)) {
+        let pid = pid_of(p)?;
+        let i = stubs.iter().position(|s| s.pid == pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: no stub for process {} of the final tree", pid)))?;
+        tree.stubs.push(stubs.remove(i));
+    }
+    if let Some(s) = stubs.first() {
+        return Err(Error::new("EPROTO", format!("page stream: process {} is neither in the final tree nor gone", s.pid)));
+    }
+    Ok(())
+}
+
+fn drop_stub(tree: &mut Tree, pid: Pid, host: Pid) -> Result<()> {
+    let parent = crate::proc::status_field(host, "PPid").ok().and_then(|v| v.trim().parse::<Pid>().ok());
+    if tree.stubs.iter().any(|s| s.pid == pid) {
+        crate::sys::kill(host, 9)?;
+        ptrace::reap(host, 2000);
+    }
+    tree.stubs.retain(|s| s.pid != pid);
+    tree.created.retain(|&h| h != host);
+    tree.hosts.retain(|h| h.0 != pid);
+    // Its parent reaps it (the process had none to wait for any more), and
+    // the SIGCHLD that came with it is taken back.
+    if let Some(p) = tree.stubs.iter_mut().find(|s| Some(s.host) == parent) {
+        let inj = &mut p.leader;
+        for _ in 0..200 {
+            match inj.raw(nr::WAIT4, &[pid as u64, 0, 1 | 0x4000_0000, 0])? {
+                0 => std::thread::sleep(std::time::Duration::from_millis(1)),
+                _ => break,
+            }
+        }
+        let set = inj.put(&(1u64 << 16).to_le_bytes(), 1024)?;
+        let zero = inj.put(&[0u8; 16], 1040)?;
+        let _ = inj.raw(nr::RT_SIGTIMEDWAIT, &[set, 0, zero, 8])?;
     }
     Ok(())
 }

@@ -128,6 +128,7 @@ pub mod nr {
         pub const SETSID: i64 = 112;
         pub const GETPGID: i64 = 121;
         pub const GETSID: i64 = 124;
+        pub const RT_SIGTIMEDWAIT: i64 = 128;
         pub const RT_SIGQUEUEINFO: i64 = 129;
         pub const SHUTDOWN: i64 = 48;
         pub const SIGALTSTACK: i64 = 131;

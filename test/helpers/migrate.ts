@@ -80,7 +80,7 @@ export async function migrateAndCheck(h: Harness, w: Workload, agent: Agent, o: 
 }
 
 export function roundsText(s: MigrateSummary): string {
-  return s.rounds.map((r) => `r${r.round}: ${r.pages} pages ${(r.bytes / 1e6).toFixed(1)} MB ${r.ms} ms`).join('; ') +
+  return s.rounds.map((r) => `r${r.round}: ${r.pages} pages ${(r.bytes / 1e6).toFixed(1)} MB ${r.ms.toFixed(1)} ms`).join('; ') +
     `; final ${s.final.pages} pages; frozen ${s.frozen_ms} ms; total ${s.total_ms} ms; ${s.method}; ${s.stop_reason}`;
 }
 

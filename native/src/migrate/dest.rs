@@ -356,6 +356,14 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
                 }
                 restore::apply_layout(st, &vmas, keep.as_deref())?;
             }
+            stream::TREE => {
+                let j = stream::read_json_summed(r, &h, &mut sum)?;
+                let gone: Vec<Pid> = j.arr_of("gone").iter().filter_map(Json::as_i64).map(|p| p as Pid).collect();
+                if !bufs.drain() {
+                    return Err(writer_stopped());
+                }
+                restore::reshape(tree, &gone, j.arr_of("processes"))?;
+            }
             stream::PAGES => {
                 let len = h.payload_len();
                 let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
@@ -389,7 +397,15 @@ fn write_pages(host: Pid, mem: Option<&File>, addr: u64, data: &[u8]) -> Result<
             return Ok(());
         }
     }
-    let mem = mem.ok_or_else(|| Error::new("EPROTO", "page stream: pages for a process without memory"))?;
+    // A stub made in the final round (stream::TREE) has no file opened yet.
+    let opened;
+    let mem = match mem {
+        Some(m) => m,
+        None => {
+            opened = open_mem(host, true)?;
+            &opened
+        }
+    };
     mem.write_all_at(data, addr).map_err(|e| Error::new("EPROTO", format!("page stream: pages at {:#x} outside the process's memory: {}", addr, e)))
 }
 

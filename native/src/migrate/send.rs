@@ -110,9 +110,10 @@ fn broke(e: std::io::Error) -> Error {
     Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e))
 }
 
-/// Send one round: for each process its layout and pages, then the round
-/// end (which carries the sum of everything before it). Returns the pages sent.
-pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+/// Send one round: the final tree when it changed (`tree`, a TREE frame),
+/// for each process its layout and pages, then the round end (which
+/// carries the sum of everything before it). Returns the pages sent.
+pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
     let (bufs, free_tx) = Buffers::lend(pool);
     let (tx, rx) = sync_channel::<Out>(DEPTH);
     let (produced, written) = std::thread::scope(|s| {
@@ -129,7 +130,7 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[Proces
             w.flush().map_err(broke)
         });
         let mut sink = Sink { tx, bufs };
-        let produced = produce(&mut sink, work, trackers, round, last);
+        let produced = produce(&mut sink, tree, work, trackers, round, last);
         let Sink { tx, bufs } = sink;
         drop(tx);
         let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
@@ -141,9 +142,15 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[Proces
     produced
 }
 
-fn produce(sink: &mut Sink, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+fn produce(sink: &mut Sink, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
     let mut total = 0;
     let mut sum = stream::RoundSum::new();
+    if let Some(t) = tree {
+        // First: the destination makes and drops stubs before their layouts come.
+        let mut b = Vec::new();
+        stream::write_json_summed(&mut b, stream::TREE, 0, t, &mut sum)?;
+        sink.put(Out::Bytes(b))?;
+    }
     for w in work {
         let mut layout = Vec::new();
         stream::write_json_summed(&mut layout, stream::LAYOUT, w.pid as u32, &layout_json(&w.vmas, &w.keep), &mut sum)?;
@@ -192,15 +199,23 @@ fn send_pages(sink: &mut Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundS
             // run, an area without read permission): page by page through
             // /proc/PID/mem, which reads through protections; zeros for what is gone.
             if mem.is_none() {
-                mem = Some(open_mem(pid, false)?);
+                mem = match open_mem(pid, false) {
+                    Ok(m) => Some(m),
+                    // Exited during pre-copy: the final round drops it.
+                    Err(_) if crate::proc::exited(pid) => None,
+                    Err(e) => return Err(e),
+                };
             }
-            if let Some(m) = mem.as_ref() {
-                for k in 0..n {
-                    let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
-                    if m.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
-                        pg.fill(0);
+            match mem.as_ref() {
+                Some(m) => {
+                    for k in 0..n {
+                        let pg = &mut body[k * PAGE_SIZE as usize..(k + 1) * PAGE_SIZE as usize];
+                        if m.read_exact_at(pg, pages[i] + (k as u64) * PAGE_SIZE).is_err() {
+                            pg.fill(0);
+                        }
                     }
                 }
+                None => body.fill(0),
             }
         }
         if hashing {

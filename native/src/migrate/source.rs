@@ -43,6 +43,10 @@ pub struct SourceEngine {
     /// What processes share (shares.rs) when the destination's stubs were
     /// laid out: the final state must say the same.
     shares: std::collections::BTreeMap<Pid, Json>,
+    /// The tree as the destination's stubs have it: pid -> (a zombie, start
+    /// time). Processes come and go during pre-copy (a shell's children);
+    /// the final round reshapes the destination's tree to the frozen one.
+    prepared: std::collections::BTreeMap<Pid, (bool, u64)>,
 }
 
 /// A lease is held by one open of a file: the destination's own open of it,
@@ -96,6 +100,16 @@ pub const FROZEN_NICE: i32 = -10;
 const COMMITTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 
+fn zombie_entry(fz: &freeze::FrozenProc, status: i32) -> Json {
+    layout_entry(fz, &[]).with("zombie", true).with("exit_code", status as i64)
+}
+
+/// When the process started (clock ticks since boot): a pid seen again
+/// with another start time is another process.
+fn start_time(pid: Pid) -> u64 {
+    proc::stat(pid).map(|(_, f)| proc::stat_u64(&f, 22)).unwrap_or(0)
+}
+
 fn layout_entry(fz: &freeze::FrozenProc, vmas: &[Vma]) -> Json {
     let (_, st) = proc::stat(fz.pid).unwrap_or_default();
     Json::obj()
@@ -144,8 +158,9 @@ impl SourceEngine {
             self.shares = shares::dump(&frozen)?;
             // Tree order (parents first), zombies included: the destination forks them in this order.
             for fz in &frozen.procs {
+                self.prepared.insert(fz.pid, (fz.zombie.is_some(), start_time(fz.pid)));
                 if let Some(status) = fz.zombie {
-                    layout.push(layout_entry(fz, &[]).with("zombie", true).with("exit_code", status as i64));
+                    layout.push(zombie_entry(fz, status));
                     continue;
                 }
                 let vmas = memory::vmas(fz.pid)?;
@@ -216,7 +231,7 @@ impl SourceEngine {
         self.check_stream()?;
         let work = self.collect_round()?;
         let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-        let total = match send::write_round(w, &mut self.pool, &work, &mut self.trackers, self.round, last) {
+        let total = match send::write_round(w, &mut self.pool, None, &work, &mut self.trackers, self.round, last) {
             Ok(t) => t,
             Err(e) => return Err(self.destination_reason(e)),
         };
@@ -264,8 +279,54 @@ impl SourceEngine {
     }
 
     /// What a round sends: each process's layout and its pages to send.
+    /// A process that exited meanwhile is no longer tracked (the final
+    /// round drops it at the destination).
     fn collect_round(&mut self) -> Result<Vec<ProcessRound>> {
-        collect(&mut self.trackers, self.round == 0)
+        let (exited, kept): (Vec<Tracker>, Vec<Tracker>) = std::mem::take(&mut self.trackers).into_iter().partition(|t| t.pid() != self.root && proc::exited(t.pid()));
+        self.trackers = kept;
+        for t in exited {
+            t.stop();
+        }
+        collect(&mut self.trackers, self.round == 0, &[])
+    }
+
+    /// How the frozen tree differs from the one the destination's stubs
+    /// were made for: the live processes new since (their memory goes whole
+    /// in the final round), and the TREE frame that tells the destination
+    /// the final tree and which stubs to drop (None when nothing changed).
+    /// Trackers of processes that are gone are stopped.
+    fn tree_changes(&mut self, frozen: &Frozen) -> Result<(Vec<Pid>, Option<Json>)> {
+        let now: std::collections::BTreeMap<Pid, (bool, u64)> = frozen.procs.iter().map(|fz| (fz.pid, (fz.zombie.is_some(), start_time(fz.pid)))).collect();
+        let gone: Vec<Pid> = self.prepared.iter().filter(|(p, v)| now.get(p) != Some(v)).map(|(p, _)| *p).collect();
+        let is_new = |pid: &Pid| self.prepared.get(pid) != now.get(pid);
+        if gone.is_empty() && !now.keys().any(is_new) {
+            return Ok((Vec::new(), None));
+        }
+        let mut fresh = Vec::new();
+        let mut entries = Vec::new();
+        for fz in &frozen.procs {
+            let new = is_new(&fz.pid);
+            let mut e = match fz.zombie {
+                Some(status) => zombie_entry(fz, status),
+                None if new => {
+                    fresh.push(fz.pid);
+                    layout_entry(fz, &memory::vmas(fz.pid)?)
+                }
+                None => layout_entry(fz, &[]),
+            };
+            if let Some(sh) = self.shares.get(&fz.pid) {
+                e.set("shares", sh.clone());
+            }
+            entries.push(e);
+        }
+        let (dropped, kept): (Vec<Tracker>, Vec<Tracker>) = std::mem::take(&mut self.trackers).into_iter().partition(|t| gone.contains(&t.pid()));
+        self.trackers = kept;
+        for t in dropped {
+            t.stop();
+        }
+        self.prepared = now;
+        let frame = Json::obj().with("gone", gone.iter().map(|&p| Json::from(p)).collect::<Vec<_>>()).with("processes", entries);
+        Ok((fresh, Some(frame)))
     }
 
     /// Freeze, start sending the last dirty pages at once (on a thread of its
@@ -290,16 +351,18 @@ impl SourceEngine {
         self.frozen_at = Some(t0);
         self.frozen_mono_us = crate::sys::mono_us();
         let frozen = freeze::freeze_tree(self.root)?;
-        let known: Vec<Pid> = self.trackers.iter().map(|t| t.pid()).collect();
-        let appeared = frozen.live().map(|p| p.pid).find(|p| !known.contains(p));
-        if let Some(pid) = appeared {
-            self.frozen = Some(frozen);
-            return Err(Error::new("EUNSUPPORTED", format!("process {} appeared in the tree during pre-copy; migrate again", pid)));
-        }
-        let left = known.iter().copied().find(|p| !frozen.live().any(|f| f.pid == *p));
-        if let Some(pid) = left {
-            self.frozen = Some(frozen);
-            return Err(Error::new("EUNSUPPORTED", format!("process {} left the tree during pre-copy; migrate again", pid)));
+        // A process that started or ended during pre-copy (a shell's
+        // children) is made or dropped on the destination in the final round.
+        let (fresh, tree_frame) = match self.tree_changes(&frozen) {
+            Ok(c) => c,
+            Err(e) => {
+                self.frozen = Some(frozen);
+                return Err(e);
+            }
+        };
+        let mut vm_flags = vm_flags;
+        for &pid in &fresh {
+            vm_flags.insert(pid, crate::proc::vm_flags(pid).unwrap_or_default());
         }
         let freeze_us = t0.elapsed().as_micros() as u64;
         crate::sys::trace_mark("source: frozen");
@@ -328,7 +391,7 @@ impl SourceEngine {
                 t.last_round();
             }
             // Stop-and-copy: the final round is the first, and sends everything.
-            let work = match collect(&mut trackers, round == 0) {
+            let work = match collect(&mut trackers, round == 0, &fresh) {
                 Ok(w) => w,
                 Err(e) => {
                     let _ = count_tx.send(Err(e.clone()));
@@ -337,7 +400,7 @@ impl SourceEngine {
             };
             crate::sys::trace_mark("source: final pages collected");
             let _ = count_tx.send(Ok(work.iter().map(|w| w.pages.len() as u64).sum()));
-            let r = send::write_round(&mut sock, &mut pool, &work, &mut trackers, round, true).map(|_| ());
+            let r = send::write_round(&mut sock, &mut pool, tree_frame.as_ref(), &work, &mut trackers, round, true).map(|_| ());
             if r.is_err() {
                 return (trackers, sock, r);
             }
@@ -671,26 +734,49 @@ fn release_memory_gently(f: &Frozen) {
 }
 
 /// Each tracked process's current layout and the pages a round must send:
-/// everything present in round 0, the pages written since the last round after.
-fn collect(trackers: &mut [Tracker], first: bool) -> Result<Vec<ProcessRound>> {
+/// everything present in round 0, the pages written since the last round
+/// after; everything present for the `fresh` processes (not tracked: new
+/// since the stubs were made).
+fn collect(trackers: &mut [Tracker], first: bool, fresh: &[Pid]) -> Result<Vec<ProcessRound>> {
     let mut work = Vec::new();
+    for &pid in fresh {
+        let vmas = memory::vmas(pid)?;
+        let pages = present_pages(pid, &vmas)?;
+        work.push(ProcessRound { pid, vmas, pages, keep: Vec::new() });
+    }
     for t in trackers.iter_mut() {
         let pid = t.pid();
-        let vmas = memory::vmas(pid)?;
-        let mut pages = Vec::new();
-        t.collect(&vmas, &mut pages)?;
-        if first {
-            // Round 0 sends everything present; tracking was armed before, so
-            // writes during this copy show up in the next round.
-            pages.clear();
-            let pm = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context("pagemap"))?;
-            for v in vmas.iter().filter(|v| v.stores_pages()) {
-                memory::present_pages(&pm, v, &mut pages)?;
-            }
+        match collect_one(t, first) {
+            Ok(w) => work.push(w),
+            // Exited meanwhile: nothing to send; its tracker goes in the
+            // next round, its stub at the final one.
+            Err(_) if proc::exited(pid) => {}
+            Err(e) => return Err(e),
         }
-        // What the destination may keep of its copy: nothing in round 0.
-        let keep = if first { Vec::new() } else { t.kept().to_vec() };
-        work.push(ProcessRound { pid, vmas, pages, keep });
     }
     Ok(work)
+}
+
+fn collect_one(t: &mut Tracker, first: bool) -> Result<ProcessRound> {
+    let pid = t.pid();
+    let vmas = memory::vmas(pid)?;
+    let mut pages = Vec::new();
+    t.collect(&vmas, &mut pages)?;
+    if first {
+        // Round 0 sends everything present; tracking was armed before, so
+        // writes during this copy show up in the next round.
+        pages = present_pages(pid, &vmas)?;
+    }
+    // What the destination may keep of its copy: nothing in round 0.
+    let keep = if first { Vec::new() } else { t.kept().to_vec() };
+    Ok(ProcessRound { pid, vmas, pages, keep })
+}
+
+fn present_pages(pid: Pid, vmas: &[Vma]) -> Result<Vec<u64>> {
+    let mut pages = Vec::new();
+    let pm = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context("pagemap"))?;
+    for v in vmas.iter().filter(|v| v.stores_pages()) {
+        memory::present_pages(&pm, v, &mut pages)?;
+    }
+    Ok(pages)
 }

@@ -33,6 +33,10 @@ pub const RESTORED: u32 = 6;
 pub const COMMIT: u32 = 7;
 pub const COMMITTED: u32 = 8;
 pub const ABORT: u32 = 9;
+/// Source -> destination, first in a final round when processes started or
+/// ended during pre-copy: {"gone": [pid], "processes": [layout entry]},
+/// the stubs to drop and the final tree (new processes with their areas).
+pub const TREE: u32 = 10;
 pub const HEADER: usize = 24;
 /// Pages per frame (1 MiB): big enough for full-speed copies, small enough to stream.
 pub const MAX_PAGES: u32 = 256;
@@ -63,18 +67,18 @@ impl Header {
         }
         let h = Header { kind: g(4), pid: g(8), count: g(12), addr: u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])) };
         match h.kind {
-            HELLO | LAYOUT | STATE | RESTORED | ABORT if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
+            HELLO | LAYOUT | TREE | STATE | RESTORED | ABORT if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
             COMMIT | COMMITTED if h.count != 0 => Err(Error::new("EPROTO", "page stream: bad commit frame")),
             PAGES if h.count == 0 || h.count > MAX_PAGES => Err(Error::new("EPROTO", format!("page stream: bad page count {}", h.count))),
             PAGES if h.addr % PAGE_SIZE != 0 || h.addr >= (1 << 47) => Err(Error::new("EPROTO", format!("page stream: bad page address {:#x}", h.addr))),
-            HELLO | LAYOUT | PAGES | ROUND_END | STATE | RESTORED | COMMIT | COMMITTED | ABORT => Ok(h),
+            HELLO | LAYOUT | TREE | PAGES | ROUND_END | STATE | RESTORED | COMMIT | COMMITTED | ABORT => Ok(h),
             k => Err(Error::new("EPROTO", format!("page stream: unknown frame kind {}", k))),
         }
     }
 
     pub fn payload_len(&self) -> usize {
         match self.kind {
-            HELLO | LAYOUT | STATE | RESTORED | ABORT => self.count as usize,
+            HELLO | LAYOUT | TREE | STATE | RESTORED | ABORT => self.count as usize,
             PAGES => self.count as usize * PAGE_SIZE as usize,
             _ => 0,
         }

@@ -171,14 +171,14 @@ export const command: Command = {
     }
     const rows = [
       ["round", "pages", "bytes", "time"],
-      ...s.rounds.map((r) => [String(r.round), String(r.pages), bytes(r.bytes), `${r.ms} ms`]),
+      ...s.rounds.map((r) => [String(r.round), String(r.pages), bytes(r.bytes), `${r.ms.toFixed(1)} ms`]),
       ["final", String(s.final.pages), bytes(s.final.bytes), `frozen`],
     ];
     stdout(
       `migrated pid ${s.pid} to ${s.to} (running there as pid ${s.dest_pid})\n` +
         `  dirty tracking: ${s.method}; ${s.rounds.length} pre-copy rounds, stopped: ${s.stop_reason}\n` +
         table(rows, "    ").join("\n") + "\n" +
-        `  frozen ${s.frozen_ms} ms (freeze to restored, restore ${(s.restore_us / 1000).toFixed(1)} ms); ` +
+        `  frozen ${s.frozen_ms} ms (freeze to restored; the destination's final step, from the freeze notice, ${(s.restore_us / 1000).toFixed(1)} ms); ` +
         `total ${s.total_ms} ms; ${bytes(s.bytes)} sent\n`,
     );
     return 0;
