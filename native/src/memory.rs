@@ -2,6 +2,7 @@
 //! file, and rebuilding an address space in a stub process.
 
 use crate::dirty::pagemap_scan::entry_has_contents;
+use crate::batch::Call;
 use crate::inject::Injector;
 use crate::json::Json;
 use crate::proc::{self, MapLine};
@@ -421,21 +422,34 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
 /// Re-apply an area's madvise and mlock settings. Called once its pages are
 /// in (mlock would fault an empty area in) and the stub's children are
 /// forked (DONTFORK and WIPEONFORK would take the area from them).
-pub fn apply_advice(inj: &mut Injector, v: &Vma) -> Result<()> {
-    let a = v.advice();
-    for m in &a.madvise {
-        let what = format!("madvise {} ({}) of area {:#x}-{:#x}", m.name, m.flag, v.start, v.end);
-        match inj.call(&what, nr::MADVISE, &[v.start, v.end - v.start, m.advice]) {
-            Err(e) if e.errno == 22 /* EINVAL */ && m.optional => {}
-            r => {
-                r?;
+/// Put back the madvise and mlock settings of `vmas`. The madvise calls
+/// run as batches (glibc marks every thread stack and its guard page
+/// MADV_NOHUGEPAGE: 128 calls for 64 threads, one stop each before).
+pub fn apply_advice(inj: &mut Injector, vmas: &[Vma]) -> Result<()> {
+    let mut calls = Vec::new();
+    for v in vmas {
+        for m in &v.advice().madvise {
+            let what = format!("madvise {} ({}) of area {:#x}-{:#x}", m.name, m.flag, v.start, v.end);
+            calls.push((Call::new(what, nr::MADVISE, &[v.start, v.end - v.start, m.advice]), m.optional));
+        }
+    }
+    while !calls.is_empty() {
+        let rest = calls.split_off(calls.len().min(crate::batch::MAX_CALLS));
+        let (batch, optional): (Vec<Call>, Vec<bool>) = std::mem::replace(&mut calls, rest).into_iter().unzip();
+        let mut jobs = [crate::batch::Job { inj: &mut *inj, slot: 0, calls: batch }];
+        let res = crate::batch::run(&mut jobs)?;
+        for ((c, r), opt) in jobs[0].calls.iter().zip(&res[0]).zip(optional) {
+            if (-4095..0).contains(r) && !(*r == -22 /* EINVAL */ && opt) {
+                return Err(Error::sys(format!("{} in process {}", c.what, jobs[0].inj.pid), (-r) as i32));
             }
         }
     }
-    match a.lock {
-        Some(f) => lock_area(inj, v, f),
-        None => Ok(()),
+    for v in vmas {
+        if let Some(f) = v.advice().lock {
+            lock_area(inj, v, f)?;
+        }
     }
+    Ok(())
 }
 
 /// mlock2 marks the area locked first, then faults its pages in; pages that

@@ -423,11 +423,13 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     // Every other area is in place: the kernel picks where io_setup maps a
     // ring, which then moves to its old address.
     crate::aio::restore(inj, p)?;
+    crate::sys::trace_mark("finish: aio");
     // A shared descriptor table is filled once, by its first process.
     let own_table = s.shared & shares::CLONE_FILES == 0;
     if own_table {
         install_fds(inj, p, s.host, opened)?;
     }
+    crate::sys::trace_mark("finish: fds installed");
     // Again here for a migration, whose stubs were made before the pairs
     // (then the session's other members do not get the terminal back).
     crate::tty::claim_ctty(inj, p, s.pid, &opened.ptys)?;
@@ -440,6 +442,7 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         process::restore_fs(inj, p, &opened.proc_hosts)?;
     }
     process::restore_attrs(inj, p)?;
+    crate::sys::trace_mark("finish: attributes");
     // Handlers, interval timers and personality in one batch.
     crate::batch::reserve(inj, 1)?;
     let d0 = crate::batch::data(inj, 0)?;
@@ -447,6 +450,7 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     calls.extend(signals::itimer_calls(inj, p.arr_of("itimers"), d0 + 64 * 32)?);
     calls.extend(crate::creds::personality_calls(p));
     crate::batch::run_checked(&mut [crate::batch::Job { inj: &mut *inj, slot: 0, calls }])?;
+    crate::sys::trace_mark("finish: signal handlers");
     let exe_fd = process::open_exe_in_stub(inj, p)?;
     if let Some(mm) = p.get("mm") {
         let r = process::restore_mm(inj, mm, exe_fd);
@@ -455,7 +459,9 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
         }
         r?;
     }
+    crate::sys::trace_mark("finish: mm");
     restore_advice(inj, p)?;
+    crate::sys::trace_mark("finish: advice");
     crate::anonfd::userfaultfd::register_areas(inj, p)
 }
 
@@ -488,30 +494,32 @@ fn install_fds(inj: &mut Injector, p: &Json, host: Pid, opened: &files::Opened) 
 /// every page of the process is written by now (a migration's final round
 /// included) and its children are forked.
 fn restore_advice(inj: &mut Injector, p: &Json) -> Result<()> {
-    for v in vmas_of(p)? {
-        memory::apply_advice(inj, &v)?;
-    }
-    Ok(())
+    crate::batch::reserve(inj, 1)?;
+    memory::apply_advice(inj, &vmas_of(p)?)
 }
 
 /// A restored thread between its settings and its final registers.
-struct Finishing {
+struct Finishing<'a> {
     host: Pid,
     inj: Injector,
-    t: Json,
+    /// Borrowed from the state, not cloned: on a VM where touching memory
+    /// not touched for a while is slow, cloning 64 threads' JSON cost
+    /// several ms of the frozen window.
+    t: &'a Json,
     /// Its batch slot in its process.
     slot: usize,
-    creds: Option<Json>,
-    /// The identity of its process's threads now.
-    creds_now: Option<Json>,
+    creds: Option<&'a Json>,
+    /// The identity of its process's threads now (an index into `nows`).
+    now: usize,
     /// Leaders: their process, for the process-wide settings.
-    process: Option<Json>,
+    process: Option<&'a Json>,
 }
 
 /// Threads, per-thread settings and registers; then everything runs, or,
 /// with `hold`, stays stopped until `release` (a migration's commit).
 pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     let mut all_threads: Vec<Finishing> = Vec::new();
+    let mut nows: Vec<Option<Json>> = Vec::new();
     let mut leaders = Vec::new();
     let mut stops = Vec::new();
     let stubs = std::mem::take(&mut tree.stubs);
@@ -542,11 +550,11 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
         }
         threads::restore_settings(ths, &mut leader, &mut others, nice)?;
         crate::sys::trace_mark("restore: thread settings");
-        let creds = p.get("creds").cloned();
-        let now = crate::creds::dump_creds_of_thread(s.host, s.host).ok();
+        let creds = p.get("creds");
+        let now = nows.len();
+        nows.push(crate::creds::dump_creds_of_thread(s.host, s.host).ok());
         for (k, ((host, inj), t)) in hosts.into_iter().zip(others).zip(&ths[1..]).enumerate() {
-            let creds = t.get("creds").or(creds.as_ref()).cloned();
-            all_threads.push(Finishing { host, inj, t: t.clone(), slot: k + 1, creds, creds_now: now.clone(), process: None });
+            all_threads.push(Finishing { host, inj, t, slot: k + 1, creds: t.get("creds").or(creds), now, process: None });
         }
         // Signals are queued from the leader: the kernel lets a process queue
         // any siginfo only to itself, and checks that against the caller's
@@ -556,23 +564,23 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
             signals::requeue(&mut leader, s.pid, Some(tid), t.arr_of("pending"))?;
         }
         signals::requeue(&mut leader, s.pid, None, p.arr_of("shared_pending"))?;
-        leaders.push(Finishing { host: s.host, inj: leader, t: ths[0].clone(), slot: 0, creds, creds_now: now, process: Some(p.clone()) });
+        leaders.push(Finishing { host: s.host, inj: leader, t: &ths[0], slot: 0, creds, now, process: Some(p) });
     }
     // Leaders last: they own the scratch areas the others borrowed.
     all_threads.extend(leaders);
     // Before the credentials: installing a filter needs no_new_privs or
     // CAP_SYS_ADMIN, which the stub has until then.
     for f in all_threads.iter_mut() {
-        crate::seccomp::restore(&f.t, &mut f.inj, f.host, stub::STUB_OPTIONS)?;
+        crate::seccomp::restore(f.t, &mut f.inj, f.host, stub::STUB_OPTIONS)?;
     }
     // Then credentials and what comes after them, every thread at once.
     let mut jobs = Vec::with_capacity(all_threads.len());
     for f in all_threads.iter_mut() {
         let data = crate::batch::data(&f.inj, f.slot)?;
-        let mut calls = crate::creds::creds_calls(f.creds.as_ref(), f.creds_now.as_ref(), &f.inj, data, crate::batch::DATA_LEN)
+        let mut calls = crate::creds::creds_calls(f.creds, nows[f.now].as_ref(), &f.inj, data, crate::batch::DATA_LEN)
             .map_err(|e| e.context(format!("thread {}: credentials", f.host)))?;
-        calls.extend(threads::late_calls(&f.t));
-        if let Some(p) = f.process.as_ref() {
+        calls.extend(threads::late_calls(f.t));
+        if let Some(p) = f.process {
             calls.extend(process::late_prctl_calls(p));
         }
         jobs.push(crate::batch::Job { inj: &mut f.inj, slot: f.slot, calls });
@@ -583,7 +591,7 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     let mut finals = Vec::new();
     for f in all_threads {
         f.inj.finish()?;
-        finals.push((f.host, threads::final_state(&f.t)?));
+        finals.push((f.host, threads::final_state(f.t)?));
     }
     crate::sys::trace_mark("restore: injectors finished");
     for (tid, (regs, xsave, mask)) in &finals {
