@@ -97,6 +97,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
                 }
             }
         }
+        crate::sys::trace_mark("dump: thread injectors made");
         let ths = made.and_then(|_| threads::dump_threads(pid, &fz.threads, &mut inj, &mut others, first));
         let mut fin = Ok(());
         for ti in others {
@@ -104,6 +105,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
                 fin = fin.and(Err(e));
             }
         }
+        crate::sys::trace_mark("dump: thread injectors finished");
         let (ths, first_res) = ths?;
         fin?;
         let mut p = process::dump_process(pid, &inj, &first_res[..n_proc], out)?;

@@ -76,6 +76,7 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
         let res = batch::run_checked(&mut jobs);
         (res, reader.join())
     });
+    crate::sys::trace_mark("dump: thread batch ran");
     let mut res = res?;
     let views = views.map_err(|_| Error::new("EPANIC", "reading the threads' /proc entries panicked"))?;
     let extra: Vec<u64> = res.first_mut().map(|r| r.drain(..first).collect()).unwrap_or_default();
@@ -121,7 +122,10 @@ fn dump_thread(t: &FrozenThread, inj: &Injector, view: &ProcView, altstack: Json
         .with("tid", tid)
         .with("regs", regs_for_new_task(regs, inj).to_json())
         .with("restart", restart)
-        .with("xsave", base64::encode(&xsave))
+        // Trailing zeros (the AVX-512 state of a thread that never used it)
+        // are left out; the restore pads to the kernel's size. A 64-thread
+        // process's state was half XSAVE bytes, costly to move and parse.
+        .with("xsave", base64::encode(&xsave[..xsave.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)]))
         .with("sigmask", Json::Str(t.sigmask.to_string()))
         .with("pending", signals::siginfos_to_json(pending))
         .with("sigaltstack", altstack)
@@ -206,6 +210,15 @@ pub fn final_state(t: &Json) -> Result<(Regs, Vec<u8>, u64)> {
 
 pub fn apply_final_state(tid: Pid, regs: &Regs, xsave: &[u8], mask: u64) -> Result<()> {
     if !xsave.is_empty() {
+        // The kernel takes only a whole XSAVE area: pad what the dump trimmed.
+        let full;
+        let xsave = match ptrace::ext_state_size(tid) {
+            Some(n) if n > xsave.len() => {
+                full = [xsave, &vec![0u8; n - xsave.len()][..]].concat();
+                &full[..]
+            }
+            _ => xsave,
+        };
         ptrace::set_ext_state(tid, xsave).map_err(|e| e.context(format!("thread {}: restoring FPU/vector state (different CPU features?)", tid)))?;
     }
     ptrace::set_regs(tid, regs)?;

@@ -253,6 +253,7 @@ impl Engine for DestEngine {
             }
             "dest_restore" => {
                 crate::sys::set_thread_nice(super::source::FROZEN_NICE);
+                crate::sys::set_thread_realtime(true);
                 self.restore(req, timeout_of(req))
             }
             "dest_abort" => {

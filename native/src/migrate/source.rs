@@ -347,6 +347,7 @@ impl SourceEngine {
         // The frozen window is all downtime: it goes first (the page sender
         // thread inherits this).
         crate::sys::set_thread_nice(FROZEN_NICE);
+        crate::sys::set_thread_realtime(true);
         let t0 = Instant::now();
         self.frozen_at = Some(t0);
         self.frozen_mono_us = crate::sys::mono_us();
@@ -408,7 +409,9 @@ impl SourceEngine {
             // sender means the dump failed: nothing more to send).
             let r = match state_rx.recv() {
                 Ok(state) => stream::write_json_checked(&mut sock, stream::STATE, 0, &state).and_then(|_| {
-                    std::io::Write::flush(&mut sock).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)))
+                    let r = std::io::Write::flush(&mut sock).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)));
+                    crate::sys::trace_mark("source: state sent");
+                    r
                 }),
                 Err(_) => Ok(()),
             };
@@ -430,6 +433,7 @@ impl SourceEngine {
             h.detach(f, &state)?;
             handoff_json = h.stats.clone().with("warnings", h.warnings.iter().map(|w| Json::from(w.as_str())).collect::<Vec<_>>());
         }
+        crate::sys::trace_mark("source: sockets detached");
         // The state goes to the destination on the page stream only: the
         // agent has no use for it, and carrying it up costs frozen time.
         let _ = state_tx.send(state);
@@ -548,6 +552,7 @@ impl SourceEngine {
                 // From here nothing is downtime: the copy that runs is the
                 // destination's, and on one host it must not feel us freeing
                 // this one (its own threads do the unmapping, so they yield too).
+                crate::sys::set_thread_realtime(false);
                 crate::sys::set_thread_nice(PRECOPY_NICE);
                 if let Some(mut f) = self.frozen.take() {
                     for t in f.live().flat_map(|p| p.threads.iter()) {
