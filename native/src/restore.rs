@@ -513,6 +513,10 @@ struct Finishing<'a> {
     now: usize,
     /// Leaders: their process, for the process-wide settings.
     process: Option<&'a Json>,
+    /// Its settings (threads::settings_calls) go in the credentials' batch
+    /// (no thread of its process has seccomp filters to install between
+    /// them), with its process's nice value; None once made.
+    settings: Option<i64>,
 }
 
 /// Threads, per-thread settings and registers; then everything runs, or,
@@ -548,13 +552,20 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
         if s.shared & shares::CLONE_FILES == 0 {
             crate::anonfd::pidfd::after_install(&mut leader, p, true)?;
         }
-        threads::restore_settings(ths, &mut leader, &mut others, nice)?;
+        // Settings, then seccomp filters, then credentials: without filters
+        // to install, the settings join the credentials' batch (one stop
+        // less per thread).
+        let filtered = ths.iter().any(|t| t.get("seccomp").and_then(|s| s.u64_of("mode")).unwrap_or(0) != 0);
+        if filtered {
+            threads::restore_settings(ths, &mut leader, &mut others, nice)?;
+        }
+        let settings = if filtered { None } else { Some(nice) };
         crate::sys::trace_mark("restore: thread settings");
         let creds = p.get("creds");
         let now = nows.len();
         nows.push(crate::creds::dump_creds_of_thread(s.host, s.host).ok());
         for (k, ((host, inj), t)) in hosts.into_iter().zip(others).zip(&ths[1..]).enumerate() {
-            all_threads.push(Finishing { host, inj, t, slot: k + 1, creds: t.get("creds").or(creds), now, process: None });
+            all_threads.push(Finishing { host, inj, t, slot: k + 1, creds: t.get("creds").or(creds), now, process: None, settings });
         }
         // Signals are queued from the leader: the kernel lets a process queue
         // any siginfo only to itself, and checks that against the caller's
@@ -564,7 +575,7 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
             signals::requeue(&mut leader, s.pid, Some(tid), t.arr_of("pending"))?;
         }
         signals::requeue(&mut leader, s.pid, None, p.arr_of("shared_pending"))?;
-        leaders.push(Finishing { host: s.host, inj: leader, t: &ths[0], slot: 0, creds, now, process: Some(p) });
+        leaders.push(Finishing { host: s.host, inj: leader, t: &ths[0], slot: 0, creds, now, process: Some(p), settings });
     }
     // Leaders last: they own the scratch areas the others borrowed.
     all_threads.extend(leaders);
@@ -577,8 +588,16 @@ pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
     let mut jobs = Vec::with_capacity(all_threads.len());
     for f in all_threads.iter_mut() {
         let data = crate::batch::data(&f.inj, f.slot)?;
-        let mut calls = crate::creds::creds_calls(f.creds, nows[f.now].as_ref(), &f.inj, data, crate::batch::DATA_LEN)
-            .map_err(|e| e.context(format!("thread {}: credentials", f.host)))?;
+        let mut calls = match f.settings {
+            Some(nice) => threads::settings_calls(f.t, &f.inj, data, nice)?,
+            None => Vec::new(),
+        };
+        // Past the settings' arguments (threads::SETTINGS_DATA bytes).
+        let at = threads::SETTINGS_DATA;
+        calls.extend(
+            crate::creds::creds_calls(f.creds, nows[f.now].as_ref(), &f.inj, data + at, crate::batch::DATA_LEN - at)
+                .map_err(|e| e.context(format!("thread {}: credentials", f.host)))?,
+        );
         calls.extend(threads::late_calls(f.t));
         if let Some(p) = f.process {
             calls.extend(process::late_prctl_calls(p));

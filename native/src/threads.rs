@@ -157,9 +157,12 @@ pub fn restore_settings(ths: &[Json], leader: &mut Injector, others: &mut [Injec
     batch::run_checked(&mut jobs).map(|_| ())
 }
 
+/// Bytes of a batch slot's data the settings' arguments take.
+pub const SETTINGS_DATA: u64 = 512;
+
 /// The calls that set one thread's settings; their arguments are written
-/// at `data`.
-fn settings_calls(t: &Json, inj: &Injector, data: u64, nice: i64) -> Result<Vec<Call>> {
+/// at `data` (SETTINGS_DATA bytes).
+pub fn settings_calls(t: &Json, inj: &Injector, data: u64, nice: i64) -> Result<Vec<Call>> {
     let mut calls = Vec::new();
     inj.write_mem(data, &signals::sigaltstack_bytes(t.get("sigaltstack")))?;
     calls.push(Call::new("sigaltstack(set)", nr::SIGALTSTACK, &[data, 0]));
