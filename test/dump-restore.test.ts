@@ -92,6 +92,8 @@ const specs: Spec[] = [
   { name: 'packet_kinds' },
   { name: 'creds' },
   { name: 'zombie' },
+  // a 32 GiB MAP_NORESERVE reservation with 4096 pages written
+  { name: 'sparse_reserve' },
   // children forked and reaped every few ms, zombies among them at the dump
   { name: 'churn_children' },
   { name: 'shm_tree' },

@@ -19,6 +19,7 @@ const MAP_PRIVATE: u64 = 0x02;
 const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_GROWSDOWN: u64 = 0x0100;
+const MAP_NORESERVE: u64 = 0x4000;
 pub const MAP_FIXED_NOREPLACE: u64 = 0x100000;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -396,7 +397,20 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
             if v.kind == Kind::Stack {
                 flags |= MAP_GROWSDOWN;
             }
-            inj.call(&format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, len, prot, flags, u64::MAX, 0])?;
+            // MAP_NORESERVE as the source had it ("nr"), or when the commit
+            // charge is refused: a big reservation (a runtime's heap, a
+            // sanitizer's shadow) mapped with it would not fit otherwise.
+            // Pre-copy layouts carry no VmFlags; the plain mapping comes first.
+            let noreserve = v.flags.split_whitespace().any(|f| f == "nr");
+            let what = format!("mmap {:#x}", v.start);
+            match inj.call(&what, nr::MMAP, &[v.start, len, prot, flags | if noreserve { MAP_NORESERVE } else { 0 }, u64::MAX, 0]) {
+                Err(e) if e.errno == 12 /* ENOMEM */ && !noreserve => {
+                    inj.call(&what, nr::MMAP, &[v.start, len, prot, flags | MAP_NORESERVE, u64::MAX, 0])?;
+                }
+                r => {
+                    r?;
+                }
+            }
         }
         Kind::Shmem => map_shared_anon(inj, v, prot)?,
         Kind::File => {

@@ -723,19 +723,36 @@ fn release_memory_gently(f: &Frozen) {
             Ok(i) => i,
             Err(_) => continue,
         };
+        // Only what frees memory is spread out: a slice that freed nothing
+        // (a sparse reservation, 64 GiB of which 64 MiB were touched) doubles
+        // the next one, instead of 4096 slices and sleeps (14 s).
+        let mut rss = resident_bytes(p.pid);
         for v in vmas.iter().filter(|v| matches!(v.kind, memory::Kind::Anon | memory::Kind::Heap) && !v.shared && v.end - v.start > SLICE) {
             let mut a = v.start;
+            let mut slice = SLICE;
             while a < v.end {
-                let len = (v.end - a).min(SLICE);
+                let len = (v.end - a).min(slice);
                 if inj.raw(crate::sys::nr::MUNMAP, &[a, len]).is_err() {
                     break;
                 }
                 a += len;
-                std::thread::sleep(std::time::Duration::from_micros(1500));
+                let now = resident_bytes(p.pid);
+                if rss.saturating_sub(now) >= SLICE / 4 {
+                    slice = SLICE;
+                    std::thread::sleep(std::time::Duration::from_micros(1500));
+                } else {
+                    slice = (slice * 2).min(1 << 30);
+                }
+                rss = now;
             }
         }
         let _ = inj.finish();
     }
+}
+
+/// Resident memory of `pid` in bytes (/proc/PID/statm), 0 if unknown.
+fn resident_bytes(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/statm", pid)).ok().and_then(|s| s.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok())).unwrap_or(0) * PAGE_SIZE
 }
 
 /// Each tracked process's current layout and the pages a round must send:
