@@ -69,6 +69,16 @@ describe('state kinds under live migration', () => {
     });
   }
 
+  test('posix_mq: a POSIX message queue is refused clearly, the source runs on', { timeout: 90_000 }, async () => {
+    const w = await h.start('posix_mq');
+    await waitForOk(w, 3, 30_000);
+    const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+    assertCliError(r, /fd \d+: POSIX message queue \/phaul-test-mq-\d+( \(deleted\))? \(mq_open\) is not supported.*still running here/);
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    assertNoFail(w);
+    await h.kill(w);
+  });
+
   test('file_owner: leases on one host are refused, the source keeps them', { timeout: 90_000 }, async () => {
     const w = await h.start('file_owner', { args: ['1'] });
     await waitForOk(w, 3, 30_000);

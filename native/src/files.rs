@@ -258,6 +258,9 @@ impl FileTable {
                 return Ok(base.with("kind", if ft.is_dir() { "dir" } else { "reg" }).with("path", target).with("proc_pid", p));
             }
         }
+        if ft.is_file() && is_mqueue(pid, fd, target, md) {
+            return unsupported(&format!("POSIX message queue {} (mq_open)", target));
+        }
         if ft.is_file() {
             if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
                 return crate::anonfd::describe(&FileCtx { pid: holder, pidfd, fd, target, md, info, base, in_flight: &self.in_flight });
@@ -805,4 +808,17 @@ fn send_fds(sock: &Fd, fds: &[i32]) -> Result<()> {
     }
     let msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, cmsg.as_ptr() as u64, cmsg.len() as u64, 0];
     sys::call("sendmsg(fds)", nr::SENDMSG, &[sock.raw() as u64, msg.as_ptr() as u64, 0]).map(|_| ())
+}
+
+/// A POSIX message queue descriptor: a regular file of the mqueue
+/// filesystem, whose path (relative to that filesystem) names nothing here.
+/// Checked only when the path does not lead to the same file.
+fn is_mqueue(pid: Pid, fd: i32, target: &str, md: &std::fs::Metadata) -> bool {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    if std::fs::metadata(target).map(|m| m.dev() == md.dev() && m.ino() == md.ino()).unwrap_or(false) {
+        return false;
+    }
+    let path = format!("/proc/{}/fd/{}\0", pid, fd);
+    let mut buf = [0i64; 16]; // struct statfs: f_type first
+    matches!(unsafe { sys::raw(137 /* statfs */, &[path.as_ptr() as u64, buf.as_mut_ptr() as u64]) }, Ok(_) if buf[0] == MQUEUE_MAGIC)
 }
