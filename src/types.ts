@@ -223,8 +223,10 @@ export interface OpenFile {
   stat?: FileIdentity;
   rdev?: U64;
   pipe_id?: U64;
-  /** A pipe end whose other end is outside the tree; restored as /dev/null. */
+  /** A pipe end whose other end is outside the tree; restored as /dev/null, or reopened through `reopen` on the same host. */
   external?: boolean;
+  /** External pipe end: the process and fd it can be reopened from on the host with this boot id. */
+  reopen?: { pid: number; fd: number; boot_id: string };
   /** reg or dir under /proc/PID of a process of the tree: opened again under the restored process. */
   proc_pid?: number;
   /** Kinds pty_master and pty_slave: entries of one pseudo-terminal pair share it. */

@@ -3,7 +3,7 @@
 import { after, before, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
 import { migrateAndCheck, roundsText } from './helpers/migrate.js';
-import { assertNoFail, goAndWait, GO_CHECKS, Harness, waitForOk, lastOk } from './helpers/workload.js';
+import { assertNoFail, goAndWait, GO_CHECKS, Harness, waitForOk, lastOk, readLog } from './helpers/workload.js';
 import { assertCliError, runCli } from './helpers/cli.js';
 import assert from 'node:assert/strict';
 
@@ -68,6 +68,23 @@ describe('state kinds under live migration', () => {
       await h.kill(w);
     });
   }
+
+  // Pipes to a process outside the tree (a supervisor or a shell pipeline
+  // reading the output): on one host the restored ends are the same pipes,
+  // opened through /proc of the frozen source, so the helper outside keeps
+  // exchanging values with the moved process, none lost or repeated.
+  test('pipe_outside: pipes to a process outside the tree stay connected on one host', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('pipe_outside');
+    await waitForOk(w, 3, 30_000);
+    const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
+    t.diagnostic(roundsText(summary));
+    const echoed = () => readLog(w).filter((l) => l.startsWith('PIPE_OK ')).length;
+    const before = echoed();
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    assert.ok(echoed() >= before + 2, `the helper outside the tree stopped hearing from the moved process (${before} -> ${echoed()} PIPE_OK lines)`);
+    assertNoFail(w);
+    await h.kill(w);
+  });
 
   test('posix_mq: a POSIX message queue is refused clearly, the source runs on', { timeout: 90_000 }, async () => {
     const w = await h.start('posix_mq');

@@ -341,18 +341,30 @@ impl FileTable {
             let ino = f.u64_of("pipe_id").unwrap_or(0);
             if let Some((r, w)) = self.pipe_ends.get(&ino) {
                 if !(*r && *w) {
-                    external.push(i);
                     let id = f.u64_of("id").unwrap_or(0);
-                    let where_ = match self.seen.iter().find(|s| s.id == id && s.pid != me) {
+                    let holder = self.seen.iter().find(|s| s.id == id && s.pid != me);
+                    let where_ = match holder {
                         Some(s) => format!("fd {} of process {}", s.fd, s.pid),
                         None => self.where_of(id),
                     };
-                    warnings.push(format!("{}: pipe:[{}] leads outside the process tree; it will be connected to /dev/null on restore", where_, ino));
+                    // On this host (same boot), while the process still
+                    // holds it, the restore opens the same pipe through
+                    // /proc: a live migration on one host keeps talking to
+                    // the process outside.
+                    let reopen = holder.map(|s| Json::obj().with("pid", s.pid).with("fd", s.fd).with("boot_id", boot_id()));
+                    external.push((i, reopen));
+                    warnings.push(format!(
+                        "{}: pipe:[{}] leads outside the process tree; a restore on this host while the process still runs reopens it, anywhere else it is connected to /dev/null",
+                        where_, ino
+                    ));
                 }
             }
         }
-        for i in external {
+        for (i, reopen) in external {
             self.files[i].set("external", true);
+            if let Some(r) = reopen {
+                self.files[i].set("reopen", r);
+            }
         }
         warnings
     }
@@ -612,7 +624,10 @@ fn open_each(
             }
             "dir" => open_path(path, flags).map_err(|e| Error::new("EFILE", format!("directory {} needed by the process: {}", path, e.message)))?,
             "chr" => open_path(path, flags | O_NOCTTY).map_err(|e| Error::new("EFILE", format!("device {} needed by the process: {}", path, e.message)))?,
-            "pipe" if f.bool_of("external") => open_path("/dev/null", flags & (O_ACCMODE | O_NONBLOCK))?,
+            "pipe" if f.bool_of("external") => match reopen_external_pipe(f, flags) {
+                Some(fd) => fd,
+                None => open_path("/dev/null", flags & (O_ACCMODE | O_NONBLOCK))?,
+            },
             "pipe" => {
                 let pid_ = f.u64_of("pipe_id").unwrap_or(0);
                 if !pipe_objs.contains_key(&pid_) {
@@ -821,4 +836,28 @@ fn is_mqueue(pid: Pid, fd: i32, target: &str, md: &std::fs::Metadata) -> bool {
     let path = format!("/proc/{}/fd/{}\0", pid, fd);
     let mut buf = [0i64; 16]; // struct statfs: f_type first
     matches!(unsafe { sys::raw(137 /* statfs */, &[path.as_ptr() as u64, buf.as_mut_ptr() as u64]) }, Ok(_) if buf[0] == MQUEUE_MAGIC)
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
+}
+
+/// The same pipe as an external end had, opened through /proc/PID/fd/N of
+/// the process that held it, when that is on this host (same boot) and
+/// still is that pipe. Opened non-blocking (a write end of a pipe with no
+/// reader left would wait for one forever), then given the original flags.
+fn reopen_external_pipe(f: &Json, flags: u32) -> Option<Fd> {
+    let r = f.get("reopen")?;
+    if r.str_of("boot_id")? != boot_id() {
+        return None;
+    }
+    let path = format!("/proc/{}/fd/{}", r.i64_of("pid")?, r.i64_of("fd")?);
+    if std::fs::metadata(&path).ok()?.ino() != f.u64_of("pipe_id")? {
+        return None;
+    }
+    let fd = open_path(&path, (flags & O_ACCMODE) | O_NONBLOCK).ok()?;
+    if flags & O_NONBLOCK == 0 {
+        sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, F_SETFL, 0]).ok()?;
+    }
+    Some(fd)
 }
