@@ -94,6 +94,8 @@ const specs: Spec[] = [
   { name: 'zombie' },
   // a 32 GiB MAP_NORESERVE reservation with 4096 pages written
   { name: 'sparse_reserve' },
+  // 6000 kernel areas (3000 of two pages, each with a read-only half)
+  { name: 'many_areas' },
   // children forked and reaped every few ms, zombies among them at the dump
   { name: 'churn_children' },
   { name: 'shm_tree' },

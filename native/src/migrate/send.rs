@@ -170,7 +170,9 @@ fn layout_json(vmas: &[Vma], keep: &[(u64, u64)]) -> Json {
     Json::Arr(
         vmas.iter()
             .map(|v| {
-                let mine = keep.iter().filter(|k| k.0 < v.end && k.1 > v.start).map(|k| Json::Arr(vec![Json::from(k.0.max(v.start)), Json::from(k.1.min(v.end))]));
+                // (keep is sorted: only the ranges that can overlap are looked at)
+                let from = keep.partition_point(|k| k.1 <= v.start);
+                let mine = keep[from..].iter().take_while(|k| k.0 < v.end).filter(|k| k.1 > v.start).map(|k| Json::Arr(vec![Json::from(k.0.max(v.start)), Json::from(k.1.min(v.end))]));
                 v.to_json().with("keep", mine.collect::<Vec<_>>())
             })
             .collect(),
