@@ -76,6 +76,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         // One batch runs every injected read: the process-wide ones in the
         // leader, before its thread's, and every thread's at once.
         crate::batch::reserve(&mut inj, fz.threads.len())?;
+        crate::sys::trace_mark("dump: batch area mapped");
         let d0 = crate::batch::data(&inj, 0)?;
         let (out, timers_at, sigs_at) = (d0 + 1024, d0 + 1088, d0 + 2048);
         let mut first = process::reads(out);
