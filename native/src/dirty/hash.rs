@@ -331,7 +331,11 @@ impl HashTracker {
         }
         self.hashes = new;
         if frozen {
-            out.extend_from_slice(&self.unverified);
+            // Only those still in an area: one unmapped since the last round
+            // (a process that maps and unmaps all the time) has no page to
+            // send, and the destination has no area to write it to.
+            let hs = &self.hashes;
+            out.extend(self.unverified.iter().filter(|a| hs.binary_search_by_key(*a, |x| x.0).is_ok()));
             self.unverified.clear();
         } else {
             // Remember what we just reported (deduplicated, sorted later).
