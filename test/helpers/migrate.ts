@@ -50,7 +50,15 @@ export interface MigrateCheckOptions {
 export async function migrateAndCheck(h: Harness, w: Workload, agent: Agent, o: MigrateCheckOptions = {}): Promise<MigrateRun> {
   const okAtStart = lastOk(w);
   const linesAtStart = readLog(w).length;
-  const threadsBefore = readdirSync(`/proc/${w.pid}/task`).length;
+  // The fewest of a few looks: some workloads have short-lived threads (a
+  // glibc SIGEV_THREAD timer starts one per expiry), counted or not
+  // depending on the instant.
+  const threadsNow = (pid: number) => readdirSync(`/proc/${pid}/task`).length;
+  let threadsBefore = threadsNow(w.pid);
+  for (let i = 0; i < 4; i++) {
+    await new Promise((res) => setTimeout(res, 3));
+    threadsBefore = Math.min(threadsBefore, threadsNow(w.pid));
+  }
   const args = ['migrate', '--to', o.to ?? agent.address, '--pid', String(w.pid), '--json', ...(o.extra ?? [])];
   const r = await (o.runner ?? ((a: string[]) => runCli(a, 180_000)))(args);
   if (r.code !== 0) {
@@ -69,7 +77,7 @@ export async function migrateAndCheck(h: Harness, w: Workload, agent: Agent, o: 
   if (summary.pid_ns) assert.notEqual(w.pid, sourcePid, 'pid namespace reported but the pid here did not change');
   assert.ok(await waitUntil(() => runningFreely(w.pid).ok, 5000), `migrated pid ${w.pid}: ${runningFreely(w.pid).why}`);
   assert.notEqual(procStat(w.pid)?.ppid, process.pid, 'migrated process is a child of the test');
-  assert.equal(readdirSync(`/proc/${w.pid}/task`).length, threadsBefore, 'thread count changed');
+  assert.ok(await waitUntil(() => threadsNow(w.pid) === threadsBefore, 2000), `thread count changed: ${threadsNow(w.pid)}, was ${threadsBefore}`);
   const ns = (procStatus(w.pid)?.NSpid ?? '').split(/\s+/).map(Number);
   assert.equal(ns[ns.length - 1], sourcePid, `pid inside its namespace: NSpid ${ns.join(' ')}`);
   await waitForOk(w, okAtStart + 2, o.okTimeoutMs ?? 20_000);
