@@ -107,7 +107,7 @@ pub fn check() -> Json {
         .with("features", features)
         .with("arch", crate::arch::ARCH)
         .with("kernel", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
-        .with("boot_id", std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim())
+        .with("boot_id", crate::proc::boot_id())
         .with("xcr0", format!("{:#x}", xcr0))
         .with("xsave_size", xsize)
 }

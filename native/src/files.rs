@@ -258,7 +258,7 @@ impl FileTable {
                 return Ok(base.with("kind", if ft.is_dir() { "dir" } else { "reg" }).with("path", target).with("proc_pid", p));
             }
         }
-        if ft.is_file() && is_mqueue(pid, fd, target, md) {
+        if ft.is_file() && is_mqueue(pid, fd) {
             return unsupported(&format!("POSIX message queue {} (mq_open)", target));
         }
         if ft.is_file() {
@@ -351,7 +351,7 @@ impl FileTable {
                     // holds it, the restore opens the same pipe through
                     // /proc: a live migration on one host keeps talking to
                     // the process outside.
-                    let reopen = holder.map(|s| Json::obj().with("pid", s.pid).with("fd", s.fd).with("boot_id", boot_id()));
+                    let reopen = holder.map(|s| Json::obj().with("pid", s.pid).with("fd", s.fd).with("boot_id", proc::boot_id()));
                     external.push((i, reopen));
                     warnings.push(format!(
                         "{}: pipe:[{}] leads outside the process tree; a restore on this host while the process still runs reopens it, anywhere else it is connected to /dev/null",
@@ -827,19 +827,11 @@ fn send_fds(sock: &Fd, fds: &[i32]) -> Result<()> {
 
 /// A POSIX message queue descriptor: a regular file of the mqueue
 /// filesystem, whose path (relative to that filesystem) names nothing here.
-/// Checked only when the path does not lead to the same file.
-fn is_mqueue(pid: Pid, fd: i32, target: &str, md: &std::fs::Metadata) -> bool {
+fn is_mqueue(pid: Pid, fd: i32) -> bool {
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
-    if std::fs::metadata(target).map(|m| m.dev() == md.dev() && m.ino() == md.ino()).unwrap_or(false) {
-        return false;
-    }
     let path = format!("/proc/{}/fd/{}\0", pid, fd);
     let mut buf = [0i64; 16]; // struct statfs: f_type first
     matches!(unsafe { sys::raw(137 /* statfs */, &[path.as_ptr() as u64, buf.as_mut_ptr() as u64]) }, Ok(_) if buf[0] == MQUEUE_MAGIC)
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
 }
 
 /// The same pipe as an external end had, opened through /proc/PID/fd/N of
@@ -848,7 +840,7 @@ fn boot_id() -> String {
 /// reader left would wait for one forever), then given the original flags.
 fn reopen_external_pipe(f: &Json, flags: u32) -> Option<Fd> {
     let r = f.get("reopen")?;
-    if r.str_of("boot_id")? != boot_id() {
+    if r.str_of("boot_id")? != proc::boot_id() {
         return None;
     }
     let path = format!("/proc/{}/fd/{}", r.i64_of("pid")?, r.i64_of("fd")?);

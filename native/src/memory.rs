@@ -436,6 +436,21 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
 /// Re-apply an area's madvise and mlock settings. Called once its pages are
 /// in (mlock would fault an empty area in) and the stub's children are
 /// forked (DONTFORK and WIPEONFORK would take the area from them).
+/// The ranges of `sorted` (sorted, disjoint) that overlap [a, b): a
+/// binary search, for processes with thousands of areas.
+pub fn ranges_overlapping(sorted: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
+    let lo = sorted.partition_point(|r| r.1 <= a);
+    let hi = lo + sorted[lo..].partition_point(|r| r.0 < b);
+    &sorted[lo..hi]
+}
+
+/// The areas of `sorted` (sorted by start, disjoint) that overlap [a, b).
+pub fn areas_overlapping(sorted: &[Vma], a: u64, b: u64) -> &[Vma] {
+    let lo = sorted.partition_point(|v| v.end <= a);
+    let hi = lo + sorted[lo..].partition_point(|v| v.start < b);
+    &sorted[lo..hi]
+}
+
 /// Put back the madvise and mlock settings of `vmas`. The madvise calls
 /// run as batches (glibc marks every thread stack and its guard page
 /// MADV_NOHUGEPAGE: 128 calls for 64 threads, one stop each before).

@@ -196,6 +196,11 @@ pub fn fds(pid: Pid) -> Result<Vec<i32>> {
     Ok(v)
 }
 
+/// This boot's id: the same string on one host until it reboots.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
+}
+
 /// Exited (a zombie, or reaped): no longer a live process.
 pub fn exited(pid: Pid) -> bool {
     match stat(pid) {

@@ -85,17 +85,6 @@ pub fn get_ext_state(tid: Pid) -> Result<Vec<u8>> {
     buf.truncate(iov.len as usize);
     Ok(buf)
 }
-/// Size of this machine's XSAVE area (the same for every thread), read once
-/// from a stopped thread.
-pub fn ext_state_size(tid: Pid) -> Option<usize> {
-    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    if let Some(n) = SIZE.get() {
-        return Some(*n);
-    }
-    let n = get_ext_state(tid).ok()?.len();
-    Some(*SIZE.get_or_init(|| n))
-}
-
 pub fn set_ext_state(tid: Pid, data: &[u8]) -> Result<()> {
     let mut iov = Iovec { base: data.as_ptr() as u64, len: data.len() as u64 };
     pt("SETREGSET", PTRACE_SETREGSET, tid, NT_EXT_STATE as u64, &mut iov as *mut Iovec as u64).map(|_| ())

@@ -333,11 +333,11 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
     let mut kept: Vec<(u64, u64)> = Vec::new();
     let mut fresh: Vec<(Vma, u64, u64)> = Vec::new();
     for w in &want {
-        let near = overlapping_areas(&s.mapped, w.start, w.end);
+        let near = memory::areas_overlapping(&s.mapped, w.start, w.end);
         let mut cover: Vec<(u64, u64)> = near.iter().filter(|o| compatible(o, w)).map(|o| (o.start.max(w.start), o.end.min(w.end))).filter(|(a, b)| a < b).collect();
         // (Areas whose contents are not streamed, shared file mappings, keep their mapping.)
         if let Some(k) = keep.filter(|_| w.stores_pages()) {
-            cover = cover.iter().flat_map(|&(a, b)| overlapping(k, a, b).iter().map(move |&(ks, ke)| (a.max(ks), b.min(ke)))).filter(|(a, b)| a < b).collect();
+            cover = cover.iter().flat_map(|&(a, b)| memory::ranges_overlapping(k, a, b).iter().map(move |&(ks, ke)| (a.max(ks), b.min(ke)))).filter(|(a, b)| a < b).collect();
         }
         for &(a, b) in &cover {
             let old_prot = near.iter().find(|o| o.start <= a && b <= o.end).map(|o| o.prot);
@@ -352,7 +352,7 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
     }
     kept.sort_unstable();
     for o in &s.mapped {
-        for (a, b) in subtract((o.start, o.end), overlapping(&kept, o.start, o.end)) {
+        for (a, b) in subtract((o.start, o.end), memory::ranges_overlapping(&kept, o.start, o.end)) {
             inj.call("munmap", nr::MUNMAP, &[a, b - a])?;
         }
     }
@@ -380,26 +380,18 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
     rejoin_split_areas(s, &want)
 }
 
-/// The ranges of `sorted` (sorted, disjoint) that overlap [a, b).
-fn overlapping(sorted: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
-    let lo = sorted.partition_point(|r| r.1 <= a);
-    let hi = lo + sorted[lo..].partition_point(|r| r.0 < b);
-    &sorted[lo..hi]
-}
-
-/// The areas of `sorted` (sorted by start, disjoint) that overlap [a, b).
-fn overlapping_areas(sorted: &[Vma], a: u64, b: u64) -> &[Vma] {
-    let lo = sorted.partition_point(|v| v.end <= a);
-    let hi = lo + sorted[lo..].partition_point(|v| v.start < b);
-    &sorted[lo..hi]
-}
-
+/// Every private anonymous area must be one kernel VMA, as on the source: a
+/// process may mremap or munmap it whole (mremap fails with EFAULT across
+/// VMAs). Pieces kept from earlier rounds do not always merge (each has its
+/// own anon_vma), so an area found split is rebuilt: a new mapping is made
+/// elsewhere, the present pages are copied into it, and it is moved over the
+/// pieces (mremap MREMAP_FIXED replaces them at once).
 fn rejoin_split_areas(s: &mut Stub, want: &[&Vma]) -> Result<()> {
     const MREMAP_MAYMOVE: u64 = 1;
     const MREMAP_FIXED: u64 = 2;
     let split: Vec<&Vma> = {
         let have = memory::vmas(s.host)?;
-        let whole = |w: &Vma| overlapping_areas(&have, w.start, w.end).first().is_some_and(|h| h.start <= w.start && w.end <= h.end);
+        let whole = |w: &Vma| memory::areas_overlapping(&have, w.start, w.end).first().is_some_and(|h| h.start <= w.start && w.end <= h.end);
         want.iter().copied().filter(|w| w.kind == Kind::Anon && !w.shared && !whole(w)).collect()
     };
     if split.is_empty() {

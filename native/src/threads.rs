@@ -215,12 +215,12 @@ pub fn apply_final_state(tid: Pid, regs: &Regs, xsave: &[u8], mask: u64) -> Resu
     if !xsave.is_empty() {
         // The kernel takes only a whole XSAVE area: pad what the dump trimmed.
         let full;
-        let xsave = match ptrace::ext_state_size(tid) {
-            Some(n) if n > xsave.len() => {
-                full = [xsave, &vec![0u8; n - xsave.len()][..]].concat();
-                &full[..]
-            }
-            _ => xsave,
+        let n = crate::arch::xsave_info().1 as usize;
+        let xsave = if n > xsave.len() {
+            full = [xsave, &vec![0u8; n - xsave.len()][..]].concat();
+            &full[..]
+        } else {
+            xsave
         };
         ptrace::set_ext_state(tid, xsave).map_err(|e| e.context(format!("thread {}: restoring FPU/vector state (different CPU features?)", tid)))?;
     }

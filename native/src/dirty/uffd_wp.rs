@@ -334,8 +334,7 @@ impl UffdTracker {
     fn continued(&self, v: &Vma) -> Option<(u64, u64)> {
         // prev is sorted and disjoint: the areas overlapping v are one run
         // of it (a search per area, not a walk: thousands of areas).
-        let lo = self.prev.partition_point(|p| p.1 <= v.start);
-        let over = &self.prev[lo..lo + self.prev[lo..].partition_point(|p| p.0 < v.end)];
+        let over = crate::memory::ranges_overlapping(&self.prev, v.start, v.end);
         match over {
             [p] => Some(*p),
             _ => over.iter().find(|p| p.0 == v.start).copied(),

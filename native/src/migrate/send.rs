@@ -170,9 +170,7 @@ fn layout_json(vmas: &[Vma], keep: &[(u64, u64)]) -> Json {
     Json::Arr(
         vmas.iter()
             .map(|v| {
-                // (keep is sorted: only the ranges that can overlap are looked at)
-                let from = keep.partition_point(|k| k.1 <= v.start);
-                let mine = keep[from..].iter().take_while(|k| k.0 < v.end).filter(|k| k.1 > v.start).map(|k| Json::Arr(vec![Json::from(k.0.max(v.start)), Json::from(k.1.min(v.end))]));
+                let mine = crate::memory::ranges_overlapping(keep, v.start, v.end).iter().map(|k| Json::Arr(vec![Json::from(k.0.max(v.start)), Json::from(k.1.min(v.end))]));
                 v.to_json().with("keep", mine.collect::<Vec<_>>())
             })
             .collect(),

@@ -295,7 +295,7 @@ impl SourceEngine {
     /// in the final round), and the TREE frame that tells the destination
     /// the final tree and which stubs to drop (None when nothing changed).
     /// Trackers of processes that are gone are stopped.
-    fn tree_changes(&mut self, frozen: &Frozen) -> Result<(Vec<Pid>, Option<Json>)> {
+    fn tree_changes(&mut self, frozen: &Frozen) -> Result<(Vec<(Pid, Vec<Vma>)>, Option<Json>)> {
         let now: std::collections::BTreeMap<Pid, (bool, u64)> = frozen.procs.iter().map(|fz| (fz.pid, (fz.zombie.is_some(), start_time(fz.pid)))).collect();
         let gone: Vec<Pid> = self.prepared.iter().filter(|(p, v)| now.get(p) != Some(v)).map(|(p, _)| *p).collect();
         let is_new = |pid: &Pid| self.prepared.get(pid) != now.get(pid);
@@ -309,8 +309,10 @@ impl SourceEngine {
             let mut e = match fz.zombie {
                 Some(status) => zombie_entry(fz, status),
                 None if new => {
-                    fresh.push(fz.pid);
-                    layout_entry(fz, &memory::vmas(fz.pid)?)
+                    let vmas = memory::vmas(fz.pid)?;
+                    let e = layout_entry(fz, &vmas);
+                    fresh.push((fz.pid, vmas));
+                    e
                 }
                 None => layout_entry(fz, &[]),
             };
@@ -362,7 +364,7 @@ impl SourceEngine {
             }
         };
         let mut vm_flags = vm_flags;
-        for &pid in &fresh {
+        for &(pid, _) in &fresh {
             vm_flags.insert(pid, crate::proc::vm_flags(pid).unwrap_or_default());
         }
         let freeze_us = t0.elapsed().as_micros() as u64;
@@ -758,13 +760,12 @@ fn resident_bytes(pid: Pid) -> u64 {
 /// Each tracked process's current layout and the pages a round must send:
 /// everything present in round 0, the pages written since the last round
 /// after; everything present for the `fresh` processes (not tracked: new
-/// since the stubs were made).
-fn collect(trackers: &mut [Tracker], first: bool, fresh: &[Pid]) -> Result<Vec<ProcessRound>> {
+/// since the stubs were made; their areas read at the freeze).
+fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)]) -> Result<Vec<ProcessRound>> {
     let mut work = Vec::new();
-    for &pid in fresh {
-        let vmas = memory::vmas(pid)?;
-        let pages = present_pages(pid, &vmas)?;
-        work.push(ProcessRound { pid, vmas, pages, keep: Vec::new() });
+    for (pid, vmas) in fresh {
+        let pages = present_pages(*pid, vmas)?;
+        work.push(ProcessRound { pid: *pid, vmas: vmas.clone(), pages, keep: Vec::new() });
     }
     for t in trackers.iter_mut() {
         let pid = t.pid();
