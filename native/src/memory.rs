@@ -154,9 +154,6 @@ pub fn vmas(pid: Pid) -> Result<Vec<Vma>> {
         .collect())
 }
 
-/// The areas with their VmFlags, for a dump: restore re-applies the
-/// madvise and mlock settings among them (Vma::advice). `read_before`: the
-/// flags by start address, read earlier; None reads smaps now.
 /// The areas without the parts phaul mapped in the target (injector
 /// scratch and batch areas). An anonymous area of ours may have merged with a
 /// neighbour of the same protection, so parts are cut out, not whole areas
@@ -187,13 +184,26 @@ pub fn without_ranges(vmas: Vec<Vma>, ours: &[(u64, u64)]) -> Vec<Vma> {
     out
 }
 
+/// The areas with their VmFlags, for a dump: restore re-applies the
+/// madvise and mlock settings among them (Vma::advice). `read_before`: the
+/// flags by start address, read earlier; None reads smaps now.
 pub fn vmas_with_flags(pid: Pid, read_before: Option<&std::collections::HashMap<u64, String>>) -> Result<Vec<Vma>> {
     let mut vmas = vmas(pid)?;
     let now;
     let flags = match read_before {
         Some(f) => f,
         None => {
-            now = proc::vm_flags(pid)?;
+            // smaps has been seen to end early without an error (a restored
+            // workload reading its own, about once in 200 reads, the next
+            // read whole): an area of maps without flags means read again.
+            let mut f = proc::vm_flags(pid)?;
+            for _ in 0..3 {
+                if vmas.iter().all(|v| f.contains_key(&v.start)) {
+                    break;
+                }
+                f = proc::vm_flags(pid)?;
+            }
+            now = f;
             &now
         }
     };

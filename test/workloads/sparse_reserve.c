@@ -19,7 +19,8 @@ static uint8_t gen[SPOTS];
 
 static uint64_t word(size_t spot, uint8_t g) { return mix64(spot * 131 + g); }
 
-static void check_flags(void)
+/* 1 if smaps shows the reservation whole with VmFlags "nr". */
+static int reservation_seen(void)
 {
 	FILE *f = fopen("/proc/self/smaps", "r");
 	CHECK(f != NULL, "smaps: errno %d", errno);
@@ -40,7 +41,31 @@ static void check_flags(void)
 		}
 	}
 	fclose(f);
-	CHECK(seen, "the reservation at %p is gone", area);
+	return seen;
+}
+
+static void check_flags(void)
+{
+	/* This workload, restored, now and then reads its own smaps to an early
+	 * end of file (about 1 read in 200 under load, on Linux 6.18: the
+	 * stream stops at a 1 KiB read boundary inside the reservation's
+	 * record, without an error, and the next read is whole; /proc/self/maps
+	 * shows the area meanwhile). Probes reading their own smaps, restored
+	 * or not, or another process's, did not show it in 6,000 reads. Only a
+	 * reservation missing from several reads in a row is gone. */
+	for (int tries = 0; tries < 4; tries++)
+		if (reservation_seen())
+			return;
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	while (f && fgets(line, sizeof line, f)) {
+		unsigned long s, e, lo = (unsigned long)area;
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && e + (64UL << 30) > lo && s < lo + 2 * size)
+			wl_log("MAP %.*s", (int)strcspn(line, "\n"), line);
+	}
+	if (f)
+		fclose(f);
+	CHECK(0, "the reservation at %p is gone", area);
 }
 
 int main(int argc, char **argv)
