@@ -56,6 +56,8 @@ describe('sockets and event descriptors under live migration', () => {
       });
     await connect('127.0.0.1', ports[0]!);
     await connect('::1', ports[1]!);
+    // and the workload goes on with its own connections
+    await waitForOk(w, lastOk(w) + 2);
     await h.kill(w);
   });
 
