@@ -89,6 +89,11 @@ fn wait_interrupted(tid: Pid, timeout: std::time::Duration) -> Result<Waited> {
     }
 }
 
+/// A thread that is a zombie, dead or gone.
+fn exited(tid: Pid) -> bool {
+    proc::stat(tid).map(|(_, f)| f.first().map(|s| s == "Z" || s == "X").unwrap_or(true)).unwrap_or(true)
+}
+
 fn is_zombie(pid: Pid) -> bool {
     proc::stat(pid).map(|(_, f)| f.first().map(|s| s == "Z").unwrap_or(false)).unwrap_or(false)
 }
@@ -125,6 +130,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
     let mut stopped: BTreeMap<Pid, i32> = BTreeMap::new();
     let mut frozen = Frozen { root, procs: Vec::new(), released: false };
     let mut stuck = None;
+    let mut exiting = std::collections::BTreeSet::new();
     let res = (|| -> Result<()> {
         loop {
             let mut changed = false;
@@ -162,6 +168,15 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                     match ptrace::seize(t, SEIZE_OPTIONS) {
                         Ok(()) => {}
                         Err(e) if e.errno == 3 => continue, // ESRCH: gone
+                        // EPERM also comes from a thread that has just
+                        // exited (the kernel refuses a zombie): the next
+                        // walk finds its process a zombie, or gone.
+                        Err(e) if e.errno == 1 && exited(t) => {
+                            if exiting.insert(t) {
+                                changed = true;
+                            }
+                            continue;
+                        }
                         Err(e) if e.errno == 1 => {
                             return Err(Error::new("EPERM", format!("cannot trace thread {} of process {}: {} (is it traced by someone else?)", t, p, e.message)))
                         }
