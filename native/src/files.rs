@@ -471,6 +471,19 @@ impl FileCtx<'_> {
 
 // ---- restore side ----
 
+/// A /proc entry of a process of the tree, under its host pid.
+fn open_proc_entry(f: &Json, hosts: &BTreeMap<Pid, Pid>) -> Result<Fd> {
+    let pid = f.i64_of("proc_pid").unwrap_or(0) as Pid;
+    let path = f.str_of("path").unwrap_or("");
+    let host = *hosts.get(&pid).ok_or_else(|| Error::new("EIMAGE", format!("{} names process {}, which is not in the image", path, pid)))?;
+    let here = crate::procpid::on_host(path, pid, host);
+    let fd = open_path(&here, open_flags(f)).map_err(|e| Error::new("EFILE", format!("{} of the restored process {}: {}", path, pid, e.message)))?;
+    if f.str_of("kind") == Some("reg") {
+        sys::call(&format!("lseek {}", here), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
+    }
+    Ok(fd)
+}
+
 /// Open every file description of the image in phaul's own process.
 pub struct Opened {
     pub by_id: BTreeMap<u64, Fd>,
@@ -480,6 +493,9 @@ pub struct Opened {
     keep: Vec<Fd>,
     /// Image pid -> host pid of every process of the tree (open_proc_entries).
     pub proc_hosts: BTreeMap<Pid, Pid>,
+    /// Entries naming a descriptor (/proc/PID/fdinfo/N), by file id: opened
+    /// by `open_deferred` once the descriptors are installed.
+    deferred: BTreeMap<u64, Json>,
 }
 
 impl Opened {
@@ -500,16 +516,31 @@ impl Opened {
             let Some(pid) = f.i64_of("proc_pid").map(|p| p as Pid) else { continue };
             let id = f.u64_of("id").ok_or_else(|| Error::new("EIMAGE", "a file entry has no id"))?;
             let path = f.str_of("path").unwrap_or("");
-            let host = *hosts.get(&pid).ok_or_else(|| Error::new("EIMAGE", format!("{} names process {}, which is not in the image", path, pid)))?;
-            let here = crate::procpid::on_host(path, pid, host);
-            let fd = open_path(&here, open_flags(f)).map_err(|e| Error::new("EFILE", format!("{} of the restored process {}: {}", path, pid, e.message)))?;
-            if f.str_of("kind") == Some("reg") {
-                sys::call(&format!("lseek {}", here), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
+            if !hosts.contains_key(&pid) {
+                return Err(Error::new("EIMAGE", format!("{} names process {}, which is not in the image", path, pid)));
             }
+            if crate::procpid::names_descriptor(path) {
+                self.deferred.insert(id, f.clone());
+                continue;
+            }
+            let fd = open_proc_entry(f, &hosts)?;
             self.by_id.insert(id, fd);
         }
         self.proc_hosts = hosts;
         Ok(())
+    }
+
+    /// The file ids `open_deferred` opens.
+    pub fn is_deferred(&self, id: u64) -> bool {
+        self.deferred.contains_key(&id)
+    }
+
+    /// An entry naming a descriptor, once that descriptor is installed
+    /// (a process reading its own /proc/self/fdinfo/N at the freeze). One
+    /// open per process holding it: the file offset is not shared.
+    pub fn open_deferred(&self, id: u64) -> Result<Fd> {
+        let f = self.deferred.get(&id).ok_or_else(|| Error::new("EPANIC", format!("file {} is not a deferred /proc entry", id)))?;
+        open_proc_entry(f, &self.proc_hosts)
     }
 
     /// Put every restored TCP socket into repair mode, so that killing a
@@ -585,7 +616,7 @@ pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
         keep.push(b);
     }
     ptys.relock()?;
-    Ok(Opened { by_id, ptys, keep, proc_hosts: BTreeMap::new() })
+    Ok(Opened { by_id, ptys, keep, proc_hosts: BTreeMap::new(), deferred: BTreeMap::new() })
 }
 
 fn open_each(

@@ -193,17 +193,7 @@ pub fn vmas_with_flags(pid: Pid, read_before: Option<&std::collections::HashMap<
     let flags = match read_before {
         Some(f) => f,
         None => {
-            // smaps has been seen to end early without an error (a restored
-            // workload reading its own, about once in 200 reads, the next
-            // read whole): an area of maps without flags means read again.
-            let mut f = proc::vm_flags(pid)?;
-            for _ in 0..3 {
-                if vmas.iter().all(|v| f.contains_key(&v.start)) {
-                    break;
-                }
-                f = proc::vm_flags(pid)?;
-            }
-            now = f;
+            now = proc::vm_flags(pid)?;
             &now
         }
     };

@@ -24,6 +24,22 @@ pub fn maps(pid: Pid) -> Result<Vec<MapLine>> {
 /// kernel shows what madvise() and mlock() set on an area; it costs a page
 /// table walk per area, so it is read for dumps only.
 pub fn vm_flags(pid: Pid) -> Result<std::collections::HashMap<u64, String>> {
+    // smaps has been seen to end early without an error (a restored
+    // workload reading its own, about once in 200 reads, the next read
+    // whole): an area of maps without flags means read again. A running
+    // process may also have changed its areas in between: after three
+    // reads, what was read is what there is.
+    let mut flags = read_vm_flags(pid)?;
+    for _ in 0..3 {
+        if maps(pid)?.iter().all(|m| flags.contains_key(&m.start)) {
+            break;
+        }
+        flags = read_vm_flags(pid)?;
+    }
+    Ok(flags)
+}
+
+fn read_vm_flags(pid: Pid) -> Result<std::collections::HashMap<u64, String>> {
     let text = fs::read_to_string(format!("/proc/{}/smaps", pid)).ctx(format!("reading /proc/{}/smaps", pid))?;
     let mut out = std::collections::HashMap::new();
     let mut start = None;

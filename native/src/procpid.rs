@@ -40,6 +40,15 @@ pub fn parse(path: &str) -> Option<Entry> {
     Some(Entry { pid, tid: None, rest: rest.to_string() })
 }
 
+/// An entry naming one descriptor ("/proc/PID/fd/N", "/proc/PID/fdinfo/N"):
+/// it opens only once descriptor N is installed.
+pub fn names_descriptor(path: &str) -> bool {
+    parse(path).is_some_and(|e| {
+        let r = e.rest.trim_start_matches('/');
+        r.strip_prefix("fd/").or_else(|| r.strip_prefix("fdinfo/")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 /// `path` (an entry of process `pid`) under the pid `host` instead.
 pub fn on_host(path: &str, pid: Pid, host: Pid) -> String {
     match parse(path) {

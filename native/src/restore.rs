@@ -488,13 +488,24 @@ fn install_fds(inj: &mut Injector, p: &Json, host: Pid, opened: &files::Opened) 
     let pidfd = crate::sys::pidfd_open(host)?;
     let chan = FdChannel::open(inj, &pidfd, park)?;
     let mut items = Vec::with_capacity(fds.len());
+    let mut later = Vec::new();
     for f in fds {
         let id = f.u64_of("file_id").unwrap_or(0);
         let fd = f.i64_of("fd").filter(|&x| (0..1 << 20).contains(&x)).ok_or_else(|| Error::new("EIMAGE", "a descriptor number in the image is not valid"))?;
+        if opened.is_deferred(id) {
+            later.push((id, fd as i32, f.bool_of("cloexec")));
+            continue;
+        }
         let obj = opened.by_id.get(&id).ok_or_else(|| Error::new("EIMAGE", format!("fd {} refers to a file missing from the image", fd)))?;
         items.push((obj, fd as i32, f.bool_of("cloexec")));
     }
     chan.install_all(inj, &items).ctx("installing the descriptors")?;
+    // /proc/PID/fdinfo/N opens once descriptor N is there.
+    if !later.is_empty() {
+        let objs = later.iter().map(|(id, _, _)| opened.open_deferred(*id)).collect::<Result<Vec<_>>>()?;
+        let items: Vec<_> = objs.iter().zip(&later).map(|(o, (_, fd, cloexec))| (o, *fd, *cloexec)).collect();
+        chan.install_all(inj, &items).ctx("installing the descriptors naming descriptors")?;
+    }
     chan.close(inj)
 }
 

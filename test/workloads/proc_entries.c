@@ -1,10 +1,11 @@
 /* Descriptors and a working directory under /proc/PID.
  * Default mode: R forks a child C, then keeps open /proc/self/status,
  * /proc/thread-self/status, /proc/C/status and the directory /proc/C, and
- * works in /proc/self. Each pass every one of them must still name the
+ * works in /proc/self, and keeps open /proc/self/fdinfo/N of a pipe end
+ * opened O_NONBLOCK (it opens only while fd N exists). Each pass every one of them must still name the
  * process it was opened on: the last NSpid of each status file (the pid in
  * the process's own namespace, also after a restore into a new one) is
- * R's or C's.
+ * R's or C's, and the fdinfo names the pipe end (its flags, O_NONBLOCK).
  * "dead": an fd on the /proc directory of a child that has since been
  * reaped (phaul must refuse it: nothing can bring that process back).
  * R logs "OK <n>" per pass, FAIL on a mismatch. */
@@ -70,6 +71,10 @@ int main(int argc, char **argv)
 	int cstatus = open_ok(p, O_RDONLY);
 	int self = open_ok("/proc/self/status", O_RDONLY);
 	int thread = open_ok("/proc/thread-self/status", O_RDONLY);
+	int pfd[2];
+	CHECK(pipe2(pfd, O_NONBLOCK) == 0, "pipe2 errno %d", errno);
+	snprintf(p, sizeof p, "/proc/self/fdinfo/%d", pfd[0]);
+	int info = open_ok(p, O_RDONLY);
 	CHECK(chdir("/proc/self") == 0, "chdir /proc/self errno %d", errno);
 	wl_log("READY");
 	for (uint64_t i = 1;; i++) {
@@ -85,6 +90,12 @@ int main(int argc, char **argv)
 		CHECK(s >= 0, "open status in the cwd /proc/self errno %d", errno);
 		CHECK(nspid_at(s, "cwd status") == me, "the cwd /proc/self names pid %ld, not %ld", nspid_at(s, "cwd"), me);
 		close(s);
+		char ib[512];
+		ssize_t n = pread(info, ib, sizeof ib - 1, 0);
+		CHECK(n > 0, "fdinfo of fd %d: read errno %d", pfd[0], errno);
+		ib[n] = 0;
+		char *fl = strstr(ib, "flags:");
+		CHECK(fl && (strtoul(fl + 6, NULL, 8) & O_NONBLOCK), "fdinfo of fd %d does not name the non-blocking pipe end: %s", pfd[0], ib);
 		wl_log("OK %lu", (unsigned long)i);
 		sleep_ms(20);
 	}
