@@ -10,6 +10,8 @@
 //! exist, under the pid phaul sees the restored process with (its host pid,
 //! when the tree gets a pid namespace of its own); opened any earlier, it
 //! would be missing, or be the frozen source's on a migration to this host.
+//! An entry naming a descriptor (/proc/PID/fdinfo/N) opens later still,
+//! once the process's other descriptors are installed.
 
 use crate::sys::{Error, Pid, Result};
 use std::os::unix::fs::MetadataExt;
