@@ -471,11 +471,17 @@ impl FileCtx<'_> {
 
 // ---- restore side ----
 
+/// The host pid of the process a /proc entry names.
+fn proc_entry_host(f: &Json, hosts: &BTreeMap<Pid, Pid>) -> Result<Pid> {
+    let pid = f.i64_of("proc_pid").unwrap_or(0) as Pid;
+    hosts.get(&pid).copied().ok_or_else(|| Error::new("EIMAGE", format!("{} names process {}, which is not in the image", f.str_of("path").unwrap_or(""), pid)))
+}
+
 /// A /proc entry of a process of the tree, under its host pid.
 fn open_proc_entry(f: &Json, hosts: &BTreeMap<Pid, Pid>) -> Result<Fd> {
     let pid = f.i64_of("proc_pid").unwrap_or(0) as Pid;
     let path = f.str_of("path").unwrap_or("");
-    let host = *hosts.get(&pid).ok_or_else(|| Error::new("EIMAGE", format!("{} names process {}, which is not in the image", path, pid)))?;
+    let host = proc_entry_host(f, hosts)?;
     let here = crate::procpid::on_host(path, pid, host);
     let fd = open_path(&here, open_flags(f)).map_err(|e| Error::new("EFILE", format!("{} of the restored process {}: {}", path, pid, e.message)))?;
     if f.str_of("kind") == Some("reg") {
@@ -513,13 +519,12 @@ impl Opened {
     /// pid -> host pid, kept for working directories under /proc too).
     pub fn open_proc_entries(&mut self, files: &[Json], hosts: BTreeMap<Pid, Pid>) -> Result<()> {
         for f in files {
-            let Some(pid) = f.i64_of("proc_pid").map(|p| p as Pid) else { continue };
-            let id = f.u64_of("id").ok_or_else(|| Error::new("EIMAGE", "a file entry has no id"))?;
-            let path = f.str_of("path").unwrap_or("");
-            if !hosts.contains_key(&pid) {
-                return Err(Error::new("EIMAGE", format!("{} names process {}, which is not in the image", path, pid)));
+            if f.i64_of("proc_pid").is_none() {
+                continue;
             }
-            if crate::procpid::names_descriptor(path) {
+            let id = f.u64_of("id").ok_or_else(|| Error::new("EIMAGE", "a file entry has no id"))?;
+            if crate::procpid::names_descriptor(f.str_of("path").unwrap_or("")) {
+                proc_entry_host(f, &hosts)?; // an image naming another process fails here, not later
                 self.deferred.insert(id, f.clone());
                 continue;
             }

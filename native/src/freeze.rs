@@ -89,11 +89,6 @@ fn wait_interrupted(tid: Pid, timeout: std::time::Duration) -> Result<Waited> {
     }
 }
 
-/// A thread that is a zombie, dead or gone.
-fn exited(tid: Pid) -> bool {
-    proc::stat(tid).map(|(_, f)| f.first().map(|s| s == "Z" || s == "X").unwrap_or(true)).unwrap_or(true)
-}
-
 fn is_zombie(pid: Pid) -> bool {
     proc::stat(pid).map(|(_, f)| f.first().map(|s| s == "Z").unwrap_or(false)).unwrap_or(false)
 }
@@ -171,7 +166,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                         // EPERM also comes from a thread that has just
                         // exited (the kernel refuses a zombie): the next
                         // walk finds its process a zombie, or gone.
-                        Err(e) if e.errno == 1 && exited(t) => {
+                        Err(e) if e.errno == 1 && proc::exited(t) => {
                             if exiting.insert(t) {
                                 changed = true;
                             }

@@ -193,7 +193,7 @@ pub fn vmas_with_flags(pid: Pid, read_before: Option<&std::collections::HashMap<
     let flags = match read_before {
         Some(f) => f,
         None => {
-            now = proc::vm_flags(pid)?;
+            now = proc::vm_flags_covering(pid, &vmas.iter().map(|v| v.start).collect::<Vec<_>>())?;
             &now
         }
     };
@@ -433,9 +433,6 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
     Ok(())
 }
 
-/// Re-apply an area's madvise and mlock settings. Called once its pages are
-/// in (mlock would fault an empty area in) and the stub's children are
-/// forked (DONTFORK and WIPEONFORK would take the area from them).
 /// The ranges of `sorted` (sorted, disjoint) that overlap [a, b): a
 /// binary search, for processes with thousands of areas.
 pub fn ranges_overlapping(sorted: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)] {
@@ -451,6 +448,9 @@ pub fn areas_overlapping(sorted: &[Vma], a: u64, b: u64) -> &[Vma] {
     &sorted[lo..hi]
 }
 
+/// Re-apply an area's madvise and mlock settings. Called once its pages are
+/// in (mlock would fault an empty area in) and the stub's children are
+/// forked (DONTFORK and WIPEONFORK would take the area from them).
 /// Put back the madvise and mlock settings of `vmas`. The madvise calls
 /// run as batches (glibc marks every thread stack and its guard page
 /// MADV_NOHUGEPAGE: 128 calls for 64 threads, one stop each before).

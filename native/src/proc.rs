@@ -24,14 +24,20 @@ pub fn maps(pid: Pid) -> Result<Vec<MapLine>> {
 /// kernel shows what madvise() and mlock() set on an area; it costs a page
 /// table walk per area, so it is read for dumps only.
 pub fn vm_flags(pid: Pid) -> Result<std::collections::HashMap<u64, String>> {
-    // smaps has been seen to end early without an error (a restored
-    // workload reading its own, about once in 200 reads, the next read
-    // whole): an area of maps without flags means read again. A running
-    // process may also have changed its areas in between: after three
-    // reads, what was read is what there is.
+    let starts: Vec<u64> = maps(pid)?.iter().map(|m| m.start).collect();
+    vm_flags_covering(pid, &starts)
+}
+
+/// `vm_flags`, for the areas starting at `starts` (read from maps by the
+/// caller). smaps has been seen to end early without an error (a restored
+/// workload reading its own, about once in 200 reads, the next read
+/// whole): an area without flags means read again. A running process may
+/// also have changed its areas in between: after four reads, what was read
+/// is what there is.
+pub fn vm_flags_covering(pid: Pid, starts: &[u64]) -> Result<std::collections::HashMap<u64, String>> {
     let mut flags = read_vm_flags(pid)?;
     for _ in 0..3 {
-        if maps(pid)?.iter().all(|m| flags.contains_key(&m.start)) {
+        if starts.iter().all(|s| flags.contains_key(s)) {
             break;
         }
         flags = read_vm_flags(pid)?;
