@@ -38,6 +38,7 @@ fn warm_heap() {
     const M_MMAP_THRESHOLD: i32 = -3;
     const M_ARENA_MAX: i32 = -8;
     const MADV_POPULATE_WRITE: u64 = 23;
+    const MADV_DONTFORK: u64 = 10;
     const BLOCK: usize = 1 << 20;
     unsafe {
         mallopt(M_ARENA_MAX, 1);
@@ -46,10 +47,23 @@ fn warm_heap() {
         mallopt(M_MMAP_THRESHOLD, 32 << 20);
     }
     let blocks: Vec<Vec<u8>> = (0..32).map(|_| Vec::with_capacity(BLOCK)).collect();
+    let (mut lo, mut hi) = (u64::MAX, 0);
     for b in &blocks {
         let start = (b.as_ptr() as u64 + 4095) & !4095;
         let end = (b.as_ptr() as u64 + BLOCK as u64) & !4095;
         let _ = unsafe { sys::raw(nr::MADVISE, &[start, end - start, MADV_POPULATE_WRITE]) };
+        lo = lo.min(start);
+        hi = hi.max(end);
+    }
+    // Kept out of the processes the engine forks (the intermediate and the
+    // root stub, which run raw syscalls only and then drop the engine's
+    // memory): a fork write-protects every page it shares, and the engine's
+    // next write to each faults again, in the frozen window. Measured: a
+    // 128-thread restore took about 800 such faults. A 128-thread
+    // migration was frozen 72-77 ms with the blocks kept out, 81-95 ms
+    // without (three runs each; 64 threads: 40-54 against 47-53 ms).
+    if lo < hi && hi - lo <= 2 * 32 * BLOCK as u64 {
+        let _ = unsafe { sys::raw(nr::MADVISE, &[lo, hi - lo, MADV_DONTFORK]) };
     }
     drop(blocks);
 }
