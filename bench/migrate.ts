@@ -12,7 +12,9 @@
 //                 stalls the machine itself imposes on everything while
 //                 pre-copy fills fresh memory (on this VM, tens of ms; see
 //                 docs/migrate.md).
-// Raw loopback TCP throughput is measured in the same run for comparison.
+// Raw loopback TCP throughput and the rate of filling fresh memory with
+// process_vm_writev (the destination's share of the work, no network) are
+// measured in the same run for comparison.
 //
 //   node dist/bench/migrate.js [--sizes 256,1024,4096] [--rate 16] [--out FILE]
 //
@@ -76,14 +78,20 @@ function run(file: string, args: string[], timeoutMs: number): Promise<{ code: n
   });
 }
 
-async function tcpThroughput(mib: number): Promise<{ tool: string; mbps: number; seconds: number }> {
-  const bin = path.join(REPO, 'dist', 'bench', 'tcpblast');
+/** Build bench/NAME.c into dist/bench/NAME. */
+function buildTool(name: string): string {
+  const bin = path.join(REPO, 'dist', 'bench', name);
   try {
     mkdirSync(path.dirname(bin), { recursive: true });
-    execFileSync('gcc', ['-O2', '-o', bin, path.join(REPO, 'bench', 'tcpblast.c')], { stdio: 'pipe' });
+    execFileSync('gcc', ['-O2', '-o', bin, path.join(REPO, 'bench', `${name}.c`)], { stdio: 'pipe' });
   } catch (e) {
-    throw new Error(`cannot build bench/tcpblast.c: ${(e as Error).message}`);
+    throw new Error(`cannot build bench/${name}.c: ${(e as Error).message}`);
   }
+  return bin;
+}
+
+async function tcpThroughput(mib: number): Promise<{ tool: string; mbps: number; seconds: number }> {
+  const bin = buildTool('tcpblast');
   let best = { tool: 'tcpblast (C, 1 MiB send/recv, loopback)', mbps: 0, seconds: 0 };
   for (let i = 0; i < 3; i++) {
     const r = await run(bin, [String(mib)], 120_000);
@@ -92,6 +100,25 @@ async function tcpThroughput(mib: number): Promise<{ tool: string; mbps: number;
     if (Number(m[2]) > best.mbps) best = { ...best, seconds: Number(m[1]), mbps: Number(m[2]) };
   }
   return best;
+}
+
+/**
+ * Fresh-memory fill rate (bench/fillblast.c): process_vm_writev into memory
+ * a child never touched, one thread, no network: the work the destination
+ * does for every page. Three runs: the first usually lands on memory the
+ * VM has not used lately (slow on this host), the later ones on memory the
+ * previous run just freed.
+ */
+async function fillRate(mib: number): Promise<{ first_mbps: number; best_mbps: number }> {
+  const bin = buildTool('fillblast');
+  const rates: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await run(bin, [String(mib)], 120_000);
+    const m = /mbps=([\d.]+)/.exec(r.stdout);
+    if (r.code !== 0 || !m) throw new Error(`fillblast failed: ${r.stderr}`);
+    rates.push(Number(m[1]));
+  }
+  return { first_mbps: rates[0]!, best_mbps: Math.max(...rates) };
 }
 
 interface Gap { us: number; at: number }
@@ -168,9 +195,12 @@ async function main(): Promise<void> {
   const agent = await startAgent();
   const results: Row[] = [];
   let tcp;
+  let fill;
   try {
     tcp = await tcpThroughput(Number(values['blast-mib']));
     process.stderr.write(`loopback TCP: ${tcp.mbps} MB/s (${tcp.tool})\n`);
+    fill = await fillRate(Number(values['blast-mib']));
+    process.stderr.write(`fresh-memory fill: ${fill.first_mbps} MB/s first run, ${fill.best_mbps} MB/s best of 3\n`);
     for (const mib of sizes) {
       for (const mode of ['pre-copy', 'stop-and-copy'] as const) {
         process.stderr.write(`${mib} MiB ${mode} ...\n`);
@@ -197,9 +227,10 @@ async function main(): Promise<void> {
   const failures = results.filter((r) => !r.ok).map((r) => `${r.mib} MiB ${r.mode}: ${r.error}\n`).join('');
   process.stdout.write(
     `\nphaul live migration, dirtier writing ${rate} MB/s, ${os.cpus().length} CPUs, Linux ${os.release()}\n` +
-      `raw loopback TCP: ${tcp?.mbps} MB/s\n\n` + table([header, ...body]) + '\n' + (failures ? `\n${failures}` : ''),
+      `raw loopback TCP: ${tcp?.mbps} MB/s\n` +
+      `fresh-memory fill (process_vm_writev, 1 thread, no network): ${fill?.first_mbps} MB/s first run, ${fill?.best_mbps} MB/s best of 3\n\n` + table([header, ...body]) + '\n' + (failures ? `\n${failures}` : ''),
   );
-  const doc = { date: new Date().toISOString(), kernel: os.release(), cpus: os.cpus().length, rate_mbps: rate, tcp, results };
+  const doc = { date: new Date().toISOString(), kernel: os.release(), cpus: os.cpus().length, rate_mbps: rate, tcp, fill, results };
   mkdirSync(path.dirname(values.out!), { recursive: true });
   writeFileSync(values.out!, JSON.stringify(doc, null, 2) + '\n');
   process.stdout.write(`\nresults: ${values.out}\n`);
