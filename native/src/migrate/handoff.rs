@@ -188,8 +188,9 @@ impl Handoff {
         self.table.clone().unwrap_or_default()
     }
 
-    /// Add rules (one per line), creating the table on first use.
-    fn add_rules(&mut self, rules: &[String]) {
+    /// Add rules (one per line), creating the table on first use; with
+    /// `ready`, through the nft started beforehand.
+    fn add_rules(&mut self, rules: &[String], ready: bool) {
         if rules.is_empty() {
             return;
         }
@@ -205,7 +206,8 @@ impl Handoff {
         for r in rules {
             s += &format!("add rule inet {t} hold {r}\n");
         }
-        let ran = match self.ready.take() {
+        let pre = if ready { self.ready.take() } else { None };
+        let ran = match pre {
             Some(c) => run_nft(c, &s),
             None => nft(self.netns_pid, &s),
         };
@@ -223,6 +225,12 @@ impl Handoff {
         self.netns_pid = root;
         let t0 = Instant::now();
         let copies = socket_copies(pids);
+        // For the connection rules of after_freeze, when the tree has IP
+        // sockets: started now, so that it is ready by then.
+        let inet = copies.iter().any(|c| matches!(getsockopt_int(c, SOL_SOCKET, SO_DOMAIN), Some(2) | Some(10)));
+        if inet && self.ready.is_none() && nft_path().is_some() {
+            self.ready = start_nft(root).ok();
+        }
         let listeners: Vec<&Fd> = copies.iter().filter(|c| getsockopt_int(c, SOL_SOCKET, SO_ACCEPTCONN) == Some(1)).collect();
         let mut ports = BTreeSet::new();
         for l in &listeners {
@@ -234,7 +242,7 @@ impl Handoff {
             }
         }
         let rules: Vec<String> = ports.iter().map(|p| format!("tcp dport {} tcp flags & (syn | ack) == syn drop", p)).collect();
-        self.add_rules(&rules);
+        self.add_rules(&rules, false);
         let locked_us = t0.elapsed().as_micros() as u64;
         // Wait until no listener has a connection waiting to be accepted.
         let deadline = Instant::now() + drain;
@@ -249,10 +257,6 @@ impl Handoff {
         }
         if pending > 0 {
             self.warnings.push(format!("{} listener(s) still had connections waiting to be accepted at the freeze; those are reset", pending));
-        }
-        // For the connection rules of after_freeze.
-        if nft_path().is_some() {
-            self.ready = start_nft(root).ok();
         }
         self.stats = Json::obj()
             .with("listen_ports", ports.len() as u64)
@@ -295,7 +299,8 @@ impl Handoff {
         }
         drop(copies);
         let n = rules.len();
-        self.add_rules(&rules);
+        self.add_rules(&rules, true);
+        crate::sys::trace_mark("handoff: connections held");
         self.stats.set("held_connections", n as u64).set("hold_us", t0.elapsed().as_micros() as u64);
     }
 
