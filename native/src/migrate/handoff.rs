@@ -18,7 +18,9 @@
 //! an ICMP error (UDP). A per-migration nftables table (`inet phaul_*`)
 //! drops them: SYNs to the tree's listening ports from just before the
 //! freeze (new clients retry their SYN after 1 s), and every packet of the
-//! tree's established connections and UDP ports from the freeze on. The
+//! tree's established connections and UDP ports from the freeze on (added
+//! to the table's sets over netlink, nftnl.rs: running nft inside the
+//! frozen window cost 10-15 ms). The
 //! table is deleted once the destination runs the tree (source_commit)
 //! or the source resumes it (rollback). Without `nft` the handoff still
 //! works but is not protected (reported in the warnings).
@@ -31,7 +33,9 @@ use crate::proc;
 use crate::sys::{self, nr, Error, Fd, Pid, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
+use super::nftnl;
 use std::time::{Duration, Instant};
 
 const SOL_SOCKET: i32 = 1;
@@ -54,10 +58,9 @@ pub struct Handoff {
     watches: Vec<(Pid, i32, i32, u32, u64)>,
     pub warnings: Vec<String>,
     pub stats: Json,
-    /// An `nft -f -` started before the freeze, waiting for its script: it
-    /// takes nft 10-15 ms to start here and 5-6 ms to apply a script once
-    /// started, and the connection rules are added inside the frozen window.
-    ready: Option<Child>,
+    /// nf_tables netlink socket in the tree's network namespace: the
+    /// connections are added to the table's sets through it at the freeze.
+    nl: Option<Fd>,
 }
 
 impl Default for Handoff {
@@ -71,7 +74,7 @@ impl Default for Handoff {
             watches: Vec::new(),
             warnings: Vec::new(),
             stats: Json::obj(),
-            ready: None,
+            nl: None,
         }
     }
 }
@@ -170,12 +173,32 @@ fn socket_copies(pids: &[Pid]) -> Vec<Fd> {
     out
 }
 
+const HELD4: &str = "held4";
+const HELD6: &str = "held6";
+const HELD_UDP: &str = "held_udp";
+
+/// The handoff's table: sets of the connections (and UDP ports) to hold
+/// back, filled at the freeze, and the rules that drop what they match.
+fn table_script(t: &str) -> String {
+    format!(
+        "table inet {t} {{\n set {HELD4} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; }}\n set {HELD6} {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}\n set {HELD_UDP} {{ type inet_service; }}\n chain hold {{\n  type filter hook prerouting priority -300; policy accept;\n  ip saddr . tcp sport . ip daddr . tcp dport @{HELD4} drop\n  ip6 saddr . tcp sport . ip6 daddr . tcp dport @{HELD6} drop\n  udp dport @{HELD_UDP} drop\n }}\n}}\n"
+    )
+}
+
+/// The address of a socket name, an IPv4-mapped IPv6 one as the IPv4
+/// address its packets carry.
+fn ip_of(a: &Json) -> Option<IpAddr> {
+    match a.str_of("ip")?.parse::<IpAddr>().ok()? {
+        IpAddr::V6(v6) => Some(v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))),
+        v4 => Some(v4),
+    }
+}
+
 fn ip_match(a: &Json, dir: &str) -> String {
-    let ip = a.str_of("ip").unwrap_or("");
-    if ip.contains(':') {
-        format!("ip6 {}addr {}", dir, ip)
-    } else {
-        format!("ip {}addr {}", dir, ip)
+    match ip_of(a) {
+        Some(IpAddr::V6(ip)) => format!("ip6 {}addr {}", dir, ip),
+        Some(IpAddr::V4(ip)) => format!("ip {}addr {}", dir, ip),
+        None => format!("ip {}addr {}", dir, a.str_of("ip").unwrap_or("")),
     }
 }
 
@@ -188,10 +211,9 @@ impl Handoff {
         self.table.clone().unwrap_or_default()
     }
 
-    /// Add rules (one per line), creating the table on first use; with
-    /// `ready`, through the nft started beforehand.
-    fn add_rules(&mut self, rules: &[String], ready: bool) {
-        if rules.is_empty() {
+    /// Add rules (one per line), creating the table first if need be.
+    fn apply(&mut self, rules: &[String]) {
+        if rules.is_empty() && self.created {
             return;
         }
         if nft_path().is_none() {
@@ -201,17 +223,12 @@ impl Handoff {
         let t = self.table();
         let mut s = String::new();
         if !self.created {
-            s += &format!("table inet {t} {{\n chain hold {{\n  type filter hook prerouting priority -300; policy accept;\n }}\n}}\n");
+            s += &table_script(&t);
         }
         for r in rules {
             s += &format!("add rule inet {t} hold {r}\n");
         }
-        let pre = if ready { self.ready.take() } else { None };
-        let ran = match pre {
-            Some(c) => run_nft(c, &s),
-            None => nft(self.netns_pid, &s),
-        };
-        match ran {
+        match nft(self.netns_pid, &s) {
             Ok(()) => self.created = true,
             Err(e) => self.warnings.push(format!("packets are not held back during the handoff: {}", e.message)),
         }
@@ -225,12 +242,7 @@ impl Handoff {
         self.netns_pid = root;
         let t0 = Instant::now();
         let copies = socket_copies(pids);
-        // For the connection rules of after_freeze, when the tree has IP
-        // sockets: started now, so that it is ready by then.
-        let inet = copies.iter().any(|c| matches!(getsockopt_int(c, SOL_SOCKET, SO_DOMAIN), Some(2) | Some(10)));
-        if inet && self.ready.is_none() && nft_path().is_some() {
-            self.ready = start_nft(root).ok();
-        }
+        let inet = copies.iter().find(|c| matches!(getsockopt_int(c, SOL_SOCKET, SO_DOMAIN), Some(2) | Some(10)));
         let listeners: Vec<&Fd> = copies.iter().filter(|c| getsockopt_int(c, SOL_SOCKET, SO_ACCEPTCONN) == Some(1)).collect();
         let mut ports = BTreeSet::new();
         for l in &listeners {
@@ -242,7 +254,14 @@ impl Handoff {
             }
         }
         let rules: Vec<String> = ports.iter().map(|p| format!("tcp dport {} tcp flags & (syn | ack) == syn drop", p)).collect();
-        self.add_rules(&rules, false);
+        // With IP sockets the table (and its sets) is made now, outside the
+        // frozen window; after_freeze only fills the sets.
+        if let Some(c) = inet {
+            self.apply(&rules);
+            if self.created {
+                self.nl = nftnl::socket_beside(c).ok();
+            }
+        }
         let locked_us = t0.elapsed().as_micros() as u64;
         // Wait until no listener has a connection waiting to be accepted.
         let deadline = Instant::now() + drain;
@@ -272,6 +291,7 @@ impl Handoff {
         let pids: Vec<Pid> = frozen.live().map(|p| p.pid).collect();
         let copies = socket_copies(&pids);
         let mut rules = Vec::new();
+        let (mut flows4, mut flows6, mut udp) = (Vec::new(), Vec::new(), Vec::new());
         for c in &copies {
             let d = getsockopt_int(c, SOL_SOCKET, SO_DOMAIN).unwrap_or(0);
             if d != 2 && d != 10 {
@@ -280,18 +300,19 @@ impl Handoff {
             match getsockopt_int(c, SOL_SOCKET, SO_PROTOCOL) {
                 Some(6) if tcp_state(c) == Some(1) => {
                     if let (Some(l), Some(p)) = (name_of(c, false), name_of(c, true)) {
-                        rules.push(format!(
-                            "{} tcp sport {} {} tcp dport {} drop",
-                            ip_match(&p, "s"),
-                            p.u64_of("port").unwrap_or(0),
-                            ip_match(&l, "d"),
-                            l.u64_of("port").unwrap_or(0)
-                        ));
+                        let (pp, lp) = (p.u64_of("port").unwrap_or(0), l.u64_of("port").unwrap_or(0));
+                        rules.push(format!("{} tcp sport {} {} tcp dport {} drop", ip_match(&p, "s"), pp, ip_match(&l, "d"), lp));
+                        match (ip_of(&p), ip_of(&l)) {
+                            (Some(IpAddr::V4(a)), Some(IpAddr::V4(b))) => flows4.push(nftnl::key_flow(&a.octets(), pp as u16, &b.octets(), lp as u16)),
+                            (Some(IpAddr::V6(a)), Some(IpAddr::V6(b))) => flows6.push(nftnl::key_flow(&a.octets(), pp as u16, &b.octets(), lp as u16)),
+                            _ => {}
+                        }
                     }
                 }
                 Some(17) => {
                     if let Some(port) = name_of(c, false).and_then(|a| a.u64_of("port")).filter(|p| *p != 0) {
                         rules.push(format!("udp dport {} drop", port));
+                        udp.push(nftnl::key_port(port as u16));
                     }
                 }
                 _ => {}
@@ -299,7 +320,19 @@ impl Handoff {
         }
         drop(copies);
         let n = rules.len();
-        self.add_rules(&rules, true);
+        let added = match (&self.nl, &self.table) {
+            (Some(nl), Some(t)) if self.created => nftnl::add_elements(nl, t, &[(HELD4, &flows4), (HELD6, &flows6), (HELD_UDP, &udp)]),
+            _ => Err(Error::new("ENOENT", "no table made before the freeze")),
+        };
+        // Otherwise a rule per connection, through nft (slower).
+        if let Err(e) = added {
+            if n > 0 {
+                if self.created {
+                    self.warnings.push(format!("adding the connections to the handoff table over netlink failed ({}); nft added rules instead", e.message));
+                }
+                self.apply(&rules);
+            }
+        }
         crate::sys::trace_mark("handoff: connections held");
         self.stats.set("held_connections", n as u64).set("hold_us", t0.elapsed().as_micros() as u64);
     }
@@ -419,10 +452,7 @@ impl Handoff {
     /// Let the peers' packets through again.
     pub fn release(&mut self) -> u64 {
         let t0 = Instant::now();
-        // Unused (no connection to hold): at end of input it does nothing.
-        if let Some(c) = self.ready.take() {
-            let _ = run_nft(c, "");
-        }
+        self.nl = None;
         if let (Some(t), true) = (self.table.take(), self.created) {
             self.created = false;
             if let Err(e) = nft(self.netns_pid, &format!("delete table inet {}\n", t)) {

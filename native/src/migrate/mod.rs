@@ -3,6 +3,7 @@
 
 pub mod dest;
 pub mod handoff;
+pub mod nftnl;
 pub mod send;
 pub mod source;
 pub mod stream;

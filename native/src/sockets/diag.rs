@@ -21,7 +21,12 @@ const CLONE_NEWNET: u64 = 0x40000000;
 
 /// A netlink diag socket in the namespace of socket `of`.
 fn diag_socket(of: &Fd) -> Result<Fd> {
-    let open = || sys::call("socket(AF_NETLINK)", snr::SOCKET, &[AF_NETLINK as u64, 3 /* SOCK_RAW */ | super::SOCK_CLOEXEC, NETLINK_SOCK_DIAG]).map(|f| Fd(f as i32));
+    netlink_socket_beside(of, NETLINK_SOCK_DIAG)
+}
+
+/// A netlink socket of `protocol` in the network namespace of socket `of`.
+pub(crate) fn netlink_socket_beside(of: &Fd, protocol: u64) -> Result<Fd> {
+    let open = move || sys::call("socket(AF_NETLINK)", snr::SOCKET, &[AF_NETLINK as u64, 3 /* SOCK_RAW */ | super::SOCK_CLOEXEC, protocol]).map(|f| Fd(f as i32));
     let ns = match sys::call("SIOCGSKNS", crate::sys::nr::IOCTL, &[of.raw() as u64, SIOCGSKNS, 0]) {
         Ok(f) => Fd(f as i32),
         Err(_) => return open(),

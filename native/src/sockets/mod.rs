@@ -12,6 +12,7 @@
 //! see docs/sockets.md and `Socket` in images/files.proto.
 
 mod diag;
+pub(crate) use diag::netlink_socket_beside;
 mod filter;
 mod inet;
 mod netlink;
