@@ -34,7 +34,7 @@ use crate::sys::{self, nr, Error, Fd, Pid, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use super::nftnl;
 use std::time::{Duration, Instant};
 
@@ -95,9 +95,8 @@ fn same_netns(pid: Pid) -> bool {
     }
 }
 
-/// Start `nft -f -` in the network namespace of `pid`; it reads its script
-/// from stdin and applies it at end of input (`run_nft`).
-fn start_nft(pid: Pid) -> Result<Child> {
+/// Run `nft -f -` with `script`, in the network namespace of `pid`.
+fn nft(pid: Pid, script: &str) -> Result<()> {
     let path = nft_path().ok_or_else(|| Error::new("ENOENT", "nft is not installed (Debian package nftables)"))?;
     let mut cmd = if same_netns(pid) {
         Command::new(&path)
@@ -106,16 +105,13 @@ fn start_nft(pid: Pid) -> Result<Child> {
         c.arg(format!("--net=/proc/{}/ns/net", pid)).arg("--").arg(&path);
         c
     };
-    cmd.args(["-f", "-"])
+    let mut child = cmd
+        .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::new("ENFT", format!("cannot run {}: {}", path, e)))
-}
-
-/// Give a started nft its script and wait for it to apply it.
-fn run_nft(mut child: Child, script: &str) -> Result<()> {
+        .map_err(|e| Error::new("ENFT", format!("cannot run {}: {}", path, e)))?;
     if let Some(mut i) = child.stdin.take() {
         let _ = i.write_all(script.as_bytes());
     }
@@ -124,11 +120,6 @@ fn run_nft(mut child: Child, script: &str) -> Result<()> {
         return Err(Error::new("ENFT", format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
-}
-
-/// Run `nft -f -` with `script`, in the network namespace of `pid`.
-fn nft(pid: Pid, script: &str) -> Result<()> {
-    run_nft(start_nft(pid)?, script)
 }
 
 fn getsockopt_int(fd: &Fd, level: i32, opt: i32) -> Option<i32> {
