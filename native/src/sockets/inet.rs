@@ -193,7 +193,7 @@ pub fn describe_tcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
     match state {
         TCP_LISTEN => {
             let ino = s.u64_of("ino").unwrap_or(0);
-            let backlog = match super::diag::inet_lookup(&copy, domain, 6, ino) {
+            let backlog = match super::diag::inet_lookup(&copy, domain, 6, ino, 1 << TCP_LISTEN) {
                 Ok(Some(i)) => i.wqueue,
                 _ => 128,
             };
@@ -242,7 +242,7 @@ pub fn describe_tcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
             // it from the same local address; the process's own connect
             // call, restarted, waits for that one.
             let ino = s.u64_of("ino").unwrap_or(0);
-            let peer = super::diag::inet_lookup(&copy, domain, 6, ino).ok().flatten().filter(|i| i.state == TCP_SYN_SENT).and_then(|i| addr_json(&i.peer));
+            let peer = super::diag::inet_lookup(&copy, domain, 6, ino, 1 << TCP_SYN_SENT).ok().flatten().filter(|i| i.state == TCP_SYN_SENT).and_then(|i| addr_json(&i.peer));
             match (local, peer) {
                 (Some(l), Some(p)) => {
                     s.set("state", "connecting").set("local", l).set("peer", p);
