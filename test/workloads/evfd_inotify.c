@@ -57,6 +57,14 @@ int main(int argc, char **argv)
 		close(fd);
 		CHECK(unlink(f) == 0, "unlink");
 		ssize_t n = read(in, ev, sizeof ev);
+		/* Events queued at a freeze are lost (docs/limitations.md): a move
+		 * between this pass's create and its read takes one or both events
+		 * with it. Once is the move; twice is a fault. */
+		static int lost;
+		if (n < 0 && errno == EAGAIN && !lost++) {
+			wl_log("LOST both events of pass %llu (queued at a freeze)", (unsigned long long)pass);
+			continue;
+		}
 		CHECK(n > 0, "no inotify event (errno %d)", errno);
 		int creates = 0, deletes = 0;
 		for (char *p = ev; p < ev + n;) {
@@ -68,6 +76,10 @@ int main(int argc, char **argv)
 			if (ie->mask & IN_DELETE)
 				deletes++;
 			p += sizeof *ie + ie->len;
+		}
+		if (creates == 0 && deletes == 1 && !lost++) {
+			wl_log("LOST the create event of pass %llu (queued at a freeze)", (unsigned long long)pass);
+			creates = 1;
 		}
 		CHECK(creates == 1 && deletes == 1, "creates %d deletes %d", creates, deletes);
 		char now[2048];
