@@ -65,6 +65,7 @@ const specs: Spec[] = [
   { name: 'procattrs' },
   { name: 'file_owner' },
   { name: 'cwd_deleted' },
+  { name: 'sem_unlinked' },
   { name: 'tcp_halfclosed' },
   { name: 'sock_filter' },
   // errors pending at the dump are reported once, after the restore

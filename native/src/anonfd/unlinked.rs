@@ -39,6 +39,37 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         .with("data", base64::encode(&data)))
 }
 
+/// A file removed while mapped and open as no descriptor of the tree
+/// (glibc's sem_open, so every lock and queue of Python's multiprocessing:
+/// the file is created, mapped, closed and unlinked): the same entry as for
+/// a descriptor, read through /proc/PID/map_files, under file id `id`.
+pub fn describe_mapped(pid: crate::sys::Pid, v: &Vma, id: u64) -> Result<Json> {
+    let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
+    let what = format!("memory area {:#x}-{:#x}: file {} removed while mapped", v.start, v.end, path);
+    let link = cstr(&format!("/proc/{}/map_files/{:x}-{:x}", pid, v.start, v.end))?;
+    let fd = fd_of(sys::call("open map_files", crate::sys::nr::OPEN, &[link.as_ptr() as u64, (O_CLOEXEC) as u64, 0]).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: cannot be opened: {}", what, e.message)))?);
+    let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.raw())).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: {}", what, e)))?;
+    if md.size() > MAX_CONTENTS {
+        return Err(Error::new("EUNSUPPORTED", format!("{}, of {} bytes (more than {} MiB)", what, md.size(), MAX_CONTENTS >> 20)));
+    }
+    if md.nlink() > 0 {
+        return Err(Error::new("EUNSUPPORTED", format!("{}, but still linked elsewhere", what)));
+    }
+    let data = read_contents(&fd, md.size())?;
+    Ok(Json::obj()
+        .with("id", id)
+        .with("flags", O_RDWR as u64)
+        .with("pos", 0u64)
+        .with("kind", "unlinked")
+        .with("path", path)
+        .with("unlinked_id", md.ino())
+        .with("size", md.size())
+        .with("mode", md.mode() & 0o7777)
+        .with("uid", md.uid())
+        .with("gid", md.gid())
+        .with("data", base64::encode(&data)))
+}
+
 fn create(f: &Json) -> Result<Fd> {
     let path = f.str_of("path").unwrap_or("");
     let mode = f.u64_of("mode").unwrap_or(0o600) & 0o7777;
