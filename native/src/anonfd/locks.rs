@@ -55,6 +55,36 @@ pub fn dump(pid: Pid) -> Result<Vec<Json>> {
     Ok(out)
 }
 
+/// Give up the locks `p.file_locks` lists, from inside their process (a
+/// live migration on one host: the destination takes them next).
+pub fn release(inj: &mut Injector, p: &Json) -> Result<()> {
+    const LOCK_UN: u64 = 8;
+    const F_UNLCK: i16 = 2;
+    for l in p.arr_of("file_locks") {
+        let fd = l.u64_of("fd").unwrap_or(0);
+        match l.str_of("kind").unwrap_or("") {
+            "flock" => {
+                inj.call(&format!("flock(fd {}, LOCK_UN)", fd), anr::FLOCK, &[fd, LOCK_UN])?;
+            }
+            kind @ ("posix" | "ofd") => {
+                let start = l.u64_of("start").unwrap_or(0);
+                let end = l.u64_of("end").unwrap_or(0);
+                let len = if end == 0 { 0 } else { end - start };
+                let mut fl = vec![0u8; 32];
+                fl[0..2].copy_from_slice(&F_UNLCK.to_le_bytes());
+                fl[8..16].copy_from_slice(&start.to_le_bytes());
+                fl[16..24].copy_from_slice(&len.to_le_bytes());
+                let a = inj.put(&fl, 2048)?;
+                let cmd = if kind == "ofd" { F_OFD_SETLK } else { F_SETLK };
+                inj.call(&format!("fcntl(fd {}, {} unlock)", fd, kind), nr::FCNTL, &[fd, cmd, a])?;
+            }
+            // Refused on one host before this is reached (both copies would hold the file).
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn restore(inj: &mut Injector, p: &Json) -> Result<()> {
     for l in p.arr_of("file_locks") {
         let fd = l.u64_of("fd").unwrap_or(0);

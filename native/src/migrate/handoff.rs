@@ -58,6 +58,9 @@ pub struct Handoff {
     watches: Vec<(Pid, i32, i32, u32, u64)>,
     pub warnings: Vec<String>,
     pub stats: Json,
+    /// (pid, {file_locks}) given up by the source for the destination (one
+    /// host), taken again on rollback.
+    locks: Vec<(Pid, Json)>,
     /// nf_tables netlink socket in the tree's network namespace: the
     /// connections are added to the table's sets through it at the freeze.
     nl: Option<Fd>,
@@ -75,6 +78,7 @@ impl Default for Handoff {
             warnings: Vec::new(),
             stats: Json::obj(),
             nl: None,
+            locks: Vec::new(),
         }
     }
 }
@@ -395,11 +399,57 @@ impl Handoff {
         Ok(())
     }
 
+    /// One host: the destination takes the tree's file locks again, which
+    /// the frozen source still holds (flock and OFD locks belong to its open
+    /// file descriptions, POSIX ones to its processes), so the source gives
+    /// them up once the dump has recorded them. A rollback takes them again
+    /// (`retake_locks`); someone outside the tree waiting for one of them
+    /// could take it in between, and the rollback then says so.
+    pub fn release_locks(&mut self, frozen: &Frozen, state: &Json) -> Result<()> {
+        for p in state.arr_of("processes") {
+            let locks = p.arr_of("file_locks");
+            let pid = p.i64_of("pid").unwrap_or(0) as Pid;
+            let fz = match frozen.live().find(|f| f.pid == pid) {
+                Some(f) if !locks.is_empty() => f,
+                _ => continue,
+            };
+            let mut inj = injector(fz)?;
+            self.locks.push((pid, Json::obj().with("file_locks", locks.to_vec())));
+            let r = crate::anonfd::locks::release(&mut inj, p);
+            let fin = inj.finish();
+            r.map_err(|e| e.context(format!("giving up the file locks of process {} for the destination", pid)))?;
+            fin?;
+        }
+        Ok(())
+    }
+
+    /// Rollback: take again the locks given up by `release_locks`.
+    fn retake_locks(&mut self, frozen: &Frozen) -> Result<()> {
+        let mut first_err = Ok(());
+        for (pid, j) in std::mem::take(&mut self.locks) {
+            let fz = match frozen.live().find(|f| f.pid == pid) {
+                Some(f) => f,
+                None => continue,
+            };
+            let r = injector(fz).and_then(|mut inj| {
+                let r = crate::anonfd::locks::restore(&mut inj, &j);
+                inj.finish().and(r)
+            });
+            if let Err(e) = r {
+                if first_err.is_ok() {
+                    first_err = Err(e.context(format!("taking the file locks of process {} back", pid)));
+                }
+            }
+        }
+        first_err
+    }
+
     /// Rollback: recreate the detached sockets and put them back, at their
     /// numbers and in their epoll sets, into the (still frozen) tree.
     pub fn reattach(&mut self, frozen: &Frozen) -> Result<()> {
+        let locks = self.retake_locks(frozen);
         if self.files.is_empty() {
-            return Ok(());
+            return locks;
         }
         let mut opened: BTreeMap<u64, Fd> = BTreeMap::new();
         let made = (|| -> Result<()> {
@@ -437,7 +487,7 @@ impl Handoff {
         }
         self.fds.clear();
         self.watches.clear();
-        Ok(())
+        locks
     }
 
     /// Let the peers' packets through again.

@@ -432,6 +432,9 @@ impl SourceEngine {
         state.set("freeze_us", freeze_us);
         let mut handoff_json = Json::obj();
         if let (Some(h), Some(f)) = (self.handoff.as_mut(), self.frozen.as_ref()) {
+            if self.same_host {
+                h.release_locks(f, &state)?;
+            }
             h.detach(f, &state)?;
             handoff_json = h.stats.clone().with("warnings", h.warnings.iter().map(|w| Json::from(w.as_str())).collect::<Vec<_>>());
         }
