@@ -55,6 +55,19 @@ pub fn dump(pid: Pid) -> Result<Vec<Json>> {
     Ok(out)
 }
 
+/// struct flock for lock entry `l` with type `ty` (F_RDLCK 0, F_WRLCK 1,
+/// F_UNLCK 2): short type, short whence, off_t start, off_t len, pid_t pid.
+fn flock_struct(ty: i16, l: &Json) -> Vec<u8> {
+    let start = l.u64_of("start").unwrap_or(0);
+    let end = l.u64_of("end").unwrap_or(0);
+    let len = if end == 0 { 0 } else { end - start };
+    let mut fl = vec![0u8; 32];
+    fl[0..2].copy_from_slice(&ty.to_le_bytes());
+    fl[8..16].copy_from_slice(&start.to_le_bytes());
+    fl[16..24].copy_from_slice(&len.to_le_bytes());
+    fl
+}
+
 /// Give up the locks `p.file_locks` lists, from inside their process (a
 /// live migration on one host: the destination takes them next).
 pub fn release(inj: &mut Injector, p: &Json) -> Result<()> {
@@ -67,14 +80,7 @@ pub fn release(inj: &mut Injector, p: &Json) -> Result<()> {
                 inj.call(&format!("flock(fd {}, LOCK_UN)", fd), anr::FLOCK, &[fd, LOCK_UN])?;
             }
             kind @ ("posix" | "ofd") => {
-                let start = l.u64_of("start").unwrap_or(0);
-                let end = l.u64_of("end").unwrap_or(0);
-                let len = if end == 0 { 0 } else { end - start };
-                let mut fl = vec![0u8; 32];
-                fl[0..2].copy_from_slice(&F_UNLCK.to_le_bytes());
-                fl[8..16].copy_from_slice(&start.to_le_bytes());
-                fl[16..24].copy_from_slice(&len.to_le_bytes());
-                let a = inj.put(&fl, 2048)?;
+                let a = inj.put(&flock_struct(F_UNLCK, l), 2048)?;
                 let cmd = if kind == "ofd" { F_OFD_SETLK } else { F_SETLK };
                 inj.call(&format!("fcntl(fd {}, {} unlock)", fd, kind), nr::FCNTL, &[fd, cmd, a])?;
             }
@@ -102,15 +108,7 @@ pub fn restore(inj: &mut Injector, p: &Json) -> Result<()> {
                 inj.call(&format!("flock(fd {})", fd), anr::FLOCK, &[fd, if write { LOCK_EX } else { LOCK_SH } | LOCK_NB]).map_err(held)?;
             }
             "posix" | "ofd" => {
-                let start = l.u64_of("start").unwrap_or(0);
-                let end = l.u64_of("end").unwrap_or(0);
-                let len = if end == 0 { 0 } else { end - start };
-                // struct flock: short type, short whence, off_t start, off_t len, pid_t pid
-                let mut fl = vec![0u8; 32];
-                fl[0..2].copy_from_slice(&(if write { 1i16 } else { 0i16 }).to_le_bytes());
-                fl[8..16].copy_from_slice(&start.to_le_bytes());
-                fl[16..24].copy_from_slice(&len.to_le_bytes());
-                let a = inj.put(&fl, 2048)?;
+                let a = inj.put(&flock_struct(if write { 1 } else { 0 }, l), 2048)?;
                 let cmd = if kind == "ofd" { F_OFD_SETLK } else { F_SETLK };
                 inj.call(&format!("fcntl(fd {}, {} lock)", fd, kind), nr::FCNTL, &[fd, cmd, a]).map_err(held)?;
             }

@@ -24,7 +24,12 @@
 //! table is deleted once the destination runs the tree (source_commit)
 //! or the source resumes it (rollback). Without `nft` the handoff still
 //! works but is not protected (reported in the warnings).
+//!
+//! File locks change hands the same way on one host (`release_locks`): the
+//! frozen source gives them up once they are dumped, a rollback takes them
+//! back.
 
+use super::nftnl;
 use crate::files::FdChannel;
 use crate::freeze::Frozen;
 use crate::inject::{find_syscall_insn, Injector};
@@ -35,7 +40,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
-use super::nftnl;
 use std::time::{Duration, Instant};
 
 const SOL_SOCKET: i32 = 1;
