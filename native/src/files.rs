@@ -140,16 +140,22 @@ impl FileTable {
         Ok(out)
     }
 
-    /// Files removed while mapped by `pid` that no descriptor of the tree
-    /// holds (anonfd::unlinked::describe_mapped): their contents go in the
-    /// image, so that the restore makes them again and maps them.
+    /// Files removed while mapped by `pid`, and memfds it maps, that no
+    /// descriptor of the tree holds (anonfd::{unlinked,memfd}::describe_mapped):
+    /// their contents go in the image, so that the restore makes them again
+    /// and maps them.
     pub fn note_mapped_unlinked(&mut self, pid: Pid, vmas: &[crate::memory::Vma]) -> Result<()> {
-        for v in vmas.iter().filter(|v| v.kind == crate::memory::Kind::File && v.path.ends_with(" (deleted)") && !v.path.starts_with("/memfd:")) {
-            let known = self.files.iter().any(|f| f.str_of("kind") == Some("unlinked") && f.u64_of("unlinked_id") == Some(v.ino));
+        for v in vmas.iter().filter(|v| v.kind == crate::memory::Kind::File && v.path.ends_with(" (deleted)")) {
+            let (kind, key) = if v.path.starts_with("/memfd:") { ("memfd", "memfd_id") } else { ("unlinked", "unlinked_id") };
+            let known = self.files.iter().any(|f| f.str_of("kind") == Some(kind) && f.u64_of(key) == Some(v.ino));
             if known {
                 continue;
             }
-            let f = crate::anonfd::unlinked::describe_mapped(pid, v, self.next_id)?;
+            let f = if kind == "memfd" {
+                crate::anonfd::memfd::describe_mapped(pid, v, self.next_id)?
+            } else {
+                crate::anonfd::unlinked::describe_mapped(pid, v, self.next_id)?
+            };
             self.next_id += 1;
             self.files.push(f);
         }

@@ -1,13 +1,15 @@
 /* Files removed while mapped, with no descriptor left: what sem_open leaves
  * behind (a /dev/shm file, created, mapped, closed and unlinked; Python's
- * multiprocessing locks and queues are made this way), and a file of the
- * workload's directory treated the same way by hand. A child shares both.
- * Every pass the parent posts "req", the child bumps a counter in the hand
- * made mapping and posts "ack"; the parent waits for it (2 s at most) and
- * checks the counter and the file's pattern. Logs "OK <pass>". */
+ * multiprocessing locks and queues are made this way), a file of the
+ * workload's directory treated the same way by hand, and a memfd mapped
+ * and closed. A child shares all three. Every pass the parent posts "req",
+ * the child bumps a counter in the hand made mapping and one in the memfd
+ * and posts "ack"; the parent waits for it (2 s at most) and checks both
+ * counters and both patterns. Logs "OK <pass>". */
 #include "common.h"
 #include <semaphore.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 #define LEN 16384
@@ -40,6 +42,15 @@ int main(int argc, char **argv)
 	CHECK(unlink(path) == 0, "unlink");
 	volatile uint64_t *counter = (volatile uint64_t *)(map + LEN - 8);
 	*counter = 0;
+	int mfd = (int)syscall(SYS_memfd_create, "phaul-mapped", 0);
+	CHECK(mfd >= 0, "memfd_create");
+	CHECK(ftruncate(mfd, LEN) == 0, "ftruncate");
+	uint8_t *mem = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	CHECK(mem != MAP_FAILED, "mmap memfd");
+	close(mfd);
+	memcpy(mem, want, LEN - 8);
+	volatile uint64_t *mcounter = (volatile uint64_t *)(mem + LEN - 8);
+	*mcounter = 0;
 	pid_t child = fork();
 	CHECK(child >= 0, "fork");
 	if (child == 0) {
@@ -47,6 +58,7 @@ int main(int argc, char **argv)
 			if (sem_wait(req) != 0)
 				continue;
 			(*counter)++;
+			(*mcounter)++;
 			sem_post(ack);
 		}
 	}
@@ -61,7 +73,9 @@ int main(int argc, char **argv)
 			;
 		CHECK(r == 0, "no answer from the child through the semaphores (errno %d)", errno);
 		CHECK(*counter == pass, "counter %llu, want %llu", (unsigned long long)*counter, (unsigned long long)pass);
+		CHECK(*mcounter == pass, "memfd counter %llu, want %llu", (unsigned long long)*mcounter, (unsigned long long)pass);
 		CHECK(memcmp(map, want, LEN - 8) == 0, "the mapped file's contents changed");
+		CHECK(memcmp(mem, want, LEN - 8) == 0, "the memfd's contents changed");
 		int st;
 		CHECK(waitpid(child, &st, WNOHANG) == 0, "the child is gone");
 		wl_log("OK %llu", (unsigned long long)pass);

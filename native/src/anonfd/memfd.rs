@@ -45,6 +45,35 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         .with("data", base64::encode(&data)))
 }
 
+/// A memfd mapped after its last descriptor in the tree was closed: the
+/// same entry as for a descriptor, read through /proc/PID/map_files,
+/// under file id `id`.
+pub fn describe_mapped(pid: Pid, v: &Vma, id: u64) -> Result<Json> {
+    let name = name_of(&v.path);
+    let what = format!("memory area {:#x}-{:#x}: memfd {} mapped without a descriptor", v.start, v.end, name);
+    let link = sys::cstr(&format!("/proc/{}/map_files/{:x}-{:x}", pid, v.start, v.end))?;
+    let fd = fd_of(sys::call("open map_files", crate::sys::nr::OPEN, &[link.as_ptr() as u64, 0o2000000, 0]).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: cannot be opened: {}", what, e.message)))?);
+    let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.raw())).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: {}", what, e)))?;
+    if md.size() > MAX_CONTENTS {
+        return Err(Error::new("EUNSUPPORTED", format!("{}, of {} bytes (more than {} MiB)", what, md.size(), MAX_CONTENTS >> 20)));
+    }
+    if md.blksize() > 4096 && md.blksize() % (2 << 20) == 0 {
+        return Err(Error::new("EUNSUPPORTED", format!("{}: a hugetlb memfd", what)));
+    }
+    let seals = sys::call("F_GET_SEALS", crate::sys::nr::FCNTL, &[fd.raw() as u64, F_GET_SEALS])?;
+    let data = read_contents(&fd, md.size())?;
+    Ok(Json::obj()
+        .with("id", id)
+        .with("flags", crate::sys::O_RDWR as u64)
+        .with("pos", 0u64)
+        .with("kind", "memfd")
+        .with("name", name)
+        .with("memfd_id", md.ino())
+        .with("size", md.size())
+        .with("seals", seals as u64)
+        .with("data", base64::encode(&data)))
+}
+
 fn create(f: &Json) -> Result<Fd> {
     let name = f.str_of("name").unwrap_or("");
     let c = sys::cstr(name)?;
@@ -103,23 +132,3 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
     r.map(|_| ())
 }
 
-/// Dump side: a memfd mapped by a process must also be open as a
-/// descriptor of that process (its contents are saved through it).
-pub fn check_mappings(pid: Pid) -> Result<()> {
-    let maps = crate::proc::maps(pid)?;
-    let mut fd_inos = Vec::new();
-    for fd in crate::proc::fds(pid)? {
-        if let Ok(md) = std::fs::metadata(format!("/proc/{}/fd/{}", pid, fd)) {
-            fd_inos.push(md.ino());
-        }
-    }
-    for m in maps.iter().filter(|m| m.path.starts_with("/memfd:")) {
-        if !fd_inos.contains(&m.ino) {
-            return Err(Error::new(
-                "EUNSUPPORTED",
-                format!("memory area {:#x}-{:#x}: memfd {} mapped after its descriptor was closed is not supported", m.start, m.end, name_of(&m.path)),
-            ));
-        }
-    }
-    Ok(())
-}

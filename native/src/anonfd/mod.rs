@@ -117,7 +117,6 @@ pub fn after_install(inj: &mut Injector, p: &Json) -> Result<()> {
 /// Per-process state read by injecting into the frozen process: fields to
 /// add to the process document ("posix_timers", "file_locks").
 pub fn dump_process_extras(inj: &mut Injector, pid: Pid) -> Result<Vec<(&'static str, Json)>> {
-    memfd::check_mappings(pid)?;
     let mut out = Vec::new();
     let timers = posix_timers::dump(inj, pid)?;
     if !timers.is_empty() {
