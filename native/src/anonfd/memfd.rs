@@ -51,12 +51,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
 pub fn describe_mapped(pid: Pid, v: &Vma, id: u64) -> Result<Json> {
     let name = name_of(&v.path);
     let what = format!("memory area {:#x}-{:#x}: memfd {} mapped without a descriptor", v.start, v.end, name);
-    let link = sys::cstr(&format!("/proc/{}/map_files/{:x}-{:x}", pid, v.start, v.end))?;
-    let fd = fd_of(sys::call("open map_files", crate::sys::nr::OPEN, &[link.as_ptr() as u64, 0o2000000, 0]).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: cannot be opened: {}", what, e.message)))?);
-    let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.raw())).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: {}", what, e)))?;
-    if md.size() > MAX_CONTENTS {
-        return Err(Error::new("EUNSUPPORTED", format!("{}, of {} bytes (more than {} MiB)", what, md.size(), MAX_CONTENTS >> 20)));
-    }
+    let (fd, md) = super::open_mapped(pid, v, &what)?;
     if md.blksize() > 4096 && md.blksize() % (2 << 20) == 0 {
         return Err(Error::new("EUNSUPPORTED", format!("{}: a hugetlb memfd", what)));
     }

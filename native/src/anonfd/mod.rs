@@ -217,6 +217,19 @@ pub(crate) fn pid_of_pidfd(pidfd: &Fd) -> Result<Pid> {
     field(&info, "Pid").and_then(|v| v.parse().ok()).ok_or_else(|| Error::new("EPROC", "pidfd has no pid"))
 }
 
+/// The file behind memory area `v` of `pid` (/proc/PID/map_files), opened
+/// read-only, with its metadata; `what` names the area in errors. Refused
+/// above MAX_CONTENTS.
+pub(crate) fn open_mapped(pid: Pid, v: &crate::memory::Vma, what: &str) -> Result<(Fd, std::fs::Metadata)> {
+    let link = sys::cstr(&format!("/proc/{}/map_files/{:x}-{:x}", pid, v.start, v.end))?;
+    let fd = fd_of(sys::call("open map_files", crate::sys::nr::OPEN, &[link.as_ptr() as u64, O_CLOEXEC as u64, 0]).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: cannot be opened: {}", what, e.message)))?);
+    let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.raw())).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: {}", what, e)))?;
+    if std::os::unix::fs::MetadataExt::size(&md) > MAX_CONTENTS {
+        return Err(Error::new("EUNSUPPORTED", format!("{}, of {} bytes (more than {} MiB)", what, std::os::unix::fs::MetadataExt::size(&md), MAX_CONTENTS >> 20)));
+    }
+    Ok((fd, md))
+}
+
 pub(crate) fn open_flags(f: &Json) -> u32 {
     f.u64_of("flags").unwrap_or(0) as u32 & !(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | O_NOCTTY)
 }

@@ -46,12 +46,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
 pub fn describe_mapped(pid: crate::sys::Pid, v: &Vma, id: u64) -> Result<Json> {
     let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
     let what = format!("memory area {:#x}-{:#x}: file {} removed while mapped", v.start, v.end, path);
-    let link = cstr(&format!("/proc/{}/map_files/{:x}-{:x}", pid, v.start, v.end))?;
-    let fd = fd_of(sys::call("open map_files", crate::sys::nr::OPEN, &[link.as_ptr() as u64, (O_CLOEXEC) as u64, 0]).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: cannot be opened: {}", what, e.message)))?);
-    let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.raw())).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: {}", what, e)))?;
-    if md.size() > MAX_CONTENTS {
-        return Err(Error::new("EUNSUPPORTED", format!("{}, of {} bytes (more than {} MiB)", what, md.size(), MAX_CONTENTS >> 20)));
-    }
+    let (fd, md) = super::open_mapped(pid, v, &what)?;
     if md.nlink() > 0 {
         return Err(Error::new("EUNSUPPORTED", format!("{}, but still linked elsewhere", what)));
     }
