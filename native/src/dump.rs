@@ -148,7 +148,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         // Registered by phaul's own dirty tracking, not by the process.
         v.flags = crate::anonfd::userfaultfd::without_modes(&v.flags);
     }
-    files.note_mapped_unlinked(pid, &vmas)?;
+    files.note_mapped_only(pid, &vmas)?;
     let with_uffd = |v: &memory::Vma| {
         let mut j = v.to_json();
         if let Some(a) = uffd.areas.get(&v.start) {

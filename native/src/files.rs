@@ -144,7 +144,7 @@ impl FileTable {
     /// descriptor of the tree holds (anonfd::{unlinked,memfd}::describe_mapped):
     /// their contents go in the image, so that the restore makes them again
     /// and maps them.
-    pub fn note_mapped_unlinked(&mut self, pid: Pid, vmas: &[crate::memory::Vma]) -> Result<()> {
+    pub fn note_mapped_only(&mut self, pid: Pid, vmas: &[crate::memory::Vma]) -> Result<()> {
         for v in vmas.iter().filter(|v| v.kind == crate::memory::Kind::File && v.path.ends_with(" (deleted)")) {
             let (kind, key) = if v.path.starts_with("/memfd:") { ("memfd", "memfd_id") } else { ("unlinked", "unlinked_id") };
             let known = self.files.iter().any(|f| f.str_of("kind") == Some(kind) && f.u64_of(key) == Some(v.ino));

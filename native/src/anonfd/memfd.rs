@@ -32,15 +32,19 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     if ctx.md.blksize() > 4096 && ctx.md.blksize() % (2 << 20) == 0 {
         return ctx.unsupported(&format!("hugetlb memfd {}", name_of(ctx.target)));
     }
-    let seals = sys::call("F_GET_SEALS", crate::sys::nr::FCNTL, &[stolen.raw() as u64, F_GET_SEALS])?;
-    let data = read_contents(&stolen, size)?;
-    Ok(ctx
-        .base
-        .clone()
+    entry(ctx.base.clone(), name_of(ctx.target), ctx.md, &stolen)
+}
+
+/// The image entry of memfd `name` (metadata `md`, seals and contents read
+/// through `fd`), on top of `base` (id, flags, pos).
+fn entry(base: Json, name: &str, md: &std::fs::Metadata, fd: &Fd) -> Result<Json> {
+    let seals = sys::call("F_GET_SEALS", crate::sys::nr::FCNTL, &[fd.raw() as u64, F_GET_SEALS])?;
+    let data = read_contents(fd, md.size())?;
+    Ok(base
         .with("kind", "memfd")
-        .with("name", name_of(ctx.target))
-        .with("memfd_id", ctx.md.ino())
-        .with("size", size)
+        .with("name", name)
+        .with("memfd_id", md.ino())
+        .with("size", md.size())
         .with("seals", seals as u64)
         .with("data", base64::encode(&data)))
 }
@@ -55,18 +59,7 @@ pub fn describe_mapped(pid: Pid, v: &Vma, id: u64) -> Result<Json> {
     if md.blksize() > 4096 && md.blksize() % (2 << 20) == 0 {
         return Err(Error::new("EUNSUPPORTED", format!("{}: a hugetlb memfd", what)));
     }
-    let seals = sys::call("F_GET_SEALS", crate::sys::nr::FCNTL, &[fd.raw() as u64, F_GET_SEALS])?;
-    let data = read_contents(&fd, md.size())?;
-    Ok(Json::obj()
-        .with("id", id)
-        .with("flags", crate::sys::O_RDWR as u64)
-        .with("pos", 0u64)
-        .with("kind", "memfd")
-        .with("name", name)
-        .with("memfd_id", md.ino())
-        .with("size", md.size())
-        .with("seals", seals as u64)
-        .with("data", base64::encode(&data)))
+    entry(super::mapped_base(id), name, &md, &fd)
 }
 
 fn create(f: &Json) -> Result<Fd> {

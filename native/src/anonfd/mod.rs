@@ -230,6 +230,12 @@ pub(crate) fn open_mapped(pid: Pid, v: &crate::memory::Vma, what: &str) -> Resul
     Ok((fd, md))
 }
 
+/// The common fields of an entry for a file that only mappings refer to:
+/// opened read-write at offset 0, as the restore maps it.
+pub(crate) fn mapped_base(id: u64) -> Json {
+    Json::obj().with("id", id).with("flags", sys::O_RDWR as u64).with("pos", 0u64)
+}
+
 pub(crate) fn open_flags(f: &Json) -> u32 {
     f.u64_of("flags").unwrap_or(0) as u32 & !(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | O_NOCTTY)
 }

@@ -25,17 +25,21 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
         return ctx.unsupported(&format!("file {} unlinked while open but still linked elsewhere", ctx.target));
     }
     let stolen = sys::pidfd_getfd(ctx.pidfd, ctx.fd)?;
-    let data = read_contents(&stolen, size)?;
-    Ok(ctx
-        .base
-        .clone()
+    entry(ctx.base.clone(), path, ctx.md, &stolen)
+}
+
+/// The image entry of unlinked file `path` (metadata `md`, contents read
+/// through `fd`), on top of `base` (id, flags, pos).
+fn entry(base: Json, path: &str, md: &std::fs::Metadata, fd: &Fd) -> Result<Json> {
+    let data = read_contents(fd, md.size())?;
+    Ok(base
         .with("kind", "unlinked")
         .with("path", path)
-        .with("unlinked_id", ctx.md.ino())
-        .with("size", size)
-        .with("mode", ctx.md.mode() & 0o7777)
-        .with("uid", ctx.md.uid())
-        .with("gid", ctx.md.gid())
+        .with("unlinked_id", md.ino())
+        .with("size", md.size())
+        .with("mode", md.mode() & 0o7777)
+        .with("uid", md.uid())
+        .with("gid", md.gid())
         .with("data", base64::encode(&data)))
 }
 
@@ -50,19 +54,7 @@ pub fn describe_mapped(pid: crate::sys::Pid, v: &Vma, id: u64) -> Result<Json> {
     if md.nlink() > 0 {
         return Err(Error::new("EUNSUPPORTED", format!("{}, but still linked elsewhere", what)));
     }
-    let data = read_contents(&fd, md.size())?;
-    Ok(Json::obj()
-        .with("id", id)
-        .with("flags", O_RDWR as u64)
-        .with("pos", 0u64)
-        .with("kind", "unlinked")
-        .with("path", path)
-        .with("unlinked_id", md.ino())
-        .with("size", md.size())
-        .with("mode", md.mode() & 0o7777)
-        .with("uid", md.uid())
-        .with("gid", md.gid())
-        .with("data", base64::encode(&data)))
+    entry(super::mapped_base(id), path, &md, &fd)
 }
 
 fn create(f: &Json) -> Result<Fd> {

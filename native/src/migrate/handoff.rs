@@ -321,6 +321,7 @@ impl Handoff {
         let n = rules.len();
         let added = match (&self.nl, &self.table) {
             (Some(nl), Some(t)) if self.created => nftnl::add_elements(nl, t, &[(HELD4, &flows4), (HELD6, &flows6), (HELD_UDP, &udp)]),
+            (None, _) if self.created => Err(Error::new("ENOENT", "no nf_tables netlink socket")),
             _ => Err(Error::new("ENOENT", "no table made before the freeze")),
         };
         // Otherwise a rule per connection, through nft (slower).

@@ -28,7 +28,6 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_DATA_VALUE: u16 = 1;
-const SENDTO: i64 = 44;
 const RECVFROM: i64 = 45;
 
 /// A netlink socket for nf_tables, in the network namespace of socket `of`.
@@ -66,14 +65,8 @@ fn message(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id:
     out.extend_from_slice(attrs);
 }
 
-fn cstr(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
 /// The batch adding `keys` to each named set of inet table `table`.
-fn batch(table: &str, sets: &[(&str, &[Vec<u8>])]) -> (Vec<u8>, Vec<u32>) {
+fn batch(table: &str, sets: &[(&str, &[Vec<u8>])]) -> Result<(Vec<u8>, Vec<u32>)> {
     let mut out = Vec::new();
     let mut acked = Vec::new();
     let res = NFNL_SUBSYS_NFTABLES;
@@ -81,8 +74,8 @@ fn batch(table: &str, sets: &[(&str, &[Vec<u8>])]) -> (Vec<u8>, Vec<u32>) {
     let mut seq = 2;
     for (set, keys) in sets.iter().filter(|(_, k)| !k.is_empty()) {
         let mut a = Vec::new();
-        attr(&mut a, NFTA_SET_ELEM_LIST_TABLE, &cstr(table));
-        attr(&mut a, NFTA_SET_ELEM_LIST_SET, &cstr(set));
+        attr(&mut a, NFTA_SET_ELEM_LIST_TABLE, sys::cstr(table)?.as_bytes_with_nul());
+        attr(&mut a, NFTA_SET_ELEM_LIST_SET, sys::cstr(set)?.as_bytes_with_nul());
         nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
             for k in keys.iter() {
                 nested(a, NFTA_LIST_ELEM, |a| nested(a, NFTA_SET_ELEM_KEY, |a| attr(a, NFTA_DATA_VALUE, k)));
@@ -93,19 +86,17 @@ fn batch(table: &str, sets: &[(&str, &[Vec<u8>])]) -> (Vec<u8>, Vec<u32>) {
         seq += 1;
     }
     message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, res, &[]);
-    (out, acked)
+    Ok((out, acked))
 }
 
 /// Add `keys` (raw set keys, see `key_*`) to sets of inet table `table`,
 /// through `nl` (from `socket_beside`); every set's answer is awaited.
 pub fn add_elements(nl: &Fd, table: &str, sets: &[(&str, &[Vec<u8>])]) -> Result<()> {
-    let (msg, mut waiting) = batch(table, sets);
+    let (msg, mut waiting) = batch(table, sets)?;
     if waiting.is_empty() {
         return Ok(());
     }
-    let mut sa = [0u8; 12];
-    sa[0..2].copy_from_slice(&16u16.to_le_bytes()); // AF_NETLINK, the kernel
-    sys::call("nf_tables request", SENDTO, &[nl.raw() as u64, msg.as_ptr() as u64, msg.len() as u64, 0, sa.as_ptr() as u64, 12])?;
+    crate::sockets::send_to_kernel(nl, &msg, "nf_tables request")?;
     let mut buf = vec![0u8; 16384];
     while !waiting.is_empty() {
         let n = sys::call("nf_tables answer", RECVFROM, &[nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0])? as usize;
@@ -170,7 +161,7 @@ mod tests {
     #[test]
     fn batch_frames_every_message() {
         let keys = vec![key_port(53)];
-        let (b, acked) = batch("t", &[("udp", &keys), ("empty", &[])]);
+        let (b, acked) = batch("t", &[("udp", &keys), ("empty", &[])]).unwrap();
         assert_eq!(acked, vec![2]);
         // begin, one NEWSETELEM, end; lengths add up to the whole.
         let mut off = 0;

@@ -49,6 +49,14 @@ pub(crate) fn netlink_socket_beside(of: &Fd, protocol: u64) -> Result<Fd> {
     Ok(Fd(r))
 }
 
+/// Send netlink message(s) `msg` to the kernel through `nl`.
+pub(crate) fn send_to_kernel(nl: &Fd, msg: &[u8], what: &str) -> Result<()> {
+    // sockaddr_nl of the kernel
+    let mut sa = [0u8; 12];
+    sa[0..2].copy_from_slice(&(AF_NETLINK as u16).to_le_bytes());
+    sys::call(what, snr::SENDTO, &[nl.raw() as u64, msg.as_ptr() as u64, msg.len() as u64, 0, sa.as_ptr() as u64, 12]).map(|_| ())
+}
+
 /// Send one request, collect the payloads of all answers of `SOCK_DIAG_BY_FAMILY`.
 fn request(nl: &Fd, req: &[u8], dump: bool) -> Result<Vec<Vec<u8>>> {
     let mut msg = Vec::with_capacity(16 + req.len());
@@ -58,10 +66,7 @@ fn request(nl: &Fd, req: &[u8], dump: bool) -> Result<Vec<Vec<u8>>> {
     msg.extend_from_slice(&1u32.to_le_bytes());
     msg.extend_from_slice(&0u32.to_le_bytes());
     msg.extend_from_slice(req);
-    // sockaddr_nl of the kernel
-    let mut sa = [0u8; 12];
-    sa[0..2].copy_from_slice(&(AF_NETLINK as u16).to_le_bytes());
-    sys::call("sock_diag request", snr::SENDTO, &[nl.raw() as u64, msg.as_ptr() as u64, msg.len() as u64, 0, sa.as_ptr() as u64, 12])?;
+    send_to_kernel(nl, &msg, "sock_diag request")?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 65536];
     loop {

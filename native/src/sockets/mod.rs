@@ -12,7 +12,7 @@
 //! see docs/sockets.md and `Socket` in images/files.proto.
 
 mod diag;
-pub(crate) use diag::netlink_socket_beside;
+pub(crate) use diag::{netlink_socket_beside, send_to_kernel};
 mod filter;
 mod inet;
 mod netlink;
