@@ -28,7 +28,7 @@ use crate::inject::Injector;
 use crate::json::Json;
 use crate::memory::MAP_FIXED_NOREPLACE;
 use crate::proc;
-use crate::sys::{nr, Error, Pid, Result, PAGE_SIZE};
+use crate::sys::{nr, Error, Result, PAGE_SIZE};
 
 const IO_SETUP: i64 = 206;
 const IO_DESTROY: i64 = 207;
@@ -72,9 +72,10 @@ fn setup_size(pages: u64) -> u64 {
 }
 
 /// The process's AIO rings ("aio_rings" of the process document).
-pub fn dump(inj: &mut Injector, pid: Pid) -> Result<Vec<Json>> {
+/// `maps`: the process's maps, read already.
+pub fn dump(inj: &mut Injector, maps: &[proc::MapLine]) -> Result<Vec<Json>> {
     let mut out = Vec::new();
-    for m in proc::maps(pid)?.into_iter().filter(|m| is_ring(&m.path)) {
+    for m in maps.iter().filter(|m| is_ring(&m.path)) {
         let what = format!("AIO ring at {:#x}", m.start);
         // An io_getevents of nothing fails (EINVAL) unless the address is a context of this process.
         if inj.raw(IO_GETEVENTS, &[m.start, 0, 0, 0, 0])? != 0 {

@@ -3,7 +3,7 @@
 use crate::arch;
 use crate::files::FileTable;
 use crate::freeze::{self, Frozen};
-use crate::inject::{find_syscall_insn, open_mem, Injector};
+use crate::inject::{find_syscall_insn_in, open_mem, Injector};
 use crate::json::Json;
 use crate::memory;
 use crate::process;
@@ -67,7 +67,11 @@ pub type VmFlags = std::collections::HashMap<Pid, std::collections::HashMap<u64,
 
 pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<&str>, stats: &mut DumpStats, flags: Option<&VmFlags>) -> Result<Json> {
     let pid = fz.pid;
-    let insn = find_syscall_insn(pid)?;
+    // Read once, before the injector maps anything of its own: the layout
+    // as the process has it (proc::maps of 247 areas costs 0.2-0.3 ms, and
+    // the dump needed it three times per process).
+    let maps = crate::proc::maps(pid)?;
+    let insn = find_syscall_insn_in(pid, &maps)?;
     let empty = std::collections::HashMap::new();
     let leader = &fz.threads[0];
     let mut inj = Injector::new(pid, leader.tid, insn, leader.regs.rewound(true), leader.sigmask)?;
@@ -119,7 +123,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         for (k, v) in crate::anonfd::dump_process_extras(&mut inj, pid)? {
             p.set(k, v);
         }
-        let rings = crate::aio::dump(&mut inj, pid)?;
+        let rings = crate::aio::dump(&mut inj, &maps)?;
         if !rings.is_empty() {
             p.set("aio_rings", rings);
         }
@@ -143,7 +147,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     fin?;
     // VmFlags read again at the freeze for a process with a userfaultfd.
     let read_before = uffd.flags.as_ref().or_else(|| flags.map(|f| f.get(&pid).unwrap_or(&empty)));
-    let mut vmas: Vec<memory::Vma> = memory::without_ranges(memory::vmas_with_flags(pid, read_before)?, &ours);
+    let mut vmas: Vec<memory::Vma> = memory::without_ranges(memory::vmas_with_flags(pid, &maps, read_before)?, &ours);
     for v in vmas.iter_mut().filter(|v| uffd.phauls.contains(&v.start)) {
         // Registered by phaul's own dirty tracking, not by the process.
         v.flags = crate::anonfd::userfaultfd::without_modes(&v.flags);
@@ -236,6 +240,10 @@ fn sysv_warnings(procs: &[Json]) -> Vec<String> {
 /// The state document of an already frozen tree.
 /// `flags`: the areas' VmFlags read before the freeze; None reads them now.
 pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) -> Result<(Json, DumpStats)> {
+    memory::identities_memoized(|| dump_frozen_memoized(frozen, dir, flags))
+}
+
+fn dump_frozen_memoized(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) -> Result<(Json, DumpStats)> {
     let mut files = FileTable::new();
     files.tree = frozen.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid).collect();
     let mut stats = DumpStats { pages: 0, bytes: 0 };

@@ -34,7 +34,11 @@ pub struct Injector {
 /// Find a `syscall` instruction in an executable mapping of `pid`, preferring
 /// the [vdso] (identical on every process of this kernel).
 pub fn find_syscall_insn(pid: Pid) -> Result<u64> {
-    let maps = proc::maps(pid)?;
+    find_syscall_insn_in(pid, &proc::maps(pid)?)
+}
+
+/// The same, given the process's maps read already.
+pub fn find_syscall_insn_in(pid: Pid, maps: &[proc::MapLine]) -> Result<u64> {
     let mem = open_mem(pid, false)?;
     let mut candidates: Vec<&proc::MapLine> = maps.iter().filter(|m| m.path == "[vdso]").collect();
     candidates.extend(maps.iter().filter(|m| m.prot & 4 != 0 && m.path != "[vdso]" && m.path != "[vsyscall]"));

@@ -110,20 +110,8 @@ impl Json {
                     out.push_str("null")
                 }
             }
-            Json::U64(v) => {
-                if *v > (1u64 << 53) {
-                    let _ = write!(out, "\"{}\"", v);
-                } else {
-                    let _ = write!(out, "{}", v);
-                }
-            }
-            Json::I64(v) => {
-                if v.unsigned_abs() > (1u64 << 53) {
-                    let _ = write!(out, "\"{}\"", v);
-                } else {
-                    let _ = write!(out, "{}", v);
-                }
-            }
+            Json::U64(v) => write_int(out, false, *v),
+            Json::I64(v) => write_int(out, *v < 0, v.unsigned_abs()),
             Json::Str(s) => write_str(out, s),
             Json::Arr(a) => {
                 out.push('[');
@@ -151,7 +139,7 @@ impl Json {
     }
 
     pub fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser { b: text.as_bytes(), i: 0, depth: 0 };
+        let mut p = Parser { text, b: text.as_bytes(), i: 0, depth: 0 };
         let v = p.value()?;
         p.ws();
         if p.i != p.b.len() {
@@ -161,25 +149,66 @@ impl Json {
     }
 }
 
-fn write_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+/// An integer, quoted above 2^53 (where a JSON reader's doubles lose it).
+/// By hand: the state of a large tree has hundreds of thousands of them,
+/// and the formatting machinery took most of its serializing time.
+fn write_int(out: &mut String, negative: bool, mut v: u64) {
+    let quoted = v > (1u64 << 53);
+    let mut buf = [0u8; 24];
+    let mut i = buf.len();
+    if quoted {
+        i -= 1;
+        buf[i] = b'"';
+    }
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
         }
     }
+    if negative {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    if quoted {
+        i -= 1;
+        buf[i] = b'"';
+    }
+    // Only ASCII digits, signs and quotes were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    // Runs of characters that need no escape are copied whole.
+    let b = s.as_bytes();
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let esc = match c {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            c if c < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c);
+        } else {
+            out.push_str(esc);
+        }
+        run = i + 1;
+    }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 
 struct Parser<'a> {
+    text: &'a str,
     b: &'a [u8],
     i: usize,
     depth: usize,
@@ -189,6 +218,23 @@ impl<'a> Parser<'a> {
     fn ws(&mut self) {
         while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\n' | b'\r' | b'\t') {
             self.i += 1;
+        }
+    }
+    /// An unsigned integer without sign, fraction or exponent that fits
+    /// in 64 bits (nearly every number phaul writes), and where it ends.
+    fn plain_u64(&self) -> Option<(u64, usize)> {
+        let mut v: u64 = 0;
+        let mut i = self.i;
+        if !self.b.get(i).is_some_and(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        while let Some(&c) = self.b.get(i).filter(|c| c.is_ascii_digit()) {
+            v = v.checked_mul(10)?.checked_add((c - b'0') as u64)?;
+            i += 1;
+        }
+        match self.b.get(i) {
+            Some(b'.' | b'e' | b'E' | b'-' | b'+') => None,
+            _ => Some((v, i)),
         }
     }
     fn err<T>(&self, what: &str) -> Result<T, String> {
@@ -309,7 +355,9 @@ impl<'a> Parser<'a> {
                             while self.i < self.b.len() && self.b[self.i] != b'"' && self.b[self.i] != b'\\' {
                                 self.i += 1;
                             }
-                            s.push_str(std::str::from_utf8(&self.b[start..self.i]).map_err(|_| "bad utf-8")?);
+                            // Both ends sit next to an ASCII byte (or the
+                            // text's end): char boundaries of the &str.
+                            s.push_str(self.text.get(start..self.i).ok_or("bad utf-8")?);
                         }
                     }
                 }
@@ -327,6 +375,10 @@ impl<'a> Parser<'a> {
                 Ok(Json::Null)
             }
             Some(_) => {
+                if let Some((v, end)) = self.plain_u64() {
+                    self.i = end;
+                    return Ok(Json::U64(v));
+                }
                 let start = self.i;
                 while self.i < self.b.len() && matches!(self.b[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
                     self.i += 1;
@@ -395,5 +447,35 @@ mod tests {
         assert_eq!(v, again);
         assert!(Json::parse("{\"a\":").is_err());
         assert!(Json::parse(&"[".repeat(1000)).is_err());
+    }
+
+    /// A state-like document of 2,000 areas: `cargo test --release -- --ignored json_speed --nocapture`.
+    #[test]
+    #[ignore]
+    fn json_speed() {
+        let area = |i: u64| {
+            Json::obj()
+                .with("start", 0x7f00_0000_0000u64 + i * 4096)
+                .with("end", 0x7f00_0000_1000u64 + i * 4096)
+                .with("prot", 5u64)
+                .with("shared", false)
+                .with("kind", "file")
+                .with("pgoff", i * 4096)
+                .with("growsdown", false)
+                .with("path", "/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30")
+                .with("flags", "rd ex mr mw me sd")
+                .with("file", Json::obj().with("dev", 2049u64).with("ino", 1234567u64).with("size", 2190440u64).with("mtime_ns", 1_700_000_000_123_456_789u64))
+        };
+        let doc = Json::obj().with("processes", (0..2000).map(area).collect::<Vec<_>>());
+        // As in the engine; the second pass is timed.
+        crate::session::warm_heap();
+        drop(Json::parse(&doc.to_string()).unwrap());
+        let t0 = std::time::Instant::now();
+        let text = doc.to_string();
+        let t1 = std::time::Instant::now();
+        let back = Json::parse(&text).unwrap();
+        let t2 = std::time::Instant::now();
+        assert!(back.to_string() == text);
+        eprintln!("{} bytes: write {:?}, parse {:?}", text.len(), t1 - t0, t2 - t1);
     }
 }

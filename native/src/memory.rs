@@ -73,7 +73,7 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Vma {
     pub start: u64,
     pub end: u64,
@@ -137,8 +137,11 @@ pub fn classify(m: &MapLine) -> Kind {
 }
 
 pub fn vmas(pid: Pid) -> Result<Vec<Vma>> {
-    Ok(proc::maps(pid)?
-        .iter()
+    Ok(vmas_of_maps(&proc::maps(pid)?))
+}
+
+pub fn vmas_of_maps(maps: &[MapLine]) -> Vec<Vma> {
+    maps.iter()
         .map(|m| Vma {
             start: m.start,
             end: m.end,
@@ -151,7 +154,7 @@ pub fn vmas(pid: Pid) -> Result<Vec<Vma>> {
             ino: m.ino,
             flags: String::new(),
         })
-        .collect())
+        .collect()
 }
 
 /// The areas without the parts phaul mapped in the target (injector
@@ -187,8 +190,9 @@ pub fn without_ranges(vmas: Vec<Vma>, ours: &[(u64, u64)]) -> Vec<Vma> {
 /// The areas with their VmFlags, for a dump: restore re-applies the
 /// madvise and mlock settings among them (Vma::advice). `read_before`: the
 /// flags by start address, read earlier; None reads smaps now.
-pub fn vmas_with_flags(pid: Pid, read_before: Option<&std::collections::HashMap<u64, String>>) -> Result<Vec<Vma>> {
-    let mut vmas = vmas(pid)?;
+/// `maps`: the process's maps, read already.
+pub fn vmas_with_flags(pid: Pid, maps: &[MapLine], read_before: Option<&std::collections::HashMap<u64, String>>) -> Result<Vec<Vma>> {
+    let mut vmas = vmas_of_maps(maps);
     let now;
     let flags = match read_before {
         Some(f) => f,
@@ -203,15 +207,52 @@ pub fn vmas_with_flags(pid: Pid, read_before: Option<&std::collections::HashMap<
     Ok(vmas)
 }
 
+thread_local! {
+    /// Identities already read in this thread's current dump (see
+    /// `identities_memoized`), by path.
+    static IDENTITIES: std::cell::RefCell<Option<std::collections::HashMap<String, Json>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with every file's identity read once: a library is mapped four
+/// or five times per process and by every process of a tree (postgres: 7
+/// processes of 247 areas, 58 files, took about 2,600 stats per final
+/// round). Within one dump the files do not change in a way that matters.
+pub fn identities_memoized<R>(f: impl FnOnce() -> R) -> R {
+    // Dropped even if `f` panics: a later dump must not see stale entries.
+    struct Scope(bool);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            if self.0 {
+                IDENTITIES.with(|c| *c.borrow_mut() = None);
+            }
+        }
+    }
+    let outer = IDENTITIES.with(|c| c.borrow().is_some());
+    if !outer {
+        IDENTITIES.with(|c| *c.borrow_mut() = Some(std::collections::HashMap::new()));
+    }
+    let _scope = Scope(!outer);
+    f()
+}
+
 pub fn file_identity(path: &str) -> Json {
-    match std::fs::metadata(path) {
+    if let Some(j) = IDENTITIES.with(|c| c.borrow().as_ref().and_then(|m| m.get(path).cloned())) {
+        return j;
+    }
+    let j = match std::fs::metadata(path) {
         Ok(md) => Json::obj()
             .with("dev", md.dev())
             .with("ino", md.ino())
             .with("size", md.size())
             .with("mtime_ns", (md.mtime() as i64 * 1_000_000_000 + md.mtime_nsec()) as u64),
         Err(_) => Json::Null,
-    }
+    };
+    IDENTITIES.with(|c| {
+        if let Some(m) = c.borrow_mut().as_mut() {
+            m.insert(path.to_string(), j.clone());
+        }
+    });
+    j
 }
 
 impl Vma {
@@ -439,6 +480,18 @@ pub fn ranges_overlapping(sorted: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)
     let lo = sorted.partition_point(|r| r.1 <= a);
     let hi = lo + sorted[lo..].partition_point(|r| r.0 < b);
     &sorted[lo..hi]
+}
+
+/// Whether `sorted` (sorted, disjoint ranges) covers all of [a, b).
+pub fn covered(sorted: &[(u64, u64)], a: u64, b: u64) -> bool {
+    let mut at = a;
+    for r in ranges_overlapping(sorted, a, b) {
+        if r.0 > at {
+            return false;
+        }
+        at = at.max(r.1);
+    }
+    at >= b
 }
 
 /// The areas of `sorted` (sorted by start, disjoint) that overlap [a, b).

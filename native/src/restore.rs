@@ -35,8 +35,10 @@ pub fn is_zombie(p: &Json) -> bool {
 }
 
 /// The processes that run, in tree order (zombies are only re-created).
-pub fn live_procs(procs: &[Json]) -> Vec<Json> {
-    procs.iter().filter(|p| !is_zombie(p)).cloned().collect()
+pub fn live_procs(procs: &[Json]) -> Vec<&Json> {
+    // Not cloned: a tree's state is large (postgres, 7 processes: 0.5 MB of
+    // JSON, 6 ms to copy in the frozen window).
+    procs.iter().filter(|p| !is_zombie(p)).collect()
 }
 
 pub fn vmas_of(p: &Json) -> Result<Vec<Vma>> {
@@ -77,6 +79,9 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
             return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on this host (restore into a new pid namespace with --pid-ns)", t)));
         }
     }
+    // A library is mapped several times by every process: each (path,
+    // identity) is checked once.
+    let mut checked: std::collections::HashSet<(&str, Option<u64>, Option<u64>)> = std::collections::HashSet::new();
     for p in procs.iter().filter(|p| !is_zombie(p)) {
         let pid = pid_of(p)?;
         if p.arr_of("threads").is_empty() {
@@ -88,10 +93,13 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
                 files::check_file_identity(path, Some(exe))?;
             }
         }
-        for v in p.arr_of("vmas") {
-            let vma = Vma::from_json(v)?;
-            if vma.kind == Kind::File {
-                files::check_file_identity(vma.path.trim_end_matches(" (deleted)"), v.get("file"))?;
+        // (The areas themselves are checked where they are read, before
+        // they are applied: vmas_of.)
+        for v in p.arr_of("vmas").iter().filter(|v| v.str_of("kind") == Some(Kind::File.name())) {
+            let path = v.str_of("path").unwrap_or("");
+            let id = v.get("file");
+            if checked.insert((path, id.and_then(|i| i.u64_of("size")), id.and_then(|i| i.u64_of("mtime_ns")))) {
+                files::check_file_identity(path.trim_end_matches(" (deleted)"), id)?;
             }
         }
     }
@@ -540,7 +548,7 @@ struct Finishing<'a> {
 
 /// Threads, per-thread settings and registers; then everything runs, or,
 /// with `hold`, stays stopped until `release` (a migration's commit).
-pub fn finish_tree(procs: &[Json], tree: &mut Tree, hold: bool) -> Result<()> {
+pub fn finish_tree(procs: &[&Json], tree: &mut Tree, hold: bool) -> Result<()> {
     let mut all_threads: Vec<Finishing> = Vec::new();
     let mut nows: Vec<Option<Json>> = Vec::new();
     let mut leaders = Vec::new();

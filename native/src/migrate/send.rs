@@ -29,6 +29,29 @@ pub struct ProcessRound {
     pub vmas: Vec<Vma>,
     pub pages: Vec<u64>,
     pub keep: Vec<(u64, u64)>,
+    /// The destination has this layout already, and keeps its copy of
+    /// every area: no LAYOUT frame (a tree of 7 postgres processes of 247
+    /// areas each spent milliseconds of its frozen window on them).
+    pub same_layout: bool,
+}
+
+/// Each process's layout as last sent to the destination.
+#[derive(Default)]
+pub struct Layouts(std::collections::HashMap<Pid, Vec<Vma>>);
+
+impl Layouts {
+    /// Whether `vmas` is the layout last sent for `pid` and `keep` covers
+    /// every area whose pages are streamed (the destination then has
+    /// nothing to change); records `vmas` as sent either way.
+    pub fn unchanged(&mut self, pid: Pid, vmas: &[Vma], keep: &[(u64, u64)]) -> bool {
+        let same = self.0.get(&pid).is_some_and(|old| old.as_slice() == vmas) && vmas.iter().filter(|v| v.stores_pages()).all(|v| crate::memory::covered(keep, v.start, v.end));
+        self.0.insert(pid, vmas.to_vec());
+        same
+    }
+
+    pub fn remove(&mut self, pid: &Pid) {
+        self.0.remove(pid);
+    }
 }
 
 /// Frame buffers kept by a session between rounds.
@@ -130,7 +153,7 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&
             w.flush().map_err(broke)
         });
         let mut sink = Sink { tx, bufs };
-        let produced = produce(&mut sink, tree, work, trackers, round, last);
+        let produced = crate::memory::identities_memoized(|| produce(&mut sink, tree, work, trackers, round, last));
         let Sink { tx, bufs } = sink;
         drop(tx);
         let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
@@ -152,9 +175,11 @@ fn produce(sink: &mut Sink, tree: Option<&Json>, work: &[ProcessRound], trackers
         sink.put(Out::Bytes(b))?;
     }
     for w in work {
-        let mut layout = Vec::new();
-        stream::write_json_summed(&mut layout, stream::LAYOUT, w.pid as u32, &layout_json(&w.vmas, &w.keep), &mut sum)?;
-        sink.put(Out::Bytes(layout))?;
+        if !w.same_layout {
+            let mut layout = Vec::new();
+            stream::write_json_summed(&mut layout, stream::LAYOUT, w.pid as u32, &layout_json(&w.vmas, &w.keep), &mut sum)?;
+            sink.put(Out::Bytes(layout))?;
+        }
         let tracker = trackers.iter_mut().find(|t| t.pid() == w.pid);
         total += send_pages(sink, w.pid, &w.pages, &mut sum, tracker)?;
     }

@@ -47,6 +47,8 @@ pub struct SourceEngine {
     /// time). Processes come and go during pre-copy (a shell's children);
     /// the final round reshapes the destination's tree to the frozen one.
     prepared: std::collections::BTreeMap<Pid, (bool, u64)>,
+    /// Each process's layout as last sent: an unchanged one is not sent again.
+    layouts: send::Layouts,
 }
 
 /// A lease is held by one open of a file: the destination's own open of it,
@@ -287,7 +289,7 @@ impl SourceEngine {
         for t in exited {
             t.stop();
         }
-        collect(&mut self.trackers, self.round == 0, &[])
+        collect(&mut self.trackers, self.round == 0, &[], &mut self.layouts)
     }
 
     /// How the frozen tree differs from the one the destination's stubs
@@ -350,10 +352,12 @@ impl SourceEngine {
         // thread inherits this).
         crate::sys::set_thread_nice(FROZEN_NICE);
         crate::sys::set_thread_realtime(true);
+        crate::sys::trace_mark("source: freezing");
         let t0 = Instant::now();
         self.frozen_at = Some(t0);
         self.frozen_mono_us = crate::sys::mono_us();
         let frozen = freeze::freeze_tree(self.root)?;
+        crate::sys::trace_mark("source: tree frozen");
         // A process that started or ended during pre-copy (a shell's
         // children) is made or dropped on the destination in the final round.
         let (fresh, tree_frame) = match self.tree_changes(&frozen) {
@@ -386,15 +390,21 @@ impl SourceEngine {
         let (state_tx, state_rx) = std::sync::mpsc::channel::<Json>();
         let mut trackers = std::mem::take(&mut self.trackers);
         let mut pool = std::mem::take(&mut self.pool);
+        let mut layouts = std::mem::take(&mut self.layouts);
         let mut sock = sock;
         let round = self.round;
         self.round += 1;
         self.sender = Some(std::thread::spawn(move || {
+            // Not real-time: this thread computes for milliseconds (the
+            // last scan, the layouts), and a frozen thread that the dump
+            // lets run an injected call, queued behind it on the same CPU,
+            // would wait until it blocks (postgres: 12-25 ms).
+            crate::sys::set_thread_realtime(false);
             for t in trackers.iter_mut() {
                 t.last_round();
             }
             // Stop-and-copy: the final round is the first, and sends everything.
-            let work = match collect(&mut trackers, round == 0, &fresh) {
+            let work = match collect(&mut trackers, round == 0, &fresh, &mut layouts) {
                 Ok(w) => w,
                 Err(e) => {
                     let _ = count_tx.send(Err(e.clone()));
@@ -764,15 +774,16 @@ fn resident_bytes(pid: Pid) -> u64 {
 /// everything present in round 0, the pages written since the last round
 /// after; everything present for the `fresh` processes (not tracked: new
 /// since the stubs were made; their areas read at the freeze).
-fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)]) -> Result<Vec<ProcessRound>> {
+fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], layouts: &mut send::Layouts) -> Result<Vec<ProcessRound>> {
     let mut work = Vec::new();
     for (pid, vmas) in fresh {
         let pages = present_pages(*pid, vmas)?;
-        work.push(ProcessRound { pid: *pid, vmas: vmas.clone(), pages, keep: Vec::new() });
+        layouts.remove(pid);
+        work.push(ProcessRound { pid: *pid, vmas: vmas.clone(), pages, keep: Vec::new(), same_layout: false });
     }
     for t in trackers.iter_mut() {
         let pid = t.pid();
-        match collect_one(t, first) {
+        match collect_one(t, first, layouts) {
             Ok(w) => work.push(w),
             // Exited meanwhile: nothing to send; its tracker goes in the
             // next round, its stub at the final one.
@@ -783,7 +794,7 @@ fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)]) -> 
     Ok(work)
 }
 
-fn collect_one(t: &mut Tracker, first: bool) -> Result<ProcessRound> {
+fn collect_one(t: &mut Tracker, first: bool, layouts: &mut send::Layouts) -> Result<ProcessRound> {
     let pid = t.pid();
     let vmas = memory::vmas(pid)?;
     let mut pages = Vec::new();
@@ -795,7 +806,8 @@ fn collect_one(t: &mut Tracker, first: bool) -> Result<ProcessRound> {
     }
     // What the destination may keep of its copy: nothing in round 0.
     let keep = if first { Vec::new() } else { t.kept().to_vec() };
-    Ok(ProcessRound { pid, vmas, pages, keep })
+    let same_layout = !first && layouts.unchanged(pid, &vmas, &keep);
+    Ok(ProcessRound { pid, vmas, pages, keep, same_layout })
 }
 
 fn present_pages(pid: Pid, vmas: &[Vma]) -> Result<Vec<u64>> {
