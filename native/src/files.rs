@@ -784,6 +784,14 @@ impl FdChannel {
         Ok(())
     }
 
+    /// Pass `fd` into the stub for a moment: the descriptor number it got
+    /// there (close-on-exec), for the caller to use and close.
+    pub fn pass(&self, inj: &mut Injector, fd: &Fd) -> Result<u64> {
+        send_fds(&self.sender, &[fd.raw()])?;
+        let data = inj.scratch(4096)? + 1536;
+        Ok(self.receive(inj, data, 1, false)?[0])
+    }
+
     /// Install each `(fd, target, cloexec)`: the descriptors travel in one
     /// message per chunk, and the stub receives and places a chunk in two
     /// batches of injected calls (three calls per descriptor, each a round

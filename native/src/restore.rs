@@ -364,6 +364,7 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
             inj.call("munmap", nr::MUNMAP, &[a, b - a])?;
         }
     }
+    let mut objects = Vec::new();
     for (w, a, b) in fresh {
         // A new piece right after a kept piece of the same anonymous area
         // grows that mapping in place: the area stays one kernel VMA, as on
@@ -382,8 +383,13 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
         part.pgoff = w.pgoff + (a - w.start);
         part.start = a;
         part.end = b;
-        memory::map_vma(inj, &part)?;
+        match crate::anonfd::object_of(&part) {
+            // Mapped together below, through one channel.
+            Some(fd) => objects.push((part, fd?)),
+            None => memory::map_vma(inj, &part)?,
+        }
     }
+    crate::anonfd::map_objects(inj, objects)?;
     s.mapped = want.iter().map(|w| (*w).clone()).collect();
     rejoin_split_areas(s, &want)
 }

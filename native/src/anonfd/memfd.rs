@@ -1,10 +1,9 @@
 //! memfd: name, contents, size, seals; every description and every mapping
 //! of one memfd refer to one restored object.
 
-use super::{fd_of, nr, open_flags, pass_fd, read_contents, registry, reopen, write_contents, MAX_CONTENTS};
+use super::{fd_of, nr, open_flags, read_contents, registry, reopen, write_contents, MAX_CONTENTS};
 use crate::base64;
 use crate::files::FileCtx;
-use crate::inject::Injector;
 use crate::json::Json;
 use crate::memory::Vma;
 use crate::sys::{self, Error, Fd, Pid, Result};
@@ -91,32 +90,21 @@ pub fn open(f: &Json) -> Result<Fd> {
 
 /// A memory area "/memfd:NAME (deleted)": map the restored memfd of that
 /// name (passed into the stub for the call).
-pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
+/// The restored memfd that area `v` maps (a duplicate descriptor).
+pub fn object_for(v: &Vma) -> Result<Fd> {
     let name = name_of(&v.path).to_string();
-    let fd = {
-        let reg = registry();
-        let found: Vec<&Fd> = reg.objects.iter().filter(|((t, _), (n, _))| *t == TAG && *n == name).map(|(_, (_, f))| f).collect();
-        match found.len() {
-            1 => Fd(sys::call("dup", crate::sys::nr::FCNTL, &[found[0].raw() as u64, 1030, 0])? as i32),
-            0 => {
-                return Err(Error::new(
-                    "EUNSUPPORTED",
-                    format!("memory area {:#x}-{:#x}: memfd {} whose descriptor is not in the image is not supported", v.start, v.end, name),
-                ))
-            }
-            _ => {
-                return Err(Error::new(
-                    "EUNSUPPORTED",
-                    format!("memory area {:#x}-{:#x}: several memfds are named {}; mapping one of them is not supported", v.start, v.end, name),
-                ))
-            }
-        }
-    };
-    const AT: i32 = 1000;
-    pass_fd(inj, &fd, AT)?;
-    let flags = if v.shared { 0x01 } else { 0x02 } | 0x10; // MAP_SHARED/PRIVATE | MAP_FIXED
-    let r = inj.call(&format!("mmap memfd {} at {:#x}", name, v.start), crate::sys::nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, AT as u64, v.pgoff]);
-    inj.call("close", crate::sys::nr::CLOSE, &[AT as u64])?;
-    r.map(|_| ())
+    let reg = registry();
+    let found: Vec<&Fd> = reg.objects.iter().filter(|((t, _), (n, _))| *t == TAG && *n == name).map(|(_, (_, f))| f).collect();
+    match found.len() {
+        1 => Ok(Fd(sys::call("dup", crate::sys::nr::FCNTL, &[found[0].raw() as u64, 1030, 0])? as i32)),
+        0 => Err(Error::new(
+            "EUNSUPPORTED",
+            format!("memory area {:#x}-{:#x}: memfd {} whose descriptor is not in the image is not supported", v.start, v.end, name),
+        )),
+        _ => Err(Error::new(
+            "EUNSUPPORTED",
+            format!("memory area {:#x}-{:#x}: several memfds are named {}; mapping one of them is not supported", v.start, v.end, name),
+        )),
+    }
 }
 

@@ -139,13 +139,43 @@ pub fn restore_process_extras(inj: &mut Injector, p: &Json) -> Result<()> {
 /// A memory area of a memfd or of an unlinked file: mapped from the object
 /// restored by `open`. None: not ours, map as usual.
 pub fn map_vma(inj: &mut Injector, v: &crate::memory::Vma) -> Option<Result<()>> {
+    let fd = object_of(v)?;
+    Some(fd.and_then(|fd| map_objects(inj, vec![(v.clone(), fd)])))
+}
+
+/// The restored object (memfd, unlinked file) area `v` maps, duplicated;
+/// None when it maps none.
+pub fn object_of(v: &crate::memory::Vma) -> Option<Result<Fd>> {
     if v.path.starts_with("/memfd:") {
-        return Some(memfd::map_vma(inj, v));
+        return Some(memfd::object_for(v));
     }
     if v.path.ends_with(" (deleted)") {
-        return unlinked::map_vma(inj, v);
+        return unlinked::object_for(v);
     }
     None
+}
+
+/// Map each area from its object. The objects go in through one channel
+/// (opening one per area cost 10 injected calls an area: a Python
+/// multiprocessing worker with six semaphores took 4.5 ms of frozen time).
+pub fn map_objects(inj: &mut Injector, areas: Vec<(crate::memory::Vma, Fd)>) -> Result<()> {
+    if areas.is_empty() {
+        return Ok(());
+    }
+    let pidfd = sys::pidfd_open(inj.pid)?;
+    let chan = crate::files::FdChannel::open(inj, &pidfd, 1000)?;
+    let r = (|| {
+        for (v, fd) in &areas {
+            let at = chan.pass(inj, fd)?;
+            let flags = if v.shared { 0x01 } else { 0x02 } | 0x10; // MAP_SHARED/PRIVATE | MAP_FIXED
+            let r = inj.call(&format!("mmap {} at {:#x}", v.path, v.start), crate::sys::nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, at, v.pgoff]);
+            inj.call("close", crate::sys::nr::CLOSE, &[at])?;
+            r?;
+        }
+        Ok(())
+    })();
+    chan.close(inj)?;
+    r
 }
 
 // ---- shared helpers ----

@@ -2,10 +2,9 @@
 //! MAX_CONTENTS) and the file comes back as an unlinked file in the same
 //! directory, with the same offset, flags and mode.
 
-use super::{fd_of, nr, open_flags, pass_fd, read_contents, registry, reopen, write_contents, MAX_CONTENTS, O_CLOEXEC, O_CREAT, O_EXCL};
+use super::{fd_of, nr, open_flags, read_contents, registry, reopen, write_contents, MAX_CONTENTS, O_CLOEXEC, O_CREAT, O_EXCL};
 use crate::base64;
 use crate::files::FileCtx;
-use crate::inject::Injector;
 use crate::json::Json;
 use crate::memory::Vma;
 use crate::sys::{self, cstr, Error, Fd, Result};
@@ -101,20 +100,11 @@ pub fn open(f: &Json) -> Result<Fd> {
 
 /// A mapping of "PATH (deleted)" whose file is in the image as an unlinked
 /// file: map the restored object. Otherwise None (mapped as before).
-pub fn map_vma(inj: &mut Injector, v: &Vma) -> Option<Result<()>> {
+/// The restored unlinked file that area `v` maps (a duplicate
+/// descriptor); None when `v` maps no such file.
+pub fn object_for(v: &Vma) -> Option<Result<Fd>> {
     let path = v.path.strip_suffix(" (deleted)")?;
-    let fd = {
-        let reg = registry();
-        let (_, (_, f)) = reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path)?;
-        sys::call("dup", crate::sys::nr::FCNTL, &[f.raw() as u64, 1030, 0]).map(|x| Fd(x as i32))
-    };
-    Some((|| {
-        let fd = fd?;
-        const AT: i32 = 1001;
-        pass_fd(inj, &fd, AT)?;
-        let flags = if v.shared { 0x01 } else { 0x02 } | 0x10;
-        let r = inj.call(&format!("mmap {} at {:#x}", v.path, v.start), crate::sys::nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, AT as u64, v.pgoff]);
-        inj.call("close", crate::sys::nr::CLOSE, &[AT as u64])?;
-        r.map(|_| ())
-    })())
+    let reg = registry();
+    let (_, (_, f)) = reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path)?;
+    Some(sys::call("dup", crate::sys::nr::FCNTL, &[f.raw() as u64, 1030, 0]).map(|x| Fd(x as i32)))
 }

@@ -201,7 +201,6 @@ pub fn write_round_end_summed(w: &mut impl Write, round: u64, last: bool, sum: &
 /// A JSON frame outside a round (the final state) carries the sum of its body in `addr`.
 pub fn write_json_checked(w: &mut impl Write, kind: u32, pid: u32, j: &Json) -> Result<()> {
     let body = j.to_string().into_bytes();
-    crate::sys::trace_mark(&format!("TMP json serialized {} bytes", body.len()));
     let mut sum = RoundSum::new();
     sum.add(&body);
     write_frame(w, &encoded(Header { kind, pid, count: body.len() as u32, addr: sum.finish() as u64 }), &body)
@@ -215,7 +214,6 @@ pub fn write_signal(w: &mut impl Write, kind: u32) -> Result<()> {
 
 pub fn read_json_checked(r: &mut impl Read, h: &Header) -> Result<Json> {
     let body = read_body(r, h)?;
-    crate::sys::trace_mark(&format!("TMP json body read {} bytes", body.len()));
     let mut sum = RoundSum::new();
     sum.add(&body);
     if h.addr != sum.finish() as u64 {
