@@ -14,6 +14,7 @@ command -v python3 >/dev/null || need+=(python3)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -24,6 +25,10 @@ fi
 for s in redis-server nginx; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$s" 2>/dev/null; then systemctl stop "$s" || true; fi
 done
+# Likewise the cluster the postgresql package just made (not one that was there).
+if [[ " ${need[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null; then
+  pg_lsclusters --no-header 2>/dev/null | awk '$4 == "online" { print $1, $2 }' | while read -r v c; do pg_ctlcluster "$v" "$c" stop || true; done
+fi
 
 if ! command -v cargo >/dev/null; then
   echo "setup: cargo (Rust 1.70 or newer) is required to build native/" >&2

@@ -2,16 +2,21 @@
 // host while clients talk to them (docs/servers.md): redis-server with a raw
 // RESP client kept open, python3 -m http.server and a Node.js HTTP server
 // under a request loop (the Node one on a keep-alive connection), nginx with
-// a master and two www-data workers sharing anonymous memory. Every check is
+// a master and two www-data workers sharing anonymous memory, PostgreSQL (a
+// postmaster, its five helpers and a client's backend, with System V and
+// anonymous shared memory) under a psql session. Every check is
 // made from outside, by talking to the server. Nothing may be left behind:
 // servers, stubs, nftables tables.
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, mkdirSync, chmodSync, readdirSync, readlinkSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdirSync, chmodSync, chownSync, readdirSync, readlinkSync, existsSync } from 'node:fs';
+import { execFile, execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import readline from 'node:readline';
+import { promisify } from 'node:util';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
-import { procStatus, sleep, waitUntil } from './helpers/proc.js';
+import { cmdline, killTree, procStatus, sleep, waitUntil } from './helpers/proc.js';
 import {
   assertClean, childrenOf, freePort, httpGet, migrateServer, python, RequestLoop, RespClient, stats, waitHttp, which,
 } from './helpers/servers.js';
@@ -135,6 +140,80 @@ describe('real servers under live migration on one host', () => {
     assertClean(agent);
   });
 
+  test('PostgreSQL: postmaster and children move; a session open before keeps answering, new sessions fork backends', { timeout: 120_000 }, async (t) => {
+    const bin = postgresBin();
+    const passwd = readFileSync('/etc/passwd', 'utf8').match(/^postgres:[^:]*:(\d+):(\d+):/m);
+    const setpriv = which('setpriv');
+    const runuser = which('runuser');
+    if (!bin || !passwd || !setpriv || !runuser) return t.skip('PostgreSQL is not installed (scripts/setup.sh installs it)');
+    const [uid, gid] = [Number(passwd[1]), Number(passwd[2])];
+    const dir = h.tempDir('phaul-pg-');
+    chmodSync(dir, 0o755);
+    chownSync(dir, uid, gid);
+    const data = path.join(dir, 'data');
+    execFileSync(runuser, ['-u', 'postgres', '--', path.join(path.dirname(bin), 'initdb'), '-D', data, '-A', 'trust', '--no-sync'], { stdio: 'ignore' });
+    const port = await freePort();
+    const child = h.spawnDetached(setpriv, ['--reuid=postgres', '--regid=postgres', '--init-groups', bin, '-D', data, '-k', dir, '-p', String(port), '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off'], dir, data);
+    const psql = path.join(path.dirname(bin), 'psql');
+    const once = (sql: string) => execFileSync(psql, ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-qAtc', sql], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    assert.ok(await waitUntil(() => { try { return once('select 1') === '1'; } catch { return false; } }, 20_000), 'postgres does not accept connections');
+    once('create table t (i int primary key, at timestamptz default now())');
+    // Its long-lived helpers (backends and autovacuum workers come and go).
+    const helpers = (pid: number) => childrenOf(pid).map((c) => (cmdline(c) ?? '').trim()).filter((c) => /^postgres: (checkpointer|background writer|walwriter|autovacuum launcher|logical replication launcher)$/.test(c)).sort();
+    // One session, open across the migration: an insert every 2 ms.
+    const session = new Psql(psql, port);
+    t.after(() => session.close());
+    let n = 0;
+    const gaps: number[] = [];
+    let stop = false;
+    const loop = (async () => {
+      let last = performance.now();
+      while (!stop) {
+        assert.equal(await session.query(`insert into t (i) values (${n}) returning i`), String(n), 'insert answered out of sequence');
+        n++;
+        const now = performance.now();
+        gaps.push(now - last);
+        last = now;
+        await sleep(2);
+      }
+    })();
+    // And short sessions, one backend each, that end during pre-copy: what
+    // they write to shared memory no tracker sees (see native/src/migrate/shmem.rs).
+    once('create table churn (i int primary key, v text)');
+    let acked = 0;
+    let next = 0;
+    const churn = Promise.all([0, 1, 2].map(async () => {
+      while (!stop) {
+        const i = next++;
+        await execFileAsync(psql, ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-qAtc', `insert into churn values (${i}, repeat('x', 300))`]);
+        acked++;
+      }
+    }));
+    await sleep(500);
+    const before = helpers(child.pid!);
+    assert.ok(before.length >= 4, `postgres has only ${before.length} helper processes: ${before.join(', ')}`);
+    const moved = await migrateServer(h, agent, child.pid!, data, child);
+    await sleep(500);
+    stop = true;
+    await loop;
+    await churn;
+    assert.ok(n > 50, 'the session did not run');
+    assert.ok(acked > 10, 'the short sessions did not run');
+    assert.equal(once('select count(*) from churn'), String(acked), 'rows committed by short sessions during the migration were lost');
+    assert.equal(await session.query('select count(*) from t'), String(n), 'rows lost in the open session');
+    assert.deepEqual(helpers(moved.pid), before, 'the migrated postmaster has other helper processes');
+    // New sessions: the migrated postmaster forks backends that attach its shared memory.
+    assert.equal(once('select count(*) from t'), String(n));
+    assert.equal(once(`insert into t (i) values (${n}) returning i`), String(n));
+    assert.equal(once('select count(*) from t'), String(n + 1));
+    assert.deepEqual(session.unexpected, [], 'psql printed more than the answers');
+    session.close();
+    t.diagnostic(`postgres: frozen ${moved.summary.frozen_ms} ms, restore ${Math.round(moved.summary.restore_us / 1000)} ms, largest gap between answers in the open session ${Math.round(Math.max(...gaps))} ms, ${n} inserts there, ${acked} through short sessions`);
+    const left = await killTree(moved.pid, (p) => (cmdline(p) ?? '').startsWith('postgres') || (cmdline(p) ?? '').includes(data));
+    assert.deepEqual(left, [], 'postgres processes left after SIGKILL');
+    assertClean(agent);
+  });
+
   test('nginx: master and two www-data workers, shared memory stays shared', { timeout: 90_000 }, async (t) => {
     const nginx = which('nginx');
     if (!nginx) return t.skip('nginx is not installed (scripts/setup.sh installs nginx-light)');
@@ -236,3 +315,48 @@ http {
     }
   });
 });
+
+const execFileAsync = promisify(execFile);
+
+/** The newest PostgreSQL server installed from Debian's packages. */
+function postgresBin(): string | undefined {
+  const root = '/usr/lib/postgresql';
+  if (!existsSync(root)) return undefined;
+  const versions = readdirSync(root).filter((v) => /^\d+$/.test(v)).sort((a, b) => Number(b) - Number(a));
+  return versions.map((v) => `${root}/${v}/bin/postgres`).find((b) => existsSync(b));
+}
+
+/** A psql session answering one query at a time (tuples only, unaligned). */
+class Psql {
+  private readonly proc: ChildProcessWithoutNullStreams;
+  private readonly waiting: Array<(line: string) => void> = [];
+  private readonly lines: string[] = [];
+  private errors = '';
+  constructor(psql: string, port: number) {
+    this.proc = spawn(psql, ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-qAt', '-v', 'ON_ERROR_STOP=1']);
+    readline.createInterface({ input: this.proc.stdout }).on('line', (l) => {
+      const w = this.waiting.shift();
+      if (w) w(l);
+      else this.lines.push(l);
+    });
+    this.proc.stderr.on('data', (d: Buffer) => {
+      this.errors += d.toString();
+    });
+    this.proc.on('exit', (code, sig) => {
+      for (const w of this.waiting.splice(0)) w(`(psql exited: ${code ?? sig}: ${this.errors.trim()})`);
+    });
+  }
+  /** Lines nobody asked for (there should be none). */
+  get unexpected(): string[] {
+    return this.lines;
+  }
+  query(sql: string): Promise<string> {
+    return new Promise((resolve) => {
+      this.waiting.push(resolve);
+      this.proc.stdin.write(`${sql};\n`);
+    });
+  }
+  close(): void {
+    this.proc.stdin.end();
+  }
+}

@@ -173,6 +173,13 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     for v in vmas.iter().filter(|v| v.stores_pages()) {
         memory::present_pages(&pagemap, v, &mut pages)?;
     }
+    // Shared memory also holds what other processes, maybe gone, put there.
+    let held: Vec<u64> = vmas.iter().flat_map(|v| crate::shmem::held_pages(pid, v)).collect();
+    if !held.is_empty() {
+        pages.extend(held);
+        pages.sort_unstable();
+        pages.dedup();
+    }
     let runs = memory::runs_of(&pages);
     let name = format!("pages-{}.img", pid);
     let out = File::create(format!("{}/{}", dir, name)).ctx(format!("creating {}/{}", dir, name))?;

@@ -29,6 +29,7 @@ pub mod ptrace;
 pub mod restore;
 pub mod seccomp;
 pub mod shares;
+pub mod shmem;
 pub mod session;
 pub mod signals;
 pub mod sockets;

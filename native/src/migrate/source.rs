@@ -49,6 +49,14 @@ pub struct SourceEngine {
     prepared: std::collections::BTreeMap<Pid, (bool, u64)>,
     /// Each process's layout as last sent: an unchanged one is not sent again.
     layouts: send::Layouts,
+    /// What of each shared memory object was sent (see shmem.rs).
+    shmem: crate::shmem::Sent,
+    /// Minor faults of each process's reaped children (cminflt) when
+    /// tracking began: a rise means a child lived and ended unseen.
+    /// (And whether it was a zombie already.)
+    reaped: std::collections::BTreeMap<Pid, (u64, bool)>,
+    /// A tracked process ended before the freeze.
+    tracked_exited: bool,
 }
 
 /// A lease is held by one open of a file: the destination's own open of it,
@@ -161,6 +169,7 @@ impl SourceEngine {
             // Tree order (parents first), zombies included: the destination forks them in this order.
             for fz in &frozen.procs {
                 self.prepared.insert(fz.pid, (fz.zombie.is_some(), start_time(fz.pid)));
+                self.reaped.insert(fz.pid, (reaped_faults(fz.pid), fz.zombie.is_some()));
                 if let Some(status) = fz.zombie {
                     layout.push(zombie_entry(fz, status));
                     continue;
@@ -287,9 +296,11 @@ impl SourceEngine {
         let (exited, kept): (Vec<Tracker>, Vec<Tracker>) = std::mem::take(&mut self.trackers).into_iter().partition(|t| t.pid() != self.root && proc::exited(t.pid()));
         self.trackers = kept;
         for t in exited {
+            self.tracked_exited = true;
             t.stop();
         }
-        collect(&mut self.trackers, self.round == 0, &[], &mut self.layouts)
+        let first = self.round == 0;
+        collect(&mut self.trackers, first, &[], &mut self.layouts, first.then_some(&mut self.shmem))
     }
 
     /// How the frozen tree differs from the one the destination's stubs
@@ -331,6 +342,18 @@ impl SourceEngine {
         self.prepared = now;
         let frame = Json::obj().with("gone", gone.iter().map(|&p| Json::from(p)).collect::<Vec<_>>()).with("processes", entries);
         Ok((fresh, Some(frame)))
+    }
+
+    /// Whether a process of the tree may have written shared memory
+    /// without being tracked: one that ended during pre-copy (tracked, its
+    /// writes since its last round; or never tracked), seen as a tracked
+    /// process gone or as its parent's count of reaped children's faults
+    /// rising (a process that ran at all faulted).
+    fn unseen_writers(&self, frozen: &Frozen) -> bool {
+        let live = |p: Pid| frozen.procs.iter().any(|fz| fz.pid == p && fz.zombie.is_none());
+        self.tracked_exited
+            || self.reaped.iter().any(|(&p, &(before, zombie))| !zombie && (!live(p) || reaped_faults(p) > before))
+            || frozen.procs.iter().filter(|fz| !self.reaped.contains_key(&fz.pid)).any(|fz| fz.zombie.is_some() || reaped_faults(fz.pid) > 0)
     }
 
     /// Freeze, start sending the last dirty pages at once (on a thread of its
@@ -391,6 +414,13 @@ impl SourceEngine {
         let mut trackers = std::mem::take(&mut self.trackers);
         let mut pool = std::mem::take(&mut self.pool);
         let mut layouts = std::mem::take(&mut self.layouts);
+        let mut shmem = std::mem::take(&mut self.shmem);
+        let unseen = self.unseen_writers(&frozen);
+        if unseen {
+            // Shared memory may hold writes no tracker saw: all of it goes again.
+            crate::sys::trace_mark("source: shared memory sent again whole");
+            shmem.forget();
+        }
         let mut sock = sock;
         let round = self.round;
         self.round += 1;
@@ -404,7 +434,7 @@ impl SourceEngine {
                 t.last_round();
             }
             // Stop-and-copy: the final round is the first, and sends everything.
-            let work = match collect(&mut trackers, round == 0, &fresh, &mut layouts) {
+            let work = match collect(&mut trackers, round == 0, &fresh, &mut layouts, unseen.then_some(&mut shmem)) {
                 Ok(w) => w,
                 Err(e) => {
                     let _ = count_tx.send(Err(e.clone()));
@@ -774,16 +804,22 @@ fn resident_bytes(pid: Pid) -> u64 {
 /// everything present in round 0, the pages written since the last round
 /// after; everything present for the `fresh` processes (not tracked: new
 /// since the stubs were made; their areas read at the freeze).
-fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], layouts: &mut send::Layouts) -> Result<Vec<ProcessRound>> {
+/// `shmem`: given in round 0 and after unseen writers, for the sweep of
+/// shared memory objects (shmem.rs); otherwise what trackers saw is all
+/// that changed.
+fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], layouts: &mut send::Layouts, mut shmem: Option<&mut crate::shmem::Sent>) -> Result<Vec<ProcessRound>> {
     let mut work = Vec::new();
     for (pid, vmas) in fresh {
-        let pages = present_pages(*pid, vmas)?;
+        let mut pages = present_pages(*pid, vmas)?;
+        if let Some(sh) = shmem.as_deref_mut() {
+            add_pages(&mut pages, sh.unsent(*pid, vmas)?);
+        }
         layouts.remove(pid);
         work.push(ProcessRound { pid: *pid, vmas: vmas.clone(), pages, keep: Vec::new(), same_layout: false });
     }
     for t in trackers.iter_mut() {
         let pid = t.pid();
-        match collect_one(t, first, layouts) {
+        match collect_one(t, first, layouts, shmem.as_deref_mut()) {
             Ok(w) => work.push(w),
             // Exited meanwhile: nothing to send; its tracker goes in the
             // next round, its stub at the final one.
@@ -794,7 +830,7 @@ fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], lay
     Ok(work)
 }
 
-fn collect_one(t: &mut Tracker, first: bool, layouts: &mut send::Layouts) -> Result<ProcessRound> {
+fn collect_one(t: &mut Tracker, first: bool, layouts: &mut send::Layouts, shmem: Option<&mut crate::shmem::Sent>) -> Result<ProcessRound> {
     let pid = t.pid();
     let vmas = memory::vmas(pid)?;
     let mut pages = Vec::new();
@@ -804,10 +840,27 @@ fn collect_one(t: &mut Tracker, first: bool, layouts: &mut send::Layouts) -> Res
         // writes during this copy show up in the next round.
         pages = present_pages(pid, &vmas)?;
     }
+    if let Some(sh) = shmem {
+        add_pages(&mut pages, sh.unsent(pid, &vmas)?);
+    }
     // What the destination may keep of its copy: nothing in round 0.
     let keep = if first { Vec::new() } else { t.kept().to_vec() };
     let same_layout = !first && layouts.unchanged(pid, &vmas, &keep);
     Ok(ProcessRound { pid, vmas, pages, keep, same_layout })
+}
+
+/// `pages` (sorted, without duplicates) with `more` added.
+fn add_pages(pages: &mut Vec<u64>, more: Vec<u64>) {
+    if !more.is_empty() {
+        pages.extend(more);
+        pages.sort_unstable();
+        pages.dedup();
+    }
+}
+
+/// cminflt of /proc/PID/stat: minor faults of its children it has reaped.
+fn reaped_faults(pid: Pid) -> u64 {
+    proc::stat(pid).map(|(_, f)| proc::stat_u64(&f, 11)).unwrap_or(0)
 }
 
 fn present_pages(pid: Pid, vmas: &[Vma]) -> Result<Vec<u64>> {
