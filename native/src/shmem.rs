@@ -16,6 +16,7 @@
 //! (source.rs, unseen_writers). A dump to image files saves what the
 //! object holds for the same reason (dump.rs).
 
+use crate::dirty::merge;
 use crate::memory::{Kind, Vma};
 use crate::sys::{self, nr, Pid, Result, PAGE_SIZE};
 use std::collections::HashMap;
@@ -110,18 +111,6 @@ fn populated(pid: Pid, v: &Vma, from: u64, to: u64) -> Option<Vec<(u64, u64)>> {
     Some(out)
 }
 
-fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    r.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
-    for (a, b) in r {
-        match out.last_mut() {
-            Some(l) if a <= l.1 => l.1 = l.1.max(b),
-            _ => out.push((a, b)),
-        }
-    }
-    out
-}
-
 /// `have` minus `sent` (both sorted, disjoint).
 fn subtract_all(have: &[(u64, u64)], sent: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
@@ -145,7 +134,6 @@ mod tests {
     use super::*;
     #[test]
     fn ranges() {
-        assert_eq!(merge(vec![(8, 12), (0, 4), (4, 6)]), vec![(0, 6), (8, 12)]);
         assert_eq!(subtract_all(&[(0, 100)], &[(10, 20), (50, 60)]), vec![(0, 10), (20, 50), (60, 100)]);
         assert_eq!(subtract_all(&[(0, 10)], &[(0, 10)]), vec![]);
     }
