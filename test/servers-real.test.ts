@@ -18,7 +18,7 @@ import { after, before, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
 import { cmdline, killTree, procStatus, sleep, waitUntil } from './helpers/proc.js';
 import {
-  assertClean, childrenOf, freePort, httpGet, migrateServer, python, RequestLoop, RespClient, stats, waitHttp, which,
+  assertClean, childrenOf, freePort, httpGet, migrateServer, python, RequestLoop, RespClient, stats, StepLoop, waitHttp, which,
 } from './helpers/servers.js';
 import { Harness } from './helpers/workload.js';
 import { migrate } from '../src/index.js';
@@ -47,26 +47,11 @@ describe('real servers under live migration on one host', () => {
     await c.ready();
     for (let i = 0; i < 100; i++) assert.equal(await c.command('SET', `key:${i}`, `value ${i}`), '+OK\r\n');
     // a command stream on the same connection during the migration
-    let n = 0;
-    const gaps: number[] = [];
-    let stop = false;
-    const loop = (async () => {
-      let last = performance.now();
-      while (!stop) {
-        const r = await c.command('INCR', 'counter');
-        n++;
-        assert.equal(r, `:${n}\r\n`, 'INCR answered out of sequence');
-        const now = performance.now();
-        gaps.push(now - last);
-        last = now;
-        await sleep(5);
-      }
-    })();
+    const loop = new StepLoop(async (i) => assert.equal(await c.command('INCR', 'counter'), `:${i + 1}\r\n`, 'INCR answered out of sequence'), 5);
     await sleep(300);
     const moved = await migrateServer(h, agent, child.pid!, marker, child);
     await sleep(500);
-    stop = true;
-    await loop;
+    const n = await loop.stop();
     const nAtEnd = n;
     assert.ok(n > 20, 'the command stream did not run');
     for (let i = 0; i < 100; i += 7) assert.equal(await c.command('GET', `key:${i}`), `$${`value ${i}`.length}\r\nvalue ${i}\r\n`);
@@ -78,7 +63,7 @@ describe('real servers under live migration on one host', () => {
     assert.equal(await c2.command('GET', 'key:42'), '$8\r\nvalue 42\r\n');
     c2.close();
     c.close();
-    t.diagnostic(`redis: frozen ${moved.summary.frozen_ms} ms, restore ${Math.round(moved.summary.restore_us / 1000)} ms, largest gap between answers on the open connection ${Math.round(Math.max(...gaps))} ms, ${n} commands`);
+    t.diagnostic(`redis: frozen ${moved.summary.frozen_ms} ms, restore ${Math.round(moved.summary.restore_us / 1000)} ms, largest gap between answers on the open connection ${loop.largestGap} ms, ${n} commands`);
     await h.kill({ pid: moved.pid, marker });
     assertClean(agent);
   });
@@ -163,23 +148,11 @@ describe('real servers under live migration on one host', () => {
     // One session, open across the migration: an insert every 2 ms.
     const session = new Psql(psql, port);
     t.after(() => session.close());
-    let n = 0;
-    const gaps: number[] = [];
-    let stop = false;
-    const loop = (async () => {
-      let last = performance.now();
-      while (!stop) {
-        assert.equal(await session.query(`insert into t (i) values (${n}) returning i`), String(n), 'insert answered out of sequence');
-        n++;
-        const now = performance.now();
-        gaps.push(now - last);
-        last = now;
-        await sleep(2);
-      }
-    })();
+    const loop = new StepLoop(async (i) => assert.equal(await session.query(`insert into t (i) values (${i}) returning i`), String(i), 'insert answered out of sequence'), 2);
     // And short sessions, one backend each, that end during pre-copy: what
-    // they write to shared memory no tracker sees (see native/src/migrate/shmem.rs).
+    // they write to shared memory no tracker sees (see native/src/shmem.rs).
     once('create table churn (i int primary key, v text)');
+    let stop = false;
     let acked = 0;
     let next = 0;
     const churn = Promise.all([0, 1, 2].map(async () => {
@@ -195,7 +168,7 @@ describe('real servers under live migration on one host', () => {
     const moved = await migrateServer(h, agent, child.pid!, data, child);
     await sleep(500);
     stop = true;
-    await loop;
+    const n = await loop.stop();
     await churn;
     assert.ok(n > 50, 'the session did not run');
     assert.ok(acked > 10, 'the short sessions did not run');
@@ -208,7 +181,7 @@ describe('real servers under live migration on one host', () => {
     assert.equal(once('select count(*) from t'), String(n + 1));
     assert.deepEqual(session.unexpected, [], 'psql printed more than the answers');
     session.close();
-    t.diagnostic(`postgres: frozen ${moved.summary.frozen_ms} ms, restore ${Math.round(moved.summary.restore_us / 1000)} ms, largest gap between answers in the open session ${Math.round(Math.max(...gaps))} ms, ${n} inserts there, ${acked} through short sessions`);
+    t.diagnostic(`postgres: frozen ${moved.summary.frozen_ms} ms, restore ${Math.round(moved.summary.restore_us / 1000)} ms, largest gap between answers in the open session ${loop.largestGap} ms, ${n} inserts there, ${acked} through short sessions`);
     const left = await killTree(moved.pid, (p) => (cmdline(p) ?? '').startsWith('postgres') || (cmdline(p) ?? '').includes(data));
     assert.deepEqual(left, [], 'postgres processes left after SIGKILL');
     assertClean(agent);

@@ -174,12 +174,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         memory::present_pages(&pagemap, v, &mut pages)?;
     }
     // Shared memory also holds what other processes, maybe gone, put there.
-    let held: Vec<u64> = vmas.iter().flat_map(|v| crate::shmem::held_pages(pid, v)).collect();
-    if !held.is_empty() {
-        pages.extend(held);
-        pages.sort_unstable();
-        pages.dedup();
-    }
+    memory::add_pages(&mut pages, vmas.iter().flat_map(|v| crate::shmem::held_pages(pid, v)).collect());
     let runs = memory::runs_of(&pages);
     let name = format!("pages-{}.img", pid);
     let out = File::create(format!("{}/{}", dir, name)).ctx(format!("creating {}/{}", dir, name))?;

@@ -482,16 +482,35 @@ pub fn ranges_overlapping(sorted: &[(u64, u64)], a: u64, b: u64) -> &[(u64, u64)
     &sorted[lo..hi]
 }
 
-/// Whether `sorted` (sorted, disjoint ranges) covers all of [a, b).
-pub fn covered(sorted: &[(u64, u64)], a: u64, b: u64) -> bool {
-    let mut at = a;
-    for r in ranges_overlapping(sorted, a, b) {
-        if r.0 > at {
-            return false;
-        }
-        at = at.max(r.1);
+/// `pages` (sorted, without duplicates) with `more` added.
+pub fn add_pages(pages: &mut Vec<u64>, more: Vec<u64>) {
+    if !more.is_empty() {
+        pages.extend(more);
+        pages.sort_unstable();
+        pages.dedup();
     }
-    at >= b
+}
+
+/// What is left of `range` once `holes` are taken out of it.
+pub fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = vec![range];
+    for &(hs, he) in holes {
+        let mut next = Vec::new();
+        for (s, e) in out {
+            if he <= s || hs >= e {
+                next.push((s, e));
+                continue;
+            }
+            if s < hs {
+                next.push((s, hs));
+            }
+            if he < e {
+                next.push((he, e));
+            }
+        }
+        out = next;
+    }
+    out
 }
 
 /// The areas of `sorted` (sorted by start, disjoint) that overlap [a, b).
@@ -609,6 +628,12 @@ fn map_shared_anon(inj: &mut Injector, v: &Vma, prot: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subtract_ranges() {
+        assert_eq!(subtract((0, 100), &[(10, 20), (50, 60)]), vec![(0, 10), (20, 50), (60, 100)]);
+        assert_eq!(subtract((0, 10), &[(0, 10)]), vec![]);
+    }
 
     fn area(kind: Kind, flags: &str) -> Vma {
         Vma { start: 0x1000, end: 0x3000, prot: 3, shared: false, kind, pgoff: 0, path: String::new(), dev: 0, ino: 0, flags: flags.to_string() }

@@ -304,27 +304,6 @@ fn compatible(old: &Vma, new: &Vma) -> bool {
         && (new.kind != Kind::File || old.pgoff.wrapping_add(new.start.wrapping_sub(old.start)) == new.pgoff)
 }
 
-fn subtract(range: (u64, u64), holes: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = vec![range];
-    for &(hs, he) in holes {
-        let mut next = Vec::new();
-        for (s, e) in out {
-            if he <= s || hs >= e {
-                next.push((s, e));
-                continue;
-            }
-            if s < hs {
-                next.push((s, hs));
-            }
-            if he < e {
-                next.push((he, e));
-            }
-        }
-        out = next;
-    }
-    out
-}
-
 /// Bring the stub's mappings to `want`, keeping the contents of every page
 /// that stays mapped compatibly (an mprotect split, a grown heap), so a
 /// page stream only needs to send the new parts. With `keep`, contents are
@@ -354,13 +333,13 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
             }
             kept.push((a, b));
         }
-        for (a, b) in subtract((w.start, w.end), &cover) {
+        for (a, b) in memory::subtract((w.start, w.end), &cover) {
             fresh.push(((*w).clone(), a, b));
         }
     }
     kept.sort_unstable();
     for o in &s.mapped {
-        for (a, b) in subtract((o.start, o.end), memory::ranges_overlapping(&kept, o.start, o.end)) {
+        for (a, b) in memory::subtract((o.start, o.end), memory::ranges_overlapping(&kept, o.start, o.end)) {
             inj.call("munmap", nr::MUNMAP, &[a, b - a])?;
         }
     }

@@ -17,8 +17,8 @@
 //! object holds for the same reason (dump.rs).
 
 use crate::dirty::merge;
-use crate::memory::{Kind, Vma};
-use crate::sys::{self, nr, Pid, Result, PAGE_SIZE};
+use crate::memory::{ranges_overlapping, subtract, Kind, Vma};
+use crate::sys::{self, nr, Pid, PAGE_SIZE};
 use std::collections::HashMap;
 
 const SEEK_DATA: u64 = 3;
@@ -38,15 +38,16 @@ impl Sent {
 
     /// Addresses of the pages of `pid`'s shared memory areas whose object
     /// holds them and that were never sent (for any process mapping it).
-    pub fn unsent(&mut self, pid: Pid, vmas: &[Vma]) -> Result<Vec<u64>> {
+    pub fn unsent(&mut self, pid: Pid, vmas: &[Vma]) -> Vec<u64> {
         let mut out = Vec::new();
         for v in vmas.iter().filter(|v| is_object(v)) {
             let have = held(pid, v);
             let sent = self.0.entry((v.dev, v.ino)).or_default();
-            pages_of(v, &subtract_all(&have, sent), &mut out);
+            let new: Vec<(u64, u64)> = have.iter().flat_map(|&(a, b)| subtract((a, b), ranges_overlapping(sent, a, b))).collect();
+            pages_of(v, &new, &mut out);
             *sent = merge(sent.iter().copied().chain(have.iter().copied()).collect());
         }
-        Ok(out)
+        out
     }
 }
 
@@ -109,32 +110,4 @@ fn populated(pid: Pid, v: &Vma, from: u64, to: u64) -> Option<Vec<(u64, u64)>> {
         at = hole;
     }
     Some(out)
-}
-
-/// `have` minus `sent` (both sorted, disjoint).
-fn subtract_all(have: &[(u64, u64)], sent: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(a, b) in have {
-        let mut at = a;
-        for &(s, e) in crate::memory::ranges_overlapping(sent, a, b) {
-            if s > at {
-                out.push((at, s));
-            }
-            at = at.max(e);
-        }
-        if at < b {
-            out.push((at, b));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn ranges() {
-        assert_eq!(subtract_all(&[(0, 100)], &[(10, 20), (50, 60)]), vec![(0, 10), (20, 50), (60, 100)]);
-        assert_eq!(subtract_all(&[(0, 10)], &[(0, 10)]), vec![]);
-    }
 }

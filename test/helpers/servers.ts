@@ -74,6 +74,41 @@ export async function waitHttp(port: number, urlPath: string, timeoutMs = 15_000
   throw new Error(`GET ${urlPath} on port ${port} never succeeded: ${String(last)}`);
 }
 
+/** `step(i)` for i = 0, 1, ... with a pause between, until stop(): the
+ * gaps between the ends of two steps (what a client saw of the downtime).
+ * A step that throws ends the loop, and stop() throws it. */
+export class StepLoop {
+  count = 0;
+  gaps: number[] = [];
+  private stopped = false;
+  private readonly done: Promise<void>;
+
+  constructor(step: (i: number) => Promise<void>, pauseMs: number) {
+    this.done = (async () => {
+      let last = performance.now();
+      while (!this.stopped) {
+        await step(this.count);
+        this.count++;
+        const now = performance.now();
+        this.gaps.push(now - last);
+        last = now;
+        await sleep(pauseMs);
+      }
+    })();
+  }
+
+  /** The number of steps done. */
+  async stop(): Promise<number> {
+    this.stopped = true;
+    await this.done;
+    return this.count;
+  }
+
+  get largestGap(): number {
+    return Math.round(Math.max(...this.gaps));
+  }
+}
+
 /** Requests one after another until stop(): each one's latency, failures kept. */
 export class RequestLoop {
   latencies: number[] = [];

@@ -88,9 +88,8 @@ pub fn open(f: &Json) -> Result<Fd> {
     reopen(obj, open_flags(f), f.u64_of("pos").unwrap_or(0))
 }
 
-/// A memory area "/memfd:NAME (deleted)": map the restored memfd of that
-/// name (passed into the stub for the call).
-/// The restored memfd that area `v` maps (a duplicate descriptor).
+/// The restored memfd that a memory area "/memfd:NAME (deleted)" maps
+/// (a duplicate descriptor).
 pub fn object_for(v: &Vma) -> Result<Fd> {
     let name = name_of(&v.path).to_string();
     let reg = registry();

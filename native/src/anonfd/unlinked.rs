@@ -98,10 +98,9 @@ pub fn open(f: &Json) -> Result<Fd> {
     reopen(obj, open_flags(f), f.u64_of("pos").unwrap_or(0))
 }
 
-/// A mapping of "PATH (deleted)" whose file is in the image as an unlinked
-/// file: map the restored object. Otherwise None (mapped as before).
-/// The restored unlinked file that area `v` maps (a duplicate
-/// descriptor); None when `v` maps no such file.
+/// The restored unlinked file that a mapping of "PATH (deleted)" maps (a
+/// duplicate descriptor); None when the image has no such file (mapped as
+/// before).
 pub fn object_for(v: &Vma) -> Option<Result<Fd>> {
     let path = v.path.strip_suffix(" (deleted)")?;
     let reg = registry();

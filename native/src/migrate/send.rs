@@ -44,7 +44,7 @@ impl Layouts {
     /// every area whose pages are streamed (the destination then has
     /// nothing to change); records `vmas` as sent either way.
     pub fn unchanged(&mut self, pid: Pid, vmas: &[Vma], keep: &[(u64, u64)]) -> bool {
-        let same = self.0.get(&pid).is_some_and(|old| old.as_slice() == vmas) && vmas.iter().filter(|v| v.stores_pages()).all(|v| crate::memory::covered(keep, v.start, v.end));
+        let same = self.0.get(&pid).is_some_and(|old| old.as_slice() == vmas) && vmas.iter().filter(|v| v.stores_pages()).all(|v| crate::memory::subtract((v.start, v.end), crate::memory::ranges_overlapping(keep, v.start, v.end)).is_empty());
         self.0.insert(pid, vmas.to_vec());
         same
     }

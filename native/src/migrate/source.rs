@@ -812,7 +812,7 @@ fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], lay
     for (pid, vmas) in fresh {
         let mut pages = present_pages(*pid, vmas)?;
         if let Some(sh) = shmem.as_deref_mut() {
-            add_pages(&mut pages, sh.unsent(*pid, vmas)?);
+            memory::add_pages(&mut pages, sh.unsent(*pid, vmas));
         }
         layouts.remove(pid);
         work.push(ProcessRound { pid: *pid, vmas: vmas.clone(), pages, keep: Vec::new(), same_layout: false });
@@ -841,21 +841,12 @@ fn collect_one(t: &mut Tracker, first: bool, layouts: &mut send::Layouts, shmem:
         pages = present_pages(pid, &vmas)?;
     }
     if let Some(sh) = shmem {
-        add_pages(&mut pages, sh.unsent(pid, &vmas)?);
+        memory::add_pages(&mut pages, sh.unsent(pid, &vmas));
     }
     // What the destination may keep of its copy: nothing in round 0.
     let keep = if first { Vec::new() } else { t.kept().to_vec() };
     let same_layout = !first && layouts.unchanged(pid, &vmas, &keep);
     Ok(ProcessRound { pid, vmas, pages, keep, same_layout })
-}
-
-/// `pages` (sorted, without duplicates) with `more` added.
-fn add_pages(pages: &mut Vec<u64>, more: Vec<u64>) {
-    if !more.is_empty() {
-        pages.extend(more);
-        pages.sort_unstable();
-        pages.dedup();
-    }
 }
 
 /// cminflt of /proc/PID/stat: minor faults of its children it has reaped.
