@@ -20,6 +20,7 @@ export function localCapabilities(): Promise<Capabilities> {
       xsave_size: Number.isSafeInteger(r.xsave_size) ? (r.xsave_size as number) : 0,
       features,
       ...(typeof r.boot_id === "string" && /^[0-9a-f-]{1,64}$/.test(r.boot_id) ? { boot_id: r.boot_id } : {}),
+      ...(typeof r.net_ns === "string" && /^[0-9]+:[0-9]+$/.test(r.net_ns) ? { net_ns: r.net_ns } : {}),
     };
   });
   cached.catch(() => {

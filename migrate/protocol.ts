@@ -25,6 +25,8 @@ export interface Capabilities {
   features: string[];
   /** /proc/sys/kernel/random/boot_id: equal on both ends = one host. */
   boot_id?: string;
+  /** "dev:inode" of the agent's network namespace: with an equal boot id, one network stack. */
+  net_ns?: string;
 }
 
 export interface LayoutProcess {
@@ -272,6 +274,7 @@ function capabilities(v: unknown): Capabilities {
     xsave_size: int(o, "xsave_size", where, 0, 1 << 20),
     features: features as string[],
     ...(o.boot_id === undefined ? {} : { boot_id: str(o, "boot_id", where, { max: 64, pattern: /^[0-9a-f-]+$/ }) }),
+    ...(o.net_ns === undefined ? {} : { net_ns: str(o, "net_ns", where, { max: 48, pattern: /^[0-9]+:[0-9]+$/ }) }),
   };
 }
 

@@ -94,6 +94,14 @@ export interface MigrateSummary {
   total_ms: number;
   pages: number;
   bytes: number;
+  /**
+   * Packets of the tree's peers (segments, SYNs, datagrams) held back while
+   * the sockets changed hands and then delivered to the destination's
+   * sockets. Only when the destination shares the source's network stack
+   * (one host, one network namespace); elsewhere such packets are dropped
+   * and the peers retransmit.
+   */
+  held_packets: number;
 }
 
 const HELLO_TIMEOUT_MS = 15_000;
@@ -250,6 +258,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     const started = await callNative("source_start", {
       pid, track, migration, token, page_addr: dialer?.address ?? formatAddress(to.host, theirs.page_port),
       same_host: mine.capabilities.boot_id !== undefined && mine.capabilities.boot_id === theirs.capabilities.boot_id,
+      dest_net_ns: theirs.capabilities.net_ns ?? "",
     });
     session = started.session;
     traceMark("source ts: tracking started");
@@ -319,6 +328,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       frozen_ms: round1(frozenMs),
       frozen_window_us: { start: Number(committed.frozen_mono_us) || 0, end: Number(committed.committed_mono_us) || 0 },
       total_ms: round1(performance.now() - t0), pages, bytes,
+      held_packets: Number(committed.held_packets) || 0,
     };
   } catch (e) {
     let err = toPhaulError(e);

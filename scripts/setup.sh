@@ -14,6 +14,8 @@ command -v python3 >/dev/null || need+=(python3)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need+=(nftables)
+# iptables-legacy: its NFQUEUE target holds peers' packets during a handoff on one host
+[ -x /usr/sbin/iptables-legacy ] || need+=(iptables)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -108,6 +108,7 @@ pub fn check() -> Json {
         .with("arch", crate::arch::ARCH)
         .with("kernel", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())
         .with("boot_id", crate::proc::boot_id())
+        .with("net_ns", crate::proc::net_ns_id(None))
         .with("xcr0", format!("{:#x}", xcr0))
         .with("xsave_size", xsize)
 }

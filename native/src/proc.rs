@@ -223,6 +223,17 @@ pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string()
 }
 
+/// The network namespace of `pid` (None: this process) as "dev:inode",
+/// the same string for every process in one network stack.
+pub fn net_ns_id(pid: Option<Pid>) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let path = match pid {
+        Some(p) => format!("/proc/{}/ns/net", p),
+        None => "/proc/thread-self/ns/net".to_string(),
+    };
+    fs::metadata(path).map(|m| format!("{}:{}", m.dev(), m.ino())).unwrap_or_default()
+}
+
 /// Exited (a zombie, or reaped): no longer a live process.
 pub fn exited(pid: Pid) -> bool {
     match stat(pid) {

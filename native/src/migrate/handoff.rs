@@ -25,10 +25,17 @@
 //! or the source resumes it (rollback). Without `nft` the handoff still
 //! works but is not protected (reported in the warnings).
 //!
+//! When the destination restores into this very network namespace, the
+//! table queues what it matches instead (nfqueue.rs) and the queue is
+//! emptied before the table goes: the peers' segments and SYNs sent during
+//! the handoff then reach the new sockets at once instead of waiting for a
+//! retransmission (200 ms at least) or a SYN retry (1 s).
+//!
 //! File locks change hands the same way on one host (`release_locks`): the
 //! frozen source gives them up once they are dumped, a rollback takes them
 //! back.
 
+use super::nfqueue::Queue;
 use super::nftnl;
 use crate::files::FdChannel;
 use crate::freeze::Frozen;
@@ -68,6 +75,8 @@ pub struct Handoff {
     /// nf_tables netlink socket in the tree's network namespace: the
     /// connections are added to the table's sets through it at the freeze.
     nl: Option<Fd>,
+    /// Where held packets wait (one network stack only); None: dropped.
+    queue: Option<Queue>,
 }
 
 impl Default for Handoff {
@@ -83,17 +92,18 @@ impl Default for Handoff {
             stats: Json::obj(),
             nl: None,
             locks: Vec::new(),
+            queue: None,
         }
     }
 }
 
+/// Where a system tool is installed, if it is.
+pub(super) fn tool_path(name: &str) -> Option<String> {
+    ["/usr/sbin", "/sbin", "/usr/bin"].iter().map(|d| format!("{}/{}", d, name)).find(|p| std::path::Path::new(p).exists())
+}
+
 fn nft_path() -> Option<String> {
-    for p in ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"] {
-        if std::path::Path::new(p).exists() {
-            return Some(p.to_string());
-        }
-    }
-    None
+    tool_path("nft")
 }
 
 fn same_netns(pid: Pid) -> bool {
@@ -106,26 +116,32 @@ fn same_netns(pid: Pid) -> bool {
 /// Run `nft -f -` with `script`, in the network namespace of `pid`.
 fn nft(pid: Pid, script: &str) -> Result<()> {
     let path = nft_path().ok_or_else(|| Error::new("ENOENT", "nft is not installed (Debian package nftables)"))?;
+    run_in_netns(pid, &path, &["-f", "-"], script)
+}
+
+/// Run `path args`, fed `stdin`, in the network namespace of `pid`.
+pub(super) fn run_in_netns(pid: Pid, path: &str, args: &[&str], stdin: &str) -> Result<()> {
+    let name = path.rsplit('/').next().unwrap_or(path).to_string();
     let mut cmd = if same_netns(pid) {
-        Command::new(&path)
+        Command::new(path)
     } else {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/proc/{}/ns/net", pid)).arg("--").arg(&path);
+        c.arg(format!("--net=/proc/{}/ns/net", pid)).arg("--").arg(path);
         c
     };
     let mut child = cmd
-        .args(["-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| Error::new("ENFT", format!("cannot run {}: {}", path, e)))?;
     if let Some(mut i) = child.stdin.take() {
-        let _ = i.write_all(script.as_bytes());
+        let _ = i.write_all(stdin.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| Error::new("ENFT", format!("nft: {}", e)))?;
+    let out = child.wait_with_output().map_err(|e| Error::new("ENFT", format!("{}: {}", name, e)))?;
     if !out.status.success() {
-        return Err(Error::new("ENFT", format!("nft failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Error::new("ENFT", format!("{} failed: {}", name, String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -175,12 +191,13 @@ fn socket_copies(pids: &[Pid]) -> Vec<Fd> {
 const HELD4: &str = "held4";
 const HELD6: &str = "held6";
 const HELD_UDP: &str = "held_udp";
+const HELD_SYN: &str = "held_syn";
 
 /// The handoff's table: sets of the connections (and UDP ports) to hold
 /// back, filled at the freeze, and the rules that drop what they match.
-fn table_script(t: &str) -> String {
+fn table_script(t: &str, verdict: &str) -> String {
     format!(
-        "table inet {t} {{\n set {HELD4} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; }}\n set {HELD6} {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}\n set {HELD_UDP} {{ type inet_service; }}\n chain hold {{\n  type filter hook prerouting priority -300; policy accept;\n  ip saddr . tcp sport . ip daddr . tcp dport @{HELD4} drop\n  ip6 saddr . tcp sport . ip6 daddr . tcp dport @{HELD6} drop\n  udp dport @{HELD_UDP} drop\n }}\n}}\n"
+        "table inet {t} {{\n set {HELD4} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; }}\n set {HELD6} {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}\n set {HELD_UDP} {{ type inet_service; }}\n set {HELD_SYN} {{ type inet_service; }}\n chain hold {{\n  type filter hook prerouting priority -301; policy accept;\n  tcp dport @{HELD_SYN} tcp flags & (syn | ack) == syn {verdict}\n  ip saddr . tcp sport . ip daddr . tcp dport @{HELD4} {verdict}\n  ip6 saddr . tcp sport . ip6 daddr . tcp dport @{HELD6} {verdict}\n  udp dport @{HELD_UDP} {verdict}\n }}\n}}\n"
     )
 }
 
@@ -210,7 +227,13 @@ impl Handoff {
         self.table.clone().unwrap_or_default()
     }
 
-    /// Add rules (one per line), creating the table first if need be.
+    /// What the table does with a packet it holds back.
+    fn verdict(&self) -> String {
+        self.queue.as_ref().map(Queue::statement).unwrap_or_else(|| "drop".to_string())
+    }
+
+    /// Run nft commands (one per line, `{t}` standing for the table),
+    /// creating the table first if need be.
     fn apply(&mut self, rules: &[String]) {
         if rules.is_empty() && self.created {
             return;
@@ -220,15 +243,25 @@ impl Handoff {
             return;
         }
         let t = self.table();
+        let queued = self.verdict();
         let mut s = String::new();
         if !self.created {
-            s += &table_script(&t);
+            s += &table_script(&t, &self.verdict());
         }
         for r in rules {
-            s += &format!("add rule inet {t} hold {r}\n");
+            s += &r.replace("{t}", &t);
+            s.push('\n');
         }
         match nft(self.netns_pid, &s) {
             Ok(()) => self.created = true,
+            // Queueing is an improvement only: drop the packets rather than
+            // let them through.
+            Err(e) if !self.created && self.queue.is_some() => {
+                self.warnings.push(format!("peers' packets are dropped, not queued, during the handoff: {}", e.message));
+                self.queue = None;
+                let drop_rules: Vec<String> = rules.iter().map(|r| r.replace(&queued, "drop")).collect();
+                self.apply(&drop_rules);
+            }
             Err(e) => self.warnings.push(format!("packets are not held back during the handoff: {}", e.message)),
         }
     }
@@ -237,7 +270,9 @@ impl Handoff {
     /// listening TCP ports and give the tree up to `drain` to accept the
     /// connections already queued (a queued connection is reset when its
     /// listener is closed).
-    pub fn before_freeze(&mut self, root: Pid, pids: &[Pid], drain: Duration) {
+    /// `same_stack`: the destination restores into this network namespace,
+    /// so held packets are queued for its sockets rather than dropped.
+    pub fn before_freeze(&mut self, root: Pid, pids: &[Pid], drain: Duration, same_stack: bool) {
         self.netns_pid = root;
         let t0 = Instant::now();
         let copies = socket_copies(pids);
@@ -252,9 +287,19 @@ impl Handoff {
                 }
             }
         }
-        let rules: Vec<String> = ports.iter().map(|p| format!("tcp dport {} tcp flags & (syn | ack) == syn drop", p)).collect();
         // With IP sockets the table (and its sets) is made now, outside the
         // frozen window; after_freeze only fills the sets.
+        if let (Some(c), true) = (inet, same_stack) {
+            match Queue::bind(c, root) {
+                Ok(q) => self.queue = Some(q),
+                Err(e) => self.warnings.push(format!("peers' packets are dropped, not queued, during the handoff: {}", e.message)),
+            }
+        }
+        let rules: Vec<String> = if ports.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!("add element inet {{t}} {} {{ {} }}", HELD_SYN, ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "))]
+        };
         if let Some(c) = inet {
             self.apply(&rules);
             if self.created {
@@ -289,6 +334,7 @@ impl Handoff {
         let t0 = Instant::now();
         let pids: Vec<Pid> = frozen.live().map(|p| p.pid).collect();
         let copies = socket_copies(&pids);
+        let verdict = self.verdict();
         let mut rules = Vec::new();
         let (mut flows4, mut flows6, mut udp) = (Vec::new(), Vec::new(), Vec::new());
         for c in &copies {
@@ -300,7 +346,7 @@ impl Handoff {
                 Some(6) if tcp_state(c) == Some(1) => {
                     if let (Some(l), Some(p)) = (name_of(c, false), name_of(c, true)) {
                         let (pp, lp) = (p.u64_of("port").unwrap_or(0), l.u64_of("port").unwrap_or(0));
-                        rules.push(format!("{} tcp sport {} {} tcp dport {} drop", ip_match(&p, "s"), pp, ip_match(&l, "d"), lp));
+                        rules.push(format!("add rule inet {{t}} hold {} tcp sport {} {} tcp dport {} {}", ip_match(&p, "s"), pp, ip_match(&l, "d"), lp, verdict));
                         match (ip_of(&p), ip_of(&l)) {
                             (Some(IpAddr::V4(a)), Some(IpAddr::V4(b))) => flows4.push(nftnl::key_flow(&a.octets(), pp as u16, &b.octets(), lp as u16)),
                             (Some(IpAddr::V6(a)), Some(IpAddr::V6(b))) => flows6.push(nftnl::key_flow(&a.octets(), pp as u16, &b.octets(), lp as u16)),
@@ -310,7 +356,7 @@ impl Handoff {
                 }
                 Some(17) => {
                     if let Some(port) = name_of(c, false).and_then(|a| a.u64_of("port")).filter(|p| *p != 0) {
-                        rules.push(format!("udp dport {} drop", port));
+                        rules.push(format!("add rule inet {{t}} hold udp dport {} {}", port, verdict));
                         udp.push(nftnl::key_port(port as u16));
                     }
                 }
@@ -495,17 +541,39 @@ impl Handoff {
         locks
     }
 
-    /// Let the peers' packets through again.
-    pub fn release(&mut self) -> u64 {
+    /// Let the peers' packets through again: the queued ones first (before
+    /// the table goes, and again after, for those queued meanwhile).
+    /// Returns (microseconds taken, packets passed on from the queue).
+    pub fn release(&mut self) -> (u64, u64) {
         let t0 = Instant::now();
+        // Deleting the table unregisters its hook, and the kernel then drops
+        // every queued packet: so first nothing more is held (the sets are
+        // emptied, one netlink batch), then what is held goes on.
+        if let (Some(nl), Some(t), Some(_)) = (&self.nl, &self.table, &self.queue) {
+            if let Err(e) = nftnl::flush_sets(nl, t, &[HELD4, HELD6, HELD_UDP, HELD_SYN]) {
+                eprintln!("phaul: {}", e.message);
+            }
+        }
         self.nl = None;
+        self.pass_queued();
         if let (Some(t), true) = (self.table.take(), self.created) {
             self.created = false;
             if let Err(e) = nft(self.netns_pid, &format!("delete table inet {}\n", t)) {
                 eprintln!("phaul: cannot delete nftables table {}: {}", t, e.message);
             }
         }
-        t0.elapsed().as_micros() as u64
+        self.pass_queued();
+        let passed = self.queue.take().map(|q| q.accepted).unwrap_or(0);
+        (t0.elapsed().as_micros() as u64, passed)
+    }
+
+    fn pass_queued(&mut self) {
+        if let Some(q) = self.queue.as_mut() {
+            if let Err(e) = q.accept_all() {
+                // Those packets are dropped when the queue closes: the peers retransmit.
+                eprintln!("phaul: {}", e.message);
+            }
+        }
     }
 }
 

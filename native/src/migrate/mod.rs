@@ -3,6 +3,7 @@
 
 pub mod dest;
 pub mod handoff;
+pub mod nfqueue;
 pub mod nftnl;
 pub mod send;
 pub mod source;

@@ -11,14 +11,15 @@
 
 use crate::sys::{self, Error, Fd, Result};
 
-const NETLINK_NETFILTER: u64 = 12;
+pub(super) const NETLINK_NETFILTER: u64 = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_INET: u8 = 1;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
+pub(super) const NLM_F_REQUEST: u16 = 0x1;
+pub(super) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
@@ -35,7 +36,7 @@ pub fn socket_beside(of: &Fd) -> Result<Fd> {
     crate::sockets::netlink_socket_beside(of, NETLINK_NETFILTER)
 }
 
-fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+pub(super) fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     out.extend_from_slice(&((4 + payload.len()) as u16).to_le_bytes());
     out.extend_from_slice(&ty.to_le_bytes());
     out.extend_from_slice(payload);
@@ -53,7 +54,7 @@ fn nested(out: &mut Vec<u8>, ty: u16, body: impl FnOnce(&mut Vec<u8>)) {
     out[at + 2..at + 4].copy_from_slice(&(ty | NLA_F_NESTED).to_le_bytes());
 }
 
-fn message(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) {
+pub(super) fn message(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[u8]) {
     out.extend_from_slice(&((16 + 4 + attrs.len()) as u32).to_le_bytes());
     out.extend_from_slice(&ty.to_le_bytes());
     out.extend_from_slice(&flags.to_le_bytes());
@@ -97,22 +98,28 @@ pub fn add_elements(nl: &Fd, table: &str, sets: &[(&str, &[Vec<u8>])]) -> Result
         return Ok(());
     }
     crate::sockets::send_to_kernel(nl, &msg, "nf_tables request")?;
+    await_acks(nl, &mut waiting, "nf_tables: adding set elements")
+}
+
+/// Read answers on `nl` until every request numbered in `waiting` is
+/// acknowledged; the first error answer fails with `what`.
+pub(super) fn await_acks(nl: &Fd, waiting: &mut Vec<u32>, what: &str) -> Result<()> {
     let mut buf = vec![0u8; 16384];
     while !waiting.is_empty() {
-        let n = sys::call("nf_tables answer", RECVFROM, &[nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0])? as usize;
+        let n = sys::call("netfilter answer", RECVFROM, &[nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0])? as usize;
         let mut off = 0;
         while off + 16 <= n {
             let len = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
             let ty = u16::from_le_bytes([buf[off + 4], buf[off + 5]]);
             if len < 16 || off + len > n {
-                return Err(Error::new("EPROTO", "nf_tables: malformed answer"));
+                return Err(Error::new("EPROTO", "netfilter: malformed answer"));
             }
             if ty == NLMSG_ERROR && len >= 36 {
                 let e = i32::from_le_bytes([buf[off + 16], buf[off + 17], buf[off + 18], buf[off + 19]]);
                 // The request's header follows the error code: its seq at +8.
                 let seq = u32::from_le_bytes([buf[off + 28], buf[off + 29], buf[off + 30], buf[off + 31]]);
                 if e != 0 {
-                    return Err(Error::sys("nf_tables: adding set elements", -e));
+                    return Err(Error::sys(what, -e));
                 }
                 waiting.retain(|&s| s != seq);
             }
@@ -120,6 +127,26 @@ pub fn add_elements(nl: &Fd, table: &str, sets: &[(&str, &[Vec<u8>])]) -> Result
         }
     }
     Ok(())
+}
+
+/// Empty the named sets of inet table `table` (NFT_MSG_DELSETELEM without
+/// elements flushes a set), in one batch.
+pub fn flush_sets(nl: &Fd, table: &str, sets: &[&str]) -> Result<()> {
+    let mut out = Vec::new();
+    let res = NFNL_SUBSYS_NFTABLES;
+    message(&mut out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, res, &[]);
+    let mut waiting = Vec::new();
+    for (i, set) in sets.iter().enumerate() {
+        let mut a = Vec::new();
+        attr(&mut a, NFTA_SET_ELEM_LIST_TABLE, sys::cstr(table)?.as_bytes_with_nul());
+        attr(&mut a, NFTA_SET_ELEM_LIST_SET, sys::cstr(set)?.as_bytes_with_nul());
+        let seq = 2 + i as u32;
+        message(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK, seq, NFPROTO_INET, 0, &a);
+        waiting.push(seq);
+    }
+    message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, 2 + sets.len() as u32, 0, res, &[]);
+    crate::sockets::send_to_kernel(nl, &out, "nf_tables request")?;
+    await_acks(nl, &mut waiting, "nf_tables: emptying the handoff sets")
 }
 
 /// Each part of a concatenated key takes a whole number of 32-bit words.

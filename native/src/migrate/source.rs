@@ -40,6 +40,9 @@ pub struct SourceEngine {
     /// The destination runs on this very host (same boot id): what the two
     /// copies cannot both hold, like a file lease, cannot move.
     same_host: bool,
+    /// The destination restores into the tree's own network namespace: the
+    /// peers' packets held at the freeze can be handed to its sockets.
+    same_stack: bool,
     /// What processes share (shares.rs) when the destination's stubs were
     /// laid out: the final state must say the same.
     shares: std::collections::BTreeMap<Pid, Json>,
@@ -136,6 +139,7 @@ impl SourceEngine {
         let pid = pid_arg(req)?;
         dump::validate_target(pid)?;
         self.same_host = req.bool_of("same_host");
+        self.same_stack = self.same_host && req.str_of("dest_net_ns").is_some_and(|n| !n.is_empty() && n == proc::net_ns_id(Some(pid)));
         let auto = req.str_of("track").unwrap_or("auto") == "auto";
         let method = match req.str_of("track").unwrap_or("auto") {
             "auto" => dirty::best_method(),
@@ -369,7 +373,7 @@ impl SourceEngine {
         // in the next few milliseconds is not seen; see dump::VmFlags).
         let vm_flags: dump::VmFlags = known.iter().map(|&p| (p, crate::proc::vm_flags(p).unwrap_or_default())).collect();
         let mut handoff = Handoff::default();
-        handoff.before_freeze(self.root, &known, std::time::Duration::from_millis(200));
+        handoff.before_freeze(self.root, &known, std::time::Duration::from_millis(200), self.same_stack);
         self.handoff = Some(handoff);
         // The frozen window is all downtime: it goes first (the page sender
         // thread inherits this).
@@ -524,7 +528,8 @@ impl SourceEngine {
             f.resume();
         }
         if let Some(mut h) = self.handoff.take() {
-            res.set("release_us", h.release());
+            let (us, passed) = h.release();
+            res.set("release_us", us).set("held_packets", passed);
         }
         self.back = None;
         res
@@ -594,6 +599,15 @@ impl SourceEngine {
                     .with("frozen_us", frozen_us)
                     .with("frozen_mono_us", self.frozen_mono_us)
                     .with("committed_mono_us", crate::sys::mono_us());
+                // The destination's sockets exist: the peers' packets held
+                // since the freeze go to them now, not after the kill below
+                // (freeing a big tree takes a while); the source's copies of
+                // those sockets were closed at the freeze.
+                if let Some(mut h) = self.handoff.take() {
+                    let (us, passed) = h.release();
+                    res.set("release_us", us).set("held_packets", passed);
+                    crate::sys::trace_mark("source: held packets released");
+                }
                 // From here nothing is downtime: the copy that runs is the
                 // destination's, and on one host it must not feel us freeing
                 // this one (its own threads do the unmapping, so they yield too).
@@ -610,9 +624,6 @@ impl SourceEngine {
                 self.trackers.clear();
                 self.sock = None;
                 self.back = None;
-                if let Some(mut h) = self.handoff.take() {
-                    res.set("release_us", h.release());
-                }
                 crate::sys::trace_mark("source: frozen copy killed");
                 Ok(res)
             }

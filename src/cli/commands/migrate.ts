@@ -7,7 +7,7 @@ import { DEFAULT_MAX_DOWNTIME_MS, DEFAULT_MAX_ROUNDS } from "../../../migrate/po
 import { PhaulError } from "../../errors.js";
 import { requireString } from "../args.js";
 import type { Command } from "../command.js";
-import { bytes, json, table } from "../format.js";
+import { bytes, json, plural, table } from "../format.js";
 
 const mb = (n: number) => (n / 1e6).toFixed(1);
 
@@ -179,7 +179,8 @@ export const command: Command = {
         `  dirty tracking: ${s.method}; ${s.rounds.length} pre-copy rounds, stopped: ${s.stop_reason}\n` +
         table(rows, "    ").join("\n") + "\n" +
         `  frozen ${s.frozen_ms} ms (freeze to restored; the destination's final step, from the freeze notice, ${(s.restore_us / 1000).toFixed(1)} ms); ` +
-        `total ${s.total_ms} ms; ${bytes(s.bytes)} sent\n`,
+        `total ${s.total_ms} ms; ${bytes(s.bytes)} sent\n` +
+        (s.held_packets > 0 ? `  ${plural(s.held_packets, "packet")} from peers held during the handoff, then delivered\n` : ""),
     );
     return 0;
   },
