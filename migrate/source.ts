@@ -102,9 +102,17 @@ export interface MigrateSummary {
    * and the peers retransmit.
    */
   held_packets: number;
+  /** What went less well than it should without failing the migration (a handoff without protection, ...). */
+  warnings: string[];
 }
 
 const HELLO_TIMEOUT_MS = 15_000;
+
+/** The engine's handoff warnings (freeze result), as strings. */
+function handoffWarnings(h: unknown): string[] {
+  const w = (h as { warnings?: unknown } | undefined)?.warnings;
+  return Array.isArray(w) ? w.filter((x): x is string => typeof x === "string") : [];
+}
 const PREPARE_TIMEOUT_MS = 60_000;
 const ROUND_DONE_TIMEOUT_MS = 120_000;
 const RESTORED_TIMEOUT_MS = 600_000;
@@ -329,6 +337,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       frozen_window_us: { start: Number(committed.frozen_mono_us) || 0, end: Number(committed.committed_mono_us) || 0 },
       total_ms: round1(performance.now() - t0), pages, bytes,
       held_packets: Number(committed.held_packets) || 0,
+      warnings: handoffWarnings(frozen.handoff),
     };
   } catch (e) {
     let err = toPhaulError(e);

@@ -260,8 +260,24 @@ export function phaulNftTables(): string[] {
   }
 }
 
+/** iptables-legacy NFQUEUE rules of phaul's handoff left behind (must be none). */
+export function phaulQueueRules(): string[] {
+  const out: string[] = [];
+  for (const prog of ['iptables-legacy', 'ip6tables-legacy']) {
+    const path = which(prog);
+    if (!path) continue;
+    try {
+      out.push(...execFileSync(path, ['-w', '-t', 'raw', '-S', 'PREROUTING'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('NFQUEUE') && l.includes('0x4000ffff')));
+    } catch {
+      /* no raw table: nothing left */
+    }
+  }
+  return out;
+}
+
 export function assertClean(agent: Agent): void {
   assert.deepEqual(phaulNftTables(), [], 'nftables tables left behind');
+  assert.deepEqual(phaulQueueRules(), [], 'NFQUEUE rules left behind');
   assert.deepEqual(agent.leftovers(), [], 'stubs of the agent left behind');
 }
 

@@ -180,7 +180,8 @@ export const command: Command = {
         table(rows, "    ").join("\n") + "\n" +
         `  frozen ${s.frozen_ms} ms (freeze to restored; the destination's final step, from the freeze notice, ${(s.restore_us / 1000).toFixed(1)} ms); ` +
         `total ${s.total_ms} ms; ${bytes(s.bytes)} sent\n` +
-        (s.held_packets > 0 ? `  ${plural(s.held_packets, "packet")} from peers held during the handoff, then delivered\n` : ""),
+        (s.held_packets > 0 ? `  ${plural(s.held_packets, "packet")} from peers held during the handoff, then delivered\n` : "") +
+        s.warnings.map((w) => `  warning: ${w}\n`).join(""),
     );
     return 0;
   },
