@@ -51,8 +51,6 @@ const HELD_MARK: u32 = 0x4000_0000;
 pub struct Queue {
     nl: Fd,
     pub num: u16,
-    /// highest packet id announced so far
-    last_id: Option<u32>,
     pub accepted: u64,
     /// (network namespace pid, iptables programs whose rule is in place)
     rules: (Pid, Vec<String>),
@@ -100,18 +98,33 @@ fn verdict_batch(num: u16, upto: u32) -> Vec<u8> {
     v.extend_from_slice(&upto.to_be_bytes());
     attr(&mut a, NFQA_VERDICT_HDR, &v);
     let mut out = Vec::new();
-    message(&mut out, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST | NLM_F_ACK, 3, 0, num, &a);
+    message(&mut out, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST | NLM_F_ACK, VERDICT_SEQ, 0, num, &a);
     out
 }
 
-/// Packet ids announced in one read of the queue socket.
-fn packet_ids(buf: &[u8], ids: &mut Vec<u32>) {
+/// Sequence number of our verdict messages.
+const VERDICT_SEQ: u32 = 3;
+const NLMSG_ERROR: u16 = 2;
+
+/// One read of the queue socket: the ids of the packets it announces go to
+/// `ids`; the answer to request `seq`, if there, is returned (0: done,
+/// else an errno).
+fn scan(buf: &[u8], ids: &mut Vec<u32>, seq: u32) -> Option<i32> {
+    let mut answer = None;
     let mut off = 0;
     while off + 20 <= buf.len() {
         let len = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
         let ty = u16::from_le_bytes([buf[off + 4], buf[off + 5]]);
-        if len < 20 || off + len > buf.len() {
-            return;
+        if len < 16 || off + len > buf.len() {
+            return answer;
+        }
+        if ty == NLMSG_ERROR && len >= 36 {
+            let e = i32::from_le_bytes([buf[off + 16], buf[off + 17], buf[off + 18], buf[off + 19]]);
+            // the request's header follows the error code: its seq at +8
+            let s = u32::from_le_bytes([buf[off + 28], buf[off + 29], buf[off + 30], buf[off + 31]]);
+            if s == seq {
+                answer = Some(-e);
+            }
         }
         if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
             // attributes follow the nlmsghdr (16) and the nfgenmsg (4)
@@ -130,6 +143,7 @@ fn packet_ids(buf: &[u8], ids: &mut Vec<u32>) {
         }
         off += (len + 3) & !3;
     }
+    answer
 }
 
 impl Queue {
@@ -165,7 +179,7 @@ impl Queue {
             }
             crate::sockets::send_to_kernel(&nl, &params_message(num), "netfilter queue parameters")?;
             await_acks(&nl, &mut vec![2], "setting up a netfilter queue")?;
-            return Ok(Queue { nl, num, last_id: None, accepted: 0, rules: (0, Vec::new()) });
+            return Ok(Queue { nl, num, accepted: 0, rules: (0, Vec::new()) });
         }
         Err(last)
     }
@@ -179,24 +193,36 @@ impl Queue {
     pub fn accept_all(&mut self) -> Result<u64> {
         let mut buf = vec![0u8; 65536];
         let mut ids = Vec::new();
+        let mut n = 0u64;
         loop {
-            match unsafe { sys::raw(RECVFROM, &[self.nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, MSG_DONTWAIT, 0, 0]) } {
-                Ok(n) => packet_ids(&buf[..n as usize], &mut ids),
-                Err(11) => break, // EAGAIN: nothing more announced
-                // ENOBUFS: announcements were lost, not the packets; their
-                // ids are below later ones, which the batch covers.
-                Err(105) => continue,
-                Err(e) => return Err(Error::sys("reading the netfilter queue", e)),
+            loop {
+                match unsafe { sys::raw(RECVFROM, &[self.nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, MSG_DONTWAIT, 0, 0]) } {
+                    Ok(len) => {
+                        scan(&buf[..len as usize], &mut ids, VERDICT_SEQ);
+                    }
+                    Err(11) => break, // EAGAIN: nothing more announced
+                    // ENOBUFS: announcements were lost, not the packets; their
+                    // ids are below later ones, which the batch covers.
+                    Err(105) => continue,
+                    Err(e) => return Err(Error::sys("reading the netfilter queue", e)),
+                }
             }
-        }
-        let n = ids.len() as u64;
-        let top = ids.into_iter().max().into_iter().chain(self.last_id).max();
-        if let Some(top) = top {
-            if self.last_id != Some(top) || n > 0 {
-                crate::sockets::send_to_kernel(&self.nl, &verdict_batch(self.num, top), "netfilter queue verdict")?;
-                await_acks(&self.nl, &mut vec![3], "accepting held packets")?;
+            let top = match ids.iter().max() {
+                Some(&t) => t,
+                None => break,
+            };
+            n += ids.len() as u64;
+            ids.clear();
+            crate::sockets::send_to_kernel(&self.nl, &verdict_batch(self.num, top), "netfilter queue verdict")?;
+            // Packets announced while waiting for the answer go in the next batch.
+            loop {
+                let len = sys::call("netfilter queue answer", RECVFROM, &[self.nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0])? as usize;
+                match scan(&buf[..len], &mut ids, VERDICT_SEQ) {
+                    Some(0) => break,
+                    Some(e) => return Err(Error::sys("accepting held packets", e)),
+                    None => {}
+                }
             }
-            self.last_id = Some(top);
         }
         self.accepted += n;
         Ok(n)
@@ -229,8 +255,21 @@ mod tests {
         let mut two = m.clone();
         two.extend_from_slice(&m);
         let mut ids = Vec::new();
-        packet_ids(&two, &mut ids);
+        assert_eq!(scan(&two, &mut ids, VERDICT_SEQ), None);
         assert_eq!(ids, vec![7, 7]);
+        // an announcement and the answer to our verdict in one read
+        let mut ack = Vec::new();
+        let mut err = 0i32.to_le_bytes().to_vec();
+        err.extend_from_slice(&verdict_batch(1, 1)[..16]);
+        ack.extend_from_slice(&((16 + err.len()) as u32).to_le_bytes());
+        ack.extend_from_slice(&NLMSG_ERROR.to_le_bytes());
+        ack.extend_from_slice(&[0; 10]);
+        ack.extend_from_slice(&err);
+        let mut both = m.clone();
+        both.extend_from_slice(&ack);
+        ids.clear();
+        assert_eq!(scan(&both, &mut ids, VERDICT_SEQ), Some(0));
+        assert_eq!(ids, vec![7]);
     }
 
     #[test]
