@@ -194,7 +194,8 @@ const HELD_UDP: &str = "held_udp";
 const HELD_SYN: &str = "held_syn";
 
 /// The handoff's table: sets of the connections (and UDP ports) to hold
-/// back, filled at the freeze, and the rules that drop what they match.
+/// back, filled at the freeze, the listening ports whose SYNs are held from
+/// before it, and the rules that hold (drop, or queue) what they match.
 fn table_script(t: &str, verdict: &str) -> String {
     format!(
         "table inet {t} {{\n set {HELD4} {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; }}\n set {HELD6} {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}\n set {HELD_UDP} {{ type inet_service; }}\n set {HELD_SYN} {{ type inet_service; }}\n chain hold {{\n  type filter hook prerouting priority -301; policy accept;\n  tcp dport @{HELD_SYN} tcp flags & (syn | ack) == syn {verdict}\n  ip saddr . tcp sport . ip daddr . tcp dport @{HELD4} {verdict}\n  ip6 saddr . tcp sport . ip6 daddr . tcp dport @{HELD6} {verdict}\n  udp dport @{HELD_UDP} {verdict}\n }}\n}}\n"
