@@ -140,7 +140,11 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
             for p in walk {
                 if p != root && !zombies.contains(&p) && is_zombie(p) {
                     zombies.push(p);
-                    order.push(p);
+                    // Seized while it was exiting (its threads then ended
+                    // instead of stopping): it is in the order already.
+                    if !order.contains(&p) {
+                        order.push(p);
+                    }
                     changed = true;
                 }
                 if zombies.contains(&p) {

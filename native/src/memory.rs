@@ -426,6 +426,54 @@ pub fn runs_from_json(j: &Json) -> Result<Vec<PageRun>> {
 // ---- restore side ----
 
 /// Map one area into the stub. Files are opened inside the stub by path.
+/// Map `areas` into the target; a file with several areas (a library's
+/// text, data, relro...) is opened once for all of them: each injected
+/// call costs two stops of the target, and a process born during pre-copy
+/// is laid out in the frozen window. Two areas side by side never share a
+/// descriptor: mapped through one open file the kernel may merge them into
+/// one area, where the source had two.
+pub fn map_vmas(inj: &mut Injector, areas: &[Vma]) -> Result<()> {
+    // (path, opened for writing, fd, the areas mapped through it)
+    let mut open: Vec<(String, bool, u64, Vec<(u64, u64)>)> = Vec::new();
+    let r = (|| -> Result<()> {
+        for v in areas {
+            if v.kind != Kind::File || crate::anonfd::object_of(v).is_some() {
+                map_vma(inj, v)?;
+                continue;
+            }
+            let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
+            let write = v.shared && v.prot & PROT_WRITE != 0;
+            let touches = |r: &(u64, u64)| r.1 >= v.start && r.0 <= v.end;
+            let i = match open.iter().position(|o| o.0 == path && o.1 == write && !o.3.iter().any(touches)) {
+                Some(i) => i,
+                None => {
+                    let fd = open_mapped_file(inj, path, write)?;
+                    open.push((path.to_string(), write, fd, Vec::new()));
+                    open.len() - 1
+                }
+            };
+            map_file_at(inj, v, path, open[i].2)?;
+            open[i].3.push((v.start, v.end));
+        }
+        Ok(())
+    })();
+    for (_, _, fd, _) in open {
+        inj.call("close", nr::CLOSE, &[fd])?;
+    }
+    r
+}
+
+fn open_mapped_file(inj: &mut Injector, path: &str, write: bool) -> Result<u64> {
+    let p = inj.put_str(path, 0)?;
+    inj.call(&format!("open {}", path), nr::OPEN, &[p, if write { 2 } else { 0 } | 0o2000000, 0])
+        .map_err(|e| Error::new("EFILE", format!("cannot open mapped file {}: {}", path, e.message)))
+}
+
+fn map_file_at(inj: &mut Injector, v: &Vma, path: &str, fd: u64) -> Result<()> {
+    let flags = if v.shared { MAP_SHARED } else { MAP_PRIVATE } | MAP_FIXED;
+    inj.call(&format!("mmap {} at {:#x}", path, v.start), nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, fd, v.pgoff]).map(|_| ())
+}
+
 pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
     let len = v.end - v.start;
     // Mapped writable first only when the page data must be written through
@@ -460,12 +508,8 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
             }
             let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
             let write = v.shared && v.prot & PROT_WRITE != 0;
-            let p = inj.put_str(path, 0)?;
-            let fd = inj
-                .call(&format!("open {}", path), nr::OPEN, &[p, if write { 2 } else { 0 } | 0o2000000, 0])
-                .map_err(|e| Error::new("EFILE", format!("cannot open mapped file {}: {}", path, e.message)))?;
-            let flags = if v.shared { MAP_SHARED } else { MAP_PRIVATE } | MAP_FIXED;
-            let r = inj.call(&format!("mmap {} at {:#x}", path, v.start), nr::MMAP, &[v.start, len, prot, flags, fd, v.pgoff]);
+            let fd = open_mapped_file(inj, path, write)?;
+            let r = map_file_at(inj, v, path, fd);
             inj.call("close", nr::CLOSE, &[fd])?;
             r?;
         }

@@ -344,6 +344,7 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
         }
     }
     let mut objects = Vec::new();
+    let mut plain = Vec::new();
     for (w, a, b) in fresh {
         // A new piece right after a kept piece of the same anonymous area
         // grows that mapping in place: the area stays one kernel VMA, as on
@@ -365,9 +366,10 @@ pub fn apply_layout(s: &mut Stub, want: &[Vma], keep: Option<&[(u64, u64)]>) -> 
         match crate::anonfd::object_of(&part) {
             // Mapped together below, through one channel.
             Some(fd) => objects.push((part, fd?)),
-            None => memory::map_vma(inj, &part)?,
+            None => plain.push(part),
         }
     }
+    memory::map_vmas(inj, &plain)?;
     crate::anonfd::map_objects(inj, objects)?;
     s.mapped = want.iter().map(|w| (*w).clone()).collect();
     rejoin_split_areas(s, &want)
