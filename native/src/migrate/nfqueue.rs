@@ -22,6 +22,7 @@
 //! up to the highest id read.
 
 use super::nftnl::{attr, await_acks, message, NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST};
+use crate::sockets::{MSG_DONTWAIT, SOL_SOCKET, SO_RCVBUFFORCE};
 use crate::sys::{self, Error, Fd, Pid, Result};
 
 const NFNL_SUBSYS_QUEUE: u16 = 3;
@@ -37,9 +38,6 @@ const NFQNL_CFG_CMD_BIND: u8 = 1;
 const NFQNL_COPY_META: u8 = 1;
 const NF_ACCEPT: u32 = 1;
 const RECVFROM: i64 = 45;
-const MSG_DONTWAIT: u64 = 0x40;
-const SOL_SOCKET: i32 = 1;
-const SO_RCVBUFFORCE: i32 = 33;
 /// Packets the kernel keeps for us; beyond that it drops them (no
 /// fail-open: accepting a packet while no socket has its addresses would
 /// draw a reset).
