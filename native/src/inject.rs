@@ -192,17 +192,38 @@ impl Injector {
         if !self.scratch_owned {
             return Err(Error::new("EINJECT", format!("thread {}: the shared batch area is too small ({} < {} bytes)", self.tid, self.batch_len, len)));
         }
-        if self.batch_base != 0 {
+        self.map_batch_area(0, 0, len, code)
+    }
+
+    /// A batch area at `addr` exactly, in place of any earlier one: in a
+    /// target whose layout is being built, an area the kernel chose could
+    /// lie where one of the target's is about to be mapped.
+    pub fn batch_area_at(&mut self, addr: u64, len: u64, code: &[u8]) -> Result<u64> {
+        if !self.scratch_owned {
+            return Err(Error::new("EINJECT", format!("thread {}: cannot move a shared batch area", self.tid)));
+        }
+        self.map_batch_area(addr, crate::memory::MAP_FIXED_NOREPLACE, len, code)
+    }
+
+    /// Unmap the batch area; the next batch maps one again.
+    pub fn drop_batch_area(&mut self) -> Result<()> {
+        if self.batch_base != 0 && self.scratch_owned {
             let (a, l) = (self.batch_base, self.batch_len);
             self.batch_base = 0;
             self.batch_len = 0;
             self.call("munmap(batch)", nr::MUNMAP, &[a, l])?;
         }
+        Ok(())
+    }
+
+    fn map_batch_area(&mut self, addr: u64, flags: u64, len: u64, code: &[u8]) -> Result<u64> {
+        self.drop_batch_area()?;
         let l = (len + 0xffff) & !0xffff;
-        let base = match self.raw(nr::MMAP, &[0, l, 7, 0x22, u64::MAX, 0])? {
+        let flags = 0x22 | flags;
+        let base = match self.raw(nr::MMAP, &[addr, l, 7, flags, u64::MAX, 0])? {
             r if r >= 0 => r as u64,
             _ => {
-                let base = self.call("mmap(batch)", nr::MMAP, &[0, l, 5, 0x22, u64::MAX, 0])?;
+                let base = self.call("mmap(batch)", nr::MMAP, &[addr, l, 5, flags, u64::MAX, 0])?;
                 self.batch_base = base;
                 self.batch_len = l;
                 self.call("mprotect(batch)", nr::MPROTECT, &[base + 4096, l - 4096, 3])?;

@@ -426,41 +426,148 @@ pub fn runs_from_json(j: &Json) -> Result<Vec<PageRun>> {
 // ---- restore side ----
 
 /// Map one area into the stub. Files are opened inside the stub by path.
-/// Map `areas` into the target; a file with several areas (a library's
-/// text, data, relro...) is opened once for all of them: each injected
-/// call costs two stops of the target, and a process born during pre-copy
-/// is laid out in the frozen window. Two areas side by side never share a
-/// descriptor: mapped through one open file the kernel may merge them into
-/// one area, where the source had two.
+/// Map `areas` into the target (a stub being laid out). A file with
+/// several areas (a library's text, data, relro...) is opened once for
+/// them, and the calls go in batches (`batch.rs`): each injected call costs
+/// two stops of the target, and a process born during pre-copy is laid out
+/// in the frozen window (a PostgreSQL backend has about 250 areas). Two
+/// areas side by side never share a descriptor: mapped through one open
+/// file the kernel may merge them into one area, where the source had two.
 pub fn map_vmas(inj: &mut Injector, areas: &[Vma]) -> Result<()> {
-    // (path, opened for writing, fd, the areas mapped through it)
-    let mut open: Vec<(String, bool, u64, Vec<(u64, u64)>)> = Vec::new();
-    let r = (|| -> Result<()> {
-        for v in areas {
-            if v.kind != Kind::File || crate::anonfd::object_of(v).is_some() {
-                map_vma(inj, v)?;
-                continue;
-            }
-            let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
-            let write = v.shared && v.prot & PROT_WRITE != 0;
-            let touches = |r: &(u64, u64)| r.1 >= v.start && r.0 <= v.end;
-            let i = match open.iter().position(|o| o.0 == path && o.1 == write && !o.3.iter().any(touches)) {
-                Some(i) => i,
-                None => {
-                    let fd = open_mapped_file(inj, path, write)?;
-                    open.push((path.to_string(), write, fd, Vec::new()));
-                    open.len() - 1
-                }
-            };
-            map_file_at(inj, v, path, open[i].2)?;
-            open[i].3.push((v.start, v.end));
-        }
-        Ok(())
-    })();
-    for (_, _, fd, _) in open {
-        inj.call("close", nr::CLOSE, &[fd])?;
+    let (batched, single): (Vec<&Vma>, Vec<&Vma>) = areas.iter().partition(|v| match v.kind {
+        Kind::Anon | Kind::Heap | Kind::Stack => true,
+        Kind::File => crate::anonfd::object_of(v).is_none(),
+        _ => false,
+    });
+    for v in single {
+        map_vma(inj, v)?;
     }
-    r
+    if batched.is_empty() {
+        return Ok(());
+    }
+    // The batch area goes where neither the stub nor these areas are.
+    let mut taken: Vec<(u64, u64)> = vmas(inj.pid)?.iter().map(|v| (v.start, v.end)).chain(batched.iter().map(|v| (v.start, v.end))).collect();
+    taken.sort_unstable();
+    let len = 4096 + crate::batch::SLOT;
+    let spot = (1u64..).map(|k| k << 28).take_while(|&a| a < crate::arch::USER_TOP).find(|&a| !taken.iter().any(|&(s, e)| s < a + (1 << 20) && a < e)).unwrap_or(1 << 28);
+    inj.batch_area_at(spot, len, &crate::arch::BATCH_CODE)?;
+    let r = map_batched(inj, &batched);
+    let dropped = inj.drop_batch_area();
+    r.and(dropped)
+}
+
+/// The batched part of `map_vmas`: opens, then mmaps, then closes.
+fn map_batched(inj: &mut Injector, areas: &[&Vma]) -> Result<()> {
+    use crate::batch::{self, Job, DATA_LEN, MAX_CALLS};
+    // Which opened file each file area maps from: (path, write, areas).
+    let mut files: Vec<(String, bool, Vec<(u64, u64)>)> = Vec::new();
+    let mut file_of: Vec<Option<usize>> = Vec::with_capacity(areas.len());
+    for v in areas {
+        if v.kind != Kind::File {
+            file_of.push(None);
+            continue;
+        }
+        let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
+        let write = v.shared && v.prot & PROT_WRITE != 0;
+        let touches = |r: &(u64, u64)| r.1 >= v.start && r.0 <= v.end;
+        let i = match files.iter().position(|f| f.0 == path && f.1 == write && !f.2.iter().any(touches)) {
+            Some(i) => i,
+            None => {
+                files.push((path.to_string(), write, Vec::new()));
+                files.len() - 1
+            }
+        };
+        files[i].2.push((v.start, v.end));
+        file_of.push(Some(i));
+    }
+    let data = batch::data(inj, 0)?;
+    let run = |inj: &mut Injector, calls: Vec<Call>| -> Result<Vec<i64>> {
+        let mut jobs = [Job { inj, slot: 0, calls }];
+        Ok(batch::run(&mut jobs)?.pop().unwrap_or_default())
+    };
+    // Opens, as many paths as the data area holds at a time.
+    let mut fds: Vec<u64> = Vec::with_capacity(files.len());
+    let mut failed = None;
+    let mut i = 0;
+    while i < files.len() && failed.is_none() {
+        let (mut bytes, mut calls) = (Vec::new(), Vec::new());
+        while i < files.len() && calls.len() < MAX_CALLS && bytes.len() + files[i].0.len() + 1 <= DATA_LEN as usize {
+            let at = data + bytes.len() as u64;
+            bytes.extend_from_slice(files[i].0.as_bytes());
+            bytes.push(0);
+            calls.push(Call::new(format!("open {}", files[i].0), nr::OPEN, &[at, if files[i].1 { 2 } else { 0 } | 0o2000000, 0]));
+            i += 1;
+        }
+        if calls.is_empty() {
+            // one path longer than the data area: opened on its own
+            fds.push(open_mapped_file(inj, &files[i].0, files[i].1)?);
+            i += 1;
+            continue;
+        }
+        inj.write_mem(data, &bytes)?;
+        let first = fds.len();
+        for (k, r) in run(inj, calls)?.into_iter().enumerate() {
+            if (-4095..0).contains(&r) {
+                failed.get_or_insert(Error::new("EFILE", format!("cannot open mapped file {}: {}", files[first + k].0, Error::sys("open", (-r) as i32).message)));
+            } else {
+                fds.push(r as u64);
+            }
+        }
+    }
+    let mut res = match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
+    if res.is_ok() {
+        let mut calls: Vec<(Call, usize)> = Vec::with_capacity(areas.len());
+        for (k, v) in areas.iter().enumerate() {
+            let (flags, fd, off) = match file_of[k] {
+                Some(f) => (if v.shared { MAP_SHARED } else { MAP_PRIVATE } | MAP_FIXED, fds[f], v.pgoff),
+                None => (anon_flags(v), u64::MAX, 0),
+            };
+            calls.push((Call::new(format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, fd, off]), k));
+        }
+        let mut rest = calls.into_iter().peekable();
+        'chunks: while rest.peek().is_some() {
+            let chunk: Vec<(Call, usize)> = rest.by_ref().take(MAX_CALLS).collect();
+            let which: Vec<usize> = chunk.iter().map(|c| c.1).collect();
+            let out = run(inj, chunk.into_iter().map(|c| c.0).collect())?;
+            for (r, &k) in out.iter().zip(&which) {
+                if !(-4095..0).contains(r) {
+                    continue;
+                }
+                // An anonymous area whose commit charge is refused is mapped
+                // with MAP_NORESERVE, as map_vma does.
+                let v = areas[k];
+                if *r == -12 && file_of[k].is_none() {
+                    if let Err(e) = map_vma(inj, v) {
+                        res = Err(e);
+                        break 'chunks;
+                    }
+                    continue;
+                }
+                res = Err(Error::sys(format!("mmap {:#x}-{:#x} {}", v.start, v.end, v.path), (-*r) as i32));
+                break 'chunks;
+            }
+        }
+    }
+    let closes: Vec<Call> = fds.iter().map(|&fd| Call::new("close", nr::CLOSE, &[fd])).collect();
+    for chunk in closes.chunks(MAX_CALLS) {
+        run(inj, chunk.iter().map(|c| Call::new(c.what.clone(), c.nr, &c.args)).collect())?;
+    }
+    res
+}
+
+/// mmap flags of a private anonymous area, as map_vma maps it first.
+fn anon_flags(v: &Vma) -> u64 {
+    let mut flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+    if v.kind == Kind::Stack {
+        flags |= MAP_GROWSDOWN;
+    }
+    if v.flags.split_whitespace().any(|f| f == "nr") {
+        flags |= MAP_NORESERVE;
+    }
+    flags
 }
 
 fn open_mapped_file(inj: &mut Injector, path: &str, write: bool) -> Result<u64> {

@@ -214,7 +214,18 @@ pub fn start(make: impl FnOnce() -> Box<dyn Engine>) -> Result<u64> {
     }
     if pid == 0 {
         drop(mine);
-        engine_main(theirs.into_raw(), make());
+        let fd = theirs.into_raw();
+        // Only stdio and the session socket stay open. The fork copied
+        // every descriptor of Node, also those another of its threads had
+        // open for a moment: a child_process spawn's exec-status pipe,
+        // whose write end held here made Node's main thread wait forever
+        // for its end-of-file (a test hung in spawn while a migration
+        // started).
+        unsafe {
+            let _ = sys::raw(436 /* close_range */, &[3, fd as u64 - 1, 0]);
+            let _ = sys::raw(436, &[fd as u64 + 1, u32::MAX as u64, 0]);
+        }
+        engine_main(fd, make());
     }
     drop(theirs);
     let id = NEXT.fetch_add(1, Ordering::SeqCst);
