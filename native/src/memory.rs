@@ -425,7 +425,6 @@ pub fn runs_from_json(j: &Json) -> Result<Vec<PageRun>> {
 
 // ---- restore side ----
 
-/// Map one area into the stub. Files are opened inside the stub by path.
 /// Map `areas` into the target (a stub being laid out). A file with
 /// several areas (a library's text, data, relro...) is opened once for
 /// them, and the calls go in batches (`batch.rs`): each injected call costs
@@ -581,6 +580,7 @@ fn map_file_at(inj: &mut Injector, v: &Vma, path: &str, fd: u64) -> Result<()> {
     inj.call(&format!("mmap {} at {:#x}", path, v.start), nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, fd, v.pgoff]).map(|_| ())
 }
 
+/// Map one area into the stub. Files are opened inside the stub by path.
 pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
     let len = v.end - v.start;
     // Mapped writable first only when the page data must be written through
