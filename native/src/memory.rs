@@ -432,12 +432,10 @@ pub fn runs_from_json(j: &Json) -> Result<Vec<PageRun>> {
 /// in the frozen window (a PostgreSQL backend has about 250 areas). Two
 /// areas side by side never share a descriptor: mapped through one open
 /// file the kernel may merge them into one area, where the source had two.
+/// Areas mapped from restored objects (anonfd::object_of) are not for
+/// here: the caller maps those through anonfd::map_objects.
 pub fn map_vmas(inj: &mut Injector, areas: &[Vma]) -> Result<()> {
-    let (batched, single): (Vec<&Vma>, Vec<&Vma>) = areas.iter().partition(|v| match v.kind {
-        Kind::Anon | Kind::Heap | Kind::Stack => true,
-        Kind::File => crate::anonfd::object_of(v).is_none(),
-        _ => false,
-    });
+    let (batched, single): (Vec<&Vma>, Vec<&Vma>) = areas.iter().partition(|v| matches!(v.kind, Kind::Anon | Kind::Heap | Kind::Stack | Kind::File));
     for v in single {
         map_vma(inj, v)?;
     }
@@ -445,11 +443,9 @@ pub fn map_vmas(inj: &mut Injector, areas: &[Vma]) -> Result<()> {
         return Ok(());
     }
     // The batch area goes where neither the stub nor these areas are.
-    let mut taken: Vec<(u64, u64)> = vmas(inj.pid)?.iter().map(|v| (v.start, v.end)).chain(batched.iter().map(|v| (v.start, v.end))).collect();
-    taken.sort_unstable();
-    let len = 4096 + crate::batch::SLOT;
-    let spot = (1u64..).map(|k| k << 28).take_while(|&a| a < crate::arch::USER_TOP).find(|&a| !taken.iter().any(|&(s, e)| s < a + (1 << 20) && a < e)).unwrap_or(1 << 28);
-    inj.batch_area_at(spot, len, &crate::arch::BATCH_CODE)?;
+    let mut taken = vmas(inj.pid)?;
+    taken.extend(batched.iter().map(|v| (*v).clone()));
+    inj.batch_area_at(free_spot(&taken, 1 << 20), 4096 + crate::batch::SLOT, &crate::arch::BATCH_CODE)?;
     let r = map_batched(inj, &batched);
     let dropped = inj.drop_batch_area();
     r.and(dropped)
@@ -575,13 +571,19 @@ fn open_mapped_file(inj: &mut Injector, path: &str, write: bool) -> Result<u64> 
         .map_err(|e| Error::new("EFILE", format!("cannot open mapped file {}: {}", path, e.message)))
 }
 
-fn map_file_at(inj: &mut Injector, v: &Vma, path: &str, fd: u64) -> Result<()> {
-    let flags = if v.shared { MAP_SHARED } else { MAP_PRIVATE } | MAP_FIXED;
-    inj.call(&format!("mmap {} at {:#x}", path, v.start), nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, fd, v.pgoff]).map(|_| ())
+/// A 256 MiB-aligned address with `len` bytes free of every area of `taken`.
+pub fn free_spot(taken: &[Vma], len: u64) -> u64 {
+    let mut a: u64 = 0x10000000;
+    loop {
+        if !taken.iter().any(|v| v.start < a + len && a < v.end) {
+            return a;
+        }
+        a += 0x10000000;
+    }
 }
 
-/// Map one area into the stub. Files are opened inside the stub by path.
-pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
+/// Map one area that is not a file's into the stub (files: map_vmas).
+fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
     let len = v.end - v.start;
     // Mapped writable first only when the page data must be written through
     // process_vm_writev-like paths; /proc/PID/mem writes through protections,
@@ -609,17 +611,6 @@ pub fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
             }
         }
         Kind::Shmem => map_shared_anon(inj, v, prot)?,
-        Kind::File => {
-            if let Some(r) = crate::anonfd::map_vma(inj, v) {
-                return r;
-            }
-            let path = v.path.strip_suffix(" (deleted)").unwrap_or(&v.path);
-            let write = v.shared && v.prot & PROT_WRITE != 0;
-            let fd = open_mapped_file(inj, path, write)?;
-            let r = map_file_at(inj, v, path, fd);
-            inj.call("close", nr::CLOSE, &[fd])?;
-            r?;
-        }
         _ => {}
     }
     Ok(())

@@ -222,8 +222,8 @@ pub fn start(make: impl FnOnce() -> Box<dyn Engine>) -> Result<u64> {
         // for its end-of-file (a test hung in spawn while a migration
         // started).
         unsafe {
-            let _ = sys::raw(436 /* close_range */, &[3, fd as u64 - 1, 0]);
-            let _ = sys::raw(436, &[fd as u64 + 1, u32::MAX as u64, 0]);
+            let _ = sys::raw(nr::CLOSE_RANGE, &[3, fd as u64 - 1, 0]);
+            let _ = sys::raw(nr::CLOSE_RANGE, &[fd as u64 + 1, u32::MAX as u64, 0]);
         }
         engine_main(fd, make());
     }

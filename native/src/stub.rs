@@ -159,24 +159,13 @@ fn vdso_group(vmas: &[Vma]) -> Vec<(Kind, u64, u64)> {
     vmas.iter().filter(|v| matches!(v.kind, Kind::Vdso | Kind::Vvar | Kind::VvarVclock)).map(|v| (v.kind.clone(), v.start, v.end)).collect()
 }
 
-/// Pick an address for the injector's scratch area that no target mapping uses.
-pub fn free_spot(target: &[Vma], len: u64) -> u64 {
-    let mut a: u64 = 0x10000000;
-    loop {
-        if !target.iter().any(|v| v.start < a + len && a < v.end) {
-            return a;
-        }
-        a += 0x10000000;
-    }
-}
-
 /// An injector on a fresh stub, ready to build a process of layout `target`.
 pub fn attach_injector(pid: Pid, target: &[Vma]) -> Result<Injector> {
     let insn = find_syscall_insn(pid)?;
     let regs = ptrace::get_regs(pid)?;
     let mask = ptrace::get_sigmask(pid)?;
     let mut inj = Injector::new(pid, pid, insn, regs.rewound(true), mask)?;
-    inj.set_scratch_hint(free_spot(target, 1 << 20), MAP_FIXED_NOREPLACE);
+    inj.set_scratch_hint(crate::memory::free_spot(target, 1 << 20), MAP_FIXED_NOREPLACE);
     Ok(inj)
 }
 
@@ -212,7 +201,7 @@ pub fn empty(inj: &mut Injector, target: &[Vma], shared: u64) -> Result<()> {
         inj.call(&format!("munmap {:#x}", v.start), nr::MUNMAP, &[v.start, v.end - v.start])?;
     }
     if shared & crate::shares::CLONE_FILES == 0 {
-        inj.call("close_range", 436, &[0, u32::MAX as u64, 0])?;
+        inj.call("close_range", nr::CLOSE_RANGE, &[0, u32::MAX as u64, 0])?;
     }
     let have = vdso_group(&mine);
     let want = vdso_group(target);
@@ -231,7 +220,7 @@ pub fn empty(inj: &mut Injector, target: &[Vma], shared: u64) -> Result<()> {
     let span = have.last().map(|h| h.2).unwrap_or(0) - have[0].1;
     let overlap = have[0].1 < want[0].1 + span && want[0].1 < have[0].1 + span;
     let mut cur = have[0].1;
-    let moves: Vec<u64> = if overlap { vec![free_spot(target, span + (1 << 20)) + (1 << 20), want[0].1] } else { vec![want[0].1] };
+    let moves: Vec<u64> = if overlap { vec![crate::memory::free_spot(target, span + (1 << 20)) + (1 << 20), want[0].1] } else { vec![want[0].1] };
     for dest in moves {
         for (_, s, e) in &have {
             let from = cur + (s - have[0].1);

@@ -136,13 +136,6 @@ pub fn restore_process_extras(inj: &mut Injector, p: &Json) -> Result<()> {
     locks::restore(inj, p)
 }
 
-/// A memory area of a memfd or of an unlinked file: mapped from the object
-/// restored by `open`. None: not ours, map as usual.
-pub fn map_vma(inj: &mut Injector, v: &crate::memory::Vma) -> Option<Result<()>> {
-    let fd = object_of(v)?;
-    Some(fd.and_then(|fd| map_objects(inj, vec![(v.clone(), fd)])))
-}
-
 /// The restored object (memfd, unlinked file) area `v` maps, duplicated;
 /// None when it maps none.
 pub fn object_of(v: &crate::memory::Vma) -> Option<Result<Fd>> {

@@ -247,7 +247,7 @@ impl Handoff {
         let queued = self.verdict();
         let mut s = String::new();
         if !self.created {
-            s += &table_script(&t, &self.verdict());
+            s += &table_script(&t, &queued);
         }
         for r in rules {
             s += &r.replace("{t}", &t);

@@ -21,7 +21,7 @@
 //! metadata only (NFQNL_COPY_META); one batch verdict accepts every packet
 //! up to the highest id read.
 
-use super::nftnl::{attr, await_acks, message, NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST};
+use super::nftnl::{answer, attr, await_acks, message, messages, NETLINK_NETFILTER, NLM_F_ACK, NLM_F_REQUEST};
 use crate::sockets::{MSG_DONTWAIT, SOL_SOCKET, SO_RCVBUFFORCE};
 use crate::sys::{self, Error, Fd, Pid, Result};
 
@@ -102,46 +102,35 @@ fn verdict_batch(num: u16, upto: u32) -> Vec<u8> {
 
 /// Sequence number of our verdict messages.
 const VERDICT_SEQ: u32 = 3;
-const NLMSG_ERROR: u16 = 2;
 
 /// One read of the queue socket: the ids of the packets it announces go to
 /// `ids`; the answer to request `seq`, if there, is returned (0: done,
 /// else an errno).
 fn scan(buf: &[u8], ids: &mut Vec<u32>, seq: u32) -> Option<i32> {
-    let mut answer = None;
-    let mut off = 0;
-    while off + 20 <= buf.len() {
-        let len = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-        let ty = u16::from_le_bytes([buf[off + 4], buf[off + 5]]);
-        if len < 16 || off + len > buf.len() {
-            return answer;
-        }
-        if ty == NLMSG_ERROR && len >= 36 {
-            let e = i32::from_le_bytes([buf[off + 16], buf[off + 17], buf[off + 18], buf[off + 19]]);
-            // the request's header follows the error code: its seq at +8
-            let s = u32::from_le_bytes([buf[off + 28], buf[off + 29], buf[off + 30], buf[off + 31]]);
-            if s == seq {
-                answer = Some(-e);
-            }
+    let mut got = None;
+    // A malformed message ends the read; what came before it counts.
+    for (ty, m) in messages(buf).map_while(|m| m.ok()) {
+        match answer(ty, m) {
+            Some((s, e)) if s == seq => got = Some(e),
+            _ => {}
         }
         if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
             // attributes follow the nlmsghdr (16) and the nfgenmsg (4)
-            let mut a = off + 20;
-            while a + 4 <= off + len {
-                let alen = u16::from_le_bytes([buf[a], buf[a + 1]]) as usize;
-                let aty = u16::from_le_bytes([buf[a + 2], buf[a + 3]]) & 0x3fff;
-                if alen < 4 || a + alen > off + len {
+            let mut a = 20;
+            while a + 4 <= m.len() {
+                let alen = u16::from_le_bytes([m[a], m[a + 1]]) as usize;
+                let aty = u16::from_le_bytes([m[a + 2], m[a + 3]]) & 0x3fff;
+                if alen < 4 || a + alen > m.len() {
                     break;
                 }
                 if aty == NFQA_PACKET_HDR && alen >= 8 {
-                    ids.push(u32::from_be_bytes([buf[a + 4], buf[a + 5], buf[a + 6], buf[a + 7]]));
+                    ids.push(u32::from_be_bytes([m[a + 4], m[a + 5], m[a + 6], m[a + 7]]));
                 }
                 a += (alen + 3) & !3;
             }
         }
-        off += (len + 3) & !3;
     }
-    answer
+    got
 }
 
 impl Queue {
@@ -241,6 +230,7 @@ impl Drop for Queue {
 
 #[cfg(test)]
 mod tests {
+    use super::super::nftnl::NLMSG_ERROR;
     use super::*;
 
     #[test]

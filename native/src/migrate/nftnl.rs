@@ -21,7 +21,7 @@ const NFPROTO_INET: u8 = 1;
 pub(super) const NLM_F_REQUEST: u16 = 0x1;
 pub(super) const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
-const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_ERROR: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -66,28 +66,44 @@ pub(super) fn message(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: 
     out.extend_from_slice(attrs);
 }
 
-/// The batch adding `keys` to each named set of inet table `table`.
-fn batch(table: &str, sets: &[(&str, &[Vec<u8>])]) -> Result<(Vec<u8>, Vec<u32>)> {
+/// One nf_tables batch of set element requests, each answered: `requests`
+/// are (message type, extra flags, attributes), numbered from 2 (the batch
+/// begins with 1). Returns the batch and the numbers to await.
+fn framed(requests: Vec<(u16, u16, Vec<u8>)>) -> (Vec<u8>, Vec<u32>) {
     let mut out = Vec::new();
-    let mut acked = Vec::new();
     let res = NFNL_SUBSYS_NFTABLES;
     message(&mut out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, res, &[]);
-    let mut seq = 2;
+    let mut acked = Vec::with_capacity(requests.len());
+    for (k, (ty, flags, a)) in requests.into_iter().enumerate() {
+        let seq = 2 + k as u32;
+        message(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | ty, NLM_F_REQUEST | NLM_F_ACK | flags, seq, NFPROTO_INET, 0, &a);
+        acked.push(seq);
+    }
+    message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, 2 + acked.len() as u32, 0, res, &[]);
+    (out, acked)
+}
+
+/// The attributes naming set `set` of table `table`.
+fn set_attrs(table: &str, set: &str) -> Result<Vec<u8>> {
+    let mut a = Vec::new();
+    attr(&mut a, NFTA_SET_ELEM_LIST_TABLE, sys::cstr(table)?.as_bytes_with_nul());
+    attr(&mut a, NFTA_SET_ELEM_LIST_SET, sys::cstr(set)?.as_bytes_with_nul());
+    Ok(a)
+}
+
+/// The batch adding `keys` to each named set of inet table `table`.
+fn batch(table: &str, sets: &[(&str, &[Vec<u8>])]) -> Result<(Vec<u8>, Vec<u32>)> {
+    let mut requests = Vec::new();
     for (set, keys) in sets.iter().filter(|(_, k)| !k.is_empty()) {
-        let mut a = Vec::new();
-        attr(&mut a, NFTA_SET_ELEM_LIST_TABLE, sys::cstr(table)?.as_bytes_with_nul());
-        attr(&mut a, NFTA_SET_ELEM_LIST_SET, sys::cstr(set)?.as_bytes_with_nul());
+        let mut a = set_attrs(table, set)?;
         nested(&mut a, NFTA_SET_ELEM_LIST_ELEMENTS, |a| {
             for k in keys.iter() {
                 nested(a, NFTA_LIST_ELEM, |a| nested(a, NFTA_SET_ELEM_KEY, |a| attr(a, NFTA_DATA_VALUE, k)));
             }
         });
-        message(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq, NFPROTO_INET, 0, &a);
-        acked.push(seq);
-        seq += 1;
+        requests.push((NFT_MSG_NEWSETELEM, NLM_F_CREATE, a));
     }
-    message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, res, &[]);
-    Ok((out, acked))
+    Ok(framed(requests))
 }
 
 /// Add `keys` (raw set keys, see `key_*`) to sets of inet table `table`,
@@ -101,29 +117,50 @@ pub fn add_elements(nl: &Fd, table: &str, sets: &[(&str, &[Vec<u8>])]) -> Result
     await_acks(nl, &mut waiting, "nf_tables: adding set elements")
 }
 
+/// The messages of one read from a netlink socket: (type, whole message).
+pub(super) fn messages(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8])>> + '_ {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        if off + 16 > buf.len() {
+            return None;
+        }
+        let len = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        let ty = u16::from_le_bytes([buf[off + 4], buf[off + 5]]);
+        if len < 16 || off + len > buf.len() {
+            off = buf.len();
+            return Some(Err(Error::new("EPROTO", "netfilter: malformed answer")));
+        }
+        let m = &buf[off..off + len];
+        off += (len + 3) & !3;
+        Some(Ok((ty, m)))
+    })
+}
+
+/// An answer to a request: (the request's number, errno; 0 for success).
+pub(super) fn answer(ty: u16, m: &[u8]) -> Option<(u32, i32)> {
+    if ty != NLMSG_ERROR || m.len() < 36 {
+        return None;
+    }
+    let e = i32::from_le_bytes([m[16], m[17], m[18], m[19]]);
+    // The request's header follows the error code: its seq at +8.
+    let seq = u32::from_le_bytes([m[28], m[29], m[30], m[31]]);
+    Some((seq, -e))
+}
+
 /// Read answers on `nl` until every request numbered in `waiting` is
 /// acknowledged; the first error answer fails with `what`.
 pub(super) fn await_acks(nl: &Fd, waiting: &mut Vec<u32>, what: &str) -> Result<()> {
     let mut buf = vec![0u8; 16384];
     while !waiting.is_empty() {
         let n = sys::call("netfilter answer", RECVFROM, &[nl.raw() as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0])? as usize;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
-            let ty = u16::from_le_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > n {
-                return Err(Error::new("EPROTO", "netfilter: malformed answer"));
-            }
-            if ty == NLMSG_ERROR && len >= 36 {
-                let e = i32::from_le_bytes([buf[off + 16], buf[off + 17], buf[off + 18], buf[off + 19]]);
-                // The request's header follows the error code: its seq at +8.
-                let seq = u32::from_le_bytes([buf[off + 28], buf[off + 29], buf[off + 30], buf[off + 31]]);
+        for m in messages(&buf[..n]) {
+            let (ty, m) = m?;
+            if let Some((seq, e)) = answer(ty, m) {
                 if e != 0 {
-                    return Err(Error::sys(what, -e));
+                    return Err(Error::sys(what, e));
                 }
                 waiting.retain(|&s| s != seq);
             }
-            off += (len + 3) & !3;
         }
     }
     Ok(())
@@ -132,19 +169,8 @@ pub(super) fn await_acks(nl: &Fd, waiting: &mut Vec<u32>, what: &str) -> Result<
 /// Empty the named sets of inet table `table` (NFT_MSG_DELSETELEM without
 /// elements flushes a set), in one batch.
 pub fn flush_sets(nl: &Fd, table: &str, sets: &[&str]) -> Result<()> {
-    let mut out = Vec::new();
-    let res = NFNL_SUBSYS_NFTABLES;
-    message(&mut out, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, res, &[]);
-    let mut waiting = Vec::new();
-    for (i, set) in sets.iter().enumerate() {
-        let mut a = Vec::new();
-        attr(&mut a, NFTA_SET_ELEM_LIST_TABLE, sys::cstr(table)?.as_bytes_with_nul());
-        attr(&mut a, NFTA_SET_ELEM_LIST_SET, sys::cstr(set)?.as_bytes_with_nul());
-        let seq = 2 + i as u32;
-        message(&mut out, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK, seq, NFPROTO_INET, 0, &a);
-        waiting.push(seq);
-    }
-    message(&mut out, NFNL_MSG_BATCH_END, NLM_F_REQUEST, 2 + sets.len() as u32, 0, res, &[]);
+    let requests = sets.iter().map(|set| set_attrs(table, set).map(|a| (NFT_MSG_DELSETELEM, 0, a))).collect::<Result<Vec<_>>>()?;
+    let (out, mut waiting) = framed(requests);
     crate::sockets::send_to_kernel(nl, &out, "nf_tables request")?;
     await_acks(nl, &mut waiting, "nf_tables: emptying the handoff sets")
 }
