@@ -47,8 +47,18 @@ pub fn reads(out: u64) -> Vec<Call> {
         Call::new("prctl(PR_GET_DUMPABLE)", nr::PRCTL, &[3]),
         Call::new("prctl(PR_GET_THP_DISABLE)", nr::PRCTL, &[42]),
         Call::new("prctl(PR_GET_CHILD_SUBREAPER)", nr::PRCTL, &[37, out]),
+        Call::new("membarrier(GET_REGISTRATIONS)", nr::MEMBARRIER, &[MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0]),
+        Call::new("prctl(PR_GET_MDWE)", nr::PRCTL, &[PR_GET_MDWE, 0, 0, 0, 0]),
     ]
 }
+
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+/// The registrations GET_REGISTRATIONS reports that a process can make
+/// again: global expedited, private expedited, its sync-core and rseq
+/// flavours. Each is a command of its own, run in the restored process.
+const MEMBARRIER_REGISTRATIONS: [u64; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+const PR_SET_MDWE: u64 = 65;
+const PR_GET_MDWE: u64 = 66;
 
 /// `res`: the results of `reads(out)`.
 pub fn dump_process(pid: Pid, inj: &Injector, res: &[u64], out: u64) -> Result<Json> {
@@ -57,6 +67,10 @@ pub fn dump_process(pid: Pid, inj: &Injector, res: &[u64], out: u64) -> Result<J
     let umask = u64::from_str_radix(&proc::status_field(pid, "Umask").unwrap_or_else(|_| "22".into()), 8).unwrap_or(0o22);
     let r = |i: usize| res.get(i).copied().unwrap_or(0);
     let (brk, dumpable, thp_disable) = (r(0), r(1), r(2));
+    // Negative: the kernel has no such query (older than 6.3, 6.3 for MDWE).
+    let known = |v: u64| (v as i64) >= 0;
+    let membarrier = MEMBARRIER_REGISTRATIONS.iter().filter(|&&b| known(r(4)) && r(4) & b != 0).fold(0, |m, b| m | b);
+    let mdwe = if known(r(5)) { r(5) } else { 0 };
     let subreaper = u32::from_le_bytes(inj.read_mem(out, 4)?.try_into().unwrap_or([0; 4])) != 0;
     let auxv_raw = std::fs::read(format!("/proc/{}/auxv", pid)).unwrap_or_default();
     let auxv: Vec<Json> = auxv_raw.chunks_exact(8).map(|c| Json::U64(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))).collect();
@@ -97,6 +111,9 @@ pub fn dump_process(pid: Pid, inj: &Injector, res: &[u64], out: u64) -> Result<J
         .with("thp_disable", thp_disable != 0)
         .with("child_subreaper", subreaper)
         .with("oom_score_adj", oom_score_adj(pid))
+        .with("membarrier", membarrier)
+        .with("mdwe", mdwe)
+        .with("loginuid", loginuid(pid))
         .with("mm", mm))
 }
 
@@ -108,6 +125,37 @@ fn dump_cwd(pid: Pid) -> Result<String> {
         crate::procpid::check(pid, "the working directory", &cwd, &md)?;
     }
     Ok(cwd)
+}
+
+/// The audit login uid (u32::MAX: never set), per process: the leader's.
+fn loginuid(pid: Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/loginuid", pid)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX as u64)
+}
+
+/// The audit login uid, written by the process itself (the kernel takes it
+/// from no one else) before its threads are made, so that they inherit it,
+/// and while it still has CAP_AUDIT_CONTROL. Like the OOM adjustment, a
+/// refusal (an immutable login uid) is a warning, not a failed restore.
+pub fn restore_loginuid(inj: &mut Injector, p: &Json) -> Result<()> {
+    let Some(want) = p.u64_of("loginuid").filter(|&v| v <= u32::MAX as u64) else { return Ok(()) };
+    if loginuid(inj.pid) == want {
+        return Ok(());
+    }
+    let path = inj.put_str("/proc/thread-self/loginuid", 0)?;
+    let text = want.to_string();
+    let value = inj.put_str(&text, 64)?;
+    let fd = inj.raw(nr::OPEN, &[path, 1 /* O_WRONLY */ | 0o2000000, 0])?;
+    let wrote = if fd >= 0 {
+        let w = inj.raw(nr::WRITE, &[fd as u64, value, text.len() as u64])?;
+        inj.raw(nr::CLOSE, &[fd as u64])?;
+        w
+    } else {
+        fd
+    };
+    if wrote < 0 {
+        eprintln!("phaul: warning: process {}: login uid {} not restored: {}", p.i64_of("pid").unwrap_or(0), want, Error::sys("write", (-wrote) as i32).message);
+    }
+    Ok(())
 }
 
 fn oom_score_adj(pid: Pid) -> i64 {
@@ -288,6 +336,15 @@ pub fn late_prctl_calls(p: &Json) -> Vec<Call> {
     }
     if p.bool_of("child_subreaper") {
         calls.push(Call::new("prctl(PR_SET_CHILD_SUBREAPER)", nr::PRCTL, &[36, 1]));
+    }
+    let membarrier = p.u64_of("membarrier").unwrap_or(0);
+    for bit in MEMBARRIER_REGISTRATIONS.iter().filter(|&&b| membarrier & b != 0) {
+        calls.push(Call::new(format!("membarrier(register {:#x})", bit), nr::MEMBARRIER, &[*bit, 0, 0]));
+    }
+    // Last: from here on the process may not map memory writable and
+    // executable, and the restore maps nothing more.
+    if let Some(flags) = p.u64_of("mdwe").filter(|&f| f != 0) {
+        calls.push(Call::new("prctl(PR_SET_MDWE)", nr::PRCTL, &[PR_SET_MDWE, flags, 0, 0, 0]));
     }
     calls
 }

@@ -550,6 +550,7 @@ pub fn finish_tree(procs: &[&Json], tree: &mut Tree, hold: bool) -> Result<()> {
         let tids: Vec<Pid> = ths[1..].iter().map(|t| t.i64_of("tid").unwrap_or(0) as Pid).collect();
         // New threads start with the leader's nice value.
         let nice = crate::creds::dump_sched(s.host, s.host).i64_of("nice").unwrap_or(0);
+        process::restore_loginuid(&mut leader, p)?;
         crate::batch::reserve(&mut leader, ths.len())?;
         let hosts = stub::clone_threads(&mut leader, &tids)?;
         crate::sys::trace_mark("restore: threads made");

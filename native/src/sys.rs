@@ -156,6 +156,7 @@ pub mod nr {
         pub const KCMP: i64 = 312;
         pub const USERFAULTFD: i64 = 323;
         pub const RSEQ: i64 = 334;
+        pub const MEMBARRIER: i64 = 324;
         pub const CLOSE_RANGE: i64 = 436;
         pub const SECCOMP: i64 = 317;
         pub const PIDFD_OPEN: i64 = 434;
