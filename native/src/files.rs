@@ -276,8 +276,13 @@ impl FileTable {
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
         if ft.is_file() || ft.is_dir() {
-            if let Some(p) = crate::procpid::check(pid, &format!("fd {}", fd), target, md)? {
-                return Ok(base.with("kind", if ft.is_dir() { "dir" } else { "reg" }).with("path", target).with("proc_pid", p));
+            if let Some(n) = crate::procpid::check(pid, &format!("fd {}", fd), target, md)? {
+                let j = base.with("kind", if ft.is_dir() { "dir" } else { "reg" }).with("proc_pid", n.pid);
+                // A dead directory's path reads " (deleted)"; a file's under it does not.
+                return Ok(match n.dead {
+                    true => j.with("path", target.trim_end_matches(" (deleted)")).with("proc_dead", true),
+                    false => j.with("path", target),
+                });
             }
         }
         if ft.is_file() && is_mqueue(pid, fd) {
@@ -398,7 +403,7 @@ impl FileTable {
         for i in 0..self.files.len() {
             let f = &self.files[i];
             let Some(p) = f.i64_of("proc_pid") else { continue };
-            if tree.contains(&(p as Pid)) {
+            if tree.contains(&(p as Pid)) || f.bool_of("proc_dead") {
                 continue;
             }
             warnings.push(format!(

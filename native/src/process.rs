@@ -122,7 +122,11 @@ fn dump_cwd(pid: Pid) -> Result<String> {
     let cwd = proc::readlink(&format!("/proc/{}/cwd", pid))?;
     if cwd.starts_with("/proc/") {
         let md = std::fs::metadata(format!("/proc/{}/cwd", pid)).map_err(|e| Error::from(e).context("the working directory"))?;
-        crate::procpid::check(pid, "the working directory", &cwd, &md)?;
+        let named = crate::procpid::check(pid, "the working directory", &cwd, &md)?;
+        // A dead entry is told by its " (deleted)" (procpid::dead_entry).
+        if named.is_some_and(|n| n.dead) && !cwd.ends_with(" (deleted)") {
+            return Ok(format!("{} (deleted)", cwd));
+        }
     }
     Ok(cwd)
 }
@@ -233,7 +237,12 @@ pub fn restore_fs(inj: &mut Injector, p: &Json, hosts: &std::collections::BTreeM
         }
     }
     if let Some(cwd) = p.str_of("cwd") {
-        match crate::procpid::parse(cwd).and_then(|e| hosts.get(&e.pid).map(|h| (e.pid, *h))) {
+        // A dead process's directory: entered under its helper (procpid.rs).
+        let (cwd, named) = match crate::procpid::dead_entry(cwd) {
+            Some((pid, path)) => (path, Some(pid)),
+            None => (cwd, crate::procpid::parse(cwd).map(|e| e.pid)),
+        };
+        match named.and_then(|pid| hosts.get(&pid).map(|h| (pid, *h))) {
             Some((pid, host)) => restore_cwd(inj, &crate::procpid::on_host(cwd, pid, host))?,
             None => restore_cwd(inj, cwd)?,
         }

@@ -1,11 +1,15 @@
 //! Descriptors and working directories under /proc/PID: they name one
 //! process, by its pid.
 //!
-//! Dump: the process must still be there. An entry of a process that has
-//! exited (its directory shows " (deleted)", or the path now leads to
-//! another inode: the pid was reused) cannot be made again, and neither can
-//! one of a thread that is not a process's main thread (threads are made
-//! after the descriptors): both are refused.
+//! Dump: an entry of a live process names it. An entry of a process that
+//! has exited and been reaped (its path shows " (deleted)") is kept as a
+//! dead entry: the restore makes a short-lived helper process with that
+//! pid, opens the entry (or enters it) under it, and lets the helper die,
+//! so the process holds an entry of a dead process again, as before.
+//! Refused: an entry whose pid now leads to another process (reused; its
+//! helper could not have the pid), a dead entry naming a descriptor (the
+//! helper has none), and one of a thread that is not a process's main
+//! thread (threads are made after the descriptors).
 //! Restore: the entry of a process of the tree is opened once the stubs
 //! exist, under the pid phaul sees the restored process with (its host pid,
 //! when the tree gets a pid namespace of its own); opened any earlier, it
@@ -66,10 +70,25 @@ pub fn on_host(path: &str, pid: Pid, host: Pid) -> String {
     }
 }
 
+/// The process a /proc entry names.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Named {
+    pub pid: Pid,
+    /// Exited and reaped: the restore makes a helper with its pid (above).
+    pub dead: bool,
+}
+
+/// A working directory or path of a dead entry: the path without its
+/// " (deleted)", with the pid it names.
+pub fn dead_entry(path: &str) -> Option<(Pid, &str)> {
+    let p = path.strip_suffix(" (deleted)")?;
+    parse(p).map(|e| (e.pid, p))
+}
+
 /// If `target` (as `owner` sees it; `md`: what it opens) is an entry of a
-/// process under /proc, that process's pid; refused when the process is gone
-/// or the entry is a thread's. `what` names it in messages ("fd 5").
-pub fn check(owner: Pid, what: &str, target: &str, md: &std::fs::Metadata) -> Result<Option<Pid>> {
+/// process under /proc, the process it names; refused when it cannot be
+/// made again (above). `what` names it in messages ("fd 5").
+pub fn check(owner: Pid, what: &str, target: &str, md: &std::fs::Metadata) -> Result<Option<Named>> {
     let (path, deleted) = match target.strip_suffix(" (deleted)") {
         Some(p) => (p, true),
         None => (target, false),
@@ -81,20 +100,24 @@ pub fn check(owner: Pid, what: &str, target: &str, md: &std::fs::Metadata) -> Re
         Ok(p) if p.dev() == md.dev() => {}
         _ => return Ok(None), // not on the /proc it has: an ordinary path
     }
-    let gone = || {
-        Err(Error::new(
-            "EUNSUPPORTED",
-            format!("{}: {} is an entry of process {}, which has exited: it cannot be restored", what, path, e.pid),
-        ))
-    };
-    if deleted {
-        return gone();
-    }
     // An open entry keeps its dentry: while its process lives, a lookup
-    // finds that very inode again.
-    match std::fs::metadata(format!("{}{}", root, path)) {
-        Ok(now) if now.ino() == md.ino() => {}
-        _ => return gone(),
+    // finds that very inode again; once it is reaped the dentry is dropped
+    // from the cache and the path reads " (deleted)".
+    let now = std::fs::metadata(format!("{}{}", root, path));
+    if deleted || now.is_err() {
+        if e.tid.is_some_and(|t| t != e.pid) || names_descriptor(path) {
+            return Err(Error::new(
+                "EUNSUPPORTED",
+                format!("{}: {} is an entry of process {}, which has exited: not supported for a thread's entry or one naming a descriptor", what, path, e.pid),
+            ));
+        }
+        return Ok(Some(Named { pid: e.pid, dead: true }));
+    }
+    if now.is_ok_and(|n| n.ino() != md.ino()) {
+        return Err(Error::new(
+            "EUNSUPPORTED",
+            format!("{}: {} is an entry of process {}, which has exited, and its pid is now another process's: it cannot be restored", what, path, e.pid),
+        ));
     }
     let tgid = std::fs::read_to_string(format!("{}/proc/{}/status", root, e.pid))
         .ok()
@@ -107,7 +130,7 @@ pub fn check(owner: Pid, what: &str, target: &str, md: &std::fs::Metadata) -> Re
     if let Some(t) = thread {
         return Err(Error::new("EUNSUPPORTED", format!("{}: {} is an entry of thread {}, not of a process's main thread: not supported", what, path, t)));
     }
-    Ok(Some(e.pid))
+    Ok(Some(Named { pid: e.pid, dead: false }))
 }
 
 #[cfg(test)]
@@ -135,5 +158,13 @@ mod tests {
         assert_eq!(on_host("/proc/12/fd", 12, 4012), "/proc/4012/fd");
         assert_eq!(on_host("/proc/12/task/12/status", 12, 4012), "/proc/4012/task/4012/status");
         assert_eq!(on_host("/proc/13/status", 12, 4012), "/proc/13/status");
+    }
+
+    #[test]
+    fn reads_dead_entries() {
+        assert_eq!(dead_entry("/proc/12 (deleted)"), Some((12, "/proc/12")));
+        assert_eq!(dead_entry("/proc/12/mountinfo (deleted)"), Some((12, "/proc/12/mountinfo")));
+        assert_eq!(dead_entry("/proc/12/mountinfo"), None);
+        assert_eq!(dead_entry("/tmp/x (deleted)"), None);
     }
 }

@@ -239,22 +239,53 @@ pub fn empty(inj: &mut Injector, target: &[Vma], shared: u64) -> Result<()> {
 /// (empty) stub behind `inj`, with clone `flags` (what it shares with it;
 /// CLONE_PARENT makes it a sibling). Returns the child's pid as phaul sees it.
 pub fn fork_child(inj: &mut Injector, pid: Pid, flags: u64) -> Result<Pid> {
-    let tids: [i32; 1] = [pid];
-    let tid_addr = inj.put(&tids.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(), 3584)?;
     // clone3 refuses an exit signal with CLONE_PARENT: the child gets the caller's.
     let exit_signal = if flags & crate::shares::CLONE_PARENT != 0 { 0 } else { SIGCHLD };
-    let args = CloneArgs { flags, exit_signal, set_tid: tid_addr, set_tid_size: 1, ..Default::default() };
+    fork_with(inj, Some(pid), flags, exit_signal).map(|(_, host)| host)
+}
+
+/// A child stub with pid `pid` (any free pid: None) that will die without
+/// its parent hearing of it (no exit signal): a stand-in, reaped by
+/// `reap_quiet_child`. Returns (its pid in the stub's namespace, its pid as
+/// phaul sees it).
+pub fn fork_quiet_child(inj: &mut Injector, pid: Option<Pid>) -> Result<(Pid, Pid)> {
+    fork_with(inj, pid, 0, 0)
+}
+
+/// Kill a child made by `fork_quiet_child` (`host`: as phaul sees it) and
+/// have its parent reap it, so that nothing of it is left when the parent runs.
+pub fn reap_quiet_child(inj: &mut Injector, pid: Pid, host: Pid) -> Result<()> {
+    sys::kill(host, 9)?;
+    // Phaul, its tracer, hears of its end first; only then can the parent reap it.
+    loop {
+        let st = ptrace::wait(host)?;
+        if !ptrace::stopped(st) {
+            break;
+        }
+        ptrace::cont(host, 0)?;
+    }
+    inj.call(&format!("wait4 for stand-in {}", pid), nr::WAIT4, &[pid as u64, 0, ptrace::WALL, 0])?;
+    Ok(())
+}
+
+fn fork_with(inj: &mut Injector, pid: Option<Pid>, flags: u64, exit_signal: u64) -> Result<(Pid, Pid)> {
+    let (set_tid, set_tid_size) = match pid {
+        Some(pid) => (inj.put(&pid.to_le_bytes(), 3584)?, 1),
+        None => (0, 0),
+    };
+    let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size, ..Default::default() };
     let a = inj.put(&args.bytes(), 3456)?;
     let r = inj.raw(nr::CLONE3, &[a, 88])?;
-    if r == -17 {
+    if let (Some(pid), -17) = (pid, r) {
         return Err(pid_taken(pid));
     }
     if r < 0 {
-        return Err(Error::sys(format!("clone3 for pid {}", pid), (-r) as i32));
+        let what = pid.map_or("clone3".to_string(), |p| format!("clone3 for pid {}", p));
+        return Err(Error::sys(what, (-r) as i32));
     }
     let host = inj.new_children.pop().unwrap_or(r as Pid);
     wait_new(host)?;
-    Ok(host)
+    Ok((r as Pid, host))
 }
 
 /// Create threads `tids` in the stub (sharing everything a pthread

@@ -4,12 +4,18 @@
  * alive (signal 0 through its pidfd, no POLLIN), the flags. Once LOG.go
  * exists the child is killed through its pidfd, the pidfd turns readable
  * and waitid(P_PIDFD) reaps it: "PIDFD_REAPED" is logged.
+ * Also pidfds of two children reaped before the first pass (two of the
+ * first, one of the second): each pass checks they stay pidfds of dead
+ * processes (fdinfo Pid -1, signals fail with ESRCH, POLLIN, nothing left
+ * to reap) and that the first two still share one process (pidfs inode)
+ * and the third does not.
  * Logs "OK <pass>". */
 #include "common.h"
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -54,6 +60,36 @@ static long fd_pid(int fd)
 	return last;
 }
 
+/* fdinfo "Pid:" (-1 once the process is reaped) */
+static long fd_pid_field(int fd)
+{
+	char path[64], buf[2048];
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	CHECK(read_file(path, buf, sizeof(buf)) > 0, "read %s", path);
+	char *l = strstr(buf, "\nPid:");
+	CHECK(l, "no Pid in fdinfo of fd %d", fd);
+	return strtol(l + 5, NULL, 10);
+}
+
+static int reaped_child_pidfd(int *second)
+{
+	pid_t d = fork();
+	CHECK(d >= 0, "fork");
+	if (d == 0) {
+		for (;;)
+			pause();
+	}
+	int fd = (int)syscall(SYS_pidfd_open, d, 0);
+	CHECK(fd >= 0, "pidfd_open: errno %d", errno);
+	if (second) {
+		*second = (int)syscall(SYS_pidfd_open, d, 0);
+		CHECK(*second >= 0, "pidfd_open: errno %d", errno);
+	}
+	kill(d, SIGKILL);
+	CHECK(waitpid(d, NULL, 0) == d, "waitpid");
+	return fd;
+}
+
 static int readable(int fd)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };
@@ -78,6 +114,7 @@ int main(int argc, char **argv)
 	int sfd = (int)syscall(SYS_pidfd_open, getpid(), PIDFD_NONBLOCK);
 	int tfd = (int)syscall(SYS_pidfd_open, thread_tid, PIDFD_THREAD);
 	CHECK(cfd >= 0 && sfd >= 0 && tfd >= 0, "pidfd_open: errno %d", errno);
+	int dead1b, dead1 = reaped_child_pidfd(&dead1b), dead2 = reaped_child_pidfd(NULL);
 	char go[4200];
 	snprintf(go, sizeof(go), "%s.go", log_path);
 	int reaped = 0;
@@ -88,6 +125,19 @@ int main(int argc, char **argv)
 		CHECK(fcntl(sfd, F_GETFL) & O_NONBLOCK, "self pidfd lost PIDFD_NONBLOCK");
 		CHECK(fcntl(tfd, F_GETFL) & PIDFD_THREAD, "thread pidfd lost PIDFD_THREAD");
 		CHECK(syscall(SYS_pidfd_send_signal, sfd, 0, NULL, 0) == 0, "signal 0 to self: errno %d", errno);
+		struct stat st1, st1b, st2;
+		CHECK(fstat(dead1, &st1) == 0 && fstat(dead1b, &st1b) == 0 && fstat(dead2, &st2) == 0, "fstat dead pidfds: errno %d", errno);
+		CHECK(st1.st_ino == st1b.st_ino && st1.st_ino != st2.st_ino, "dead pidfds: inodes %lu %lu %lu", (unsigned long)st1.st_ino, (unsigned long)st1b.st_ino, (unsigned long)st2.st_ino);
+		for (int k = 0; k < 3; k++) {
+			int fd = k == 0 ? dead1 : k == 1 ? dead1b : dead2;
+			CHECK(fd_pid_field(fd) == -1, "dead pidfd %d names pid %ld", fd, fd_pid_field(fd));
+			errno = 0;
+			CHECK(syscall(SYS_pidfd_send_signal, fd, 0, NULL, 0) < 0 && errno == ESRCH, "signal 0 through dead pidfd %d: errno %d", fd, errno);
+			CHECK(readable(fd), "dead pidfd %d is not readable", fd);
+			siginfo_t si;
+			errno = 0;
+			CHECK(waitid(P_PIDFD, fd, &si, WEXITED | WNOHANG) < 0 && errno == ECHILD, "waitid on dead pidfd %d: errno %d", fd, errno);
+		}
 		if (!reaped) {
 			CHECK(fd_pid(cfd) == child, "child pidfd names %ld, not %d", fd_pid(cfd), child);
 			CHECK(syscall(SYS_pidfd_send_signal, cfd, 0, NULL, 0) == 0, "signal 0 to the child: errno %d", errno);

@@ -6,12 +6,17 @@
  * process it was opened on: the last NSpid of each status file (the pid in
  * the process's own namespace, also after a restore into a new one) is
  * R's or C's, and the fdinfo names the pipe end (its flags, O_NONBLOCK).
- * "dead": an fd on the /proc directory of a child that has since been
- * reaped (phaul must refuse it: nothing can bring that process back).
+ * "dead": entries of children that have since been reaped: an fd on the
+ * /proc directory of one, an fd on the mountinfo of another, and the
+ * working directory in the /proc directory of a third. Each pass checks
+ * they are still entries of dead processes: the fds are open, their links
+ * end in " (deleted)", the directory opens nothing,
+ * and getcwd fails with ENOENT.
  * R logs "OK <n>" per pass, FAIL on a mismatch. */
 #include "common.h"
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 /* The innermost pid of the status file open at `fd` (read from offset 0). */
@@ -58,11 +63,46 @@ int main(int argc, char **argv)
 	snprintf(p, sizeof p, "/proc/%d", c);
 	int cdir = open_ok(p, O_RDONLY | O_DIRECTORY);
 	if (dead) {
+		int mountinfo = -1;
+		for (int k = 0; k < 2; k++) {
+			pid_t d = fork();
+			CHECK(d >= 0, "fork");
+			if (d == 0) {
+				prctl(PR_SET_PDEATHSIG, SIGKILL);
+				for (;;)
+					pause();
+			}
+			snprintf(p, sizeof p, k == 0 ? "/proc/%d/mountinfo" : "/proc/%d", d);
+			if (k == 0)
+				mountinfo = open_ok(p, O_RDONLY);
+			else
+				CHECK(chdir(p) == 0, "chdir %s errno %d", p, errno);
+			kill(d, SIGKILL);
+			CHECK(waitpid(d, NULL, 0) == d, "waitpid");
+		}
 		CHECK(waitpid(c, NULL, 0) == c, "waitpid");
 		wl_log("READY");
 		for (uint64_t i = 1;; i++) {
 			errno = 0;
 			CHECK(openat(cdir, "status", O_RDONLY) < 0, "the reaped child's /proc entry still opens");
+			char b[64];
+			CHECK(fcntl(mountinfo, F_GETFD) == 0, "mountinfo fd: errno %d", errno);
+			CHECK(getcwd(b, sizeof b) == NULL && errno == ENOENT, "getcwd in a reaped child's /proc directory: errno %d", errno);
+			for (int k = 0; k < 3; k++) {
+				char l[128] = {0}, q[64];
+				if (k < 2)
+					snprintf(q, sizeof q, "/proc/self/fd/%d", k == 0 ? cdir : mountinfo);
+				else
+					snprintf(q, sizeof q, "/proc/self/cwd");
+				ssize_t n = readlink(q, l, sizeof l - 1);
+				struct stat st;
+				/* A file's link keeps its path (only the directory's is
+				 * dropped), which then leads nowhere. */
+				if (k == 1)
+					CHECK(n > 0 && stat(l, &st) < 0 && errno == ENOENT, "%s links to %s, which exists", q, l);
+				else
+					CHECK(n > 10 && strcmp(l + n - 10, " (deleted)") == 0, "%s links to %s, not a dead entry", q, l);
+			}
 			wl_log("OK %lu", (unsigned long)i);
 			sleep_ms(20);
 		}

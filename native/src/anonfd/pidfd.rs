@@ -11,7 +11,7 @@ use super::{field, fd_of, registry, O_EXCL, O_NONBLOCK};
 use crate::files::FileCtx;
 use crate::inject::Injector;
 use crate::json::Json;
-use crate::sys::{self, nr, Error, Fd, Result};
+use crate::sys::{self, nr, Error, Fd, Pid, Result};
 
 /// PIDFD_THREAD (Linux 6.9+) shares the bit of O_EXCL.
 const PIDFD_THREAD: u32 = O_EXCL;
@@ -26,11 +26,22 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let raw = &ctx.info.raw;
     let pid: i64 = field(raw, "Pid").and_then(|v| v.parse().ok()).ok_or_else(|| Error::new("EPROC", format!("fd {}: pidfd without Pid in fdinfo", ctx.fd)))?;
     if pid <= 0 {
-        return ctx.unsupported("pidfd of a process that has exited");
+        // Reaped: no pid is left to name. The pidfs inode tells two such
+        // processes apart (restore.rs make_helpers: a stand-in each).
+        use std::os::unix::fs::MetadataExt;
+        return Ok(ctx.base.clone().with("kind", "pidfd").with("dead", true).with("ino", ctx.md.ino()).with("thread", ctx.info.flags & PIDFD_THREAD != 0));
     }
     // The pid as the tree sees it: the innermost of NSpid.
     let inner = field(raw, "NSpid").and_then(|v| v.split_whitespace().last()).and_then(|v| v.parse::<i64>().ok()).unwrap_or(pid);
     Ok(ctx.base.clone().with("kind", "pidfd").with("pid", inner).with("thread", ctx.info.flags & PIDFD_THREAD != 0))
+}
+
+/// A pidfd of a reaped process is opened on stand-in `pid` (in the tree's
+/// pid namespace), which dies before the tree runs.
+pub fn stand_in(file_id: u64, pid: Pid) {
+    if let Some(f) = registry().files.get_mut(&file_id) {
+        f.set("pid", pid);
+    }
 }
 
 /// The placeholder, replaced in `after_install`.

@@ -157,7 +157,10 @@ impl DestEngine {
         crate::sys::trace_mark("dest: files opened");
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
         let opened = self.opened.as_mut().ok_or_else(|| Error::new("EPANIC", "restored objects lost"))?;
-        opened.open_proc_entries(state.arr_of("files"), tree.host_map())?;
+        let helpers = restore::make_helpers(tree, state, procs)?;
+        let mut hosts = tree.host_map();
+        hosts.extend(helpers.entries.iter().copied());
+        opened.open_proc_entries(state.arr_of("files"), hosts)?;
         let opened = &*opened;
         if procs.len() != tree.stubs.len() {
             return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
@@ -173,6 +176,7 @@ impl DestEngine {
         if let Some(o) = self.opened.as_mut() {
             o.release_pipes();
         }
+        restore::end_helpers(tree, &helpers)?;
         // Held: the processes run only once the source has let go (commit_on_stream).
         let hold = req.bool_of("hold");
         crate::sys::trace_mark("dest: processes finished");
