@@ -102,14 +102,14 @@ export interface MigrateSummary {
    * and the peers retransmit.
    */
   held_packets: number;
-  /** What went less well than it should without failing the migration (a handoff without protection, ...). */
+  /** What went less well than it should without failing the migration: the dump's warnings (what comes back otherwise than it was: SysV shared memory, a namespace of the tree's own...) and the handoff's (peers' packets dropped, not held...). */
   warnings: string[];
 }
 
 const HELLO_TIMEOUT_MS = 15_000;
 
-/** The engine's handoff warnings (freeze result), as strings. */
-function handoffWarnings(h: unknown): string[] {
+/** The `warnings` of an engine reply part (the freeze result's dump and handoff), as strings. */
+function warningsOf(h: unknown): string[] {
   const w = (h as { warnings?: unknown } | undefined)?.warnings;
   return Array.isArray(w) ? w.filter((x): x is string => typeof x === "string") : [];
 }
@@ -337,7 +337,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
       frozen_window_us: { start: Number(committed.frozen_mono_us) || 0, end: Number(committed.committed_mono_us) || 0 },
       total_ms: round1(performance.now() - t0), pages, bytes,
       held_packets: Number(committed.held_packets) || 0,
-      warnings: handoffWarnings(frozen.handoff),
+      warnings: [...warningsOf(frozen), ...warningsOf(frozen.handoff)],
     };
   } catch (e) {
     let err = toPhaulError(e);

@@ -3,7 +3,9 @@
 import { after, before, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
 import { migrateAndCheck, roundsText } from './helpers/migrate.js';
-import { assertNoFail, goAndWait, GO_CHECKS, Harness, waitForOk, lastOk, readLog } from './helpers/workload.js';
+import { assertNoFail, goAndWait, GO_CHECKS, Harness, waitForOk, waitReady, lastOk, readLog, type Workload } from './helpers/workload.js';
+import { workloadBin } from './helpers/paths.js';
+import path from 'node:path';
 import { assertCliError, runCli } from './helpers/cli.js';
 import assert from 'node:assert/strict';
 
@@ -26,6 +28,8 @@ describe('state kinds under live migration', () => {
       t.diagnostic(roundsText(summary));
       // (a process with a userfaultfd is tracked by hashing unless told otherwise)
       if (name === 'uffd_kinds') assert.equal(summary.method, 'hash');
+      // the dump's warnings reach the summary
+      if (name === 'sysv_shm') assert.ok(summary.warnings.some((m) => /SysV shared memory segment/.test(m)), summary.warnings.join('; '));
       // the state survived the move (checked every pass); now the last check
       if (GO_CHECKS[name]) await goAndWait(w, GO_CHECKS[name]);
       if (name === 'vma_advice') {
@@ -133,6 +137,23 @@ describe('state kinds under live migration', () => {
       await h.kill(w);
     });
   }
+
+  // A namespace the tree does not share with phaul (here UTS) is not
+  // carried: the tree moves, and the summary says so.
+  test('counter in a UTS namespace of its own: moved, with a warning', { timeout: 90_000 }, async () => {
+    const dir = h.tempDir('phaul-uts-');
+    const log = path.join(dir, 'counter.log');
+    const child = h.spawnDetached('unshare', ['--uts', '--', workloadBin('counter'), log], dir, log);
+    const w: Workload = { name: 'counter', pid: child.pid!, dir, log, marker: log, child };
+    await waitReady(w);
+    await waitForOk(w, 3, 30_000);
+    const pid = w.pid; // (migrateAndCheck moves w to the restored copy)
+    const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
+    assert.ok(summary.warnings.some((m) => new RegExp(`process ${pid} runs in a UTS \\(host name\\) namespace other than phaul's`).test(m)), summary.warnings.join('; '));
+    await waitForOk(w, lastOk(w) + 2, 10_000);
+    assertNoFail(w);
+    await h.kill(w);
+  });
 
   // Refused at the start (an address space shared by two processes): the
   // source keeps running.

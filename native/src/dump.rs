@@ -239,6 +239,23 @@ fn sysv_warnings(procs: &[Json]) -> Vec<String> {
     out
 }
 
+/// Namespaces other than pid and network (which phaul handles) are not
+/// carried: a tree in one of its own is restored into phaul's, where its
+/// paths, IPC keys, host name or ids may name other things. Said once per
+/// kind, naming the first process found in one.
+fn namespace_warnings(frozen: &Frozen) -> Vec<String> {
+    const KINDS: [(&str, &str); 5] = [("mnt", "mount"), ("ipc", "IPC"), ("uts", "UTS (host name)"), ("user", "user"), ("cgroup", "cgroup")];
+    let mut out = Vec::new();
+    for (ns, what) in KINDS {
+        let Ok(mine) = crate::proc::readlink(&format!("/proc/self/ns/{}", ns)) else { continue };
+        let other = frozen.procs.iter().filter(|p| p.zombie.is_none()).find(|p| crate::proc::readlink(&format!("/proc/{}/ns/{}", p.pid, ns)).is_ok_and(|n| n != mine));
+        if let Some(p) = other {
+            out.push(format!("process {} runs in a {} namespace other than phaul's: it is not carried over, and the restore puts the tree in the restoring phaul's", p.pid, what));
+        }
+    }
+    out
+}
+
 /// The state document of an already frozen tree.
 /// `flags`: the areas' VmFlags read before the freeze; None reads them now.
 pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) -> Result<(Json, DumpStats)> {
@@ -267,6 +284,7 @@ fn dump_frozen_memoized(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFla
     let (files, pipes, mut warnings) = files.finish(&pids)?;
     crate::anonfd::userfaultfd::check_in_flight(&files)?;
     warnings.extend(sysv_warnings(&procs));
+    warnings.extend(namespace_warnings(frozen));
     let mut state = header(frozen.root);
     state.set("processes", procs).set("files", files).set("pipes", pipes);
     state.set("warnings", warnings.into_iter().map(Json::from).collect::<Vec<_>>());

@@ -474,6 +474,9 @@ impl SourceEngine {
         }
         self.refuse_new_sharing(&state)?;
         state.set("freeze_us", freeze_us);
+        // The dump's warnings (what the restore cannot give back as it was)
+        // reach the summary; the state itself goes only to the destination.
+        let dump_warnings = state.get("warnings").cloned().unwrap_or(Json::Arr(Vec::new()));
         let mut handoff_json = Json::obj();
         if let (Some(h), Some(f)) = (self.handoff.as_mut(), self.frozen.as_ref()) {
             if self.same_host {
@@ -487,6 +490,7 @@ impl SourceEngine {
         // agent has no use for it, and carrying it up costs frozen time.
         let _ = state_tx.send(state);
         Ok(ok()
+            .with("warnings", dump_warnings)
             .with("handoff", handoff_json)
             .with("pages", pages)
             .with("bytes", pages * PAGE_SIZE)
