@@ -109,6 +109,8 @@ const specs: Spec[] = [
   // children, and the cwd in the directory of a third: dead entries again
   { name: 'proc_entries', args: ['dead'] },
   { name: 'prctls' },
+  // buffer sizes and reception flags set on sockets, a datagram from a closed end
+  { name: 'sock_opts' },
   {
     name: 'tree',
     async afterRestore(w) {

@@ -78,6 +78,8 @@ pub(crate) mod snr {
     pub const SETNS: i64 = 308;
 }
 
+const SO_ACCEPTCONN: i32 = 30;
+
 /// File kinds (the "kind" field) this module restores.
 pub fn handles(kind: &str) -> bool {
     kind.starts_with("sock")
@@ -97,6 +99,12 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
             s.set("opts", o);
         }
         filter::dump(&copy, &mut s, &format!("fd {}: {}", ctx.fd, ctx.target))?;
+    }
+    // A connected TCP socket's sizes may be the kernel's autotuning, which
+    // must go on: only those of other sockets are a program's (opts.rs).
+    let tcp_connected = || getsockopt_int(&copy, SOL_SOCKET, SO_ACCEPTCONN).unwrap_or(0) == 0 && sockname(&copy, true).is_ok();
+    if matches!(domain, AF_UNIX) || (matches!(domain, AF_INET | AF_INET6) && (ty == SOCK_DGRAM || (ty == SOCK_STREAM && !tcp_connected()))) {
+        opts::dump_buffers(&copy, domain, ty, proto, &mut s);
     }
     match (domain, ty) {
         (AF_INET | AF_INET6, SOCK_STREAM) if proto == 6 || proto == 0 => inet::describe_tcp(ctx, copy, s, domain),
@@ -182,7 +190,11 @@ pub fn open(f: &Json) -> Result<Fd> {
         k => return Err(Error::new("EIMAGE", format!("socket kind {:?} cannot be restored", k))),
     }
     .map_err(|e| e.context(format!("socket (file {})", id)))?;
-    opts::restore(&fd, s).and_then(|_| filter::restore(&fd, s)).map_err(|e| e.context(format!("socket (file {})", id)))?;
+    let buffers = |fd: &Fd| match f.str_of("kind") {
+        Some("sock_tcp" | "sock_udp" | "sock_unix") => opts::restore_buffers(fd, s),
+        _ => Ok(()), // netlink and packet sockets set theirs when made
+    };
+    opts::restore(&fd, s).and_then(|_| buffers(&fd)).and_then(|_| filter::restore(&fd, s)).map_err(|e| e.context(format!("socket (file {})", id)))?;
     let flags = f.u64_of("flags").unwrap_or(0) as u32;
     sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, 4, (flags & O_NONBLOCK) as u64])?;
     Ok(fd)

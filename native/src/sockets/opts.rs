@@ -24,11 +24,16 @@ struct Opt {
     what: &'static str,
 }
 
-/// In the order they are set: IP_TOS first, as it also sets SO_PRIORITY.
+/// In the order they are set: IP_TOS first, as it also sets SO_PRIORITY;
+/// SO_TIMESTAMP before SO_TIMESTAMPNS (which reads 1 alone when both are on).
 const OPTS: &[Opt] = &[
     Opt { level: SOL_IP, name: 1, size: 4, inet: true, tcp: false, what: "IP_TOS" },
     Opt { level: SOL_SOCKET, name: 5, size: 4, inet: false, tcp: false, what: "SO_DONTROUTE" },
     Opt { level: SOL_SOCKET, name: 10, size: 4, inet: false, tcp: false, what: "SO_OOBINLINE" },
+    Opt { level: SOL_SOCKET, name: 11, size: 4, inet: false, tcp: false, what: "SO_NO_CHECK" },
+    Opt { level: SOL_SOCKET, name: 29, size: 4, inet: false, tcp: false, what: "SO_TIMESTAMP" },
+    Opt { level: SOL_SOCKET, name: 35, size: 4, inet: false, tcp: false, what: "SO_TIMESTAMPNS" },
+    Opt { level: SOL_SOCKET, name: 34, size: 4, inet: false, tcp: false, what: "SO_PASSSEC" },
     Opt { level: SOL_SOCKET, name: 12, size: 4, inet: false, tcp: false, what: "SO_PRIORITY" },
     Opt { level: SOL_SOCKET, name: 13, size: 8, inet: false, tcp: false, what: "SO_LINGER" },
     Opt { level: SOL_SOCKET, name: 18, size: 4, inet: false, tcp: false, what: "SO_RCVLOWAT" },
@@ -36,6 +41,18 @@ const OPTS: &[Opt] = &[
     Opt { level: SOL_SOCKET, name: 21, size: 16, inet: false, tcp: false, what: "SO_SNDTIMEO" },
     Opt { level: SOL_SOCKET, name: 36, size: 4, inet: false, tcp: false, what: "SO_MARK" },
     Opt { level: SOL_IP, name: 2, size: 4, inet: true, tcp: false, what: "IP_TTL" },
+    Opt { level: SOL_IP, name: 8, size: 4, inet: true, tcp: false, what: "IP_PKTINFO" },
+    Opt { level: SOL_IP, name: 10, size: 4, inet: true, tcp: false, what: "IP_MTU_DISCOVER" },
+    Opt { level: SOL_IP, name: 11, size: 4, inet: true, tcp: false, what: "IP_RECVERR" },
+    Opt { level: SOL_IP, name: 12, size: 4, inet: true, tcp: false, what: "IP_RECVTTL" },
+    Opt { level: SOL_IP, name: 13, size: 4, inet: true, tcp: false, what: "IP_RECVTOS" },
+    Opt { level: SOL_IP, name: 19, size: 4, inet: true, tcp: false, what: "IP_TRANSPARENT" },
+    Opt { level: SOL_IP, name: 20, size: 4, inet: true, tcp: false, what: "IP_RECVORIGDSTADDR" },
+    Opt { level: SOL_IP, name: 24, size: 4, inet: true, tcp: false, what: "IP_BIND_ADDRESS_NO_PORT" },
+    Opt { level: SOL_IPV6, name: 23, size: 4, inet: true, tcp: false, what: "IPV6_MTU_DISCOVER" },
+    Opt { level: SOL_IPV6, name: 25, size: 4, inet: true, tcp: false, what: "IPV6_RECVERR" },
+    Opt { level: SOL_IPV6, name: 49, size: 4, inet: true, tcp: false, what: "IPV6_RECVPKTINFO" },
+    Opt { level: SOL_IPV6, name: 66, size: 4, inet: true, tcp: false, what: "IPV6_RECVTCLASS" },
     Opt { level: SOL_IPV6, name: 16, size: 4, inet: true, tcp: false, what: "IPV6_UNICAST_HOPS" },
     Opt { level: SOL_IPV6, name: 67, size: 4, inet: true, tcp: false, what: "IPV6_TCLASS" },
     Opt { level: SOL_TCP, name: 18, size: 4, inet: true, tcp: true, what: "TCP_USER_TIMEOUT" },
@@ -150,9 +167,11 @@ pub fn restore(fd: &Fd, s: &Json) -> Result<()> {
     Ok(())
 }
 
-/// Buffer sizes of sockets the kernel never autotunes (netlink, packet):
-/// "rcvbuf" / "sndbuf" when they differ from a new socket's. The kernel
-/// reports twice what was asked for.
+/// Buffer sizes of sockets the kernel never autotunes (netlink, packet,
+/// unix, UDP, and TCP before it connects): "rcvbuf" / "sndbuf" when they
+/// differ from a new socket's, which only a program's setsockopt does (it
+/// also stops TCP's autotuning, which the *FORCE options at the restore
+/// stop too). The kernel reports twice what was asked for.
 pub fn dump_buffers(copy: &Fd, family: i32, ty: i32, proto: i32, s: &mut Json) {
     // A new socket's sizes, asked once per kind as `defaults` does.
     type Seen = Vec<((i32, i32, i32), [Option<i32>; 2])>;

@@ -517,6 +517,16 @@ pub fn open(s: &Json) -> Result<Fd> {
                 }
             }
         }
+        // A datagram socket without a name receives only from the peer of
+        // its pair: with a queue, that peer has since closed. A new pair
+        // whose other end sends the queue and closes is the same again.
+        "unbound" if ty == SOCK_DGRAM && name.is_empty() && !queue.is_empty() => {
+            let mut sv = [0i32; 2];
+            sys::call("socketpair", snr::SOCKETPAIR, &[AF_UNIX as u64, ty as u64 | SOCK_CLOEXEC, 0, sv.as_mut_ptr() as u64])?;
+            let (mine, other) = (Fd(sv[0]), Fd(sv[1]));
+            refill_or_defer(&other, queue, ty, None)?;
+            mine
+        }
         "listen" | "bound" | "unbound" => {
             let fd = new_socket(AF_UNIX, ty, 0)?;
             let reach = if name.is_empty() { None } else { Some(unixname::bind(&fd, &name, s)?) };
