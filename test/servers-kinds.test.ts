@@ -150,7 +150,7 @@ describe('sockets and event descriptors under live migration', () => {
     }
   });
 
-  for (const name of ['eventfd', 'epoll', 'timerfd', 'signalfd', 'inotify', 'memfd', 'locks']) {
+  for (const name of ['eventfd', 'epoll', 'timerfd', 'signalfd', 'inotify', 'memfd', 'unlinked', 'locks']) {
     test(`evfd_${name}`, { timeout: 60_000 }, async (t) => {
       const w = await h.start(`evfd_${name}`);
       await waitForOk(w, 5);

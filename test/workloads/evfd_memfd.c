@@ -1,7 +1,8 @@
 /* memfd: a sealed (shrink, grow) memfd "evfd-test" of 3 pages + 100 bytes,
  * mapped MAP_SHARED and written through the mapping every pass, read back
  * through its descriptor (offset kept) and through a second, O_RDONLY
- * description; plus an unsealable memfd (F_SEAL_SEAL). Logs "OK <pass>". */
+ * description; plus an unsealable memfd (F_SEAL_SEAL), and a 1 GiB memfd
+ * with a few bytes of data (its holes must stay holes). Logs "OK <pass>". */
 #include "common.h"
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -27,6 +28,8 @@ int main(int argc, char **argv)
 	int ro = open(self, O_RDONLY);
 	CHECK(ro >= 0, "reopen");
 	lseek(m, 1000, SEEK_SET);
+	int big = memfd_create("sparse", 0);
+	CHECK(big >= 0 && ftruncate(big, 1LL << 30) == 0 && pwrite(big, "mark", 4, 700LL << 20) == 4, "sparse memfd");
 	wl_log("READY");
 	for (uint64_t pass = 1;; pass++) {
 		uint64_t i = pass % SZ;
@@ -51,6 +54,8 @@ int main(int argc, char **argv)
 		CHECK(strcmp(l, "/memfd:evfd-test (deleted)") == 0, "link %s", l);
 		char buf[6] = { 0 };
 		CHECK(pread(plain, buf, 5, 0) == 5 && strcmp(buf, "hello") == 0, "plain contents");
+		CHECK(fstat(big, &st) == 0 && st.st_size == 1LL << 30 && st.st_blocks < 4096, "sparse memfd size %lld blocks %lld", (long long)st.st_size, (long long)st.st_blocks);
+		CHECK(pread(big, buf, 4, 700LL << 20) == 4 && memcmp(buf, "mark", 4) == 0, "sparse memfd mark");
 		wl_log("OK %llu", (unsigned long long)pass);
 		sleep_ms(10);
 	}

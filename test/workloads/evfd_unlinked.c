@@ -2,7 +2,9 @@
  * MAP_SHARED and written through the mapping) and a second O_WRONLY|O_APPEND
  * description of it, both opened then unlinked. Every pass appends a
  * record, rewrites a byte through the mapping and checks contents, size,
- * nlink 0, the link name and the offset. Logs "OK <pass>". */
+ * nlink 0, the link name and the offset. Also "sparse": 4 GiB long, a few
+ * bytes of data at its start, middle and end, unlinked: its data and its
+ * holes must stay (a few blocks allocated, not 4 GiB). Logs "OK <pass>". */
 #include "common.h"
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -25,6 +27,14 @@ int main(int argc, char **argv)
 	snprintf(want, sizeof want, "%s (deleted)", path);
 	lseek(fd, 77, SEEK_SET);
 	off_t size = 8192;
+	char sp_path[4200];
+	snprintf(sp_path, sizeof sp_path, "%s/sparse", wl_dir());
+	int sparse = open(sp_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	const off_t SPARSE = 4LL << 30, marks[3] = { 0, 2LL << 30, (4LL << 30) - 5 };
+	CHECK(sparse >= 0 && ftruncate(sparse, SPARSE) == 0, "sparse file");
+	for (int k = 0; k < 3; k++)
+		CHECK(pwrite(sparse, "mark", 4, marks[k]) == 4, "sparse write");
+	CHECK(unlink(sp_path) == 0, "unlink sparse");
 	wl_log("READY");
 	for (uint64_t pass = 1;; pass++) {
 		uint64_t rec = pass;
@@ -48,6 +58,14 @@ int main(int argc, char **argv)
 		CHECK(n > 0, "readlink");
 		l[n] = 0;
 		CHECK(strcmp(l, want) == 0, "link %s", l);
+		CHECK(fstat(sparse, &st) == 0 && st.st_size == SPARSE && st.st_nlink == 0, "sparse size %lld", (long long)st.st_size);
+		CHECK(st.st_blocks < 4096, "sparse file has %lld blocks: its holes were filled", (long long)st.st_blocks);
+		for (int k = 0; k < 3; k++) {
+			char m[5] = { 0 };
+			CHECK(pread(sparse, m, 4, marks[k]) == 4 && strcmp(m, "mark") == 0, "sparse mark %d", k);
+		}
+		uint64_t z = 1;
+		CHECK(pread(sparse, &z, 8, 1LL << 30) == 8 && z == 0, "sparse hole reads %llx", (unsigned long long)z);
 		wl_log("OK %llu", (unsigned long long)pass);
 		sleep_ms(10);
 	}

@@ -1,8 +1,7 @@
 //! memfd: name, contents, size, seals; every description and every mapping
 //! of one memfd refer to one restored object.
 
-use super::{fd_of, nr, open_flags, read_contents, registry, reopen, write_contents, MAX_CONTENTS};
-use crate::base64;
+use super::{fd_of, nr, open_flags, registry, reopen};
 use crate::files::FileCtx;
 use crate::json::Json;
 use crate::memory::Vma;
@@ -24,28 +23,28 @@ fn name_of(target: &str) -> &str {
 
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let stolen = sys::pidfd_getfd(ctx.pidfd, ctx.fd)?;
-    let size = ctx.md.size();
-    if size > MAX_CONTENTS {
-        return ctx.unsupported(&format!("memfd {} of {} bytes (more than {} MiB)", name_of(ctx.target), size, MAX_CONTENTS >> 20));
-    }
     if ctx.md.blksize() > 4096 && ctx.md.blksize() % (2 << 20) == 0 {
         return ctx.unsupported(&format!("hugetlb memfd {}", name_of(ctx.target)));
     }
-    entry(ctx.base.clone(), name_of(ctx.target), ctx.md, &stolen)
+    entry(ctx.base.clone(), name_of(ctx.target), ctx.md, &stolen).map_err(|e| Error::new(e.code, format!("fd {}: {}", ctx.fd, e.message)))
 }
 
 /// The image entry of memfd `name` (metadata `md`, seals and contents read
 /// through `fd`), on top of `base` (id, flags, pos).
 fn entry(base: Json, name: &str, md: &std::fs::Metadata, fd: &Fd) -> Result<Json> {
     let seals = sys::call("F_GET_SEALS", crate::sys::nr::FCNTL, &[fd.raw() as u64, F_GET_SEALS])?;
-    let data = read_contents(fd, md.size())?;
+    // Up to MAX_CONTENTS of data; holes stay holes, whatever the size.
+    let contents = super::contents_json(fd, md.size(), &format!("memfd {}", name))?;
+    let base = match contents {
+        Json::Obj(fields) => fields.into_iter().fold(base, |b, (k, v)| b.with(&k, v)),
+        _ => base,
+    };
     Ok(base
         .with("kind", "memfd")
         .with("name", name)
         .with("memfd_id", md.ino())
         .with("size", md.size())
-        .with("seals", seals as u64)
-        .with("data", base64::encode(&data)))
+        .with("seals", seals as u64))
 }
 
 /// A memfd mapped after its last descriptor in the tree was closed: the
@@ -65,9 +64,8 @@ fn create(f: &Json) -> Result<Fd> {
     let name = f.str_of("name").unwrap_or("");
     let c = sys::cstr(name)?;
     let fd = fd_of(sys::call(&format!("memfd_create {}", name), nr::MEMFD_CREATE, &[c.as_ptr() as u64, MFD_CLOEXEC | MFD_ALLOW_SEALING])?);
-    let data = f.str_of("data").and_then(base64::decode).ok_or_else(|| Error::new("EIMAGE", format!("memfd {} contents in the image are malformed", name)))?;
-    write_contents(&fd, &data)?;
-    sys::call("ftruncate memfd", nr::FTRUNCATE, &[fd.raw() as u64, f.u64_of("size").unwrap_or(data.len() as u64)])?;
+    super::write_contents_json(&fd, f, &format!("memfd {}", name))?;
+    sys::call("ftruncate memfd", nr::FTRUNCATE, &[fd.raw() as u64, f.u64_of("size").unwrap_or(0)])?;
     let seals = f.u64_of("seals").unwrap_or(0);
     if seals != 0 {
         sys::call(&format!("F_ADD_SEALS {:#x} on memfd {}", seals, name), crate::sys::nr::FCNTL, &[fd.raw() as u64, F_ADD_SEALS, seals])?;

@@ -247,9 +247,6 @@ pub(crate) fn open_mapped(pid: Pid, v: &crate::memory::Vma, what: &str) -> Resul
     let link = sys::cstr(&format!("/proc/{}/map_files/{:x}-{:x}", pid, v.start, v.end))?;
     let fd = fd_of(sys::call("open map_files", crate::sys::nr::OPEN, &[link.as_ptr() as u64, O_CLOEXEC as u64, 0]).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: cannot be opened: {}", what, e.message)))?);
     let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.raw())).map_err(|e| Error::new("EUNSUPPORTED", format!("{}: {}", what, e)))?;
-    if std::os::unix::fs::MetadataExt::size(&md) > MAX_CONTENTS {
-        return Err(Error::new("EUNSUPPORTED", format!("{}, of {} bytes (more than {} MiB)", what, std::os::unix::fs::MetadataExt::size(&md), MAX_CONTENTS >> 20)));
-    }
     Ok((fd, md))
 }
 
@@ -285,13 +282,84 @@ pub(crate) fn read_contents(fd: &Fd, len: u64) -> Result<Vec<u8>> {
 }
 
 pub(crate) fn write_contents(fd: &Fd, data: &[u8]) -> Result<()> {
+    write_at(fd, data, 0)
+}
+
+fn write_at(fd: &Fd, data: &[u8], at: u64) -> Result<()> {
     let mut off = 0usize;
     while off < data.len() {
-        let n = sys::call("pwrite", crate::sys::nr::PWRITE64, &[fd.raw() as u64, data[off..].as_ptr() as u64, (data.len() - off) as u64, off as u64])?;
+        let n = sys::call("pwrite", crate::sys::nr::PWRITE64, &[fd.raw() as u64, data[off..].as_ptr() as u64, (data.len() - off) as u64, at + off as u64])?;
         if n <= 0 {
             return Err(Error::new("EIO", "short write restoring file contents"));
         }
         off += n as usize;
+    }
+    Ok(())
+}
+
+/// The data ranges (offset, length) of a file of `size` bytes, from
+/// SEEK_DATA / SEEK_HOLE: one range from 0 to `size` on a file system that
+/// does not tell holes apart.
+pub(crate) fn data_ranges(fd: &Fd, size: u64) -> Vec<(u64, u64)> {
+    const SEEK_DATA: u64 = 3;
+    const SEEK_HOLE: u64 = 4;
+    let seek = |at: u64, how: u64| unsafe { sys::raw(crate::sys::nr::LSEEK, &[fd.raw() as u64, at, how]) }.ok().map(|v| v as u64);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let Some(start) = seek(at, SEEK_DATA) else { break }; // ENXIO: only a hole is left
+        let end = seek(start, SEEK_HOLE).unwrap_or(size).min(size);
+        if end <= start {
+            break;
+        }
+        out.push((start, end - start));
+        at = end;
+    }
+    if out.is_empty() && size > 0 && seek(0, SEEK_HOLE).is_none() {
+        out.push((0, size)); // no hole support: all of it
+    }
+    out
+}
+
+/// A sparse file's contents: "extents" ({offset, data}) when it has holes,
+/// else "data"; `size` gives its length. Refused when its data (not its
+/// size) passes MAX_CONTENTS.
+pub(crate) fn contents_json(fd: &Fd, size: u64, what: &str) -> Result<Json> {
+    let fd = &reopen(fd, 0, 0)?;
+    let ranges = data_ranges(fd, size);
+    let bytes: u64 = ranges.iter().map(|r| r.1).sum();
+    if bytes > MAX_CONTENTS {
+        return Err(Error::new("EUNSUPPORTED", format!("{}: {} bytes of data (more than {} MiB) is not supported", what, bytes, MAX_CONTENTS >> 20)));
+    }
+    if ranges.len() == 1 && ranges[0] == (0, size) {
+        return Ok(Json::obj().with("data", crate::base64::encode(&read_contents(fd, size)?)));
+    }
+    let mut extents = Vec::with_capacity(ranges.len());
+    for (off, len) in ranges {
+        let mut data = vec![0u8; len as usize];
+        let mut got = 0usize;
+        while got < data.len() {
+            let n = sys::call("pread", crate::sys::nr::PREAD64, &[fd.raw() as u64, data[got..].as_mut_ptr() as u64, (data.len() - got) as u64, off + got as u64])?;
+            if n <= 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        data.truncate(got);
+        extents.push(Json::obj().with("offset", off).with("data", crate::base64::encode(&data)));
+    }
+    Ok(Json::obj().with("extents", extents))
+}
+
+/// Write what `contents_json` read (its fields in `f`) into `fd`.
+pub(crate) fn write_contents_json(fd: &Fd, f: &Json, what: &str) -> Result<()> {
+    let bad = || Error::new("EIMAGE", format!("contents of {} in the image are malformed", what));
+    if let Some(d) = f.str_of("data") {
+        return write_contents(fd, &crate::base64::decode(d).ok_or_else(bad)?);
+    }
+    for e in f.arr_of("extents") {
+        let data = e.str_of("data").and_then(crate::base64::decode).ok_or_else(bad)?;
+        write_at(fd, &data, e.u64_of("offset").ok_or_else(bad)?)?;
     }
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! Regular files unlinked while open: contents are saved (up to
-//! MAX_CONTENTS) and the file comes back as an unlinked file in the same
-//! directory, with the same offset, flags and mode.
+//! MAX_CONTENTS of data; holes are kept as holes, whatever the size) and
+//! the file comes back as an unlinked file in the same directory, with the
+//! same offset, flags and mode.
 
-use super::{fd_of, nr, open_flags, read_contents, registry, reopen, write_contents, MAX_CONTENTS, O_CLOEXEC, O_CREAT, O_EXCL};
-use crate::base64;
+use super::{fd_of, nr, open_flags, registry, reopen, O_CLOEXEC, O_CREAT, O_EXCL};
 use crate::files::FileCtx;
 use crate::json::Json;
 use crate::memory::Vma;
@@ -16,21 +16,21 @@ const O_TMPFILE: u32 = 0o20200000;
 
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let path = ctx.target.strip_suffix(" (deleted)").unwrap_or(ctx.target);
-    let size = ctx.md.size();
-    if size > MAX_CONTENTS {
-        return ctx.unsupported(&format!("file {} unlinked while open, of {} bytes (more than {} MiB)", ctx.target, size, MAX_CONTENTS >> 20));
-    }
     if ctx.md.nlink() > 0 {
         return ctx.unsupported(&format!("file {} unlinked while open but still linked elsewhere", ctx.target));
     }
     let stolen = sys::pidfd_getfd(ctx.pidfd, ctx.fd)?;
-    entry(ctx.base.clone(), path, ctx.md, &stolen)
+    entry(ctx.base.clone(), path, ctx.md, &stolen).map_err(|e| Error::new(e.code, format!("fd {}: {}", ctx.fd, e.message)))
 }
 
 /// The image entry of unlinked file `path` (metadata `md`, contents read
 /// through `fd`), on top of `base` (id, flags, pos).
 fn entry(base: Json, path: &str, md: &std::fs::Metadata, fd: &Fd) -> Result<Json> {
-    let data = read_contents(fd, md.size())?;
+    let contents = super::contents_json(fd, md.size(), &format!("file {} (deleted) unlinked while open", path))?;
+    let base = match contents {
+        Json::Obj(fields) => fields.into_iter().fold(base, |b, (k, v)| b.with(&k, v)),
+        _ => base,
+    };
     Ok(base
         .with("kind", "unlinked")
         .with("path", path)
@@ -38,8 +38,7 @@ fn entry(base: Json, path: &str, md: &std::fs::Metadata, fd: &Fd) -> Result<Json
         .with("size", md.size())
         .with("mode", md.mode() & 0o7777)
         .with("uid", md.uid())
-        .with("gid", md.gid())
-        .with("data", base64::encode(&data)))
+        .with("gid", md.gid()))
 }
 
 /// A file removed while mapped and open as no descriptor of the tree
@@ -76,9 +75,8 @@ fn create(f: &Json) -> Result<Fd> {
             )?)
         }
     };
-    let data = f.str_of("data").and_then(base64::decode).ok_or_else(|| Error::new("EIMAGE", format!("contents of {} in the image are malformed", path)))?;
-    write_contents(&fd, &data)?;
-    sys::call("ftruncate", nr::FTRUNCATE, &[fd.raw() as u64, f.u64_of("size").unwrap_or(data.len() as u64)])?;
+    super::write_contents_json(&fd, f, path)?;
+    sys::call("ftruncate", nr::FTRUNCATE, &[fd.raw() as u64, f.u64_of("size").unwrap_or(0)])?;
     if let (Some(u), Some(g)) = (f.u64_of("uid"), f.u64_of("gid")) {
         let _ = sys::call("fchown", nr::FCHOWN, &[fd.raw() as u64, u, g]);
     }
