@@ -697,6 +697,7 @@ pub fn finish_tree(procs: &[&Json], tree: &mut Tree, hold: bool) -> Result<()> {
     let mut finals = Vec::new();
     for f in all_threads {
         f.inj.finish()?;
+        threads::restore_placement(f.host, f.t);
         finals.push((f.host, threads::final_state(f.t)?));
     }
     crate::sys::trace_mark("restore: injectors finished");

@@ -139,6 +139,10 @@ pub mod nr {
         pub const SETRLIMIT: i64 = 160;
         pub const GETTID: i64 = 186;
         pub const TKILL: i64 = 200;
+        pub const SCHED_SETAFFINITY: i64 = 203;
+        pub const SCHED_GETAFFINITY: i64 = 204;
+        pub const IOPRIO_SET: i64 = 251;
+        pub const IOPRIO_GET: i64 = 252;
         pub const FUTEX: i64 = 202;
         pub const SET_TID_ADDRESS: i64 = 218;
         pub const TIMER_CREATE: i64 = 222;

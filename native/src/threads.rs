@@ -136,11 +136,80 @@ fn dump_thread(t: &FrozenThread, inj: &Injector, view: &ProcView, altstack: Json
         .with("sched", view.sched.clone())
         .with("pdeathsig", pdeathsig)
         .with("timerslack_ns", timerslack);
+    let j = dump_placement(tid, j);
     let j = match seccomp {
         Some(s) => j.with("seccomp", s),
         None => j,
     };
     Ok((j, crate::creds::creds_of_status(&view.status)))
+}
+
+/// Bytes of CPU mask read and written: 1024 CPUs.
+const CPU_MASK: usize = 128;
+
+/// The CPUs this host has online, as a mask.
+fn online_cpus() -> Vec<u8> {
+    let mut m = vec![0u8; CPU_MASK];
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+            for c in a..=b.min(CPU_MASK * 8 - 1) {
+                m[c / 8] |= 1 << (c % 8);
+            }
+        }
+    }
+    m
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{:02x}", x)).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+/// Where a thread may run and its I/O priority, read from outside: "cpus"
+/// (a mask, bytes in hex, only when it leaves out CPUs this host has) and
+/// "ioprio" (only when set).
+fn dump_placement(tid: Pid, mut j: Json) -> Json {
+    let mut mask = vec![0u8; CPU_MASK];
+    if let Ok(n) = unsafe { sys::raw(nr::SCHED_GETAFFINITY, &[tid as u64, CPU_MASK as u64, mask.as_mut_ptr() as u64]) } {
+        mask.truncate(n as usize);
+        let online = online_cpus();
+        if online.iter().zip(&mask).any(|(o, m)| o & !m != 0) {
+            j.set("cpus", hex(&mask));
+        }
+    }
+    const IOPRIO_WHO_PROCESS: u64 = 1;
+    if let Ok(p) = unsafe { sys::raw(nr::IOPRIO_GET, &[IOPRIO_WHO_PROCESS, tid as u64]) } {
+        // 0 (class NONE): never set, the I/O scheduler derives it from nice.
+        if p != 0 {
+            j.set("ioprio", p as u64);
+        }
+    }
+    j
+}
+
+/// Set what `dump_placement` saved, from outside, on restored thread
+/// `host`: the CPU mask (only the CPUs this host has; none of them: left
+/// as it is, with a warning) and the I/O priority.
+pub fn restore_placement(host: Pid, t: &Json) {
+    if let Some(want) = t.str_of("cpus").and_then(unhex) {
+        let online = online_cpus();
+        let mask: Vec<u8> = (0..CPU_MASK).map(|i| want.get(i).copied().unwrap_or(0) & online[i]).collect();
+        if mask.iter().all(|&b| b == 0) {
+            eprintln!("phaul: warning: thread {}: none of its CPUs (mask {}) is online here: its affinity is not restored", t.i64_of("tid").unwrap_or(0), t.str_of("cpus").unwrap_or(""));
+        } else if let Err(e) = unsafe { sys::raw(nr::SCHED_SETAFFINITY, &[host as u64, CPU_MASK as u64, mask.as_ptr() as u64]) } {
+            eprintln!("phaul: warning: thread {}: CPU affinity not restored: {}", t.i64_of("tid").unwrap_or(0), Error::sys("sched_setaffinity", e).message);
+        }
+    }
+    if let Some(p) = t.u64_of("ioprio") {
+        if let Err(e) = unsafe { sys::raw(nr::IOPRIO_SET, &[1, host as u64, p]) } {
+            eprintln!("phaul: warning: thread {}: I/O priority not restored: {}", t.i64_of("tid").unwrap_or(0), Error::sys("ioprio_set", e).message);
+        }
+    }
 }
 
 /// Per-thread kernel settings, injected into each thread itself, all

@@ -1,10 +1,13 @@
 /* 150 threads, more than one batch table of injected calls holds, each
  * with settings of its own: a name (PR_SET_NAME), an alternate signal stack,
- * a signal mask, a timer slack and, for every tenth, a nice value. Each
+ * a signal mask, a timer slack, for every tenth a nice value, for every
+ * third a CPU (when the host has two or more online: the first two in
+ * turn) and for every fifth an I/O priority (best effort, level i % 8). Each
  * thread checks its own settings every pass and counts; main logs
  * "OK <n>" once every thread has counted since the previous line. */
 #include "common.h"
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -32,6 +35,23 @@ static void *worker(void *arg)
 	pid_t tid = syscall(SYS_gettid);
 	int nice = i % 10 == 0 ? 1 + (int)(i / 10) % 19 : 0;
 	CHECK(setpriority(PRIO_PROCESS, tid, nice) == 0, "setpriority");
+	/* pinned: the first two online CPUs in turn (this host may have one) */
+	int cpus[2], ncpu = 0;
+	cpu_set_t all;
+	CHECK(sched_getaffinity(0, sizeof(all), &all) == 0, "sched_getaffinity");
+	for (int c = 0; c < CPU_SETSIZE && ncpu < 2; c++)
+		if (CPU_ISSET(c, &all))
+			cpus[ncpu++] = c;
+	int pin = i % 3 == 0 && ncpu == 2 ? cpus[(i / 3) % 2] : -1;
+	if (pin >= 0) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		CPU_SET(pin, &one);
+		CHECK(sched_setaffinity(0, sizeof(one), &one) == 0, "sched_setaffinity");
+	}
+	long ioprio = i % 5 == 0 ? (2L << 13) | (i % 8) : 0; /* IOPRIO_CLASS_BE */
+	if (ioprio)
+		CHECK(syscall(SYS_ioprio_set, 1, tid, ioprio) == 0, "ioprio_set");
 	for (;;) {
 		CHECK(prctl(PR_GET_NAME, got) == 0 && strcmp(got, name) == 0, "thread %ld: name %s, want %s", i, got, name);
 		stack_t now;
@@ -45,6 +65,12 @@ static void *worker(void *arg)
 		int n = getpriority(PRIO_PROCESS, tid);
 		CHECK(errno == 0 && n == nice, "thread %ld: nice %d, want %d", i, n, nice);
 		CHECK(syscall(SYS_gettid) == tid, "thread %ld: tid changed", i);
+		if (pin >= 0) {
+			cpu_set_t now;
+			CHECK(sched_getaffinity(0, sizeof(now), &now) == 0 && CPU_COUNT(&now) == 1 && CPU_ISSET(pin, &now), "thread %ld: affinity lost (%d CPUs)", i, CPU_COUNT(&now));
+		}
+		if (ioprio)
+			CHECK(syscall(SYS_ioprio_get, 1, tid) == ioprio, "thread %ld: ioprio %ld, want %ld", i, syscall(SYS_ioprio_get, 1, tid), ioprio);
 		counts[i]++;
 		sleep_ms(10);
 	}
