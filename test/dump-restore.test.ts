@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
+import { allowPingSockets } from './helpers/sysctl.js';
 import { assertCliError, assertCliOk, dump, restore, runCli } from './helpers/cli.js';
 import { pidExists, procStat, waitPidGone } from './helpers/proc.js';
 import {
@@ -111,6 +112,8 @@ const specs: Spec[] = [
   { name: 'prctls' },
   // buffer sizes and reception flags set on sockets, a datagram from a closed end
   { name: 'sock_opts' },
+  // raw ICMP (with a filter), IPPROTO_RAW, UDP-Lite and a connected ping socket
+  { name: 'sock_raw', async afterRestore(w) { assert.ok(readLog(w).includes('PING yes'), 'sock_raw: no ping socket was made'); } },
   {
     name: 'tree',
     async afterRestore(w) {
@@ -136,7 +139,14 @@ const specs: Spec[] = [
 
 describe('dump and restore', () => {
   const h = new Harness();
-  after(() => h.cleanup());
+  let pingBack = () => {};
+  before(() => {
+    pingBack = allowPingSockets();
+  });
+  after(async () => {
+    pingBack();
+    await h.cleanup();
+  });
 
   for (const spec of specs) {
     test([spec.name, ...(spec.args ?? [])].join(' '), { timeout: 90_000 }, async (t) => {

@@ -5,6 +5,7 @@ import { Agent, startAgent } from './helpers/agent.js';
 import { migrateAndCheck, roundsText } from './helpers/migrate.js';
 import { assertNoFail, goAndWait, GO_CHECKS, Harness, waitForOk, waitReady, lastOk, readLog, type Workload } from './helpers/workload.js';
 import { workloadBin } from './helpers/paths.js';
+import { allowPingSockets } from './helpers/sysctl.js';
 import path from 'node:path';
 import { assertCliError, runCli } from './helpers/cli.js';
 import assert from 'node:assert/strict';
@@ -12,15 +13,18 @@ import assert from 'node:assert/strict';
 describe('state kinds under live migration', () => {
   const h = new Harness();
   let agent: Agent;
+  let pingBack = () => {};
   before(async () => {
+    pingBack = allowPingSockets();
     agent = await startAgent();
   });
   after(async () => {
+    pingBack();
     await agent?.stop();
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'sem_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds', 'sparse_reserve', 'many_areas', 'sock_opts']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'sem_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds', 'sparse_reserve', 'many_areas', 'sock_opts', 'sock_raw']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);

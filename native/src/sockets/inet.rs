@@ -567,7 +567,10 @@ pub fn describe_udp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
     dump_common_opts(&copy, &mut s, domain);
     s.set("broadcast", getsockopt_int(&copy, SOL_SOCKET, SO_BROADCAST).map(|v| v != 0).unwrap_or(false));
     let local = local_of(&copy);
-    let peer = peer_of(&copy);
+    let proto = s.u64_of("protocol").unwrap_or(0);
+    // A connected ICMP echo socket has no peer port, and getpeername
+    // refuses it: its peer is read from /proc/net/icmp.
+    let peer = peer_of(&copy).or_else(|| if matches!(proto, 1 | 58) { icmp_peer(ctx.pid, s.u64_of("ino").unwrap_or(0), proto == 58) } else { None });
     let state = match (&local, &peer) {
         (_, Some(_)) => "connected",
         (Some(l), None) if !is_unbound(l) => "bound",
@@ -589,9 +592,54 @@ pub fn describe_udp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
     Ok(ctx.base.clone().with("kind", "sock_udp").with("sock", s))
 }
 
+/// The peer of connected ICMP echo socket `ino`, from the process's
+/// /proc/net/icmp (or icmp6): its remote address, when its state is
+/// established (1).
+fn icmp_peer(pid: crate::sys::Pid, ino: u64, v6: bool) -> Option<Json> {
+    let text = std::fs::read_to_string(format!("/proc/{}/net/{}", pid, if v6 { "icmp6" } else { "icmp" })).ok()?;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[9].parse::<u64>().ok() != Some(ino) || f[3] != "01" {
+            continue;
+        }
+        let hex = f[2].split(':').next()?;
+        // Each 32-bit word as the kernel holds it (network order), printed as a host number.
+        let words: Vec<u32> = (0..hex.len() / 8).map(|i| u32::from_str_radix(&hex[i * 8..i * 8 + 8], 16).ok()).collect::<Option<_>>()?;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let ip = match bytes.len() {
+            4 => Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
+            16 => Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[..]).ok()?).to_string(),
+            _ => return None,
+        };
+        return Some(Json::obj().with("ip", ip).with("port", 0u64));
+    }
+    None
+}
+
+/// A raw IP socket: its protocol, the address it is bound and connected to
+/// (the protocol stands in the port), its options (IP_HDRINCL, ICMP
+/// filters, opts.rs); queued packets are lost, as a UDP socket's datagrams.
+pub fn describe_raw(ctx: &FileCtx, copy: Fd, s: Json, domain: i32) -> Result<Json> {
+    let j = describe_udp(ctx, copy, s, domain)?;
+    Ok(j.with("kind", "sock_raw"))
+}
+
+pub fn open_raw(s: &Json) -> Result<Fd> {
+    open_datagram(s, SOCK_RAW, s.u64_of("protocol").unwrap_or(0) as i32)
+}
+
 pub fn open_udp(s: &Json) -> Result<Fd> {
+    // UDP (17, or 0 for the family's default), UDP-Lite (136), ICMP echo (1, 58)
+    let proto = match s.u64_of("protocol").unwrap_or(17) {
+        0 => 17,
+        p => p as i32,
+    };
+    open_datagram(s, SOCK_DGRAM, proto)
+}
+
+fn open_datagram(s: &Json, ty: i32, proto: i32) -> Result<Fd> {
     let family = family_of(s)?;
-    let fd = new_socket(family, SOCK_DGRAM, 17)?;
+    let fd = new_socket(family, ty, proto)?;
     restore_pre_bind_opts(&fd, s, family)?;
     if s.bool_of("reuseaddr") {
         setsockopt_int(&fd, SOL_SOCKET, SO_REUSEADDR, 1)?;

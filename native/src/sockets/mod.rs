@@ -103,12 +103,14 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     // A connected TCP socket's sizes may be the kernel's autotuning, which
     // must go on: only those of other sockets are a program's (opts.rs).
     let tcp_connected = || getsockopt_int(&copy, SOL_SOCKET, SO_ACCEPTCONN).unwrap_or(0) == 0 && sockname(&copy, true).is_ok();
-    if matches!(domain, AF_UNIX) || (matches!(domain, AF_INET | AF_INET6) && (ty == SOCK_DGRAM || (ty == SOCK_STREAM && !tcp_connected()))) {
+    if matches!(domain, AF_UNIX) || (matches!(domain, AF_INET | AF_INET6) && (ty == SOCK_DGRAM || ty == SOCK_RAW || (ty == SOCK_STREAM && !tcp_connected()))) {
         opts::dump_buffers(&copy, domain, ty, proto, &mut s);
     }
     match (domain, ty) {
         (AF_INET | AF_INET6, SOCK_STREAM) if proto == 6 || proto == 0 => inet::describe_tcp(ctx, copy, s, domain),
-        (AF_INET | AF_INET6, SOCK_DGRAM) if proto == 17 || proto == 0 => inet::describe_udp(ctx, copy, s, domain),
+        // UDP, UDP-Lite and ICMP echo ("ping") sockets: datagrams to a port (an echo id)
+        (AF_INET | AF_INET6, SOCK_DGRAM) if matches!(proto, 0 | 17 | 136 | 1 | 58) => inet::describe_udp(ctx, copy, s, domain),
+        (AF_INET | AF_INET6, SOCK_RAW) => inet::describe_raw(ctx, copy, s, domain),
         (AF_UNIX, SOCK_STREAM | SOCK_DGRAM | SOCK_SEQPACKET) => unix::describe(ctx, copy, s, ty, ino),
         (AF_NETLINK, SOCK_RAW | SOCK_DGRAM) => netlink::describe(ctx, copy, s, ty, proto),
         (AF_PACKET, SOCK_RAW | SOCK_DGRAM) => packet::describe(ctx, copy, s, ty),
@@ -184,6 +186,7 @@ pub fn open(f: &Json) -> Result<Fd> {
     let fd = match f.str_of("kind").unwrap_or("") {
         "sock_tcp" => inet::open_tcp(s),
         "sock_udp" => inet::open_udp(s),
+        "sock_raw" => inet::open_raw(s),
         "sock_unix" => unix::open(s),
         "sock_netlink" => netlink::open(s),
         "sock_packet" => packet::open(s),
@@ -191,7 +194,7 @@ pub fn open(f: &Json) -> Result<Fd> {
     }
     .map_err(|e| e.context(format!("socket (file {})", id)))?;
     let buffers = |fd: &Fd| match f.str_of("kind") {
-        Some("sock_tcp" | "sock_udp" | "sock_unix") => opts::restore_buffers(fd, s),
+        Some("sock_tcp" | "sock_udp" | "sock_raw" | "sock_unix") => opts::restore_buffers(fd, s),
         _ => Ok(()), // netlink and packet sockets set theirs when made
     };
     opts::restore(&fd, s).and_then(|_| buffers(&fd)).and_then(|_| filter::restore(&fd, s)).map_err(|e| e.context(format!("socket (file {})", id)))?;

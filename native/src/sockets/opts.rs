@@ -13,6 +13,8 @@ use crate::sys::{Fd, Result};
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
 const SOL_TCP: i32 = 6;
+const SOL_RAW: i32 = 255;
+const SOL_ICMPV6: i32 = 58;
 
 /// (level, name, size, which families: 0 any, else AF_INET/AF_INET6 with TCP only if `tcp`).
 struct Opt {
@@ -41,6 +43,10 @@ const OPTS: &[Opt] = &[
     Opt { level: SOL_SOCKET, name: 21, size: 16, inet: false, tcp: false, what: "SO_SNDTIMEO" },
     Opt { level: SOL_SOCKET, name: 36, size: 4, inet: false, tcp: false, what: "SO_MARK" },
     Opt { level: SOL_IP, name: 2, size: 4, inet: true, tcp: false, what: "IP_TTL" },
+    Opt { level: SOL_IP, name: 3, size: 4, inet: true, tcp: false, what: "IP_HDRINCL" },
+    Opt { level: SOL_RAW, name: 1, size: 4, inet: true, tcp: false, what: "ICMP_FILTER" },
+    Opt { level: SOL_ICMPV6, name: 1, size: 32, inet: true, tcp: false, what: "ICMP6_FILTER" },
+    Opt { level: SOL_IPV6, name: 7, size: 4, inet: true, tcp: false, what: "IPV6_CHECKSUM" },
     Opt { level: SOL_IP, name: 8, size: 4, inet: true, tcp: false, what: "IP_PKTINFO" },
     Opt { level: SOL_IP, name: 10, size: 4, inet: true, tcp: false, what: "IP_MTU_DISCOVER" },
     Opt { level: SOL_IP, name: 11, size: 4, inet: true, tcp: false, what: "IP_RECVERR" },
@@ -106,8 +112,8 @@ fn applies(o: &Opt, family: i32, tcp: bool) -> bool {
         return true;
     }
     let fam_ok = match o.level {
-        SOL_IP => family == AF_INET,
-        SOL_IPV6 => family == AF_INET6,
+        SOL_IP | SOL_RAW => family == AF_INET,
+        SOL_IPV6 | SOL_ICMPV6 => family == AF_INET6,
         _ => family == AF_INET || family == AF_INET6,
     };
     fam_ok && (!o.tcp || tcp)
