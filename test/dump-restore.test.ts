@@ -112,6 +112,8 @@ const specs: Spec[] = [
   { name: 'prctls' },
   // buffer sizes and reception flags set on sockets, a datagram from a closed end
   { name: 'sock_opts' },
+  // its executable removed while it runs
+  { name: 'exe_deleted' },
   // raw ICMP (with a filter), IPPROTO_RAW, UDP-Lite and a connected ping socket
   { name: 'sock_raw', async afterRestore(w) { assert.ok(readLog(w).includes('PING yes'), 'sock_raw: no ping socket was made'); } },
   {

@@ -304,15 +304,38 @@ pub fn restore_mm(inj: &mut Injector, mm: &Json, exe_fd: Option<u64>) -> Result<
     b.extend_from_slice(&(ab.len() as u32).to_le_bytes());
     b.extend_from_slice(&(exe_fd.map(|x| x as u32).unwrap_or(u32::MAX)).to_le_bytes());
     let a = inj.put(&b, 2048)?;
-    inj.call("prctl(PR_SET_MM_MAP)", nr::PRCTL, &[PR_SET_MM, PR_SET_MM_MAP, a, b.len() as u64, 0])?;
+    let r = inj.raw(nr::PRCTL, &[PR_SET_MM, PR_SET_MM_MAP, a, b.len() as u64, 0])?;
+    if r < 0 && exe_fd.is_some() {
+        // The executable cannot be taken (written to by someone: ETXTBSY
+        // shows as EACCES): the rest without it, and say so.
+        eprintln!("phaul: warning: /proc/PID/exe not restored: {}", Error::sys("prctl(PR_SET_MM_MAP)", (-r) as i32).message);
+        let n = b.len();
+        b[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        inj.write_mem(a, &b)?;
+        inj.call("prctl(PR_SET_MM_MAP)", nr::PRCTL, &[PR_SET_MM, PR_SET_MM_MAP, a, b.len() as u64, 0])?;
+    } else if r < 0 {
+        return Err(Error::sys("prctl(PR_SET_MM_MAP)", (-r) as i32));
+    }
     Ok(())
 }
 
 /// Open the executable inside the stub for PR_SET_MM_MAP's exe_fd.
 pub fn open_exe_in_stub(inj: &mut Injector, p: &Json) -> Result<Option<u64>> {
-    let path = match p.get("exe").and_then(|e| e.str_of("path")) {
-        Some(x) if !x.is_empty() => x.trim_end_matches(" (deleted)").to_string(),
+    let (path, removed) = match p.get("exe").and_then(|e| e.str_of("path")) {
+        Some(x) if !x.is_empty() => (x.trim_end_matches(" (deleted)").to_string(), x.ends_with(" (deleted)")),
         _ => return Ok(None),
+    };
+    // Removed while running (an upgraded package): the file restored from
+    // the image's copy of its mapped contents, if the process maps it.
+    let path = match removed {
+        true => match crate::anonfd::unlinked::object_path(&path) {
+            Some(p) => p,
+            None => {
+                eprintln!("phaul: warning: process {}: its executable {} (deleted) is not mapped: /proc/PID/exe is not restored", p.i64_of("pid").unwrap_or(0), path);
+                return Ok(None);
+            }
+        },
+        false => path,
     };
     // The stub already runs this very executable (a Node.js program restored
     // by phaul's own node): keep it. Replacing it would fail with EBUSY, as

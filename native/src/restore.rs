@@ -87,15 +87,17 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
         if p.arr_of("threads").is_empty() {
             return Err(Error::new("EIMAGE", format!("process {} has no threads in the image", pid)));
         }
+        // A removed executable, and areas of removed files, come back from
+        // the contents in the image (anonfd/unlinked.rs), not from a path.
         if let Some(exe) = p.get("exe") {
-            let path = exe.str_of("path").unwrap_or("").trim_end_matches(" (deleted)");
-            if !path.is_empty() {
+            let path = exe.str_of("path").unwrap_or("");
+            if !path.is_empty() && !path.ends_with(" (deleted)") {
                 files::check_file_identity(path, Some(exe))?;
             }
         }
         // (The areas themselves are checked where they are read, before
         // they are applied: vmas_of.)
-        for v in p.arr_of("vmas").iter().filter(|v| v.str_of("kind") == Some(Kind::File.name())) {
+        for v in p.arr_of("vmas").iter().filter(|v| v.str_of("kind") == Some(Kind::File.name()) && !v.str_of("path").unwrap_or("").ends_with(" (deleted)")) {
             let path = v.str_of("path").unwrap_or("");
             let id = v.get("file");
             if checked.insert((path, id.and_then(|i| i.u64_of("size")), id.and_then(|i| i.u64_of("mtime_ns")))) {
@@ -117,6 +119,63 @@ pub struct Stub {
     /// The objects it shares with an earlier stub (CLONE_FILES, CLONE_FS),
     /// which that stub fills.
     pub shared: u64,
+    /// Private areas of removed files mapped anonymous while the object
+    /// they come from does not exist yet (a migration's pre-copy).
+    pub stand_ins: Vec<(u64, u64)>,
+    /// Ranges of them that pages were written to.
+    pub stand_in_pages: Vec<(u64, u64)>,
+}
+
+impl Stub {
+    /// Pages `[addr, addr + len)` arrive: note what of them falls in a stand-in.
+    pub fn note_stand_in_pages(&mut self, addr: u64, len: u64) {
+        for &(s, e) in &self.stand_ins {
+            let (a, b) = (addr.max(s), (addr + len).min(e));
+            if a < b {
+                self.stand_in_pages.push((a, b));
+            }
+        }
+    }
+}
+
+/// The pages the stand-ins got, read out before the areas are mapped from
+/// their objects: (address, bytes).
+pub fn save_stand_in_pages(s: &mut Stub) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut ranges = std::mem::take(&mut s.stand_in_pages);
+    s.stand_ins.clear();
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        match merged.last_mut() {
+            Some(l) if a <= l.1 => l.1 = l.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let mem = open_mem(s.host, false)?;
+    merged
+        .into_iter()
+        .map(|(a, b)| {
+            let mut buf = vec![0u8; (b - a) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&mem, &mut buf, a).map_err(|e| Error::new("EIO", format!("process {}: reading pages at {:#x}: {}", s.pid, a, e)))?;
+            Ok((a, buf))
+        })
+        .collect()
+}
+
+/// Write the saved pages over the areas now mapped from their objects
+/// (private: the pages become the process's own copies, as on the source).
+pub fn put_back_stand_in_pages(s: &Stub, saved: Vec<(u64, Vec<u8>)>) -> Result<()> {
+    if saved.is_empty() {
+        return Ok(());
+    }
+    let mem = open_mem(s.host, true)?;
+    for (a, buf) in saved {
+        std::os::unix::fs::FileExt::write_all_at(&mem, &buf, a).map_err(|e| Error::new("EIO", format!("process {}: writing pages at {:#x}: {}", s.pid, a, e)))?;
+    }
+    Ok(())
 }
 
 pub struct Tree {
@@ -212,7 +271,7 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Op
         if let Some(o) = opened {
             crate::tty::claim_ctty(&mut inj, p, pid, &o.ptys)?;
         }
-        tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new(), shared: flags & !shares::CLONE_PARENT });
+        tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new(), shared: flags & !shares::CLONE_PARENT, stand_ins: Vec::new(), stand_in_pages: Vec::new() });
     }
     Ok(())
 }

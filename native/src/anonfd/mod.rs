@@ -251,9 +251,11 @@ pub(crate) fn open_mapped(pid: Pid, v: &crate::memory::Vma, what: &str) -> Resul
 }
 
 /// The common fields of an entry for a file that only mappings refer to:
-/// opened read-write at offset 0, as the restore maps it.
+/// opened read-only at offset 0 (the areas are mapped from the restored
+/// object, each with the access it needs; a writable description held
+/// open would keep a removed executable from being one again).
 pub(crate) fn mapped_base(id: u64) -> Json {
-    Json::obj().with("id", id).with("flags", sys::O_RDWR as u64).with("pos", 0u64)
+    Json::obj().with("id", id).with("flags", 0u64).with("pos", 0u64)
 }
 
 pub(crate) fn open_flags(f: &Json) -> u32 {

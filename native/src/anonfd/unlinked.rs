@@ -81,7 +81,18 @@ fn create(f: &Json) -> Result<Fd> {
         let _ = sys::call("fchown", nr::FCHOWN, &[fd.raw() as u64, u, g]);
     }
     sys::call("fchmod", nr::FCHMOD, &[fd.raw() as u64, mode])?;
-    Ok(fd)
+    // Kept read-only: every use reopens it with its own flags, and a
+    // writable description left open would keep the kernel from making it
+    // a process's executable again (ETXTBSY, process.rs open_exe_in_stub).
+    reopen(&fd, 0, 0)
+}
+
+/// The restored object of removed file `path`, for the stub to open by
+/// /proc/PID/fd of phaul's own process.
+pub fn object_path(path: &str) -> Option<String> {
+    let reg = registry();
+    let (_, (_, f)) = reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path)?;
+    Some(format!("/proc/{}/fd/{}", sys::getpid(), f.raw()))
 }
 
 pub fn open(f: &Json) -> Result<Fd> {
@@ -103,5 +114,10 @@ pub fn object_for(v: &Vma) -> Option<Result<Fd>> {
     let path = v.path.strip_suffix(" (deleted)")?;
     let reg = registry();
     let (_, (_, f)) = reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path)?;
+    // The object is read-only (create): a shared writable area needs a
+    // writable description of it.
+    if v.shared && v.prot & 2 != 0 {
+        return Some(reopen(f, O_RDWR, 0));
+    }
     Some(sys::call("dup", crate::sys::nr::FCNTL, &[f.raw() as u64, 1030, 0]).map(|x| Fd(x as i32)))
 }

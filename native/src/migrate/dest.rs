@@ -169,7 +169,9 @@ impl DestEngine {
             if restore::pid_of(p)? != s.pid {
                 return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
             }
+            let saved = restore::save_stand_in_pages(s)?;
             restore::apply_layout(s, &restore::vmas_of(p)?, None)?;
+            restore::put_back_stand_in_pages(s, saved)?;
             crate::sys::trace_mark("dest: layout applied");
             restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
@@ -354,12 +356,27 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
                 // Areas backed by a memfd or an unlinked file are mapped from
                 // the restored object, which exists only at the final restore;
                 // their contents live in that object, not in the page stream.
-                let vmas: Vec<Vma> = vmas.into_iter().filter(|v| !needs_restored_object(v)).collect();
+                // A private mapping of a removed file (an upgraded program or
+                // library) has pages of its own that are: they land in an
+                // anonymous stand-in until the object exists (restore.rs).
+                let mut stand_ins = Vec::new();
+                let vmas: Vec<Vma> = vmas
+                    .into_iter()
+                    .filter_map(|v| match needs_restored_object(&v) {
+                        false => Some(v),
+                        true if !v.shared && !v.path.starts_with("/memfd:") => {
+                            stand_ins.push((v.start, v.end));
+                            Some(Vma { kind: crate::memory::Kind::Anon, path: String::new(), pgoff: 0, dev: 0, ino: 0, ..v })
+                        }
+                        true => None,
+                    })
+                    .collect();
                 let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: layout for unknown process {}", h.pid)))?;
                 if !bufs.drain() {
                     return Err(writer_stopped());
                 }
                 restore::apply_layout(st, &vmas, keep.as_deref())?;
+                st.stand_ins = stand_ins;
             }
             stream::TREE => {
                 let j = stream::read_json_summed(r, &h, &mut sum)?;
@@ -372,6 +389,7 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
             stream::PAGES => {
                 let len = h.payload_len();
                 let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
+                st.note_stand_in_pages(h.addr, h.count as u64 * crate::sys::PAGE_SIZE);
                 let (pid, host) = (st.pid, st.host);
                 let mut buf = bufs.get().ok_or_else(writer_stopped)?;
                 r.read_exact(&mut buf[..len]).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
