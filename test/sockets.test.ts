@@ -269,13 +269,13 @@ describe('sockets', () => {
     await h.kill(w);
   });
 
-  test('an unsupported socket (raw ICMP) fails the dump with one line and the process keeps running', { timeout: 60_000 }, async () => {
+  test('an unsupported socket (vsock) fails the dump with one line and the process keeps running', { timeout: 60_000 }, async () => {
     const dir = h.tempDir('phaul-sock-unsup-');
     const marker = path.join(dir, 'marker');
     const py = execFileSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' }).trim();
     const child = h.spawnDetached(
       py,
-      ['-c', 'import socket, time, sys; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); open(sys.argv[1], "w").write("up"); time.sleep(600)', marker],
+      ['-c', 'import socket, time, sys; s = socket.socket(40, socket.SOCK_STREAM); open(sys.argv[1], "w").write("up"); time.sleep(600)', marker],
       dir,
       marker,
     );
@@ -290,7 +290,7 @@ describe('sockets', () => {
     const images = path.join(dir, 'images');
     mkdirSync(images);
     const r = await dump(child.pid!, images);
-    assertCliError(r, /fd \d+: IPv4 ICMP socket .*is not supported/);
+    assertCliError(r, /fd \d+: vsock stream socket .*is not supported/);
     assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
     assert.ok(isAlive(child.pid!), 'process was not left running');
     await h.kill({ pid: child.pid!, marker });

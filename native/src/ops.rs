@@ -130,6 +130,10 @@ impl Engine for DumpEngine {
                     let pid = pid_arg(req)?;
                     let dir = req.str_of("dir").ok_or_else(|| Error::new("EINVAL", "dump needs dir"))?;
                     let (frozen, state, stats) = crate::dump::dump(pid, dir)?;
+                    // What a restore checks first must hold here and now, or
+                    // killing the tree after this dump would lose it (the
+                    // tree is resumed when `frozen` drops).
+                    crate::restore::preflight(&state, true).map_err(|e| Error::new(e.code, format!("this dump could not be restored: {} (the tree runs on)", e.message)))?;
                     self.frozen = Some(frozen);
                     Ok(ok().with("state", state).with("pages", stats.pages).with("bytes", stats.bytes))
                 })();

@@ -5,7 +5,9 @@
  * IPV6_RECVERR, SO_TIMESTAMP, SO_TIMESTAMPNS, SO_NO_CHECK); and a datagram
  * left in a unix socket whose pair's other end has closed. Each pass
  * checks every value against what the kernel reported right after it was
- * set, and peeks at the datagram. Logs "OK <pass>". */
+ * set, and peeks at the datagram; and a Multipath TCP listener on
+ * loopback (IPPROTO_MPTCP, as Go makes its listeners), which each pass
+ * takes a TCP connection on. Logs "OK <pass>". */
 #include "common.h"
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -58,6 +60,13 @@ int main(int argc, char **argv)
 	set(udp6, IPPROTO_IPV6, IPV6_RECVERR, 1, "IPV6_RECVERR");
 	set(udp6, SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS");
 	set(ust, SOL_SOCKET, SO_SNDBUF, 90000, "unix SO_SNDBUF");
+	int mp = socket(AF_INET, SOCK_STREAM, 262 /* IPPROTO_MPTCP */);
+	struct sockaddr_in a4 = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a4);
+	int one = 1;
+	CHECK(mp >= 0 && setsockopt(mp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0, "MPTCP socket: errno %d", errno);
+	CHECK(bind(mp, (struct sockaddr *)&a4, sizeof(a4)) == 0 && listen(mp, 8) == 0, "MPTCP listener: errno %d", errno);
+	CHECK(getsockname(mp, (struct sockaddr *)&a4, &al) == 0, "getsockname");
 	CHECK(send(pair[0], "left", 4, 0) == 4, "send: errno %d", errno);
 	close(pair[0]);
 	wl_log("READY");
@@ -71,6 +80,13 @@ int main(int argc, char **argv)
 		char b[8];
 		ssize_t n = recv(pair[1], b, sizeof(b), MSG_PEEK | MSG_DONTWAIT);
 		CHECK(n == 4 && memcmp(b, "left", 4) == 0, "the datagram from the closed end: %zd errno %d", n, errno);
+		CHECK(get(mp, SOL_SOCKET, SO_PROTOCOL) == 262, "the listener is not MPTCP");
+		int c = socket(AF_INET, SOCK_STREAM, 0);
+		CHECK(c >= 0 && connect(c, (struct sockaddr *)&a4, sizeof(a4)) == 0, "connect to the MPTCP listener: errno %d", errno);
+		int acc = accept(mp, NULL, NULL);
+		CHECK(acc >= 0, "accept: errno %d", errno);
+		close(c); /* the client closes first: its port keeps the TIME_WAIT */
+		close(acc);
 		wl_log("OK %lu", (unsigned long)i);
 		sleep_ms(20);
 	}

@@ -354,6 +354,33 @@ pub(super) fn restore_tcp_post_opts(fd: &Fd, s: &Json) -> Result<()> {
     Ok(())
 }
 
+/// A Multipath TCP socket (IPPROTO_MPTCP; Go makes its listeners so):
+/// listening, bound or not yet bound, as a TCP socket of those states is. A
+/// connection over it cannot be repaired as TCP's are: refused.
+pub fn describe_mptcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result<Json> {
+    dump_common_opts(&copy, &mut s, domain);
+    let local = local_of(&copy);
+    if getsockopt_int(&copy, SOL_SOCKET, 30 /* SO_ACCEPTCONN */).unwrap_or(0) != 0 {
+        s.set("state", "listen").set("backlog", 128u64);
+        if let Some(l) = local {
+            s.set("local", l);
+        }
+    } else if peer_of(&copy).is_some() {
+        return ctx.unsupported(&format!("Multipath TCP connection {} -> {}", addr_text(local.as_ref()), addr_text(peer_of(&copy).as_ref())));
+    } else {
+        match local {
+            Some(l) if !is_unbound(&l) => {
+                s.set("state", "bound").set("local", l);
+            }
+            _ => {
+                s.set("state", "unbound");
+            }
+        }
+    }
+    s.set("mptcp", true);
+    Ok(ctx.base.clone().with("kind", "sock_tcp").with("sock", s))
+}
+
 pub fn open_tcp(s: &Json) -> Result<Fd> {
     let family = family_of(s)?;
     let state = s.str_of("state").unwrap_or("");
@@ -363,7 +390,7 @@ pub fn open_tcp(s: &Json) -> Result<Fd> {
         "closed" => return super::tcp_closed::open(s, family),
         _ => {}
     }
-    let fd = new_socket(family, SOCK_STREAM, 6)?;
+    let fd = new_socket(family, SOCK_STREAM, if s.bool_of("mptcp") { IPPROTO_MPTCP } else { 6 })?;
     restore_pre_bind_opts(&fd, s, family)?;
     let reuse = s.bool_of("reuseaddr");
     let local = s.get("local");

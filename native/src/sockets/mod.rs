@@ -37,6 +37,7 @@ pub(crate) const AF_PACKET: i32 = 17;
 pub(crate) const SOCK_STREAM: i32 = 1;
 pub(crate) const SOCK_DGRAM: i32 = 2;
 pub(crate) const SOCK_RAW: i32 = 3;
+pub(crate) const IPPROTO_MPTCP: i32 = 262;
 pub(crate) const SOCK_SEQPACKET: i32 = 5;
 pub(crate) const SOCK_CLOEXEC: u64 = 0o2000000;
 pub(crate) const SOCK_NONBLOCK: i32 = 0o4000;
@@ -108,6 +109,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     }
     match (domain, ty) {
         (AF_INET | AF_INET6, SOCK_STREAM) if proto == 6 || proto == 0 => inet::describe_tcp(ctx, copy, s, domain),
+        (AF_INET | AF_INET6, SOCK_STREAM) if proto == IPPROTO_MPTCP => inet::describe_mptcp(ctx, copy, s, domain),
         // UDP, UDP-Lite and ICMP echo ("ping") sockets: datagrams to a port (an echo id)
         (AF_INET | AF_INET6, SOCK_DGRAM) if matches!(proto, 0 | 17 | 136 | 1 | 58) => inet::describe_udp(ctx, copy, s, domain),
         (AF_INET | AF_INET6, SOCK_RAW) => inet::describe_raw(ctx, copy, s, domain),
@@ -125,6 +127,7 @@ fn family_name(domain: i32, ty: i32, proto: i32) -> String {
         AF_INET6 => "IPv6",
         AF_NETLINK => "netlink",
         AF_PACKET => "packet",
+        40 => "vsock",
         _ => return format!("address family {}", domain),
     };
     let t = match ty {
