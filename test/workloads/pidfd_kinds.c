@@ -40,16 +40,17 @@ static void *thread_main(void *arg)
 	return NULL;
 }
 
-/* the innermost pid of "NSpid:" in the fdinfo of fd */
-static long fd_pid(int fd)
+/* The last number of line `key` ("\nNSpid:": the innermost pid; "\nPid:",
+ * -1 once the process is reaped) in the fdinfo of fd. */
+static long fdinfo_last(int fd, const char *key)
 {
 	char path[64], buf[2048];
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
 	CHECK(read_file(path, buf, sizeof(buf)) > 0, "read %s", path);
-	char *l = strstr(buf, "NSpid:");
-	CHECK(l, "no NSpid in fdinfo of fd %d", fd);
+	char *l = strstr(buf, key);
+	CHECK(l, "no %s in fdinfo of fd %d", key + 1, fd);
 	long last = -1;
-	for (char *p = l + 6; *p && *p != '\n';) {
+	for (char *p = l + strlen(key); *p && *p != '\n';) {
 		char *end;
 		long v = strtol(p, &end, 10);
 		if (end == p)
@@ -60,15 +61,14 @@ static long fd_pid(int fd)
 	return last;
 }
 
-/* fdinfo "Pid:" (-1 once the process is reaped) */
+static long fd_pid(int fd)
+{
+	return fdinfo_last(fd, "\nNSpid:");
+}
+
 static long fd_pid_field(int fd)
 {
-	char path[64], buf[2048];
-	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-	CHECK(read_file(path, buf, sizeof(buf)) > 0, "read %s", path);
-	char *l = strstr(buf, "\nPid:");
-	CHECK(l, "no Pid in fdinfo of fd %d", fd);
-	return strtol(l + 5, NULL, 10);
+	return fdinfo_last(fd, "\nPid:");
 }
 
 static int reaped_child_pidfd(int *second)
