@@ -33,6 +33,7 @@ pub mod shmem;
 pub mod session;
 pub mod signals;
 pub mod sockets;
+pub mod standin;
 pub mod stub;
 pub mod sys;
 pub mod threads;

@@ -121,28 +121,28 @@ pub struct Stub {
     pub shared: u64,
     /// Private areas of removed files mapped anonymous while the object
     /// they come from does not exist yet (a migration's pre-copy).
-    pub stand_ins: Vec<(u64, u64)>,
+    pub placeholders: Vec<(u64, u64)>,
     /// Ranges of them that pages were written to.
-    pub stand_in_pages: Vec<(u64, u64)>,
+    pub placeholder_pages: Vec<(u64, u64)>,
 }
 
 impl Stub {
-    /// Pages `[addr, addr + len)` arrive: note what of them falls in a stand-in.
-    pub fn note_stand_in_pages(&mut self, addr: u64, len: u64) {
-        for &(s, e) in &self.stand_ins {
+    /// Pages `[addr, addr + len)` arrive: note what of them falls in a placeholder.
+    pub fn note_placeholder_pages(&mut self, addr: u64, len: u64) {
+        for &(s, e) in &self.placeholders {
             let (a, b) = (addr.max(s), (addr + len).min(e));
             if a < b {
-                self.stand_in_pages.push((a, b));
+                self.placeholder_pages.push((a, b));
             }
         }
     }
 }
 
-/// The pages the stand-ins got, read out before the areas are mapped from
+/// The pages the placeholders got, read out before the areas are mapped from
 /// their objects: (address, bytes).
-pub fn save_stand_in_pages(s: &mut Stub) -> Result<Vec<(u64, Vec<u8>)>> {
-    let mut ranges = std::mem::take(&mut s.stand_in_pages);
-    s.stand_ins.clear();
+pub fn save_placeholder_pages(s: &mut Stub) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut ranges = std::mem::take(&mut s.placeholder_pages);
+    s.placeholders.clear();
     if ranges.is_empty() {
         return Ok(Vec::new());
     }
@@ -167,7 +167,7 @@ pub fn save_stand_in_pages(s: &mut Stub) -> Result<Vec<(u64, Vec<u8>)>> {
 
 /// Write the saved pages over the areas now mapped from their objects
 /// (private: the pages become the process's own copies, as on the source).
-pub fn put_back_stand_in_pages(s: &Stub, saved: Vec<(u64, Vec<u8>)>) -> Result<()> {
+pub fn put_back_placeholder_pages(s: &Stub, saved: Vec<(u64, Vec<u8>)>) -> Result<()> {
     if saved.is_empty() {
         return Ok(());
     }
@@ -271,79 +271,7 @@ fn create_stubs_inner(procs: &[Json], tree: &mut Tree, opened: Option<&files::Op
         if let Some(o) = opened {
             crate::tty::claim_ctty(&mut inj, p, pid, &o.ptys)?;
         }
-        tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new(), shared: flags & !shares::CLONE_PARENT, stand_ins: Vec::new(), stand_in_pages: Vec::new() });
-    }
-    Ok(())
-}
-
-/// Pids of exited processes whose /proc entries the tree holds open or
-/// works in (procpid.rs).
-fn dead_pids(state: &Json, procs: &[&Json]) -> Vec<Pid> {
-    let mut out: Vec<Pid> = state.arr_of("files").iter().filter(|f| f.bool_of("proc_dead")).filter_map(|f| f.i64_of("proc_pid")).map(|p| p as Pid).collect();
-    out.extend(procs.iter().filter_map(|p| p.str_of("cwd")).filter_map(crate::procpid::dead_entry).map(|(pid, _)| pid));
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// The stub that parents the stand-ins: the namespace's init, or the root.
-fn helpers_parent(tree: &mut Tree) -> Result<&mut Injector> {
-    match tree.init.as_mut() {
-        Some(init) => Ok(init),
-        None => tree.stubs.first_mut().map(|s| &mut s.leader).ok_or_else(|| Error::new("EIMAGE", "no process to restore")),
-    }
-}
-
-/// Stand-ins for the exited processes of dead /proc entries: one process
-/// with each pid (in the tree's pid namespace when it has one), alive while
-/// the entries are opened and entered, then killed and reaped
-/// (`end_helpers`) before the tree runs. Their parent hears nothing of them
-/// (no exit signal). Returns (pid, host pid) pairs, for the entries' host map.
-pub fn make_helpers(tree: &mut Tree, state: &Json, procs: &[&Json]) -> Result<Helpers> {
-    let mut made = Helpers::default();
-    for pid in dead_pids(state, procs) {
-        if tree.hosts.iter().any(|h| h.0 == pid) {
-            return Err(Error::new("EIMAGE", format!("an entry of exited process {} is held, but pid {} is a process of the tree", pid, pid)));
-        }
-        let (_, host) = stub::fork_quiet_child(helpers_parent(tree)?, Some(pid))?;
-        tree.created.push(host);
-        made.entries.push((pid, host));
-    }
-    // pidfds of reaped processes: whatever pid their process had is gone
-    // (fdinfo shows -1); one stand-in per process (pidfs inode), any pid.
-    let mut by_ino: std::collections::BTreeMap<u64, Pid> = std::collections::BTreeMap::new();
-    for f in state.arr_of("files").iter().filter(|f| f.str_of("kind") == Some("pidfd") && f.bool_of("dead")) {
-        let ino = f.u64_of("ino").unwrap_or(0);
-        let pid = match by_ino.get(&ino) {
-            Some(&pid) => pid,
-            None => {
-                let (pid, host) = stub::fork_quiet_child(helpers_parent(tree)?, None)?;
-                tree.created.push(host);
-                made.others.push((pid, host));
-                by_ino.insert(ino, pid);
-                pid
-            }
-        };
-        crate::anonfd::pidfd::stand_in(f.u64_of("id").unwrap_or(0), pid);
-    }
-    Ok(made)
-}
-
-/// The stand-ins of `make_helpers`, as (pid in the tree's namespace, host pid).
-#[derive(Default)]
-pub struct Helpers {
-    /// For /proc entries: the pid is the dead process's.
-    pub entries: Vec<(Pid, Pid)>,
-    /// For pidfds of reaped processes.
-    others: Vec<(Pid, Pid)>,
-}
-
-/// Once every entry is open: the stand-ins die and are reaped, which turns
-/// their /proc entries into dead ones.
-pub fn end_helpers(tree: &mut Tree, helpers: &Helpers) -> Result<()> {
-    for &(pid, host) in helpers.entries.iter().chain(&helpers.others) {
-        stub::reap_quiet_child(helpers_parent(tree)?, pid, host)?;
-        tree.created.retain(|&c| c != host);
+        tree.stubs.push(Stub { pid, host, leader: inj, mapped: Vec::new(), shared: flags & !shares::CLONE_PARENT, placeholders: Vec::new(), placeholder_pages: Vec::new() });
     }
     Ok(())
 }
@@ -805,7 +733,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
     let procs = &live[..];
     let host = tree.stubs.first().map(|s| s.host).unwrap_or(0);
     let r = (|| -> Result<RestoreStats> {
-        let helpers = make_helpers(&mut tree, state, procs)?;
+        let helpers = crate::standin::make(&mut tree, state, procs)?;
         let mut hosts = tree.host_map();
         hosts.extend(helpers.entries.iter().copied());
         opened.open_proc_entries(state.arr_of("files"), hosts)?;
@@ -817,7 +745,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
             finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
         opened.release_pipes();
-        end_helpers(&mut tree, &helpers)?;
+        crate::standin::end(&mut tree, &helpers)?;
         finish_tree(procs, &mut tree, false)?;
         Ok(stats)
     })();

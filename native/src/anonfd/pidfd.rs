@@ -27,7 +27,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let pid: i64 = field(raw, "Pid").and_then(|v| v.parse().ok()).ok_or_else(|| Error::new("EPROC", format!("fd {}: pidfd without Pid in fdinfo", ctx.fd)))?;
     if pid <= 0 {
         // Reaped: no pid is left to name. The pidfs inode tells two such
-        // processes apart (restore.rs make_helpers: a stand-in each).
+        // processes apart (standin.rs: a stand-in each).
         use std::os::unix::fs::MetadataExt;
         return Ok(ctx.base.clone().with("kind", "pidfd").with("dead", true).with("ino", ctx.md.ino()).with("thread", ctx.info.flags & PIDFD_THREAD != 0));
     }

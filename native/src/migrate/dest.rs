@@ -11,6 +11,7 @@ use crate::json::Json;
 use crate::memory::Vma;
 use crate::ops::ok;
 use crate::restore::{self, Tree};
+use crate::standin;
 use crate::session::Engine;
 use crate::sys::{Error, Pid, Result, PAGE_SIZE};
 use std::collections::HashMap;
@@ -157,7 +158,7 @@ impl DestEngine {
         crate::sys::trace_mark("dest: files opened");
         let tree = self.tree.as_mut().ok_or_else(|| Error::new("ESESSION", "not prepared"))?;
         let opened = self.opened.as_mut().ok_or_else(|| Error::new("EPANIC", "restored objects lost"))?;
-        let helpers = restore::make_helpers(tree, state, procs)?;
+        let helpers = standin::make(tree, state, procs)?;
         let mut hosts = tree.host_map();
         hosts.extend(helpers.entries.iter().copied());
         opened.open_proc_entries(state.arr_of("files"), hosts)?;
@@ -169,16 +170,16 @@ impl DestEngine {
             if restore::pid_of(p)? != s.pid {
                 return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
             }
-            let saved = restore::save_stand_in_pages(s)?;
+            let saved = restore::save_placeholder_pages(s)?;
             restore::apply_layout(s, &restore::vmas_of(p)?, None)?;
-            restore::put_back_stand_in_pages(s, saved)?;
+            restore::put_back_placeholder_pages(s, saved)?;
             crate::sys::trace_mark("dest: layout applied");
             restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
         if let Some(o) = self.opened.as_mut() {
             o.release_pipes();
         }
-        restore::end_helpers(tree, &helpers)?;
+        standin::end(tree, &helpers)?;
         // Held: the processes run only once the source has let go (commit_on_stream).
         let hold = req.bool_of("hold");
         crate::sys::trace_mark("dest: processes finished");
@@ -358,14 +359,14 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
                 // their contents live in that object, not in the page stream.
                 // A private mapping of a removed file (an upgraded program or
                 // library) has pages of its own that are: they land in an
-                // anonymous stand-in until the object exists (restore.rs).
-                let mut stand_ins = Vec::new();
+                // anonymous placeholder until the object exists (restore.rs).
+                let mut placeholders = Vec::new();
                 let vmas: Vec<Vma> = vmas
                     .into_iter()
                     .filter_map(|v| match needs_restored_object(&v) {
                         false => Some(v),
                         true if !v.shared && !v.path.starts_with("/memfd:") => {
-                            stand_ins.push((v.start, v.end));
+                            placeholders.push((v.start, v.end));
                             Some(Vma { kind: crate::memory::Kind::Anon, path: String::new(), pgoff: 0, dev: 0, ino: 0, ..v })
                         }
                         true => None,
@@ -376,7 +377,7 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
                     return Err(writer_stopped());
                 }
                 restore::apply_layout(st, &vmas, keep.as_deref())?;
-                st.stand_ins = stand_ins;
+                st.placeholders = placeholders;
             }
             stream::TREE => {
                 let j = stream::read_json_summed(r, &h, &mut sum)?;
@@ -389,7 +390,7 @@ fn read_round(r: &mut BufReader<TcpStream>, tree: &mut Tree, tx: &std::sync::mps
             stream::PAGES => {
                 let len = h.payload_len();
                 let st = tree.stub_mut(h.pid as Pid).ok_or_else(|| Error::new("EPROTO", format!("page stream: pages for unknown process {}", h.pid)))?;
-                st.note_stand_in_pages(h.addr, h.count as u64 * crate::sys::PAGE_SIZE);
+                st.note_placeholder_pages(h.addr, h.count as u64 * crate::sys::PAGE_SIZE);
                 let (pid, host) = (st.pid, st.host);
                 let mut buf = bufs.get().ok_or_else(writer_stopped)?;
                 r.read_exact(&mut buf[..len]).map_err(|e| Error::new("ECONNRESET", format!("page stream broke mid-frame: {}", e)))?;
