@@ -511,7 +511,7 @@ fn open_proc_entry(f: &Json, hosts: &BTreeMap<Pid, Pid>) -> Result<Fd> {
     let host = proc_entry_host(f, hosts)?;
     let here = crate::procpid::on_host(path, pid, host);
     let fd = open_path(&here, open_flags(f)).map_err(|e| Error::new("EFILE", format!("{} of the restored process {}: {}", path, pid, e.message)))?;
-    if f.str_of("kind") == Some("reg") {
+    if f.str_of("kind") == Some("reg") && open_flags(f) & sys::O_PATH == 0 {
         sys::call(&format!("lseek {}", here), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
     }
     Ok(fd)
@@ -682,7 +682,10 @@ fn open_each(
                     ));
                 }
                 let fd = open_path(path, flags)?;
-                sys::call(&format!("lseek {}", path), nr::LSEEK, &[fd.raw() as u64, pos, 0])?;
+                // (An O_PATH descriptor has no offset: lseek fails with EBADF.)
+                if flags & sys::O_PATH == 0 {
+                    sys::call(&format!("lseek {}", path), nr::LSEEK, &[fd.raw() as u64, pos, 0])?;
+                }
                 fd
             }
             "dir" => open_path(path, flags).map_err(|e| Error::new("EFILE", format!("directory {} needed by the process: {}", path, e.message)))?,

@@ -6,6 +6,8 @@
  *   cx      an O_CLOEXEC fd (FD_CLOEXEC set) while dupA has it clear
  *   null    /dev/null O_RDWR
  *   dfd   an opened directory (same inode, openat through it works)
+ *   pdir, pfile O_PATH descriptors of the directory and of reg (no offset,
+ *           no reading; fstatat through pdir works)
  *   pipe    a pipe holding 1000 unread bytes (read end O_NONBLOCK); each
  *           pass reads 10 and writes 10 more of a running byte sequence
  *   fifo    a FIFO (mkfifo) with the same rolling unread data
@@ -125,6 +127,8 @@ int main(int argc, char **argv)
 	CHECK(dfd >= 0, "open dir");
 	struct stat dst;
 	CHECK(stat(dir, &dst) == 0, "stat dir");
+	int pdir = open(dir, O_PATH | O_DIRECTORY), pfile = open(reg_path, O_PATH);
+	CHECK(pdir >= 0 && pfile >= 0, "O_PATH opens errno %d", errno);
 
 	int p[2];
 	CHECK(pipe(p) == 0, "pipe");
@@ -141,7 +145,7 @@ int main(int argc, char **argv)
 	struct roll fr = { "fifo", frd, fwr, 2, 0, 0 };
 	roll_write(&fr, 1000);
 
-	int ours[] = { log_fd, reg, app, dupA, dupB, dupC, cx, null, dfd, p[0], p[1], frd, fwr };
+	int ours[] = { log_fd, reg, app, dupA, dupB, dupC, cx, null, dfd, pdir, pfile, p[0], p[1], frd, fwr };
 	const int nours = sizeof ours / sizeof ours[0];
 	off_t reg_pos = 37, dup_pos = 0, app_size = 0;
 
@@ -200,6 +204,15 @@ int main(int argc, char **argv)
 		CHECK(t >= 0, "openat through directory fd errno %d", errno);
 		close(t);
 		check_link(dfd, dir);
+
+		/* O_PATH descriptors */
+		struct stat pst;
+		CHECK(fstatat(pdir, "files-reg.dat", &pst, 0) == 0, "fstatat through the O_PATH directory errno %d", errno);
+		check_fl("O_PATH directory", pdir, O_PATH | O_DIRECTORY, O_PATH | O_DIRECTORY);
+		check_fl("O_PATH file", pfile, O_PATH, O_PATH);
+		char pb;
+		CHECK(read(pfile, &pb, 1) < 0 && errno == EBADF, "an O_PATH file reads");
+		check_link(pfile, reg_path);
 
 		/* pipe and FIFO with unread data */
 		roll_step(&pr);

@@ -371,7 +371,7 @@ pub(crate) fn write_contents_json(fd: &Fd, f: &Json, what: &str) -> Result<()> {
 pub(crate) fn reopen(fd: &Fd, flags: u32, pos: u64) -> Result<Fd> {
     let p = sys::cstr(&format!("/proc/self/fd/{}", fd.raw()))?;
     let nfd = fd_of(sys::call("reopen", crate::sys::nr::OPEN, &[p.as_ptr() as u64, (flags | O_CLOEXEC) as u64, 0])?);
-    if pos != 0 {
+    if pos != 0 && flags & sys::O_PATH == 0 {
         sys::call("lseek", crate::sys::nr::LSEEK, &[nfd.raw() as u64, pos, 0])?;
     }
     Ok(nfd)
