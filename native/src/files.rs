@@ -624,6 +624,23 @@ pub fn check_file_identity(path: &str, want: Option<&Json>) -> Result<()> {
     Ok(())
 }
 
+/// A directory removed while open ("PATH (deleted)"): made again for the
+/// open and removed right after (under a free name beside it when PATH is
+/// taken), so the descriptor is on a removed, empty directory again.
+fn open_removed_dir(path: &str, flags: u32) -> Result<Fd> {
+    let want = path.trim_end_matches(" (deleted)");
+    let mut name = want.to_string();
+    let mut n = 0;
+    while std::fs::symlink_metadata(&name).is_ok() {
+        n += 1;
+        name = format!("{}.phaul-{}-{}", want, sys::getpid(), n);
+    }
+    std::fs::create_dir(&name).map_err(|e| Error::new("EFILE", format!("directory {} cannot be made again: {}", path, e)))?;
+    let fd = open_path(&name, flags);
+    let _ = std::fs::remove_dir(&name);
+    fd.map_err(|e| Error::new("EFILE", format!("directory {}: {}", path, e.message)))
+}
+
 pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
     let mut by_id = BTreeMap::new();
     let mut keep = Vec::new();
@@ -688,6 +705,7 @@ fn open_each(
                 }
                 fd
             }
+            "dir" if path.ends_with(" (deleted)") => open_removed_dir(path, flags)?,
             "dir" => open_path(path, flags).map_err(|e| Error::new("EFILE", format!("directory {} needed by the process: {}", path, e.message)))?,
             "chr" => open_path(path, flags | O_NOCTTY).map_err(|e| Error::new("EFILE", format!("device {} needed by the process: {}", path, e.message)))?,
             "pipe" if f.bool_of("external") => match reopen_external_pipe(f, flags) {
