@@ -79,6 +79,14 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
             return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on this host (restore into a new pid namespace with --pid-ns)", t)));
         }
     }
+    // Files and directories opened by path must be there (a removed
+    // directory is made again; entries under /proc come from the tree).
+    for f in state.arr_of("files") {
+        let path = f.str_of("path").unwrap_or("");
+        if matches!(f.str_of("kind"), Some("reg" | "dir")) && f.get("proc_pid").is_none() && !path.ends_with(" (deleted)") && std::fs::symlink_metadata(path).is_err() {
+            return Err(Error::new("EFILE", format!("{} {} needed by the process is missing", if f.str_of("kind") == Some("dir") { "directory" } else { "file" }, path)));
+        }
+    }
     // A library is mapped several times by every process: each (path,
     // identity) is checked once.
     let mut checked: std::collections::HashSet<(&str, Option<u64>, Option<u64>)> = std::collections::HashSet::new();
