@@ -504,17 +504,23 @@ fn proc_entry_host(f: &Json, hosts: &BTreeMap<Pid, Pid>) -> Result<Pid> {
     hosts.get(&pid).copied().ok_or_else(|| Error::new("EIMAGE", format!("{} names process {}, which is not in the image", f.str_of("path").unwrap_or(""), pid)))
 }
 
-/// A /proc entry of a process of the tree, under its host pid.
-fn open_proc_entry(f: &Json, hosts: &BTreeMap<Pid, Pid>) -> Result<Fd> {
+/// A /proc entry of a process of the tree, under its host pid; at its
+/// offset when `seek` (else `Opened::seek_proc_entries` puts it there).
+fn open_proc_entry(f: &Json, hosts: &BTreeMap<Pid, Pid>, seek: bool) -> Result<Fd> {
     let pid = f.i64_of("proc_pid").unwrap_or(0) as Pid;
     let path = f.str_of("path").unwrap_or("");
     let host = proc_entry_host(f, hosts)?;
     let here = crate::procpid::on_host(path, pid, host);
     let fd = open_path(&here, open_flags(f)).map_err(|e| Error::new("EFILE", format!("{} of the restored process {}: {}", path, pid, e.message)))?;
-    if f.str_of("kind") == Some("reg") && open_flags(f) & sys::O_PATH == 0 {
+    if seek && needs_seek(f) {
         sys::call(&format!("lseek {}", here), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
     }
     Ok(fd)
+}
+
+/// A regular /proc entry read part of the way (an O_PATH one has no offset).
+fn needs_seek(f: &Json) -> bool {
+    f.str_of("kind") == Some("reg") && open_flags(f) & sys::O_PATH == 0 && f.u64_of("pos").unwrap_or(0) != 0
 }
 
 /// Open every file description of the image in phaul's own process.
@@ -555,7 +561,7 @@ impl Opened {
                 self.deferred.insert(id, f.clone());
                 continue;
             }
-            let fd = open_proc_entry(f, &hosts)?;
+            let fd = open_proc_entry(f, &hosts, false)?;
             self.by_id.insert(id, fd);
         }
         self.proc_hosts = hosts;
@@ -572,7 +578,21 @@ impl Opened {
     /// open per process holding it: the file offset is not shared.
     pub fn open_deferred(&self, id: u64) -> Result<Fd> {
         let f = self.deferred.get(&id).ok_or_else(|| Error::new("EPANIC", format!("file {} is not a deferred /proc entry", id)))?;
-        open_proc_entry(f, &self.proc_hosts)
+        open_proc_entry(f, &self.proc_hosts, true)
+    }
+
+    /// Put the /proc entries of the tree at their offsets, once every
+    /// process has its memory, descriptors and attributes back. Their text
+    /// is made when read: a seek done at their open, in a stub still empty,
+    /// went past the end of /proc/PID/maps (then read nothing more).
+    pub fn seek_proc_entries(&self, files: &[Json]) -> Result<()> {
+        for f in files.iter().filter(|f| f.i64_of("proc_pid").is_some() && needs_seek(f)) {
+            let id = f.u64_of("id").unwrap_or(0);
+            if let Some(fd) = self.by_id.get(&id) {
+                sys::call(&format!("lseek {}", f.str_of("path").unwrap_or("")), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
+            }
+        }
+        Ok(())
     }
 
     /// Put every restored TCP socket into repair mode, so that killing a

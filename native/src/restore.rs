@@ -753,6 +753,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
             finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
         opened.release_pipes();
+        opened.seek_proc_entries(state.arr_of("files"))?;
         crate::standin::end(&mut tree, &helpers)?;
         finish_tree(procs, &mut tree, false)?;
         Ok(stats)

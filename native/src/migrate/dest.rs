@@ -178,6 +178,7 @@ impl DestEngine {
         }
         if let Some(o) = self.opened.as_mut() {
             o.release_pipes();
+            o.seek_proc_entries(state.arr_of("files"))?;
         }
         standin::end(tree, &helpers)?;
         // Held: the processes run only once the source has let go (commit_on_stream).
