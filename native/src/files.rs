@@ -512,15 +512,20 @@ fn open_proc_entry(f: &Json, hosts: &BTreeMap<Pid, Pid>, seek: bool) -> Result<F
     let host = proc_entry_host(f, hosts)?;
     let here = crate::procpid::on_host(path, pid, host);
     let fd = open_path(&here, open_flags(f)).map_err(|e| Error::new("EFILE", format!("{} of the restored process {}: {}", path, pid, e.message)))?;
-    if seek && needs_seek(f) {
-        sys::call(&format!("lseek {}", here), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
+    if seek {
+        seek_entry(&fd, f)?;
     }
     Ok(fd)
 }
 
-/// A regular /proc entry read part of the way (an O_PATH one has no offset).
-fn needs_seek(f: &Json) -> bool {
-    f.str_of("kind") == Some("reg") && open_flags(f) & sys::O_PATH == 0 && f.u64_of("pos").unwrap_or(0) != 0
+/// Put a regular /proc entry read part of the way at its offset (an O_PATH
+/// one has none).
+fn seek_entry(fd: &Fd, f: &Json) -> Result<()> {
+    let pos = f.u64_of("pos").unwrap_or(0);
+    if f.str_of("kind") == Some("reg") && open_flags(f) & sys::O_PATH == 0 && pos != 0 {
+        sys::call(&format!("lseek {}", f.str_of("path").unwrap_or("")), nr::LSEEK, &[fd.raw() as u64, pos, 0])?;
+    }
+    Ok(())
 }
 
 /// Open every file description of the image in phaul's own process.
@@ -586,10 +591,9 @@ impl Opened {
     /// is made when read: a seek done at their open, in a stub still empty,
     /// went past the end of /proc/PID/maps (then read nothing more).
     pub fn seek_proc_entries(&self, files: &[Json]) -> Result<()> {
-        for f in files.iter().filter(|f| f.i64_of("proc_pid").is_some() && needs_seek(f)) {
-            let id = f.u64_of("id").unwrap_or(0);
-            if let Some(fd) = self.by_id.get(&id) {
-                sys::call(&format!("lseek {}", f.str_of("path").unwrap_or("")), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
+        for f in files.iter().filter(|f| f.i64_of("proc_pid").is_some()) {
+            if let Some(fd) = self.by_id.get(&f.u64_of("id").unwrap_or(0)) {
+                seek_entry(fd, f)?;
             }
         }
         Ok(())

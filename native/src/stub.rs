@@ -257,13 +257,7 @@ pub fn fork_quiet_child(inj: &mut Injector, pid: Option<Pid>) -> Result<(Pid, Pi
 pub fn reap_quiet_child(inj: &mut Injector, pid: Pid, host: Pid) -> Result<()> {
     sys::kill(host, 9)?;
     // Phaul, its tracer, hears of its end first; only then can the parent reap it.
-    loop {
-        let st = ptrace::wait(host)?;
-        if !ptrace::stopped(st) {
-            break;
-        }
-        ptrace::cont(host, 0)?;
-    }
+    until_gone(host, 0)?;
     inj.call(&format!("wait4 for stand-in {}", pid), nr::WAIT4, &[pid as u64, 0, ptrace::WALL, 0])?;
     Ok(())
 }
@@ -350,25 +344,25 @@ pub fn become_zombie(host: Pid, status: i32, comm: &str) -> Result<()> {
     if sig != 0 {
         // Killed by a signal: deliver that signal with its default action.
         sys::kill(host, sig)?;
-        loop {
-            let st = ptrace::wait(host)?;
-            if !ptrace::stopped(st) {
-                return Ok(());
-            }
-            let s = ptrace::stop_sig(st);
-            ptrace::cont(host, if s == sig { sig } else { 0 })?;
-        }
+        return until_gone(host, sig);
     }
     let insn = find_syscall_insn(host)?;
     let mut r = ptrace::get_regs(host)?;
     r.set_syscall(insn, nr::EXIT_GROUP, &[((status >> 8) & 0xff) as u64]);
     ptrace::set_regs(host, &r)?;
     ptrace::cont(host, 0)?;
+    until_gone(host, 0)
+}
+
+/// Let traced `host` run until it has exited, passing signal `pass` on
+/// (0: none) and letting every other stop go.
+fn until_gone(host: Pid, pass: i32) -> Result<()> {
     loop {
         let st = ptrace::wait(host)?;
         if !ptrace::stopped(st) {
             return Ok(());
         }
-        ptrace::cont(host, 0)?;
+        let s = ptrace::stop_sig(st);
+        ptrace::cont(host, if pass != 0 && s == pass { pass } else { 0 })?;
     }
 }

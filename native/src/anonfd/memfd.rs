@@ -34,11 +34,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
 fn entry(base: Json, name: &str, md: &std::fs::Metadata, fd: &Fd) -> Result<Json> {
     let seals = sys::call("F_GET_SEALS", crate::sys::nr::FCNTL, &[fd.raw() as u64, F_GET_SEALS])?;
     // Up to MAX_CONTENTS of data; holes stay holes, whatever the size.
-    let contents = super::contents_json(fd, md.size(), &format!("memfd {}", name))?;
-    let base = match contents {
-        Json::Obj(fields) => fields.into_iter().fold(base, |b, (k, v)| b.with(&k, v)),
-        _ => base,
-    };
+    let base = super::with_contents(base, fd, md.size(), &format!("memfd {}", name))?;
     Ok(base
         .with("kind", "memfd")
         .with("name", name)

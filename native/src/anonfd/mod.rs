@@ -266,14 +266,12 @@ pub(crate) fn fd_of(r: i64) -> Fd {
     Fd(r as i32)
 }
 
-/// Read up to `len` bytes of a file from offset 0 (through a read-only
-/// description of its own: `fd` may be write-only).
-pub(crate) fn read_contents(fd: &Fd, len: u64) -> Result<Vec<u8>> {
-    let fd = &reopen(fd, 0, 0)?;
+/// Read up to `len` bytes of a file from offset `at`.
+fn read_at(fd: &Fd, at: u64, len: u64) -> Result<Vec<u8>> {
     let mut data = vec![0u8; len as usize];
     let mut got = 0usize;
     while got < data.len() {
-        let n = sys::call("pread", crate::sys::nr::PREAD64, &[fd.raw() as u64, data[got..].as_mut_ptr() as u64, (data.len() - got) as u64, got as u64])?;
+        let n = sys::call("pread", crate::sys::nr::PREAD64, &[fd.raw() as u64, data[got..].as_mut_ptr() as u64, (data.len() - got) as u64, at + got as u64])?;
         if n <= 0 {
             break;
         }
@@ -323,10 +321,11 @@ pub(crate) fn data_ranges(fd: &Fd, size: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// A sparse file's contents: "extents" ({offset, data}) when it has holes,
-/// else "data"; `size` gives its length. Refused when its data (not its
-/// size) passes MAX_CONTENTS.
-pub(crate) fn contents_json(fd: &Fd, size: u64, what: &str) -> Result<Json> {
+/// `base` with a file's contents, read through a read-only description of
+/// its own (`fd` may be write-only): "extents" ({offset, data}) when it has
+/// holes, else "data"; `size` gives its length. Refused when its data (not
+/// its size) passes MAX_CONTENTS.
+pub(crate) fn with_contents(base: Json, fd: &Fd, size: u64, what: &str) -> Result<Json> {
     let fd = &reopen(fd, 0, 0)?;
     let ranges = data_ranges(fd, size);
     let bytes: u64 = ranges.iter().map(|r| r.1).sum();
@@ -334,26 +333,16 @@ pub(crate) fn contents_json(fd: &Fd, size: u64, what: &str) -> Result<Json> {
         return Err(Error::new("EUNSUPPORTED", format!("{}: {} bytes of data (more than {} MiB) is not supported", what, bytes, MAX_CONTENTS >> 20)));
     }
     if ranges.len() == 1 && ranges[0] == (0, size) {
-        return Ok(Json::obj().with("data", crate::base64::encode(&read_contents(fd, size)?)));
+        return Ok(base.with("data", crate::base64::encode(&read_at(fd, 0, size)?)));
     }
-    let mut extents = Vec::with_capacity(ranges.len());
-    for (off, len) in ranges {
-        let mut data = vec![0u8; len as usize];
-        let mut got = 0usize;
-        while got < data.len() {
-            let n = sys::call("pread", crate::sys::nr::PREAD64, &[fd.raw() as u64, data[got..].as_mut_ptr() as u64, (data.len() - got) as u64, off + got as u64])?;
-            if n <= 0 {
-                break;
-            }
-            got += n as usize;
-        }
-        data.truncate(got);
-        extents.push(Json::obj().with("offset", off).with("data", crate::base64::encode(&data)));
-    }
-    Ok(Json::obj().with("extents", extents))
+    let extents = ranges
+        .into_iter()
+        .map(|(off, len)| Ok(Json::obj().with("offset", off).with("data", crate::base64::encode(&read_at(fd, off, len)?))))
+        .collect::<Result<Vec<Json>>>()?;
+    Ok(base.with("extents", extents))
 }
 
-/// Write what `contents_json` read (its fields in `f`) into `fd`.
+/// Write what `with_contents` read (its fields in `f`) into `fd`.
 pub(crate) fn write_contents_json(fd: &Fd, f: &Json, what: &str) -> Result<()> {
     let bad = || Error::new("EIMAGE", format!("contents of {} in the image are malformed", what));
     if let Some(d) = f.str_of("data") {

@@ -26,11 +26,7 @@ pub fn describe(ctx: &FileCtx) -> Result<Json> {
 /// The image entry of unlinked file `path` (metadata `md`, contents read
 /// through `fd`), on top of `base` (id, flags, pos).
 fn entry(base: Json, path: &str, md: &std::fs::Metadata, fd: &Fd) -> Result<Json> {
-    let contents = super::contents_json(fd, md.size(), &format!("file {} (deleted) unlinked while open", path))?;
-    let base = match contents {
-        Json::Obj(fields) => fields.into_iter().fold(base, |b, (k, v)| b.with(&k, v)),
-        _ => base,
-    };
+    let base = super::with_contents(base, fd, md.size(), &format!("file {} (deleted) unlinked while open", path))?;
     Ok(base
         .with("kind", "unlinked")
         .with("path", path)
@@ -87,12 +83,16 @@ fn create(f: &Json) -> Result<Fd> {
     reopen(&fd, 0, 0)
 }
 
+/// `use_it` applied to the restored object of removed file `path`.
+fn with_object<T>(path: &str, use_it: impl FnOnce(&Fd) -> T) -> Option<T> {
+    let reg = registry();
+    reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path).map(|(_, (_, f))| use_it(f))
+}
+
 /// The restored object of removed file `path`, for the stub to open by
 /// /proc/PID/fd of phaul's own process.
 pub fn object_path(path: &str) -> Option<String> {
-    let reg = registry();
-    let (_, (_, f)) = reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path)?;
-    Some(format!("/proc/{}/fd/{}", sys::getpid(), f.raw()))
+    with_object(path, |f| format!("/proc/{}/fd/{}", sys::getpid(), f.raw()))
 }
 
 pub fn open(f: &Json) -> Result<Fd> {
@@ -111,13 +111,13 @@ pub fn open(f: &Json) -> Result<Fd> {
 /// duplicate descriptor); None when the image has no such file (mapped as
 /// before).
 pub fn object_for(v: &Vma) -> Option<Result<Fd>> {
-    let path = v.path.strip_suffix(" (deleted)")?;
-    let reg = registry();
-    let (_, (_, f)) = reg.objects.iter().find(|((t, _), (p, _))| *t == TAG && p == path)?;
-    // The object is read-only (create): a shared writable area needs a
-    // writable description of it.
-    if v.shared && v.prot & 2 != 0 {
-        return Some(reopen(f, O_RDWR, 0));
-    }
-    Some(sys::call("dup", crate::sys::nr::FCNTL, &[f.raw() as u64, 1030, 0]).map(|x| Fd(x as i32)))
+    with_object(v.path.strip_suffix(" (deleted)")?, |f| {
+        // The object is read-only (create): a shared writable area needs a
+        // writable description of it.
+        if v.shared && v.prot & 2 != 0 {
+            reopen(f, O_RDWR, 0)
+        } else {
+            sys::call("dup", crate::sys::nr::FCNTL, &[f.raw() as u64, 1030, 0]).map(|x| Fd(x as i32))
+        }
+    })
 }

@@ -135,6 +135,19 @@ fn is_unbound(a: &Json) -> bool {
     a.u64_of("port").unwrap_or(0) == 0 && matches!(a.str_of("ip"), Some("0.0.0.0") | Some("::") | None)
 }
 
+/// State "bound" with its address, or "unbound", of a socket that is
+/// neither listening nor connected.
+fn set_bound(s: &mut Json, local: Option<Json>) {
+    match local {
+        Some(l) if !is_unbound(&l) => {
+            s.set("state", "bound").set("local", l);
+        }
+        _ => {
+            s.set("state", "unbound");
+        }
+    }
+}
+
 fn bind_raw(fd: &Fd, raw: &[u8], what: &str) -> Result<()> {
     sys::call(what, snr::BIND, &[fd.raw() as u64, raw.as_ptr() as u64, raw.len() as u64]).map(|_| ())
 }
@@ -210,14 +223,7 @@ pub fn describe_tcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
                 super::tcp_closed::describe(end, &mut s);
                 return Ok(base.with("sock", s));
             }
-            match local {
-                Some(l) if !is_unbound(&l) => {
-                    s.set("state", "bound").set("local", l);
-                }
-                _ => {
-                    s.set("state", "unbound");
-                }
-            }
+            set_bound(&mut s, local);
             Ok(base.with("sock", s))
         }
         TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING => {
@@ -360,22 +366,15 @@ pub(super) fn restore_tcp_post_opts(fd: &Fd, s: &Json) -> Result<()> {
 pub fn describe_mptcp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result<Json> {
     dump_common_opts(&copy, &mut s, domain);
     let local = local_of(&copy);
-    if getsockopt_int(&copy, SOL_SOCKET, 30 /* SO_ACCEPTCONN */).unwrap_or(0) != 0 {
+    if getsockopt_int(&copy, SOL_SOCKET, super::SO_ACCEPTCONN).unwrap_or(0) != 0 {
         s.set("state", "listen").set("backlog", 128u64);
         if let Some(l) = local {
             s.set("local", l);
         }
-    } else if peer_of(&copy).is_some() {
-        return ctx.unsupported(&format!("Multipath TCP connection {} -> {}", addr_text(local.as_ref()), addr_text(peer_of(&copy).as_ref())));
+    } else if let Some(p) = peer_of(&copy) {
+        return ctx.unsupported(&format!("Multipath TCP connection {} -> {}", addr_text(local.as_ref()), addr_text(Some(&p))));
     } else {
-        match local {
-            Some(l) if !is_unbound(&l) => {
-                s.set("state", "bound").set("local", l);
-            }
-            _ => {
-                s.set("state", "unbound");
-            }
-        }
+        set_bound(&mut s, local);
     }
     s.set("mptcp", true);
     Ok(ctx.base.clone().with("kind", "sock_tcp").with("sock", s))

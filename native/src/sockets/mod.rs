@@ -79,7 +79,7 @@ pub(crate) mod snr {
     pub const SETNS: i64 = 308;
 }
 
-const SO_ACCEPTCONN: i32 = 30;
+pub(crate) const SO_ACCEPTCONN: i32 = 30;
 
 /// File kinds (the "kind" field) this module restores.
 pub fn handles(kind: &str) -> bool {
