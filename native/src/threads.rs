@@ -81,6 +81,7 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
     let views = views.map_err(|_| Error::new("EPANIC", "reading the threads' /proc entries panicked"))?;
     let extra: Vec<u64> = res.first_mut().map(|r| r.drain(..first).collect()).unwrap_or_default();
     let mut out: Vec<Json> = Vec::with_capacity(threads.len());
+    let online = online_cpus();
     let mut leader_creds: Option<Json> = None;
     for (((t, job), r), view) in threads.iter().zip(jobs.iter()).zip(res).zip(views) {
         let inj = &*job.inj;
@@ -89,7 +90,8 @@ pub fn dump_threads(pid: Pid, threads: &[FrozenThread], leader: &mut Injector, o
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
         let altstack = signals::sigaltstack_json(&b[0..24]);
         let pdeathsig = u32::from_le_bytes(b[40..44].try_into().unwrap_or([0; 4]));
-        let (mut j, creds) = dump_thread(t, inj, &view, altstack, u64_at(32), pdeathsig, r[3])?;
+        let (j, creds) = dump_thread(t, inj, &view, altstack, u64_at(32), pdeathsig, r[3])?;
+        let mut j = dump_placement(t.tid, j, &online);
         // The leader's are the process's; a thread that changed its own
         // (a raw setresuid, not glibc's process-wide one) keeps its own.
         match &leader_creds {
@@ -136,7 +138,6 @@ fn dump_thread(t: &FrozenThread, inj: &Injector, view: &ProcView, altstack: Json
         .with("sched", view.sched.clone())
         .with("pdeathsig", pdeathsig)
         .with("timerslack_ns", timerslack);
-    let j = dump_placement(tid, j);
     let j = match seccomp {
         Some(s) => j.with("seccomp", s),
         None => j,
@@ -173,11 +174,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// Where a thread may run and its I/O priority, read from outside: "cpus"
 /// (a mask, bytes in hex, only when it leaves out CPUs this host has) and
 /// "ioprio" (only when set).
-fn dump_placement(tid: Pid, mut j: Json) -> Json {
+fn dump_placement(tid: Pid, mut j: Json, online: &[u8]) -> Json {
     let mut mask = vec![0u8; CPU_MASK];
     if let Ok(n) = unsafe { sys::raw(nr::SCHED_GETAFFINITY, &[tid as u64, CPU_MASK as u64, mask.as_mut_ptr() as u64]) } {
         mask.truncate(n as usize);
-        let online = online_cpus();
         if online.iter().zip(&mask).any(|(o, m)| o & !m != 0) {
             j.set("cpus", hex(&mask));
         }
