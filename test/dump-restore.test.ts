@@ -101,6 +101,7 @@ const specs: Spec[] = [
   // children forked and reaped every few ms, zombies among them at the dump
   { name: 'churn_children' },
   { name: 'shm_tree' },
+  { name: 'shm_writers' },
   // processes sharing a descriptor table (CLONE_FILES) or cwd and umask (CLONE_FS)
   { name: 'share_files' },
   { name: 'share_fs' },

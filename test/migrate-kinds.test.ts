@@ -201,6 +201,19 @@ describe('state kinds under live migration', () => {
     await h.kill(w);
   });
 
+  // Shared memory written only by children that live and end during
+  // pre-copy (postgres's backends): no tracker sees their writes, so the
+  // final round reads what the object holds and sends the pages that differ
+  // from what was sent of them, not all of them again.
+  test('shm_writers: writes of processes that ended unseen arrive; only changed pages go again', { timeout: 90_000 }, async (t) => {
+    const w = await h.start('shm_writers');
+    await waitForOk(w, 3, 30_000);
+    const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
+    t.diagnostic(roundsText(summary));
+    assert.ok(summary.final.pages < 16384, `the final round sent ${summary.final.pages} pages: every page of the shared memory again`);
+    await h.kill(w);
+  });
+
   // The tree changes during pre-copy and at the freeze (children forked and
   // reaped every few ms): the final round drops the destination's stubs of
   // the processes gone (each reaped by its parent's stub), makes the new

@@ -156,13 +156,18 @@ pub const BATCH_PAGES: usize = 2048; // 8 MiB per batch
 
 impl Reader {
     pub fn new(pid: Pid) -> Result<Reader> {
-        Ok(Reader { pid, mem: open_mem(pid, false)?, buf: vec![0u8; BATCH_PAGES * 4096] })
+        Reader::with_pages(pid, BATCH_PAGES)
+    }
+
+    /// A reader of at most `pages` pages a read (`BATCH_PAGES` at most).
+    pub fn with_pages(pid: Pid, pages: usize) -> Result<Reader> {
+        Ok(Reader { pid, mem: open_mem(pid, false)?, buf: vec![0u8; pages.min(BATCH_PAGES) * 4096] })
     }
 
     /// Read `pages` (ascending page addresses, at most BATCH_PAGES) into the
     /// internal buffer and return it.
     pub fn read(&mut self, pages: &[u64], readable: bool) -> &[u8] {
-        let n = pages.len().min(BATCH_PAGES);
+        let n = pages.len().min(self.buf.len() / 4096);
         let total = n * 4096;
         let mut done = 0usize;
         if readable {

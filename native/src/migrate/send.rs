@@ -8,6 +8,7 @@ use crate::dirty::{Method, Tracker};
 use crate::inject::open_mem;
 use crate::json::Json;
 use crate::memory::Vma;
+use crate::shmem::Sent;
 use crate::sys::{self, Error, Pid, Result, PAGE_SIZE};
 use std::io::{BufWriter, Write};
 use std::net::TcpStream;
@@ -136,7 +137,7 @@ fn broke(e: std::io::Error) -> Error {
 /// Send one round: the final tree when it changed (`tree`, a TREE frame),
 /// for each process its layout and pages, then the round end (which
 /// carries the sum of everything before it). Returns the pages sent.
-pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, round: u64, last: bool) -> Result<u64> {
     let (bufs, free_tx) = Buffers::lend(pool);
     let (tx, rx) = sync_channel::<Out>(DEPTH);
     let (produced, written) = std::thread::scope(|s| {
@@ -153,7 +154,7 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&
             w.flush().map_err(broke)
         });
         let mut sink = Sink { tx, bufs };
-        let produced = crate::memory::identities_memoized(|| produce(&mut sink, tree, work, trackers, round, last));
+        let produced = crate::memory::identities_memoized(|| produce(&mut sink, tree, work, trackers, shmem, round, last));
         let Sink { tx, bufs } = sink;
         drop(tx);
         let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
@@ -165,7 +166,7 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&
     produced
 }
 
-fn produce(sink: &mut Sink, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], round: u64, last: bool) -> Result<u64> {
+fn produce(sink: &mut Sink, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, round: u64, last: bool) -> Result<u64> {
     let mut total = 0;
     let mut sum = stream::RoundSum::new();
     if let Some(t) = tree {
@@ -181,7 +182,7 @@ fn produce(sink: &mut Sink, tree: Option<&Json>, work: &[ProcessRound], trackers
             sink.put(Out::Bytes(layout))?;
         }
         let tracker = trackers.iter_mut().find(|t| t.pid() == w.pid);
-        total += send_pages(sink, w.pid, &w.pages, &mut sum, tracker)?;
+        total += send_pages(sink, w, &mut sum, tracker, shmem)?;
     }
     let mut end = Vec::new();
     stream::write_round_end_summed(&mut end, round, last, &sum)?;
@@ -202,11 +203,14 @@ fn layout_json(vmas: &[Vma], keep: &[(u64, u64)]) -> Json {
     )
 }
 
-/// The pages at `pages` (sorted addresses) of `pid`, in runs of up to a
-/// frame each. The hash tracker is told what was sent, so that the final
-/// round resends only pages changed since (not every page seen while running).
-fn send_pages(sink: &mut Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundSum, mut tracker: Option<&mut Tracker>) -> Result<u64> {
+/// The pages of `w` (sorted addresses), in runs of up to a frame each. The
+/// hash tracker is told what was sent, so that the final round resends only
+/// pages changed since (not every page seen while running); so is `shmem`,
+/// of the pages of shared memory objects.
+fn send_pages(sink: &mut Sink, w: &ProcessRound, sum: &mut stream::RoundSum, mut tracker: Option<&mut Tracker>, shmem: &mut Sent) -> Result<u64> {
+    let (pid, pages) = (w.pid, &w.pages[..]);
     let hashing = tracker.as_ref().map(|t| t.method() == Method::Hash).unwrap_or(false);
+    let objects: Vec<&Vma> = w.vmas.iter().filter(|v| crate::shmem::is_object(v)).collect();
     let mut mem = None;
     let max = FRAME_PAGES;
     let mut sent = 0;
@@ -252,6 +256,9 @@ fn send_pages(sink: &mut Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundS
                 }
             }
         }
+        if !objects.is_empty() {
+            note_shared(shmem, &objects, pages[i], body);
+        }
         stream::Header { kind: stream::PAGES, pid: pid as u32, count: n as u32, addr: pages[i] }.encode(&mut buf[..stream::HEADER]);
         sum.add(&buf[..stream::HEADER + len]);
         sink.put(Out::Frame(buf, stream::HEADER + len))?;
@@ -259,6 +266,18 @@ fn send_pages(sink: &mut Sink, pid: Pid, pages: &[u64], sum: &mut stream::RoundS
         i += n;
     }
     Ok(sent)
+}
+
+/// Tell `shmem` the contents sent of the pages of a run (at `addr`) that
+/// are in shared memory objects (`objects`, ascending).
+fn note_shared(shmem: &mut Sent, objects: &[&Vma], addr: u64, body: &[u8]) {
+    for (k, page) in body.chunks_exact(PAGE_SIZE as usize).enumerate() {
+        let a = addr + k as u64 * PAGE_SIZE;
+        let i = objects.partition_point(|v| v.end <= a);
+        if let (Some(v), Ok(page)) = (objects.get(i).filter(|v| v.start <= a), <&[u8; 4096]>::try_from(page)) {
+            shmem.note_sent(v, a, page);
+        }
+    }
 }
 
 /// Copy `out.len()` bytes at `addr` of `pid` in one process_vm_readv (pages

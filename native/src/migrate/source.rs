@@ -246,7 +246,7 @@ impl SourceEngine {
         self.check_stream()?;
         let work = self.collect_round()?;
         let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-        let total = match send::write_round(w, &mut self.pool, None, &work, &mut self.trackers, self.round, last) {
+        let total = match send::write_round(w, &mut self.pool, None, &work, &mut self.trackers, &mut self.shmem, self.round, last) {
             Ok(t) => t,
             Err(e) => return Err(self.destination_reason(e)),
         };
@@ -421,8 +421,9 @@ impl SourceEngine {
         let mut shmem = std::mem::take(&mut self.shmem);
         let unseen = self.unseen_writers(&frozen);
         if unseen {
-            // Shared memory may hold writes no tracker saw: all of it goes again.
-            crate::sys::trace_mark("source: shared memory sent again whole");
+            // Shared memory may hold writes no tracker saw: every page of
+            // it is compared with what was sent (shmem.rs).
+            crate::sys::trace_mark("source: shared memory compared again");
             shmem.forget();
         }
         let mut sock = sock;
@@ -447,7 +448,7 @@ impl SourceEngine {
             };
             crate::sys::trace_mark("source: final pages collected");
             let _ = count_tx.send(Ok(work.iter().map(|w| w.pages.len() as u64).sum()));
-            let r = send::write_round(&mut sock, &mut pool, tree_frame.as_ref(), &work, &mut trackers, round, true).map(|_| ());
+            let r = send::write_round(&mut sock, &mut pool, tree_frame.as_ref(), &work, &mut trackers, &mut shmem, round, true).map(|_| ());
             if r.is_err() {
                 return (trackers, sock, r);
             }
