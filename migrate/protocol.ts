@@ -11,7 +11,7 @@ import { Packr } from "msgpackr";
 import { PhaulError } from "../src/errors.js";
 
 /** Major protocol version: peers with a different major refuse each other. */
-export const PROTOCOL = 2;
+export const PROTOCOL = 3;
 
 export type Role = "source" | "destination";
 

@@ -259,10 +259,16 @@ fn namespace_warnings(frozen: &Frozen) -> Vec<String> {
 /// The state document of an already frozen tree.
 /// `flags`: the areas' VmFlags read before the freeze; None reads them now.
 pub fn dump_frozen(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) -> Result<(Json, DumpStats)> {
-    memory::identities_memoized(|| dump_frozen_memoized(frozen, dir, flags))
+    dump_frozen_each(frozen, dir, flags, &mut |_| {})
 }
 
-fn dump_frozen_memoized(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>) -> Result<(Json, DumpStats)> {
+/// `dump_frozen`, handing each process's entry to `each` as soon as it is
+/// complete (a migration streams them while the next process is dumped).
+pub fn dump_frozen_each(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>, each: &mut dyn FnMut(&Json)) -> Result<(Json, DumpStats)> {
+    memory::identities_memoized(|| dump_frozen_memoized(frozen, dir, flags, each))
+}
+
+fn dump_frozen_memoized(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFlags>, each: &mut dyn FnMut(&Json)) -> Result<(Json, DumpStats)> {
     let mut files = FileTable::new();
     files.tree = frozen.procs.iter().filter(|p| p.zombie.is_none()).map(|p| p.pid).collect();
     let mut stats = DumpStats { pages: 0, bytes: 0 };
@@ -270,14 +276,17 @@ fn dump_frozen_memoized(frozen: &Frozen, dir: Option<&str>, flags: Option<&VmFla
     // First: what is refused here costs no dump.
     let shares = shares::dump(frozen)?;
     for fz in &frozen.procs {
-        if let Some(status) = fz.zombie {
-            procs.push(zombie_json(fz.pid, status));
-            continue;
-        }
-        let mut p = dump_process(fz, &mut files, dir, &mut stats, flags).ctx(format!("process {}", fz.pid))?;
-        if let Some(s) = shares.get(&fz.pid) {
-            p.set("shares", s.clone());
-        }
+        let p = match fz.zombie {
+            Some(status) => zombie_json(fz.pid, status),
+            None => {
+                let mut p = dump_process(fz, &mut files, dir, &mut stats, flags).ctx(format!("process {}", fz.pid))?;
+                if let Some(s) = shares.get(&fz.pid) {
+                    p.set("shares", s.clone());
+                }
+                p
+            }
+        };
+        each(&p);
         procs.push(p);
     }
     let pids: Vec<Pid> = frozen.procs.iter().map(|p| p.pid).collect();

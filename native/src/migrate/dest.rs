@@ -138,11 +138,7 @@ impl DestEngine {
             Some(s) => s,
             None => {
                 let r = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
-                let h = stream::read_header(r)?;
-                if h.kind != stream::STATE {
-                    return Err(Error::new("EPROTO", "page stream: expected the final state after the final round"));
-                }
-                streamed = stream::read_json_checked(r, &h)?;
+                streamed = read_state(r)?;
                 crate::sys::trace_mark("dest: state received");
                 &streamed
             }
@@ -436,4 +432,30 @@ fn write_pages(host: Pid, mem: Option<&File>, addr: u64, data: &[u8]) -> Result<
 
 fn needs_restored_object(v: &Vma) -> bool {
     v.kind == crate::memory::Kind::File && (v.path.starts_with("/memfd:") || v.path.ends_with(" (deleted)"))
+}
+
+/// The final state from the page stream: the processes' entries, each in a
+/// frame of its own as the source dumped them (read and parsed while it
+/// dumps the next), then the rest.
+fn read_state(r: &mut impl std::io::Read) -> Result<Json> {
+    let mut procs = Vec::new();
+    loop {
+        let h = stream::read_header(r)?;
+        match h.kind {
+            stream::STATE_PROCESS => procs.push(stream::read_json_checked(r, &h)?),
+            stream::STATE => {
+                let mut state = stream::read_json_checked(r, &h)?;
+                if let Some(n) = state.u64_of("processes_streamed") {
+                    if n != procs.len() as u64 {
+                        return Err(Error::new("EPROTO", format!("page stream: the final state announces {} processes and {} came", n, procs.len())));
+                    }
+                    state.set("processes", procs);
+                } else if !procs.is_empty() {
+                    return Err(Error::new("EPROTO", "page stream: process entries came with a final state that does not expect them"));
+                }
+                return Ok(state);
+            }
+            _ => return Err(Error::new("EPROTO", "page stream: expected the final state after the final round")),
+        }
+    }
 }

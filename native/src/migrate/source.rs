@@ -102,6 +102,17 @@ fn refuse_named_in_flight(state: &Json) -> Result<()> {
     Ok(())
 }
 
+/// The final state but its processes (sent ahead, `streamed` of them).
+fn without_processes(state: &Json, streamed: u64) -> Json {
+    let mut out = Json::obj();
+    if let Json::Obj(m) = state {
+        for (k, v) in m.iter().filter(|(k, _)| k.as_str() != "processes") {
+            out.set(k, v.clone());
+        }
+    }
+    out.with("processes", Vec::<Json>::new()).with("processes_streamed", streamed)
+}
+
 /// What the final-round sender thread gives back.
 type Sent = (Vec<Tracker>, BufWriter<TcpStream>, Result<()>);
 
@@ -414,6 +425,7 @@ impl SourceEngine {
             }
         };
         let (count_tx, count_rx) = std::sync::mpsc::channel::<Result<u64>>();
+        let (proc_tx, proc_rx) = std::sync::mpsc::channel::<(u32, String)>();
         let (state_tx, state_rx) = std::sync::mpsc::channel::<Json>();
         let mut trackers = std::mem::take(&mut self.trackers);
         let mut pool = std::mem::take(&mut self.pool);
@@ -452,8 +464,14 @@ impl SourceEngine {
             if r.is_err() {
                 return (trackers, sock, r);
             }
-            // Then the state, once the sockets have changed hands (a dropped
+            // Each process's entry as the dump finishes it, then the rest of
+            // the state once the sockets have changed hands (a dropped
             // sender means the dump failed: nothing more to send).
+            for (pid, text) in proc_rx {
+                if let Err(e) = stream::write_text_checked(&mut sock, stream::STATE_PROCESS, pid, text) {
+                    return (trackers, sock, Err(e));
+                }
+            }
             let r = match state_rx.recv() {
                 Ok(state) => stream::write_json_checked(&mut sock, stream::STATE, 0, &state).and_then(|_| {
                     let r = std::io::Write::flush(&mut sock).map_err(|e| Error::new("ECONNRESET", format!("page stream to the destination broke: {}", e)));
@@ -464,7 +482,14 @@ impl SourceEngine {
             };
             (trackers, sock, r)
         }));
-        let dumped = dump::dump_frozen(&frozen, None, Some(&vm_flags));
+        let mut streamed = 0u64;
+        let dumped = dump::dump_frozen_each(&frozen, None, Some(&vm_flags), &mut |p| {
+            // Written out here (cheaper than a copy of the entry to write
+            // out elsewhere); the sender thread only sends it.
+            streamed += 1;
+            let _ = proc_tx.send((p.i64_of("pid").unwrap_or(0) as u32, p.to_string()));
+        });
+        drop(proc_tx);
         crate::sys::trace_mark("source: state dumped");
         self.frozen = Some(frozen);
         let pages = count_rx.recv().map_err(|_| Error::new("EPANIC", "the page sender failed"))??;
@@ -489,7 +514,8 @@ impl SourceEngine {
         crate::sys::trace_mark("source: sockets detached");
         // The state goes to the destination on the page stream only: the
         // agent has no use for it, and carrying it up costs frozen time.
-        let _ = state_tx.send(state);
+        // Its processes went ahead, one frame each.
+        let _ = state_tx.send(without_processes(&state, streamed));
         Ok(ok()
             .with("warnings", dump_warnings)
             .with("handoff", handoff_json)

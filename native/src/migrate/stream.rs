@@ -37,6 +37,12 @@ pub const ABORT: u32 = 9;
 /// ended during pre-copy: {"gone": [pid], "processes": [layout entry]},
 /// the stubs to drop and the final tree (new processes with their areas).
 pub const TREE: u32 = 10;
+/// Source -> destination, after the final round and before STATE: one
+/// process's entry of the final state, sent as soon as it is dumped, so that
+/// writing, sending and reading the entries overlap the dump of the next
+/// process. STATE then comes without "processes" and says how many came
+/// this way ("processes_streamed").
+pub const STATE_PROCESS: u32 = 11;
 pub const HEADER: usize = 24;
 /// Pages per frame (1 MiB): big enough for full-speed copies, small enough to stream.
 pub const MAX_PAGES: u32 = 256;
@@ -67,18 +73,18 @@ impl Header {
         }
         let h = Header { kind: g(4), pid: g(8), count: g(12), addr: u64::from_le_bytes(b[16..24].try_into().unwrap_or([0; 8])) };
         match h.kind {
-            HELLO | LAYOUT | TREE | STATE | RESTORED | ABORT if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
+            HELLO | LAYOUT | TREE | STATE | STATE_PROCESS | RESTORED | ABORT if h.count > MAX_JSON => Err(Error::new("EPROTO", "page stream: control frame too large")),
             COMMIT | COMMITTED if h.count != 0 => Err(Error::new("EPROTO", "page stream: bad commit frame")),
             PAGES if h.count == 0 || h.count > MAX_PAGES => Err(Error::new("EPROTO", format!("page stream: bad page count {}", h.count))),
             PAGES if h.addr % PAGE_SIZE != 0 || h.addr >= (1 << 47) => Err(Error::new("EPROTO", format!("page stream: bad page address {:#x}", h.addr))),
-            HELLO | LAYOUT | TREE | PAGES | ROUND_END | STATE | RESTORED | COMMIT | COMMITTED | ABORT => Ok(h),
+            HELLO | LAYOUT | TREE | PAGES | ROUND_END | STATE | STATE_PROCESS | RESTORED | COMMIT | COMMITTED | ABORT => Ok(h),
             k => Err(Error::new("EPROTO", format!("page stream: unknown frame kind {}", k))),
         }
     }
 
     pub fn payload_len(&self) -> usize {
         match self.kind {
-            HELLO | LAYOUT | TREE | STATE | RESTORED | ABORT => self.count as usize,
+            HELLO | LAYOUT | TREE | STATE | STATE_PROCESS | RESTORED | ABORT => self.count as usize,
             PAGES => self.count as usize * PAGE_SIZE as usize,
             _ => 0,
         }
@@ -200,7 +206,12 @@ pub fn write_round_end_summed(w: &mut impl Write, round: u64, last: bool, sum: &
 
 /// A JSON frame outside a round (the final state) carries the sum of its body in `addr`.
 pub fn write_json_checked(w: &mut impl Write, kind: u32, pid: u32, j: &Json) -> Result<()> {
-    let body = j.to_string().into_bytes();
+    write_text_checked(w, kind, pid, j.to_string())
+}
+
+/// A JSON frame of a document already written out.
+pub fn write_text_checked(w: &mut impl Write, kind: u32, pid: u32, text: String) -> Result<()> {
+    let body = text.into_bytes();
     let mut sum = RoundSum::new();
     sum.add(&body);
     write_frame(w, &encoded(Header { kind, pid, count: body.len() as u32, addr: sum.finish() as u64 }), &body)
