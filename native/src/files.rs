@@ -308,7 +308,12 @@ impl FileTable {
             if crate::tty::is_pts(md.rdev()) {
                 self.ptys.note_slave(&FileCtx { pid: holder, pidfd, fd, target, md, info, base: Json::Null, in_flight: &self.in_flight }, id);
             }
-            return Ok(base.with("kind", "chr").with("path", target).with("rdev", md.rdev()));
+            let j = base.with("kind", "chr").with("path", target).with("rdev", md.rdev());
+            // A device node removed while open: made again at the restore.
+            if md.nlink() == 0 {
+                return Ok(j.with("mode", md.mode() & 0o7777).with("uid", md.uid()).with("gid", md.gid()));
+            }
+            return Ok(j);
         }
         if ft.is_fifo() {
             let is_pipe = target.starts_with("pipe:");
@@ -665,6 +670,40 @@ fn open_removed_dir(path: &str, flags: u32) -> Result<Fd> {
     fd.map_err(|e| Error::new("EFILE", format!("directory {}: {}", path, e.message)))
 }
 
+/// A character device node removed while open ("PATH (deleted)"): a node
+/// of the same device, mode and owner made again for the open and removed
+/// right after (under a free name beside it when PATH is taken). Only
+/// devices that mean the same on every host get here (chr_supported).
+fn open_removed_device(f: &Json, path: &str, flags: u32) -> Result<Fd> {
+    const S_IFCHR: u64 = 0o020000;
+    const MKNOD: i64 = 133;
+    const CHOWN: i64 = 92;
+    let want = path.trim_end_matches(" (deleted)");
+    let rdev = f.u64_of("rdev").ok_or_else(|| Error::new("EIMAGE", format!("device {} has no device number in the image", path)))?;
+    if !chr_supported(rdev) {
+        return Err(Error::new("EIMAGE", format!("device {} is not one phaul restores", path)));
+    }
+    let mut name = want.to_string();
+    let mut n = 0;
+    while std::fs::symlink_metadata(&name).is_ok() {
+        n += 1;
+        name = format!("{}.phaul-{}-{}", want, sys::getpid(), n);
+    }
+    let c = std::ffi::CString::new(name.as_str()).map_err(|_| Error::new("EIMAGE", "a device path in the image holds a NUL byte"))?;
+    let mode = f.u64_of("mode").unwrap_or(0o600) & 0o7777;
+    sys::call(&format!("mknod {}", name), MKNOD, &[c.as_ptr() as u64, S_IFCHR | mode, rdev]).map_err(|e| Error::new("EFILE", format!("device {} cannot be made again: {}", path, e.message)))?;
+    let made = (|| {
+        if let (Some(uid), Some(gid)) = (f.u64_of("uid"), f.u64_of("gid")) {
+            sys::call(&format!("chown {}", name), CHOWN, &[c.as_ptr() as u64, uid, gid])?;
+        }
+        // mknod's mode went through the umask.
+        sys::call(&format!("chmod {}", name), 90, &[c.as_ptr() as u64, mode])?;
+        open_path(&name, flags)
+    })();
+    let _ = std::fs::remove_file(&name);
+    made.map_err(|e| Error::new("EFILE", format!("device {}: {}", path, e.message)))
+}
+
 pub fn open_all(files: &[Json], pipes: &[Json]) -> Result<Opened> {
     let mut by_id = BTreeMap::new();
     let mut keep = Vec::new();
@@ -731,6 +770,7 @@ fn open_each(
             }
             "dir" if path.ends_with(" (deleted)") => open_removed_dir(path, flags)?,
             "dir" => open_path(path, flags).map_err(|e| Error::new("EFILE", format!("directory {} needed by the process: {}", path, e.message)))?,
+            "chr" if path.ends_with(" (deleted)") => open_removed_device(f, path, flags | O_NOCTTY)?,
             "chr" => open_path(path, flags | O_NOCTTY).map_err(|e| Error::new("EFILE", format!("device {} needed by the process: {}", path, e.message)))?,
             "pipe" if f.bool_of("external") => match reopen_external_pipe(f, flags) {
                 Some(fd) => fd,

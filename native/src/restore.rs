@@ -83,8 +83,13 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
     // directory is made again; entries under /proc come from the tree).
     for f in state.arr_of("files") {
         let path = f.str_of("path").unwrap_or("");
-        if matches!(f.str_of("kind"), Some("reg" | "dir")) && f.get("proc_pid").is_none() && !path.ends_with(" (deleted)") && std::fs::symlink_metadata(path).is_err() {
-            return Err(Error::new("EFILE", format!("{} {} needed by the process is missing", if f.str_of("kind") == Some("dir") { "directory" } else { "file" }, path)));
+        if matches!(f.str_of("kind"), Some("reg" | "dir" | "chr")) && f.get("proc_pid").is_none() && !path.ends_with(" (deleted)") && std::fs::symlink_metadata(path).is_err() {
+            let what = match f.str_of("kind") {
+                Some("dir") => "directory",
+                Some("chr") => "device",
+                _ => "file",
+            };
+            return Err(Error::new("EFILE", format!("{} {} needed by the process is missing", what, path)));
         }
     }
     // A library is mapped several times by every process: each (path,

@@ -11,6 +11,8 @@
  *   pipe    a pipe holding 1000 unread bytes (read end O_NONBLOCK); each
  *           pass reads 10 and writes 10 more of a running byte sequence
  *   fifo    a FIFO (mkfifo) with the same rolling unread data
+ *   gone    a node of /dev/null (mknod, mode 0640) removed while open: the
+ *           same device, mode and no link, still writable
  * plus readlink(/proc/self/fd/N) for the named ones and that no other fds
  * exist besides the log and those inherited at start.  Logs "OK <pass>". */
 #include "common.h"
@@ -145,7 +147,17 @@ int main(int argc, char **argv)
 	struct roll fr = { "fifo", frd, fwr, 2, 0, 0 };
 	roll_write(&fr, 1000);
 
-	int ours[] = { log_fd, reg, app, dupA, dupB, dupC, cx, null, dfd, pdir, pfile, p[0], p[1], frd, fwr };
+	char gone_path[4200];
+	snprintf(gone_path, sizeof gone_path, "%s/files-devnull", dir);
+	unlink(gone_path);
+	CHECK(mknod(gone_path, S_IFCHR | 0640, makedev(1, 3)) == 0, "mknod errno %d", errno);
+	CHECK(chmod(gone_path, 0640) == 0, "chmod errno %d", errno);
+	int gone = open(gone_path, O_WRONLY);
+	CHECK(gone >= 0 && unlink(gone_path) == 0, "open and remove the device node errno %d", errno);
+	char gone_link[4300];
+	snprintf(gone_link, sizeof gone_link, "%s (deleted)", gone_path);
+
+	int ours[] = { log_fd, reg, app, dupA, dupB, dupC, cx, null, dfd, pdir, pfile, p[0], p[1], frd, fwr, gone };
 	const int nours = sizeof ours / sizeof ours[0];
 	off_t reg_pos = 37, dup_pos = 0, app_size = 0;
 
@@ -213,6 +225,12 @@ int main(int argc, char **argv)
 		char pb;
 		CHECK(read(pfile, &pb, 1) < 0 && errno == EBADF, "an O_PATH file reads");
 		check_link(pfile, reg_path);
+
+		/* the removed device node */
+		CHECK(fstat(gone, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3) && (st.st_mode & 07777) == 0640 && st.st_nlink == 0,
+		      "removed device node: mode %o rdev %lx links %lu", st.st_mode, (unsigned long)st.st_rdev, (unsigned long)st.st_nlink);
+		CHECK(write(gone, "x", 1) == 1, "removed device node write errno %d", errno);
+		check_link(gone, gone_link);
 
 		/* pipe and FIFO with unread data */
 		roll_step(&pr);

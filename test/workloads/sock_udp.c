@@ -1,6 +1,8 @@
 /* UDP sockets, IPv4 and IPv6: a bound "server" and a connected "client" per
  * family. Each pass checks addresses, peers and options are unchanged and
- * carries a datagram each way. Nothing is left queued between passes. */
+ * carries a datagram each way. Nothing is left queued between passes.
+ * And a connected pair shut down one way (shutdown(2)): one end cannot
+ * send (EPIPE), the other still can. */
 #include "common.h"
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -89,10 +91,25 @@ int main(int argc, char **argv)
 	struct pair p4, p6;
 	setup(&p4, AF_INET);
 	setup(&p6, AF_INET6);
+	/* su: sending shut down; sv: receiving shut down. */
+	int su = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0), sv = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+	struct sockaddr_in lo = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) }, au, av;
+	socklen_t al = sizeof(au);
+	CHECK(bind(su, (struct sockaddr *)&lo, sizeof(lo)) == 0 && bind(sv, (struct sockaddr *)&lo, sizeof(lo)) == 0, "bind: errno %d", errno);
+	getsockname(su, (struct sockaddr *)&au, &al);
+	al = sizeof(av);
+	getsockname(sv, (struct sockaddr *)&av, &al);
+	CHECK(connect(su, (struct sockaddr *)&av, sizeof(av)) == 0 && connect(sv, (struct sockaddr *)&au, sizeof(au)) == 0, "connect: errno %d", errno);
+	CHECK(shutdown(su, SHUT_WR) == 0 && shutdown(sv, SHUT_RD) == 0, "shutdown: errno %d", errno);
 	wl_log("READY");
 	for (int n = 1;; n++) {
 		pass(&p4, n);
 		pass(&p6, n);
+		CHECK(send(su, "x", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE, "a UDP socket shut down for sending sends (errno %d)", errno);
+		CHECK(send(sv, "y", 1, 0) == 1, "send on a UDP socket shut down for receiving only: errno %d", errno);
+		struct pollfd pu = { su, POLLIN, 0 };
+		char y;
+		CHECK(poll(&pu, 1, 5000) == 1 && recv(su, &y, 1, 0) == 1 && y == 'y', "a UDP socket shut down for sending no longer receives");
 		wl_log("OK %d", n);
 		sleep_ms(100);
 	}

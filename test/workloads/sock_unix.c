@@ -4,7 +4,10 @@
  *  - stream, datagram and seqpacket socketpairs inside this process;
  *  - a stream pair shared with a child, which echoes every message back;
  *  - a datagram socket bound to a path, fed by an unnamed socket;
- *  - listeners on a path and on an abstract name, connected to every pass. */
+ *  - listeners on a path and on an abstract name, connected to every pass;
+ *  - two stream pairs shut down for writing on one end (shutdown(2)), one
+ *    with 3 bytes left unread: writes fail with EPIPE, the reader sees the
+ *    bytes (peeked, every pass) or end-of-file. */
 #include "common.h"
 #include <poll.h>
 #include <stddef.h>
@@ -126,8 +129,17 @@ int main(int argc, char **argv)
 	CHECK(bind(dsrv, (struct sockaddr *)&da, sizeof(da)) == 0, "bind dgram: errno %d", errno);
 	int dcli = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 
+	int sh[2], se[2];
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sh) == 0 && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, se) == 0, "socketpair: errno %d", errno);
+	CHECK(write(sh[0], "abc", 3) == 3, "write: errno %d", errno);
+	CHECK(shutdown(sh[0], SHUT_WR) == 0 && shutdown(se[0], SHUT_WR) == 0, "shutdown: errno %d", errno);
+
 	wl_log("READY");
 	for (int n = 1;; n++) {
+		char three[4];
+		CHECK(send(sh[0], "x", 1, MSG_NOSIGNAL | MSG_DONTWAIT) == -1 && errno == EPIPE, "a unix socket shut down for writing writes (errno %d)", errno);
+		CHECK(recv(sh[1], three, 4, MSG_PEEK | MSG_DONTWAIT) == 3 && memcmp(three, "abc", 3) == 0, "the bytes left before a shutdown are gone");
+		CHECK(recv(se[1], three, 4, MSG_DONTWAIT) == 0, "no end-of-file after the peer shut down writing (errno %d)", errno);
 		send_msg(st[0], "stream", n, NULL);
 		send_msg(dg[1], "dgram", n, NULL);
 		send_msg(sq[0], "seqpacket", n, NULL);

@@ -153,6 +153,25 @@ pub fn inet_lookup(of: &Fd, family: i32, protocol: u8, ino: u64, states: u32) ->
     Ok(None)
 }
 
+/// The directions (1 receive, 2 send) socket `ino` of `family` and
+/// `protocol` (UDP, UDP-Lite) was shut down in: INET_DIAG_SHUTDOWN, which
+/// nothing else tells. None when this kernel's sock_diag does not know the
+/// protocol.
+pub fn inet_shutdown(of: &Fd, family: i32, protocol: u8, ino: u64) -> Option<u8> {
+    const INET_DIAG_SHUTDOWN: u16 = 8;
+    let nl = diag_socket(of).ok()?;
+    let mut req = [0u8; 56];
+    req[0] = family as u8;
+    req[1] = protocol;
+    req[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    for m in request(&nl, &req, true).ok()? {
+        if m.len() >= 72 && u32::from_le_bytes(m[68..72].try_into().unwrap()) as u64 == ino {
+            return Some(attrs(&m, 72).iter().find(|(ty, p)| *ty == INET_DIAG_SHUTDOWN && !p.is_empty()).map(|(_, p)| p[0]).unwrap_or(0));
+        }
+    }
+    None
+}
+
 pub struct UnixInfo {
     pub state: u8,
     pub peer: u64,
@@ -161,6 +180,8 @@ pub struct UnixInfo {
     /// UNIX_DIAG_VFS: (inode, device) of the file a path name made, as the
     /// kernel numbers them (the device is major << 20 | minor).
     pub vfs: Option<(u32, u32)>,
+    /// UNIX_DIAG_SHUTDOWN: the directions shut down (1 receive, 2 send).
+    pub shutdown: u8,
 }
 
 /// unix_diag of the socket with inode `ino`.
@@ -181,11 +202,12 @@ pub fn unix_lookup(of: &Fd, ino: u64) -> Result<Option<UnixInfo>> {
         if m.len() < 16 || u32::from_le_bytes(m[4..8].try_into().unwrap()) as u64 != ino {
             continue;
         }
-        let mut info = UnixInfo { state: m[2], peer: 0, rqueue: 0, wqueue: 0, vfs: None };
+        let mut info = UnixInfo { state: m[2], peer: 0, rqueue: 0, wqueue: 0, vfs: None, shutdown: 0 };
         for (ty, p) in attrs(&m, 16) {
             match ty {
                 1 if p.len() >= 8 => info.vfs = Some((u32::from_le_bytes(p[0..4].try_into().unwrap()), u32::from_le_bytes(p[4..8].try_into().unwrap()))),
                 2 if p.len() >= 4 => info.peer = u32::from_le_bytes(p[0..4].try_into().unwrap()) as u64,
+                6 if !p.is_empty() => info.shutdown = p[0],
                 4 if p.len() >= 8 => {
                     info.rqueue = u32::from_le_bytes(p[0..4].try_into().unwrap());
                     info.wqueue = u32::from_le_bytes(p[4..8].try_into().unwrap());

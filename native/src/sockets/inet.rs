@@ -615,6 +615,15 @@ pub fn describe_udp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
     if queued > 0 {
         s.set("lost_datagrams", true);
     }
+    if matches!(proto, 0 | 17 | 136) {
+        let ino = s.u64_of("ino").unwrap_or(0);
+        match super::diag::inet_shutdown(&copy, domain, if proto == 0 { 17 } else { proto as u8 }, ino) {
+            Some(0) | None => {}
+            Some(how) => {
+                s.set("shutdown", how);
+            }
+        }
+    }
     Ok(ctx.base.clone().with("kind", "sock_udp").with("sock", s))
 }
 

@@ -135,7 +135,8 @@ fn family_name(domain: i32, ty: i32, proto: i32) -> String {
         SOCK_DGRAM => "datagram",
         SOCK_RAW => "raw",
         SOCK_SEQPACKET => "seqpacket",
-        _ => "",
+        10 => "SOCK_PACKET",
+        _ => "of an unknown type",
     };
     if domain == AF_INET || domain == AF_INET6 {
         let p = match proto {
@@ -158,11 +159,15 @@ pub fn finish_opened(by_id: &std::collections::BTreeMap<u64, Fd>) -> Result<()> 
     // Names bound without a file are only needed to refill their queues.
     unixname::finish();
     r?;
+    shut_down_pending()?;
     inet::finish_established()
 }
 
 /// A restore that failed half-way: nothing left to finish.
 pub fn abandon_opened() {
+    if let Ok(mut v) = SHUTDOWNS.lock() {
+        v.clear();
+    }
     unix::abandon_deferred();
     unixname::finish();
     inet::abandon_established()
@@ -203,7 +208,35 @@ pub fn open(f: &Json) -> Result<Fd> {
     opts::restore(&fd, s).and_then(|_| buffers(&fd)).and_then(|_| filter::restore(&fd, s)).map_err(|e| e.context(format!("socket (file {})", id)))?;
     let flags = f.u64_of("flags").unwrap_or(0) as u32;
     sys::call("F_SETFL", nr::FCNTL, &[fd.raw() as u64, 4, (flags & O_NONBLOCK) as u64])?;
+    if let Some(how) = s.u64_of("shutdown").filter(|&h| (1..=3).contains(&h)) {
+        if f.str_of("kind") == Some("sock_unix") {
+            // After the queues are refilled (a shut down end takes no more).
+            SHUTDOWNS.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?.push((sys::call("dup", nr::FCNTL, &[fd.raw() as u64, 1030, 0]).map(|d| Fd(d as i32))?, how));
+        } else {
+            shut_down(&fd, how)?;
+        }
+    }
     Ok(fd)
+}
+
+/// Unix sockets that were shut down, with the directions (1
+/// receive, 2 send): shut down again once their queues are refilled.
+static SHUTDOWNS: std::sync::Mutex<Vec<(Fd, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// shutdown(2) for the directions `how` (1 receive, 2 send, 3 both). An
+/// unconnected datagram socket answers ENOTCONN but keeps the state.
+fn shut_down(fd: &Fd, how: u64) -> Result<()> {
+    const SHUTDOWN: i64 = 48;
+    const ENOTCONN: i32 = 107;
+    match sys::call("shutdown", SHUTDOWN, &[fd.raw() as u64, how - 1]) {
+        Err(e) if e.errno == ENOTCONN => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+fn shut_down_pending() -> Result<()> {
+    let all = std::mem::take(&mut *SHUTDOWNS.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?);
+    all.iter().try_for_each(|(fd, how)| shut_down(fd, *how))
 }
 
 /// An AF_INET/AF_INET6 sockaddr as {"ip", "port"} (for migrate::handoff).

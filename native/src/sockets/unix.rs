@@ -228,6 +228,9 @@ pub fn describe(ctx: &FileCtx, copy: Fd, mut s: Json, ty: i32, ino: u64) -> Resu
             }
         }
     }
+    if info.shutdown != 0 {
+        s.set("shutdown", info.shutdown);
+    }
     let base = ctx.base.clone().with("kind", "sock_unix");
     match info.state {
         ST_LISTEN => {
