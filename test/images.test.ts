@@ -175,6 +175,30 @@ function withoutDefaults(v: unknown): unknown {
   return v;
 }
 
+test("megabytes of bytes (a full socket queue, a pipe) pass the schema check and come back whole", () => {
+  // A socket queue of a few MiB: the base64 check once overflowed the
+  // regular expression engine's stack ("Maximum call stack size exceeded").
+  const state = sampleState();
+  const big = Buffer.alloc(6 << 20);
+  for (let i = 0; i < big.length; i += 4) big.writeUInt32LE(i, i);
+  state.pipes[0].data = big.toString("base64");
+  const dir = dumpDir(state);
+  try {
+    assert.ok(Buffer.from(readImages(dir).pipes[0].data, "base64").equals(big));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const bad = sampleState();
+  bad.pipes[0].data = "QUJD".repeat(1 << 20) + "Q";
+  const badDir = mkdtempSync(join(tmpdir(), "phaul-images-"));
+  for (const p of bad.processes) writeFileSync(join(badDir, p.pages.file), Buffer.alloc(4096 * 37, 0xaa));
+  try {
+    assertImageError(() => writeImages(badDir, bad), /pipes\[0\]\.data must be a base64 string/);
+  } finally {
+    rmSync(badDir, { recursive: true, force: true });
+  }
+});
+
 test("64-bit values come back as numbers up to 2^53 and strings above", () => {
   const state = sampleState();
   delete state.warnings;                     // no warnings: none come back either
