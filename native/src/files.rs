@@ -125,7 +125,10 @@ impl FileTable {
         let mut out = Vec::new();
         for fd in proc::fds(pid)? {
             let link = format!("/proc/{}/fd/{}", pid, fd);
-            let target = proc::readlink(&link).unwrap_or_default();
+            let target = match proc::readlink(&link) {
+                Err(e) if e.code == "EUNSUPPORTED" => return Err(e.context(format!("fd {}", fd))),
+                t => t.unwrap_or_default(),
+            };
             let md = std::fs::metadata(&link).map_err(|e| Error::new("EUNSUPPORTED", format!("fd {}: {} cannot be examined: {}", fd, target, e)))?;
             let info = proc::fdinfo(pid, fd)?;
             let cloexec = info.flags & O_CLOEXEC != 0;

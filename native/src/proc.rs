@@ -178,8 +178,13 @@ pub fn stat_u64(fields: &[String], n: usize) -> u64 {
     fields.get(n - 3).and_then(|s| s.parse::<i64>().ok()).map(|v| v as u64).unwrap_or(0)
 }
 
+/// The target of a link. A name that is not UTF-8 cannot go into the state
+/// document as it is (a lossy copy would name another file): refused.
 pub fn readlink(path: &str) -> Result<String> {
-    fs::read_link(path).ctx(format!("readlink {}", path)).map(|p| p.to_string_lossy().into_owned())
+    let p = fs::read_link(path).ctx(format!("readlink {}", path))?;
+    p.to_str().map(str::to_owned).ok_or_else(|| {
+        Error::new("EUNSUPPORTED", format!("{} leads to {}, a name that is not UTF-8 (not supported)", path, p.to_string_lossy()))
+    })
 }
 
 pub struct FdInfo {
