@@ -102,6 +102,7 @@ const specs: Spec[] = [
   { name: 'churn_children' },
   { name: 'shm_tree' },
   { name: 'shm_writers' },
+  { name: 'fd_limit' },
   // processes sharing a descriptor table (CLONE_FILES) or cwd and umask (CLONE_FS)
   { name: 'share_files' },
   { name: 'share_fs' },

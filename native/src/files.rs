@@ -13,7 +13,7 @@ use crate::json::Json;
 use crate::memory::file_identity;
 use crate::proc;
 use crate::sys::{self, cstr, nr, Error, Fd, Pid, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use crate::sys::{O_ACCMODE, O_CLOEXEC, O_CREAT, O_EXCL, O_NOCTTY, O_NONBLOCK, O_RDWR, O_TRUNC, O_WRONLY};
@@ -837,6 +837,22 @@ fn open_each(
     Ok(())
 }
 
+/// The soft RLIMIT_NOFILE of `pid` (1024 if it cannot be read).
+fn nofile_limit(pid: Pid) -> u64 {
+    let mut cur = [0u64; 2];
+    match sys::call("prlimit(NOFILE)", nr::PRLIMIT64, &[pid as u64, 7, 0, cur.as_mut_ptr() as u64]) {
+        Ok(_) => cur[0],
+        Err(_) => 1024,
+    }
+}
+
+/// Up to `n` descriptor numbers of `pid` below `limit` that are not open
+/// and not in `avoid`, highest first.
+fn free_below(pid: Pid, limit: u64, avoid: &BTreeSet<u64>, n: usize) -> Vec<u64> {
+    let open: BTreeSet<u64> = proc::fds(pid).unwrap_or_default().into_iter().map(|f| f as u64).collect();
+    (0..limit.min(1 << 20)).rev().filter(|f| !open.contains(f) && !avoid.contains(f)).take(n).collect()
+}
+
 /// A channel to pass descriptors into a stub: a datagram socketpair created
 /// inside the stub, whose sending end phaul takes with pidfd_getfd.
 pub struct FdChannel {
@@ -855,8 +871,18 @@ impl FdChannel {
         let w = i32::from_le_bytes(b[4..8].try_into().unwrap_or([0; 4]));
         let sender = sys::pidfd_getfd(pidfd, w)?;
         inj.call("close", nr::CLOSE, &[w as u64])?;
-        // Park the receiving end above every descriptor the target uses.
-        let parked = inj.call("F_DUPFD_CLOEXEC", nr::FCNTL, &[a, 1030, park_at])?;
+        // Park the receiving end above every descriptor the target uses;
+        // past the descriptor limit (a process that uses numbers up to its
+        // limit), in the highest free number below it.
+        const EINVAL: i32 = 22;
+        let parked = match inj.call("F_DUPFD_CLOEXEC", nr::FCNTL, &[a, 1030, park_at]) {
+            Err(e) if e.errno == EINVAL => {
+                let top = free_below(inj.pid, nofile_limit(inj.pid), &BTreeSet::new(), 1).first().copied();
+                let top = top.ok_or_else(|| Error::new("EUNSUPPORTED", format!("process {} uses every descriptor its limit allows", inj.pid)))?;
+                inj.call("dup3 (park)", 292, &[a, top, O_CLOEXEC as u64])?
+            }
+            r => r?,
+        };
         inj.call("close", nr::CLOSE, &[a])?;
         Ok(FdChannel { sender, stub_end: parked })
     }
@@ -895,7 +921,9 @@ impl FdChannel {
         }
         crate::batch::reserve(inj, 1)?;
         let data = crate::batch::data(inj, 0)?;
-        let mut high = items.iter().map(|i| i.1 as u64).max().unwrap_or(0).max(self.stub_end) + 1;
+        let first_high = items.iter().map(|i| i.1 as u64).max().unwrap_or(0).max(self.stub_end) + 1;
+        let limit = nofile_limit(inj.pid);
+        let targets: BTreeSet<u64> = items.iter().map(|i| i.1 as u64).collect();
         for chunk in items.chunks(FDS_PER_MESSAGE) {
             let fds: Vec<i32> = chunk.iter().map(|i| i.0.raw()).collect();
             send_fds(&self.sender, &fds)?;
@@ -903,15 +931,23 @@ impl FdChannel {
             let mut calls = Vec::new();
             let mut at: Vec<u64> = got.clone();
             // A received descriptor sitting on another's target moves away
-            // first (dup3 would close it).
-            for k in 0..at.len() {
-                let taken_by_other = chunk.iter().enumerate().any(|(j, it)| j != k && it.1 as u64 == at[k]);
-                if taken_by_other {
-                    calls.push(Call::new("dup3 (out of the way)", 292, &[at[k], high, O_CLOEXEC as u64]));
-                    calls.push(Call::new("close", nr::CLOSE, &[at[k]]));
-                    at[k] = high;
-                    high += 1;
-                }
+            // first (dup3 would close it): above every target, or, for a
+            // process that uses numbers up to its limit, to free numbers
+            // below the limit that are nobody's target. (Each chunk's moved
+            // descriptors are closed by the end of the chunk.)
+            let moving: Vec<usize> = (0..at.len()).filter(|&k| chunk.iter().enumerate().any(|(j, it)| j != k && it.1 as u64 == at[k])).collect();
+            let room: Vec<u64> = if first_high + moving.len() as u64 <= limit {
+                (first_high..first_high + moving.len() as u64).collect()
+            } else {
+                free_below(inj.pid, limit, &targets, moving.len())
+            };
+            if room.len() < moving.len() {
+                return Err(Error::new("EUNSUPPORTED", format!("process {} uses every descriptor its limit allows: no room to place them", inj.pid)));
+            }
+            for (&k, &spare) in moving.iter().zip(&room) {
+                calls.push(Call::new("dup3 (out of the way)", 292, &[at[k], spare, O_CLOEXEC as u64]));
+                calls.push(Call::new("close", nr::CLOSE, &[at[k]]));
+                at[k] = spare;
             }
             for (k, &(_, target, cloexec)) in chunk.iter().enumerate() {
                 if at[k] == target as u64 {

@@ -351,7 +351,7 @@ pub fn open_exe_in_stub(inj: &mut Injector, p: &Json) -> Result<Option<u64>> {
     let a = inj.put_str(&path, 0)?;
     match inj.raw(nr::OPEN, &[a, 0o2000000, 0])? {
         r if r >= 0 => Ok(Some(r as u64)),
-        _ => Err(Error::new("EFILE", format!("executable {} is missing", path))),
+        r => Err(Error::new("EFILE", format!("executable {} cannot be opened: {}", path, std::io::Error::from_raw_os_error(-r as i32)))),
     }
 }
 

@@ -516,7 +516,14 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     if s.shared & shares::CLONE_FS == 0 {
         process::restore_fs(inj, p, &opened.proc_hosts)?;
     }
-    process::restore_attrs(inj, p)?;
+    // Before the limits: a process that uses every descriptor number its
+    // RLIMIT_NOFILE allows leaves none free under it.
+    let exe_fd = process::open_exe_in_stub(inj, p)?;
+    let r = process::restore_attrs(inj, p);
+    if let (Err(_), Some(fd)) = (&r, exe_fd) {
+        let _ = inj.call("close", nr::CLOSE, &[fd]);
+    }
+    r?;
     crate::sys::trace_mark("finish: attributes");
     // Handlers, interval timers and personality in one batch.
     crate::batch::reserve(inj, 1)?;
@@ -526,7 +533,6 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     calls.extend(crate::creds::personality_calls(p));
     crate::batch::run_checked(&mut [crate::batch::Job { inj: &mut *inj, slot: 0, calls }])?;
     crate::sys::trace_mark("finish: signal handlers");
-    let exe_fd = process::open_exe_in_stub(inj, p)?;
     if let Some(mm) = p.get("mm") {
         let r = process::restore_mm(inj, mm, exe_fd);
         if let Some(fd) = exe_fd {

@@ -121,6 +121,8 @@ type Sent = (Vec<Tracker>, BufWriter<TcpStream>, Result<()>);
 pub const PRECOPY_NICE: i32 = 19;
 pub const FROZEN_NICE: i32 = -10;
 
+const EMFILE: i32 = 24;
+
 const COMMITTED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 
@@ -196,14 +198,22 @@ impl SourceEngine {
                 // an area phaul's uffd-wp tracking holds: unless told
                 // otherwise, such a process is tracked by hashing.
                 let m = if auto && method == Method::UffdWp && crate::anonfd::userfaultfd::held_by(fz.pid).is_some() {
-                    hashed.push(fz.pid);
+                    hashed.push((fz.pid, "a userfaultfd of its own"));
                     Method::Hash
                 } else {
                     method
                 };
                 // Arming (write-protecting every page) happens in round 0,
                 // while the tree runs: only the userfaultfd is made now.
-                let t = Tracker::start_lazy(m, fz.pid, &mut inj);
+                let t = match Tracker::start_lazy(m, fz.pid, &mut inj) {
+                    // A process using every descriptor its limit allows has
+                    // no room for phaul's userfaultfd: hashing needs none.
+                    Err(e) if auto && m == Method::UffdWp && e.errno == EMFILE => {
+                        hashed.push((fz.pid, "no descriptor free under its limit"));
+                        Tracker::start_lazy(Method::Hash, fz.pid, &mut inj)
+                    }
+                    t => t,
+                };
                 inj.finish()?;
                 self.trackers.push(t?);
                 let mut entry = layout_entry(fz, &vmas);
@@ -228,7 +238,7 @@ impl SourceEngine {
         let named = match hashed.len() {
             0 => method.name().to_string(),
             n if n == live => Method::Hash.name().to_string(),
-            _ => format!("{} (hash for {}: a userfaultfd of its own)", method.name(), hashed.iter().map(|p| format!("process {}", p)).collect::<Vec<_>>().join(", ")),
+            _ => format!("{} (hash for {})", method.name(), hashed.iter().map(|(p, why)| format!("process {}: {}", p, why)).collect::<Vec<_>>().join(", ")),
         };
         Ok(ok().with("method", named).with("layout", Json::obj().with("processes", layout)))
     }
