@@ -103,6 +103,8 @@ const specs: Spec[] = [
   { name: 'shm_tree' },
   { name: 'shm_writers' },
   { name: 'fd_limit' },
+  { name: 'mlock_future' },
+  { name: 'mlock_future', args: ['onfault'] },
   // processes sharing a descriptor table (CLONE_FILES) or cwd and umask (CLONE_FS)
   { name: 'share_files' },
   { name: 'share_fs' },

@@ -10,7 +10,8 @@ use crate::process;
 use crate::shares;
 use crate::ptrace;
 use crate::signals;
-use crate::sys::{self, Context, Error, Pid, Result};
+use crate::sys::{self, Context, Error, Pid, Result, PAGE_SIZE};
+use std::os::unix::fs::FileExt;
 use crate::threads;
 use std::fs::File;
 use std::io::BufWriter;
@@ -74,6 +75,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     let insn = find_syscall_insn_in(pid, &maps)?;
     let empty = std::collections::HashMap::new();
     let leader = &fz.threads[0];
+    let locked_before = locked_kb(pid);
     let mut inj = Injector::new(pid, leader.tid, insn, leader.regs.rewound(true), leader.sigmask)?;
     crate::sys::trace_mark("dump: injector ready");
     let res = (|| -> Result<(Json, crate::anonfd::userfaultfd::Registrations)> {
@@ -81,6 +83,7 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         // leader, before its thread's, and every thread's at once.
         crate::batch::reserve(&mut inj, fz.threads.len())?;
         crate::sys::trace_mark("dump: batch area mapped");
+        let mlockall = mlock_future(pid, locked_before, &inj);
         let d0 = crate::batch::data(&inj, 0)?;
         let (out, timers_at, sigs_at) = (d0 + 1024, d0 + 1088, d0 + 2048);
         let mut first = process::reads(out);
@@ -114,6 +117,9 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
         let (ths, first_res) = ths?;
         fin?;
         let mut p = process::dump_process(pid, &inj, &first_res[..n_proc], out)?;
+        if mlockall != 0 {
+            p.set("mlockall", mlockall);
+        }
         if let Some(sig) = fz.group_stop {
             p.set("stop_signal", sig);
         }
@@ -186,6 +192,38 @@ pub fn dump_process(fz: &freeze::FrozenProc, files: &mut FileTable, dir: Option<
     stats.bytes += bytes;
     p.set("pages", memory::runs_to_json(&name, &runs));
     Ok(p)
+}
+
+/// VmLck of /proc/PID/status, in kB (0 if it cannot be read).
+fn locked_kb(pid: Pid) -> u64 {
+    crate::proc::status_field(pid, "VmLck").ok().and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok())).unwrap_or(0)
+}
+
+/// mlockall(MCL_FUTURE) of the process (the mm's default flags, which no
+/// file shows): the injector's own areas, mapped just now, were locked if
+/// it is on. Then MCL_ONFAULT too when their last page was not made present.
+/// Returns the mlockall flags to restore (0: none).
+fn mlock_future(pid: Pid, locked_before: u64, inj: &Injector) -> u64 {
+    const MCL_FUTURE: u64 = 2;
+    const MCL_ONFAULT: u64 = 4;
+    // Nothing locked at all: no MCL_FUTURE (whatever it maps would be).
+    if locked_before == 0 && locked_kb(pid) == 0 {
+        return 0;
+    }
+    let ours: u64 = inj.own_ranges().iter().map(|(a, b)| b - a).sum();
+    if ours == 0 || locked_kb(pid) < locked_before + ours / 1024 {
+        return 0;
+    }
+    let last = inj.own_ranges().iter().map(|&(_, b)| b - PAGE_SIZE).max().unwrap_or(0);
+    let present = File::open(format!("/proc/{}/pagemap", pid)).ok().and_then(|pm| {
+        let mut e = [0u8; 8];
+        pm.read_exact_at(&mut e, (last / PAGE_SIZE) * 8).ok().map(|_| u64::from_le_bytes(e) >> 63 == 1)
+    });
+    if present == Some(false) {
+        MCL_FUTURE | MCL_ONFAULT
+    } else {
+        MCL_FUTURE
+    }
 }
 
 /// Freeze `root` and its descendants and dump them. The tree stays frozen

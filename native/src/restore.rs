@@ -587,7 +587,13 @@ fn install_fds(inj: &mut Injector, p: &Json, host: Pid, opened: &files::Opened) 
 /// included) and its children are forked.
 fn restore_advice(inj: &mut Injector, p: &Json) -> Result<()> {
     crate::batch::reserve(inj, 1)?;
-    memory::apply_advice(inj, &vmas_of(p)?)
+    memory::apply_advice(inj, &vmas_of(p)?)?;
+    // mlockall(MCL_FUTURE [| MCL_ONFAULT]): what the process maps from now
+    // on is locked (its areas were locked one by one above).
+    if let Some(flags) = p.u64_of("mlockall").filter(|&f| f & 2 != 0) {
+        inj.call("mlockall", nr::MLOCKALL, &[flags & (2 | 4)])?;
+    }
+    Ok(())
 }
 
 /// A restored thread between its settings and its final registers.

@@ -104,6 +104,7 @@ pub mod nr {
         pub const MREMAP: i64 = 25;
         pub const MADVISE: i64 = 28;
         pub const MLOCK2: i64 = 325;
+        pub const MLOCKALL: i64 = 151;
         pub const DUP2: i64 = 33;
         pub const PAUSE: i64 = 34;
         pub const GETITIMER: i64 = 36;
