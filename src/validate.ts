@@ -59,7 +59,12 @@ export function validateDumpPid(value: unknown): number {
   const stat = readProcStat(pid);
   if (!stat) throw new PhaulError("ESRCH", `no process with pid ${pid}`);
   if (stat.flags & PF_KTHREAD) throw new PhaulError("EKTHREAD", `pid ${pid} is a kernel thread`);
-  if (stat.state === "Z") throw new PhaulError("EUNSUPPORTED", `pid ${pid} is a zombie`);
+  if (stat.state === "Z") {
+    // A thread group whose main thread exited (pthread_exit from main) while others run.
+    const threads = (() => { try { return readdirSync(`/proc/${pid}/task`).length; } catch { return 0; } })();
+    if (threads > 1) throw new PhaulError("EUNSUPPORTED", `process ${pid}: its main thread has exited while ${threads - 1} other threads run on; a process without its main thread is not supported`);
+    throw new PhaulError("EUNSUPPORTED", `pid ${pid} is a zombie`);
+  }
   const tgid = threadGroupOf(pid);
   if (tgid !== undefined && tgid !== pid) {
     throw new PhaulError("EUSAGE", `pid ${pid} is a thread of process ${tgid}: dump the process`);

@@ -8,7 +8,7 @@ import { dump as libraryDump, PhaulError } from '../src/index.js';
 import { after, before, describe, test } from 'node:test';
 import { assertCliError, assertCliOk, describe as describeRun, dump, parseRestorePid, runCli } from './helpers/cli.js';
 import { pidExists, runningFreely, unusedPid, waitPidGone } from './helpers/proc.js';
-import { assertNoFail, assertOkSequence, Harness, lastOk, waitForOk, type Workload } from './helpers/workload.js';
+import { assertNoFail, assertOkSequence, Harness, lastOk, readLog, waitForOk, type Workload } from './helpers/workload.js';
 
 const h = new Harness();
 after(() => h.cleanup());
@@ -95,6 +95,27 @@ describe('refused at the dump', () => {
     assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
     await assertUntouched(w);
     await h.kill(w);
+  });
+});
+
+describe('refused at the dump: a process without its main thread', () => {
+  // main() called pthread_exit and another thread runs on: the leader is a
+  // zombie, the process is not. Once such a child was dumped as a zombie
+  // and left running while its parent was killed.
+  test('a child whose main thread exited: one line, the tree keeps running', { timeout: 60_000 }, async () => {
+    const w = await h.start('headless');
+    await waitForOk(w, 2);
+    const child = Number(readLog(w).find((l) => l.startsWith('CHILD '))!.split(' ')[1]);
+    try {
+      const r = await dump(w.pid, h.tempDir());
+      assertCliError(r, new RegExp(`process ${child}: its main thread has exited while 1 other threads run on; a process without its main thread is not supported`));
+      assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
+      await assertUntouched(w);
+    } finally {
+      // (its empty command line hides it from the harness's search by marker)
+      try { process.kill(child, 'SIGKILL'); } catch { /* gone */ }
+      await h.kill(w);
+    }
   });
 });
 

@@ -93,6 +93,23 @@ fn is_zombie(pid: Pid) -> bool {
     proc::stat(pid).map(|(_, f)| f.first().map(|s| s == "Z").unwrap_or(false)).unwrap_or(false)
 }
 
+/// A zombie leader whose other threads run on (main called pthread_exit):
+/// the process is alive, without the thread a restore makes first. Threads
+/// on their way out of an exit_group do not count.
+fn headless(pid: Pid) -> Option<usize> {
+    const PF_EXITING: u64 = 0x4;
+    let live = proc::tasks(pid)
+        .ok()?
+        .into_iter()
+        .filter(|&t| t != pid)
+        .filter(|&t| match proc::stat(t) {
+            Ok((_, f)) => !matches!(f.first().map(String::as_str), Some("Z" | "X" | "x")) && proc::stat_u64(&f, 9) & PF_EXITING == 0,
+            Err(_) => false,
+        })
+        .count();
+    (live > 0).then_some(live)
+}
+
 const fn libc_sigtrap() -> i32 {
     5
 }
@@ -138,6 +155,11 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                 }
             }
             for p in walk {
+                if !zombies.contains(&p) && is_zombie(p) {
+                    if let Some(n) = headless(p) {
+                        return Err(Error::new("EUNSUPPORTED", format!("process {}: its main thread has exited while {} other threads run on; a process without its main thread is not supported", p, n)));
+                    }
+                }
                 if p != root && !zombies.contains(&p) && is_zombie(p) {
                     zombies.push(p);
                     // Seized while it was exiting (its threads then ended
