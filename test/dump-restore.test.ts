@@ -6,6 +6,7 @@ import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { allowPingSockets } from './helpers/sysctl.js';
+import { cgroup2Of, makeTestCgroup } from './helpers/cgroup.js';
 import { assertCliError, assertCliOk, dump, restore, runCli } from './helpers/cli.js';
 import { pidExists, procStat, waitPidGone } from './helpers/proc.js';
 import {
@@ -190,6 +191,38 @@ describe('dump and restore', () => {
       await h.kill(w);
     });
   }
+
+  // Cgroup membership comes back where the path exists; where it no longer
+  // does, the process stays in phaul's and the restore says so.
+  test('cgroup: back in its cgroup, or left where it is with a warning', { timeout: 90_000 }, async (t) => {
+    const cg = makeTestCgroup(`phaul-test-${process.pid}`);
+    if (!cg) return t.skip('no cgroup2 hierarchy to make a test cgroup in');
+    try {
+      for (const gone of [false, true]) {
+        const w = await h.start('counter');
+        cg.add(w.pid);
+        await waitForOk(w, 2);
+        const images = path.join(w.dir, 'images');
+        mkdirSync(images);
+        assertCliOk(await dump(w.pid, images));
+        assert.ok(await waitPidGone(w.pid, 5000));
+        if (gone) cg.remove();
+        const r = await runCli(['restore', '--dir', images]);
+        assertCliOk(r);
+        h.track(w.pid, w.marker);
+        await waitForOk(w, lastOk(w) + 2, 20_000);
+        if (gone) {
+          assert.notEqual(cgroup2Of(w.pid), cg.path);
+          assert.match(r.stderr, new RegExp(`process ${w.pid}: cgroup v2 ${cg.path} does not exist here: left in phaul's`), r.stderr);
+        } else {
+          assert.equal(cgroup2Of(w.pid), cg.path, 'the restored process is not in its cgroup');
+        }
+        await h.kill(w);
+      }
+    } finally {
+      cg.remove();
+    }
+  });
 
   // What cannot be carried over is refused at the dump, and the process runs on.
   const refusals: { name: string; args: string[]; error: RegExp; go?: string }[] = [

@@ -6,6 +6,7 @@ import { migrateAndCheck, roundsText } from './helpers/migrate.js';
 import { assertNoFail, goAndWait, GO_CHECKS, Harness, waitForOk, waitReady, lastOk, readLog, type Workload } from './helpers/workload.js';
 import { workloadBin } from './helpers/paths.js';
 import { allowPingSockets } from './helpers/sysctl.js';
+import { cgroup2Of, makeTestCgroup } from './helpers/cgroup.js';
 import path from 'node:path';
 import { assertCliError, runCli } from './helpers/cli.js';
 import assert from 'node:assert/strict';
@@ -201,6 +202,26 @@ describe('state kinds under live migration', () => {
     await goAndWait(w, GO_CHECKS.uffd_kinds);
     assertNoFail(w);
     await h.kill(w);
+  });
+
+  // Cgroup membership: a restored tree is forked by the destination's
+  // engine, in its cgroups; it is put back in the cgroups of the source's
+  // paths where they exist there (on one host, the same ones).
+  test('cgroup: the moved process is back in its cgroup', { timeout: 90_000 }, async (t) => {
+    const cg = makeTestCgroup(`phaul-test-${process.pid}`);
+    if (!cg) return t.skip('no cgroup2 hierarchy to make a test cgroup in');
+    try {
+      const w = await h.start('counter');
+      cg.add(w.pid);
+      await waitForOk(w, 3, 30_000);
+      assert.equal(cgroup2Of(w.pid), cg.path);
+      const { summary } = await migrateAndCheck(h, w, agent, { okTimeoutMs: 30_000 });
+      t.diagnostic(roundsText(summary));
+      assert.equal(cgroup2Of(w.pid), cg.path, 'the moved process is not in its cgroup');
+      await h.kill(w);
+    } finally {
+      cg.remove();
+    }
   });
 
   // Shared memory written only by children that live and end during

@@ -5,6 +5,7 @@ pub mod aio;
 pub mod anonfd;
 pub mod arch;
 pub mod base64;
+pub mod cgroup;
 pub mod check;
 pub mod creds;
 pub mod dirty;

@@ -114,6 +114,7 @@ pub fn dump_process(pid: Pid, inj: &Injector, res: &[u64], out: u64) -> Result<J
         .with("membarrier", membarrier)
         .with("mdwe", mdwe)
         .with("loginuid", loginuid(pid))
+        .with("cgroups", crate::cgroup::dump(pid))
         .with("mm", mm))
 }
 
@@ -254,6 +255,7 @@ pub fn restore_fs(inj: &mut Injector, p: &Json, hosts: &std::collections::BTreeM
 /// oom_score_adj and rlimits, injected into the stub.
 pub fn restore_attrs(inj: &mut Injector, p: &Json) -> Result<()> {
     restore_oom_score_adj(inj.pid, p);
+    crate::cgroup::restore(inj.pid, p);
     // Only limits that differ from what the stub already has (one injected
     // call each, inside a migration's frozen window).
     let have = rlimits(inj.pid).unwrap_or_default();
