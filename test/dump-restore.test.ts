@@ -106,6 +106,7 @@ const specs: Spec[] = [
   { name: 'fd_limit' },
   { name: 'mlock_future' },
   { name: 'mlock_future', args: ['onfault'] },
+  { name: 'epoll_closed' },
   // processes sharing a descriptor table (CLONE_FILES) or cwd and umask (CLONE_FS)
   { name: 'share_files' },
   { name: 'share_fs' },
