@@ -25,7 +25,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'sem_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds', 'sparse_reserve', 'many_areas', 'sock_opts', 'sock_raw', 'exe_deleted', 'fd_limit', 'mlock_future', 'epoll_closed']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'sem_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds', 'sparse_reserve', 'many_areas', 'sock_opts', 'sock_raw', 'exe_deleted', 'fd_limit', 'mlock_future', 'epoll_closed', 'linked_elsewhere']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);

@@ -632,6 +632,53 @@ fn open_path(path: &str, flags: u32) -> Result<Fd> {
     sys::call(&format!("open {}", path), nr::OPEN, &[c.as_ptr() as u64, (flags | O_CLOEXEC) as u64, 0]).map(|f| Fd(f as i32))
 }
 
+const NAME_TO_HANDLE_AT: i64 = 303;
+const OPEN_BY_HANDLE_AT: i64 = 304;
+const MAX_HANDLE_SZ: usize = 128;
+
+/// The file handle (name_to_handle_at) of the file `path` leads to, and
+/// its type: what opens that very inode again on this host, with no name.
+pub fn file_handle(path: &str) -> Result<(Vec<u8>, i32)> {
+    const AT_FDCWD: i64 = -100;
+    const AT_SYMLINK_FOLLOW: u64 = 0x400;
+    let c = cstr(path)?;
+    let mut buf = [0u8; 8 + MAX_HANDLE_SZ];
+    buf[0..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_le_bytes());
+    let mut mount_id: i32 = 0;
+    sys::call(
+        &format!("name_to_handle_at {}", path),
+        NAME_TO_HANDLE_AT,
+        &[AT_FDCWD as u64, c.as_ptr() as u64, buf.as_mut_ptr() as u64, &mut mount_id as *mut i32 as u64, AT_SYMLINK_FOLLOW],
+    )?;
+    let n = (u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize).min(MAX_HANDLE_SZ);
+    Ok((buf[8..8 + n].to_vec(), i32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]])))
+}
+
+/// A file removed while open under `path` ("PATH (deleted)") but linked
+/// under another name: opened again by its handle, through the directory it
+/// was in (which names the filesystem), and checked to be the same inode.
+pub fn open_by_handle(f: &Json, path: &str, flags: u32) -> Result<Fd> {
+    let what = format!("file {} (removed while open, linked elsewhere)", path.trim_end_matches(" (deleted)"));
+    let handle = f.str_of("handle").and_then(base64::decode).filter(|h| !h.is_empty() && h.len() <= MAX_HANDLE_SZ).ok_or_else(|| Error::new("EIMAGE", format!("{}: its file handle in the image is malformed", what)))?;
+    let dir = std::path::Path::new(path.trim_end_matches(" (deleted)")).parent().and_then(|p| p.to_str()).unwrap_or("/").to_string();
+    // (open_by_handle_at takes no O_PATH descriptor for the filesystem)
+    let mount = open_path(&dir, 0o200000 /* O_RDONLY | O_DIRECTORY */).map_err(|e| Error::new("EFILE", format!("{}: {}", what, e.message)))?;
+    let mut buf = Vec::with_capacity(8 + handle.len());
+    buf.extend_from_slice(&(handle.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&(f.i64_of("handle_type").unwrap_or(0) as i32).to_le_bytes());
+    buf.extend_from_slice(&handle);
+    let keep = flags & !(0o100 | 0o200 | 0o1000); // not O_CREAT, O_EXCL, O_TRUNC
+    let fd = sys::call(&format!("open_by_handle_at {}", what), OPEN_BY_HANDLE_AT, &[mount.raw() as u64, buf.as_ptr() as u64, (keep | O_CLOEXEC) as u64])
+        .map(|r| Fd(r as i32))
+        .map_err(|e| Error::new("EFILE", format!("{} does not open here by its handle: {}", what, e.message)))?;
+    let want = f.get("stat").and_then(|s| s.u64_of("ino"));
+    let md = std::fs::metadata(format!("/proc/self/fd/{}", fd.raw())).map_err(|e| Error::new("EFILE", format!("{}: {}", what, e)))?;
+    if want.is_some_and(|ino| ino != md.ino()) {
+        return Err(Error::new("EFILE", format!("{}: its handle opens another file here", what)));
+    }
+    Ok(fd)
+}
+
 fn write_all(fd: &Fd, data: &[u8]) -> Result<()> {
     let mut off = 0;
     while off < data.len() {
@@ -749,6 +796,13 @@ fn open_each(
             continue; // once the stubs exist: Opened::open_proc_entries
         }
         let fd = match f.str_of("kind").unwrap_or("") {
+            "reg" if f.get("handle").is_some() => {
+                let fd = open_by_handle(f, path, flags)?;
+                if flags & sys::O_PATH == 0 {
+                    sys::call(&format!("lseek {}", path), nr::LSEEK, &[fd.raw() as u64, f.u64_of("pos").unwrap_or(0), 0])?;
+                }
+                fd
+            }
             "reg" => {
                 let md = std::fs::metadata(path).map_err(|_| Error::new("EFILE", format!("file {} needed by the process is missing", path)))?;
                 let pos = f.u64_of("pos").unwrap_or(0);

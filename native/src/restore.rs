@@ -83,6 +83,11 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
     // directory is made again; entries under /proc come from the tree).
     for f in state.arr_of("files") {
         let path = f.str_of("path").unwrap_or("");
+        // A file removed under its name, linked under another: by its handle.
+        if f.str_of("kind") == Some("reg") && f.get("handle").is_some() {
+            crate::files::open_by_handle(f, path, crate::sys::O_PATH)?;
+            continue;
+        }
         if matches!(f.str_of("kind"), Some("reg" | "dir" | "chr")) && f.get("proc_pid").is_none() && !path.ends_with(" (deleted)") && std::fs::symlink_metadata(path).is_err() {
             let what = match f.str_of("kind") {
                 Some("dir") => "directory",

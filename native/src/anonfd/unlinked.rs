@@ -17,7 +17,15 @@ const O_TMPFILE: u32 = 0o20200000;
 pub fn describe(ctx: &FileCtx) -> Result<Json> {
     let path = ctx.target.strip_suffix(" (deleted)").unwrap_or(ctx.target);
     if ctx.md.nlink() > 0 {
-        return ctx.unsupported(&format!("file {} unlinked while open but still linked elsewhere", ctx.target));
+        // Removed under this name, linked under another: the same inode is
+        // opened again by its handle (on this host; elsewhere the restore
+        // refuses it), not copied.
+        let stolen = sys::pidfd_getfd(ctx.pidfd, ctx.fd)?;
+        let link = format!("/proc/self/fd/{}", stolen.raw());
+        let (handle, ty) = crate::files::file_handle(&link).map_err(|e| Error::new("EUNSUPPORTED", format!("fd {}: file {} unlinked while open but still linked elsewhere: no file handle ({})", ctx.fd, ctx.target, e.message)))?;
+        let md = ctx.md;
+        let stat = Json::obj().with("dev", md.dev()).with("ino", md.ino()).with("size", md.size()).with("mtime_ns", (md.mtime() as i64 * 1_000_000_000 + md.mtime_nsec()) as u64);
+        return Ok(ctx.base.clone().with("kind", "reg").with("path", ctx.target).with("handle", crate::base64::encode(&handle)).with("handle_type", ty as i64).with("stat", stat));
     }
     let stolen = sys::pidfd_getfd(ctx.pidfd, ctx.fd)?;
     entry(ctx.base.clone(), path, ctx.md, &stolen).map_err(|e| Error::new(e.code, format!("fd {}: {}", ctx.fd, e.message)))
