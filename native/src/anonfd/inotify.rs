@@ -85,7 +85,11 @@ pub(crate) fn resolve_handle(ino: u64, sdev: u64, htype: u32, handle: &[u8]) -> 
             }
         };
         let path = crate::proc::readlink(&format!("/proc/self/fd/{}", f.raw())).map_err(|e| e.message)?;
-        if path.ends_with(" (deleted)") || !path.starts_with('/') {
+        if path.ends_with(" (deleted)") {
+            last = "the watched file was removed".to_string();
+            continue;
+        }
+        if !path.starts_with('/') {
             last = format!("the watched file is now {}", path);
             continue;
         }
