@@ -46,7 +46,7 @@ fn mounts() -> Vec<Mount> {
         if f.len() < 5 || r.len() < 3 {
             continue;
         }
-        let (root, at) = (unescape(f[3]), unescape(f[4]));
+        let (root, at) = (crate::proc::unescape_mountinfo(f[3]), crate::proc::unescape_mountinfo(f[4]));
         match r[0] {
             "cgroup2" => out.push(Mount { controllers: Vec::new(), at, root }),
             "cgroup" => {
@@ -59,23 +59,6 @@ fn mounts() -> Vec<Mount> {
         }
     }
     out
-}
-
-/// mountinfo escapes spaces and a few other bytes as \ooo.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Put process `host` (as phaul sees it) into the cgroups `p` records
@@ -117,17 +100,5 @@ pub fn restore(host: Pid, p: &Json) {
         if let Err(err) = std::fs::write(format!("{}/cgroup.procs", dir.trim_end_matches('/')), host.to_string()) {
             eprintln!("phaul: warning: process {}: not moved into {} {}: {}", who, name, path, err);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_names_unescaped() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/end\\04"), "/end\\04");
     }
 }

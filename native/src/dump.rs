@@ -207,11 +207,9 @@ fn mlock_future(pid: Pid, locked_before: u64, inj: &Injector) -> u64 {
     const MCL_FUTURE: u64 = 2;
     const MCL_ONFAULT: u64 = 4;
     // Nothing locked at all: no MCL_FUTURE (whatever it maps would be).
-    if locked_before == 0 && locked_kb(pid) == 0 {
-        return 0;
-    }
+    let locked = locked_kb(pid);
     let ours: u64 = inj.own_ranges().iter().map(|(a, b)| b - a).sum();
-    if ours == 0 || locked_kb(pid) < locked_before + ours / 1024 {
+    if locked == 0 || ours == 0 || locked < locked_before + ours / 1024 {
         return 0;
     }
     let last = inj.own_ranges().iter().map(|&(_, b)| b - PAGE_SIZE).max().unwrap_or(0);

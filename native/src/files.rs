@@ -703,17 +703,23 @@ pub fn check_file_identity(path: &str, want: Option<&Json>) -> Result<()> {
     Ok(())
 }
 
-/// A directory removed while open ("PATH (deleted)"): made again for the
-/// open and removed right after (under a free name beside it when PATH is
-/// taken), so the descriptor is on a removed, empty directory again.
-fn open_removed_dir(path: &str, flags: u32) -> Result<Fd> {
-    let want = path.trim_end_matches(" (deleted)");
+/// `want` if nothing has that name, else a free name beside it: where a
+/// removed object is made again for a moment.
+fn free_name_beside(want: &str) -> String {
     let mut name = want.to_string();
     let mut n = 0;
     while std::fs::symlink_metadata(&name).is_ok() {
         n += 1;
         name = format!("{}.phaul-{}-{}", want, sys::getpid(), n);
     }
+    name
+}
+
+/// A directory removed while open ("PATH (deleted)"): made again for the
+/// open and removed right after (under a free name beside it when PATH is
+/// taken), so the descriptor is on a removed, empty directory again.
+fn open_removed_dir(path: &str, flags: u32) -> Result<Fd> {
+    let name = free_name_beside(path.trim_end_matches(" (deleted)"));
     std::fs::create_dir(&name).map_err(|e| Error::new("EFILE", format!("directory {} cannot be made again: {}", path, e)))?;
     let fd = open_path(&name, flags);
     let _ = std::fs::remove_dir(&name);
@@ -728,17 +734,11 @@ fn open_removed_device(f: &Json, path: &str, flags: u32) -> Result<Fd> {
     const S_IFCHR: u64 = 0o020000;
     const MKNOD: i64 = 133;
     const CHOWN: i64 = 92;
-    let want = path.trim_end_matches(" (deleted)");
     let rdev = f.u64_of("rdev").ok_or_else(|| Error::new("EIMAGE", format!("device {} has no device number in the image", path)))?;
     if !chr_supported(rdev) {
         return Err(Error::new("EIMAGE", format!("device {} is not one phaul restores", path)));
     }
-    let mut name = want.to_string();
-    let mut n = 0;
-    while std::fs::symlink_metadata(&name).is_ok() {
-        n += 1;
-        name = format!("{}.phaul-{}-{}", want, sys::getpid(), n);
-    }
+    let name = free_name_beside(path.trim_end_matches(" (deleted)"));
     let c = std::ffi::CString::new(name.as_str()).map_err(|_| Error::new("EIMAGE", "a device path in the image holds a NUL byte"))?;
     let mode = f.u64_of("mode").unwrap_or(0o600) & 0o7777;
     sys::call(&format!("mknod {}", name), MKNOD, &[c.as_ptr() as u64, S_IFCHR | mode, rdev]).map_err(|e| Error::new("EFILE", format!("device {} cannot be made again: {}", path, e.message)))?;

@@ -7,7 +7,7 @@
 //! when the dumped process dies its group answers "allow" on its behalf, so
 //! a group with permission marks is refused while any task waits for one.
 
-use super::inotify::{handle_bytes, mounts_of, resolve_handle, unescape};
+use super::inotify::{handle_bytes, mounts_of, resolve_handle};
 use super::{fd_of, tokens};
 use crate::files::FileCtx;
 use crate::json::Json;
@@ -36,7 +36,7 @@ fn mount_path(mnt_id: u64) -> std::result::Result<String, String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
     let line = text.lines().find(|l| l.split(' ').next().and_then(|id| id.parse::<u64>().ok()) == Some(mnt_id));
     let path = match line.and_then(|l| l.split(' ').nth(4)) {
-        Some(p) => unescape(p),
+        Some(p) => crate::proc::unescape_mountinfo(p),
         None => return Err(format!("mount {} is not visible to phaul", mnt_id)),
     };
     let f = std::fs::File::open(&path).map_err(|e| format!("{}: {}", path, e))?;

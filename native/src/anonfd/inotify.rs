@@ -22,31 +22,13 @@ pub(crate) fn mounts_of(maj: u64, min: u64) -> Vec<String> {
     for l in text.lines() {
         let f: Vec<&str> = l.split(' ').collect();
         if f.len() > 4 && f[2] == want {
-            out.push((f[3] != "/", unescape(f[4])));
+            out.push((f[3] != "/", crate::proc::unescape_mountinfo(f[4])));
         }
     }
     out.sort();
     out.into_iter().map(|(_, p)| p).collect()
 }
 
-/// A path of /proc/PID/mountinfo, whose spaces and such are octal escapes.
-pub(crate) fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// The bytes of an fdinfo `f_handle:` hex string.
 pub(crate) fn handle_bytes(hex: &str) -> Vec<u8> {

@@ -119,6 +119,9 @@ pub struct InetInfo {
     /// The remote end as a raw sockaddr (it names the peer of a connection
     /// still in SYN_SENT, which getpeername does not).
     pub peer: Vec<u8>,
+    /// INET_DIAG_SHUTDOWN: the directions shut down (1 receive, 2 send),
+    /// which nothing else tells.
+    pub shutdown: u8,
 }
 
 /// inet_diag_msg for the socket with inode `ino` (family, protocol), among
@@ -147,29 +150,12 @@ pub fn inet_lookup(of: &Fd, family: i32, protocol: u8, ino: u64, states: u32) ->
                 peer[8..24].copy_from_slice(&m[24..40]);
             }
             let wqueue = u32::from_le_bytes(m[60..64].try_into().unwrap());
-            return Ok(Some(InetInfo { state: m[1], wqueue, peer }));
+            const INET_DIAG_SHUTDOWN: u16 = 8;
+            let shutdown = attrs(&m, 72).iter().find(|(ty, p)| *ty == INET_DIAG_SHUTDOWN && !p.is_empty()).map(|(_, p)| p[0]).unwrap_or(0);
+            return Ok(Some(InetInfo { state: m[1], wqueue, peer, shutdown }));
         }
     }
     Ok(None)
-}
-
-/// The directions (1 receive, 2 send) socket `ino` of `family` and
-/// `protocol` (UDP, UDP-Lite) was shut down in: INET_DIAG_SHUTDOWN, which
-/// nothing else tells. None when this kernel's sock_diag does not know the
-/// protocol.
-pub fn inet_shutdown(of: &Fd, family: i32, protocol: u8, ino: u64) -> Option<u8> {
-    const INET_DIAG_SHUTDOWN: u16 = 8;
-    let nl = diag_socket(of).ok()?;
-    let mut req = [0u8; 56];
-    req[0] = family as u8;
-    req[1] = protocol;
-    req[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    for m in request(&nl, &req, true).ok()? {
-        if m.len() >= 72 && u32::from_le_bytes(m[68..72].try_into().unwrap()) as u64 == ino {
-            return Some(attrs(&m, 72).iter().find(|(ty, p)| *ty == INET_DIAG_SHUTDOWN && !p.is_empty()).map(|(_, p)| p[0]).unwrap_or(0));
-        }
-    }
-    None
 }
 
 pub struct UnixInfo {

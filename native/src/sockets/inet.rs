@@ -617,11 +617,10 @@ pub fn describe_udp(ctx: &FileCtx, copy: Fd, mut s: Json, domain: i32) -> Result
     }
     if matches!(proto, 0 | 17 | 136) {
         let ino = s.u64_of("ino").unwrap_or(0);
-        match super::diag::inet_shutdown(&copy, domain, if proto == 0 { 17 } else { proto as u8 }, ino) {
-            Some(0) | None => {}
-            Some(how) => {
-                s.set("shutdown", how);
-            }
+        // (None when this kernel's sock_diag does not know the protocol)
+        let how = super::diag::inet_lookup(&copy, domain, if proto == 0 { 17 } else { proto as u8 }, ino, u32::MAX).ok().flatten().map_or(0, |i| i.shutdown);
+        if how != 0 {
+            s.set("shutdown", how);
         }
     }
     Ok(ctx.base.clone().with("kind", "sock_udp").with("sock", s))

@@ -211,7 +211,7 @@ pub fn open(f: &Json) -> Result<Fd> {
     if let Some(how) = s.u64_of("shutdown").filter(|&h| (1..=3).contains(&h)) {
         if f.str_of("kind") == Some("sock_unix") {
             // After the queues are refilled (a shut down end takes no more).
-            SHUTDOWNS.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?.push((sys::call("dup", nr::FCNTL, &[fd.raw() as u64, 1030, 0]).map(|d| Fd(d as i32))?, how));
+            SHUTDOWNS.lock().map_err(|_| Error::new("EINTERNAL", "lock"))?.push((unix::dup(&fd)?, how));
         } else {
             shut_down(&fd, how)?;
         }

@@ -483,7 +483,7 @@ fn pick<'a>(senders: &'a BTreeMap<&[u8], Fd>, from: &'a Fd, name: &[u8]) -> &'a 
     senders.get(name).unwrap_or(from)
 }
 
-fn dup(fd: &Fd) -> Result<Fd> {
+pub(super) fn dup(fd: &Fd) -> Result<Fd> {
     sys::call("dup", nr::FCNTL, &[fd.raw() as u64, 1030, 0]).map(|f| Fd(f as i32))
 }
 
