@@ -165,7 +165,10 @@ pub fn dump(inj: &mut Injector, pid: Pid, pidfd: &Fd, fds: &[Json], table: &mut 
         }
         held.push(Held { file_id: id, fd, copy: sys::pidfd_getfd(pidfd, fd)?, api });
     }
-    let ours = crate::dirty::uffd_wp::own_uffd(pid);
+    let (ours, armed) = match crate::dirty::uffd_wp::own_uffd(pid) {
+        Some((fd, armed)) => (Some(fd), armed),
+        None => (None, Vec::new()),
+    };
     let mut out = Registrations::default();
     let flags = match read_before {
         Some(f) if held.is_empty() => f.clone(),
@@ -185,8 +188,16 @@ pub fn dump(inj: &mut Injector, pid: Pid, pidfd: &Fd, fds: &[Json], table: &mut 
     }
     let pagemap = File::open(format!("/proc/{}/pagemap", pid)).map_err(|e| Error::from(e).context(format!("opening /proc/{}/pagemap", pid)))?;
     for (v, modes) in registered {
-        // (Errors name the process where the caller adds it.)
-        let owner = owner_of(v, modes, &held, ours.as_ref()).map_err(|e| Error::sys(format!("finding which userfaultfd area {:#x}-{:#x} is registered with", v.start, v.end), e))?;
+        // An area exactly as phaul's tracking registered it, in a process
+        // that holds no userfaultfd of its own, is phaul's: asking the
+        // kernel (owner_of registers it again) cost the frozen window of a
+        // JVM (209 areas) 9 ms.
+        let owner = if held.is_empty() && armed.binary_search(&(v.start, v.end)).is_ok() {
+            Owner::Phaul
+        } else {
+            // (Errors name the process where the caller adds it.)
+            owner_of(v, modes, &held, ours.as_ref()).map_err(|e| Error::sys(format!("finding which userfaultfd area {:#x}-{:#x} is registered with", v.start, v.end), e))?
+        };
         let h = match owner {
             Owner::Process(i) => &held[i],
             Owner::Phaul => {

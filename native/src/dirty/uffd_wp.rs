@@ -194,16 +194,32 @@ fn scan_parallel(pagemap: &File, jobs: &[(u64, u64, bool)], rearm: bool) -> Vec<
     out
 }
 
-/// The userfaultfd of each live tracker, by process: a dump at the final
-/// freeze must tell the areas phaul registered from the process's own
-/// (anonfd::userfaultfd), while the tracker itself is busy elsewhere.
-static OWN: std::sync::Mutex<Vec<(Pid, i32)>> = std::sync::Mutex::new(Vec::new());
+/// The userfaultfd of each live tracker, by process, and the areas it
+/// registered at its last collect: a dump at the final freeze must tell the
+/// areas phaul registered from the process's own (anonfd::userfaultfd),
+/// while the tracker itself is busy elsewhere.
+struct Own {
+    pid: Pid,
+    fd: i32,
+    armed: Vec<(u64, u64)>,
+}
 
-/// A copy of the userfaultfd phaul tracks `pid` with, if it does.
-pub fn own_uffd(pid: Pid) -> Option<Fd> {
+static OWN: std::sync::Mutex<Vec<Own>> = std::sync::Mutex::new(Vec::new());
+
+/// A copy of the userfaultfd phaul tracks `pid` with, if it does, and the
+/// areas (sorted) it registered at its last collect.
+pub fn own_uffd(pid: Pid) -> Option<(Fd, Vec<(u64, u64)>)> {
     let own = OWN.lock().unwrap_or_else(|e| e.into_inner());
-    let &(_, fd) = own.iter().find(|o| o.0 == pid)?;
-    sys::call("dup(tracking userfaultfd)", nr::FCNTL, &[fd as u64, 1030 /* F_DUPFD_CLOEXEC */, 0]).ok().map(|f| Fd(f as i32))
+    let o = own.iter().find(|o| o.pid == pid)?;
+    let fd = sys::call("dup(tracking userfaultfd)", nr::FCNTL, &[o.fd as u64, 1030 /* F_DUPFD_CLOEXEC */, 0]).ok().map(|f| Fd(f as i32))?;
+    Some((fd, o.armed.clone()))
+}
+
+fn note_armed(pid: Pid, fd: i32, armed: &[(u64, u64)]) {
+    let mut own = OWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(o) = own.iter_mut().find(|o| o.pid == pid && o.fd == fd) {
+        o.armed = armed.to_vec();
+    }
 }
 
 pub struct UffdTracker {
@@ -235,7 +251,7 @@ impl UffdTracker {
         uffd_api(&uffd)?;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
         let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, frozen: true, kept: Vec::new(), prev: Vec::new() };
-        OWN.lock().unwrap_or_else(|e| e.into_inner()).push((pid, t.uffd.raw()));
+        OWN.lock().unwrap_or_else(|e| e.into_inner()).push(Own { pid, fd: t.uffd.raw(), armed: Vec::new() });
         let mut ignored = Vec::new();
         let armed = t.collect(&[], vmas, &mut ignored)?;
         t.frozen = false;
@@ -415,6 +431,7 @@ impl UffdTracker {
             }
         }
         let armed: Vec<(u64, u64)> = vmas.iter().zip(&ok).filter(|(_, &o)| o).map(|(v, _)| (v.start, v.end)).collect();
+        note_armed(self.pid, self.uffd.raw(), &armed);
         self.prev = armed.clone();
         Ok(armed)
     }
@@ -430,6 +447,6 @@ impl UffdTracker {
 impl Drop for UffdTracker {
     fn drop(&mut self) {
         // Forgotten before the descriptor closes (the fields drop after this).
-        OWN.lock().unwrap_or_else(|e| e.into_inner()).retain(|o| o != &(self.pid, self.uffd.raw()));
+        OWN.lock().unwrap_or_else(|e| e.into_inner()).retain(|o| (o.pid, o.fd) != (self.pid, self.uffd.raw()));
     }
 }
