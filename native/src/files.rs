@@ -275,7 +275,14 @@ impl FileTable {
         // holding the socket that carries it.
         let holder = if pid == sys::getpid() { self.in_flight.carrier().0 } else { pid };
         let ft = md.file_type();
-        let flags = info.flags & !O_CLOEXEC;
+        // A file made with O_TMPFILE keeps that flag (which includes
+        // O_DIRECTORY) in its description: opened again with it, it is taken
+        // for a directory to make a new file in.
+        const O_TMPFILE: u32 = 0o20200000;
+        let flags = match info.flags & O_TMPFILE == O_TMPFILE && ft.is_file() {
+            true => info.flags & !O_CLOEXEC & !O_TMPFILE,
+            false => info.flags & !O_CLOEXEC,
+        };
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
         if ft.is_file() || ft.is_dir() {
@@ -1072,6 +1079,19 @@ fn send_fds(sock: &Fd, fds: &[i32]) -> Result<()> {
     }
     let msg: [u64; 7] = [0, 0, iov.as_ptr() as u64, 1, cmsg.as_ptr() as u64, cmsg.len() as u64, 0];
     sys::call("sendmsg(fds)", nr::SENDMSG, &[sock.raw() as u64, msg.as_ptr() as u64, 0]).map(|_| ())
+}
+
+/// Descriptors a migration cannot carry and that tell themselves by
+/// their link alone, refused before pre-copy (not after it, at the freeze
+/// or on the destination). io_uring: a new instance's rings cannot be
+/// placed where the process has them (the kernel takes no address for them).
+pub fn refuse_unsupported_early(pid: Pid) -> Result<()> {
+    for fd in proc::fds(pid)? {
+        if proc::readlink(&format!("/proc/{}/fd/{}", pid, fd)).is_ok_and(|t| t == "anon_inode:[io_uring]") {
+            return Err(Error::new("EUNSUPPORTED", format!("process {}: fd {}: io_uring is not supported", pid, fd)));
+        }
+    }
+    Ok(())
 }
 
 /// A POSIX message queue descriptor: a regular file of the mqueue

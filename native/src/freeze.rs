@@ -198,6 +198,9 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                             }
                             continue;
                         }
+                        // An io_uring worker (PF_IO_WORKER) is the kernel's,
+                        // cannot be traced, and is made again on demand.
+                        Err(e) if e.errno == 1 && proc::is_io_worker(p, t) => continue,
                         Err(e) if e.errno == 1 => {
                             return Err(Error::new("EPERM", format!("cannot trace thread {} of process {}: {} (is it traced by someone else?)", t, p, e.message)))
                         }

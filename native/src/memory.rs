@@ -332,6 +332,30 @@ impl Vma {
 /// For private file mappings only the copy-on-write (anonymous) pages count:
 /// the others are read back from the file.
 pub fn present_pages(pagemap: &File, vma: &Vma, out: &mut Vec<u64>) -> Result<()> {
+    // Big areas are mostly holes (reservations): the kernel finds the
+    // populated runs, and only those are read entry by entry.
+    if vma.end - vma.start >= SCAN_ABOVE && crate::dirty::pagemap_scan::supported() {
+        let mut runs = Vec::new();
+        let scanned = crate::dirty::pagemap_scan::populated_runs(pagemap, vma.start, vma.end, |a, b, _| match runs.last_mut() {
+            Some((_, e)) if *e == a => *e = b,
+            _ => runs.push((a, b)),
+        });
+        if scanned.is_ok() {
+            for (a, b) in runs {
+                present_pages_in(pagemap, vma, a, b, out)?;
+            }
+            return Ok(());
+        }
+    }
+    present_pages_in(pagemap, vma, vma.start, vma.end, out)
+}
+
+/// Areas at least this big are walked with PAGEMAP_SCAN first.
+const SCAN_ABOVE: u64 = 256 << 20;
+
+/// `present_pages` over [start, end) of `vma`, entry by entry.
+fn present_pages_in(pagemap: &File, vma: &Vma, start: u64, end: u64, out: &mut Vec<u64>) -> Result<()> {
+    let vma = &Vma { start, end, ..vma.clone() };
     let n = ((vma.end - vma.start) / PAGE_SIZE) as usize;
     let mut buf = vec![0u8; n.min(65536) * 8];
     let mut done = 0usize;

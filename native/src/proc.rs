@@ -251,6 +251,11 @@ pub fn exists(pid: Pid) -> bool {
     std::path::Path::new(&format!("/proc/{}", pid)).exists()
 }
 
+/// Is thread `tid` of `pid` an io_uring worker (PF_IO_WORKER in its stat flags)?
+pub fn is_io_worker(pid: Pid, tid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).ok().and_then(|s| parse_stat(&s).ok()).is_some_and(|(_, f)| stat_u64(&f, 9) & 0x10 != 0)
+}
+
 /// Is this a kernel thread (PF_KTHREAD in the stat flags)?
 pub fn is_kernel_thread(pid: Pid) -> bool {
     match stat(pid) {

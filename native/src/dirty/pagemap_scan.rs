@@ -111,8 +111,44 @@ impl Scanner {
     }
 }
 
+/// Runs of [start, end) with pages present or swapped out (PTE markers
+/// included: they read as swapped), without write-protecting anything:
+/// holes cost nothing, where reading pagemap costs 8 bytes a page (an
+/// 8 TiB PROT_NONE reservation, as MariaDB makes, is 16 GiB of entries).
+/// `each` gets (start, end, present).
+pub fn populated_runs(pagemap: &File, start: u64, end: u64, mut each: impl FnMut(u64, u64, bool)) -> std::result::Result<(), i32> {
+    let mut vec = vec![PageRegion::default(); VEC_LEN];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT,
+            vec: vec.as_mut_ptr() as u64,
+            vec_len: vec.len() as u64,
+            ..Default::default()
+        };
+        let n = unsafe { crate::sys::raw(nr::IOCTL, &[pagemap.as_raw_fd() as u64, PAGEMAP_SCAN, &mut arg as *mut PmScanArg as u64]) }?;
+        for r in &vec[..(n as usize).min(vec.len())] {
+            each(r.start, r.end, r.categories & PAGE_IS_PRESENT != 0);
+        }
+        if arg.walk_end <= at {
+            return Err(5);
+        }
+        at = arg.walk_end;
+    }
+    Ok(())
+}
+
 /// Does this kernel know PAGEMAP_SCAN? (An empty walk over our own stack.)
 pub fn supported() -> bool {
+    static KNOWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWN.get_or_init(probe)
+}
+
+fn probe() -> bool {
     let Ok(pm) = File::open("/proc/self/pagemap") else { return false };
     let x = 0u64;
     let a = (&x as *const u64 as u64) & !(PAGE_SIZE - 1);

@@ -125,6 +125,9 @@ fn scan_written(scanner: &mut Scanner, pagemap: &File, s: u64, e: u64, private_f
     })
 }
 
+/// PROT_NONE areas this big are not armed (see collect).
+const NONE_UNARMED: u64 = 64 << 30;
+
 /// Below this much tracked memory one thread scans it all.
 const PARALLEL_SCAN_MIN: u64 = 512 << 20;
 const SCAN_CHUNK: u64 = 256 << 20;
@@ -238,6 +241,8 @@ pub struct UffdTracker {
     pub kept: Vec<(u64, u64)>,
     /// The areas armed by the previous collect(), one entry per area.
     prev: Vec<(u64, u64)>,
+    /// PROT_NONE areas (never armed) the previous collect found empty.
+    none_empty: Vec<(u64, u64)>,
 }
 
 impl UffdTracker {
@@ -250,7 +255,7 @@ impl UffdTracker {
         closed?;
         uffd_api(&uffd)?;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
-        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, frozen: true, kept: Vec::new(), prev: Vec::new() };
+        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, frozen: true, kept: Vec::new(), prev: Vec::new(), none_empty: Vec::new() };
         OWN.lock().unwrap_or_else(|e| e.into_inner()).push(Own { pid, fd: t.uffd.raw(), armed: Vec::new() });
         let mut ignored = Vec::new();
         let armed = t.collect(&[], vmas, &mut ignored)?;
@@ -383,8 +388,28 @@ impl UffdTracker {
         // Per area: still tracked (every part of it armed); parts new to arm.
         let mut ok = vec![false; vmas.len()];
         let mut arms: Vec<(usize, u64, u64)> = Vec::new();
+        let mut none_empty = Vec::new();
         for (i, v) in vmas.iter().enumerate().filter(|(_, v)| v.stores_pages()) {
             let pf = v.kind == Kind::File && !v.shared;
+            if v.prot == 0 && v.end - v.start >= NONE_UNARMED {
+                // A huge PROT_NONE reservation (MariaDB maps 8 TiB): no write
+                // reaches it, and arming and scanning it took minutes.
+                // Whatever it holds goes whole each round; it is mostly
+                // nothing. (Smaller ones stay armed: unarmed, a 32 GiB one
+                // beside a MAP_NORESERVE area cost that area its "nr" on the
+                // destination, not yet understood.)
+                // Empty now and at the last round: the destination's copy
+                // (empty too) stands.
+                let mark = out.len();
+                crate::memory::present_pages(&self.pagemap, v, out)?;
+                if out.len() == mark {
+                    if self.none_empty.binary_search(&(v.start, v.end)).is_ok() {
+                        self.kept.push((v.start, v.end));
+                    }
+                    none_empty.push((v.start, v.end));
+                }
+                continue;
+            }
             let segs = segments(known, v.start, v.end);
             let (mark, kmark, amark) = (out.len(), self.kept.len(), arms.len());
             if self.refused.iter().any(|r| r.0 == v.start && r.1 == v.end) {
@@ -432,6 +457,7 @@ impl UffdTracker {
         }
         let armed: Vec<(u64, u64)> = vmas.iter().zip(&ok).filter(|(_, &o)| o).map(|(v, _)| (v.start, v.end)).collect();
         note_armed(self.pid, self.uffd.raw(), &armed);
+        self.none_empty = none_empty;
         self.prev = armed.clone();
         Ok(armed)
     }

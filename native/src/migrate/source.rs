@@ -191,6 +191,7 @@ impl SourceEngine {
                     layout.push(zombie_entry(fz, status));
                     continue;
                 }
+                crate::files::refuse_unsupported_early(fz.pid)?;
                 let vmas = memory::vmas(fz.pid)?;
                 let leader = &fz.threads[0];
                 let mut inj = Injector::new(fz.pid, leader.tid, find_syscall_insn(fz.pid)?, leader.regs.rewound(true), leader.sigmask)?;
