@@ -117,6 +117,22 @@ describe('refused at the dump: a process without its main thread', () => {
       await h.kill(w);
     }
   });
+  // An io_uring worker thread can be seized and stopped, but never runs
+  // injected code: the dump once waited for it forever, the tree frozen.
+  test('io_uring with a worker thread: refused in one line, the process keeps running', { timeout: 60_000 }, async () => {
+    const w = await h.start('io_uring_busy');
+    await waitForOk(w, 2);
+    try {
+      const workers = readdirSync(`/proc/${w.pid}/task`).filter((t) => readFileSync(`/proc/${w.pid}/task/${t}/comm`, 'utf8').startsWith('iou-wrk'));
+      assert.ok(workers.length > 0, 'the workload has no io_uring worker thread');
+      const r = await dump(w.pid, h.tempDir());
+      assertCliError(r, /fd \d+: \[io_uring\] is not supported/);
+      assert.equal(r.code, 4, 'exit code of EUNSUPPORTED');
+      await assertUntouched(w);
+    } finally {
+      await h.kill(w);
+    }
+  });
 });
 
 describe('restore failures', () => {

@@ -183,7 +183,10 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                 let mut interrupted = Vec::new();
                 for t in tids {
                     let known = seized.get(&p).map(|v| v.contains(&t)).unwrap_or(false);
-                    if known {
+                    // An io_uring worker (PF_IO_WORKER) is the kernel's: it
+                    // can be seized and stopped, but never runs the code
+                    // injected into it (a dump waited for it forever).
+                    if known || (t != p && proc::is_io_worker(t)) {
                         continue;
                     }
                     match ptrace::seize(t, SEIZE_OPTIONS) {
@@ -198,9 +201,6 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                             }
                             continue;
                         }
-                        // An io_uring worker (PF_IO_WORKER) is the kernel's,
-                        // cannot be traced, and is made again on demand.
-                        Err(e) if e.errno == 1 && proc::is_io_worker(p, t) => continue,
                         Err(e) if e.errno == 1 => {
                             return Err(Error::new("EPERM", format!("cannot trace thread {} of process {}: {} (is it traced by someone else?)", t, p, e.message)))
                         }

@@ -251,17 +251,19 @@ pub fn exists(pid: Pid) -> bool {
     std::path::Path::new(&format!("/proc/{}", pid)).exists()
 }
 
-/// Is thread `tid` of `pid` an io_uring worker (PF_IO_WORKER in its stat flags)?
-pub fn is_io_worker(pid: Pid, tid: Pid) -> bool {
-    fs::read_to_string(format!("/proc/{}/task/{}/stat", pid, tid)).ok().and_then(|s| parse_stat(&s).ok()).is_some_and(|(_, f)| stat_u64(&f, 9) & 0x10 != 0)
+/// The PF_* flags of a task (its stat's ninth field; 0 if it is gone).
+fn task_flags(tid: Pid) -> u64 {
+    stat(tid).map(|(_, f)| stat_u64(&f, 9)).unwrap_or(0)
+}
+
+/// Is this thread an io_uring worker (PF_IO_WORKER)?
+pub fn is_io_worker(tid: Pid) -> bool {
+    task_flags(tid) & 0x10 != 0
 }
 
 /// Is this a kernel thread (PF_KTHREAD in the stat flags)?
 pub fn is_kernel_thread(pid: Pid) -> bool {
-    match stat(pid) {
-        Ok((_, f)) => stat_u64(&f, 9) & 0x0020_0000 != 0,
-        Err(_) => false,
-    }
+    task_flags(pid) & 0x0020_0000 != 0
 }
 
 /// A path of /proc/PID/mountinfo, whose spaces and such are octal escapes.
