@@ -108,6 +108,7 @@ const specs: Spec[] = [
   { name: 'mlock_future', args: ['onfault'] },
   { name: 'epoll_closed' },
   { name: 'linked_elsewhere' },
+  { name: 'huge_none' },
   // processes sharing a descriptor table (CLONE_FILES) or cwd and umask (CLONE_FS)
   { name: 'share_files' },
   { name: 'share_fs' },

@@ -25,7 +25,7 @@ describe('state kinds under live migration', () => {
     await h.cleanup();
   });
 
-  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'sem_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds', 'sparse_reserve', 'many_areas', 'sock_opts', 'sock_raw', 'exe_deleted', 'fd_limit', 'mlock_future', 'epoll_closed', 'linked_elsewhere']) {
+  for (const name of ['syscall_block', 'thread_crowd', 'sysv_shm', 'thread_creds', 'memory_kinds', 'vma_advice', 'signals', 'files', 'fifo_unlinked', 'sem_unlinked', 'procattrs', 'seccomp_filters', 'job_stop', 'pidfd_kinds', 'sock_scm', 'sock_senders', 'ptimers_thread', 'tcp_halfclosed', 'sock_filter', 'tcp_closed', 'aio_ring', 'cwd_deleted', 'fanotify_kinds', 'netlink_kinds', 'packet_kinds', 'creds', 'prctls', 'shm_tree', 'tree', 'zombie', 'uffd_kinds', 'sparse_reserve', 'many_areas', 'sock_opts', 'sock_raw', 'exe_deleted', 'fd_limit', 'mlock_future', 'epoll_closed', 'linked_elsewhere', 'huge_none']) {
     test(name, { timeout: 90_000 }, async (t) => {
       const w = await h.start(name);
       await waitForOk(w, 3, 30_000);
@@ -102,6 +102,17 @@ describe('state kinds under live migration', () => {
     await waitForOk(w, 3, 30_000);
     const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
     assertCliError(r, /fd \d+: POSIX message queue \/phaul-test-mq-\d+( \(deleted\))? \(mq_open\) is not supported.*still running here/);
+    await waitForOk(w, lastOk(w) + 3, 10_000);
+    assertNoFail(w);
+    await h.kill(w);
+  });
+
+  test('io_uring_busy: io_uring is refused before pre-copy, the source runs on', { timeout: 90_000 }, async () => {
+    const w = await h.start('io_uring_busy');
+    await waitForOk(w, 3, 30_000);
+    const r = await runCli(['migrate', '--to', agent.address, '--pid', String(w.pid), '--json'], 60_000);
+    assertCliError(r, /process \d+: fd \d+: io_uring is not supported.*still running here/);
+    assert.ok(r.ms < 20_000, `refusal took ${r.ms} ms`);
     await waitForOk(w, lastOk(w) + 3, 10_000);
     assertNoFail(w);
     await h.kill(w);
