@@ -279,10 +279,8 @@ impl FileTable {
         // O_DIRECTORY) in its description: opened again with it, it is taken
         // for a directory to make a new file in.
         const O_TMPFILE: u32 = 0o20200000;
-        let flags = match info.flags & O_TMPFILE == O_TMPFILE && ft.is_file() {
-            true => info.flags & !O_CLOEXEC & !O_TMPFILE,
-            false => info.flags & !O_CLOEXEC,
-        };
+        let tmpfile = if ft.is_file() && info.flags & O_TMPFILE == O_TMPFILE { O_TMPFILE } else { 0 };
+        let flags = info.flags & !O_CLOEXEC & !tmpfile;
         let base = Json::obj().with("id", id).with("flags", flags).with("pos", info.pos);
         let unsupported = |what: &str| Err(Error::new("EUNSUPPORTED", format!("fd {}: {} is not supported", fd, what)));
         if ft.is_file() || ft.is_dir() {

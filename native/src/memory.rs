@@ -1,7 +1,6 @@
 //! Memory: classifying VMAs, finding present pages, dumping them to a page
 //! file, and rebuilding an address space in a stub process.
 
-use crate::dirty::pagemap_scan::entry_has_contents;
 use crate::batch::Call;
 use crate::inject::Injector;
 use crate::json::Json;
@@ -332,48 +331,7 @@ impl Vma {
 /// For private file mappings only the copy-on-write (anonymous) pages count:
 /// the others are read back from the file.
 pub fn present_pages(pagemap: &File, vma: &Vma, out: &mut Vec<u64>) -> Result<()> {
-    // Big areas are mostly holes (reservations): the kernel finds the
-    // populated runs, and only those are read entry by entry.
-    if vma.end - vma.start >= SCAN_ABOVE && crate::dirty::pagemap_scan::supported() {
-        let mut runs = Vec::new();
-        let scanned = crate::dirty::pagemap_scan::populated_runs(pagemap, vma.start, vma.end, |a, b, _| match runs.last_mut() {
-            Some((_, e)) if *e == a => *e = b,
-            _ => runs.push((a, b)),
-        });
-        if scanned.is_ok() {
-            for (a, b) in runs {
-                present_pages_in(pagemap, vma, a, b, out)?;
-            }
-            return Ok(());
-        }
-    }
-    present_pages_in(pagemap, vma, vma.start, vma.end, out)
-}
-
-/// Areas at least this big are walked with PAGEMAP_SCAN first.
-const SCAN_ABOVE: u64 = 256 << 20;
-
-/// `present_pages` over [start, end) of `vma`, entry by entry.
-fn present_pages_in(pagemap: &File, vma: &Vma, start: u64, end: u64, out: &mut Vec<u64>) -> Result<()> {
-    let vma = &Vma { start, end, ..vma.clone() };
-    let n = ((vma.end - vma.start) / PAGE_SIZE) as usize;
-    let mut buf = vec![0u8; n.min(65536) * 8];
-    let mut done = 0usize;
-    while done < n {
-        let cnt = (n - done).min(65536);
-        let b = &mut buf[..cnt * 8];
-        pagemap
-            .read_exact_at(b, (vma.start / PAGE_SIZE + done as u64) * 8)
-            .ctx(format!("reading pagemap at {:#x}", vma.start))?;
-        for i in 0..cnt {
-            let e = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            if entry_has_contents(e, vma.kind == Kind::File && !vma.shared) {
-                out.push(vma.start + (done + i) as u64 * PAGE_SIZE);
-            }
-        }
-        done += cnt;
-    }
-    Ok(())
+    crate::dirty::pagemap_scan::present_in(pagemap, vma.start, vma.end, vma.kind == Kind::File && !vma.shared, out)
 }
 
 /// One run of consecutive pages stored at `offset` in the page file.

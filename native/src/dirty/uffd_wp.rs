@@ -10,7 +10,6 @@
 //! kernel resolves the write faults itself; nobody reads the descriptor.
 
 use super::pagemap_scan::{Scanner, PAGE_IS_FILE, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC, PM_SCAN_WP_MATCHING};
-use super::pagemap_scan::{entry_has_contents, read_entries};
 use super::{segments, Segment};
 use crate::inject::Injector;
 use crate::memory::{Kind, Vma};
@@ -338,13 +337,7 @@ impl UffdTracker {
 
     /// Every page of [s, e) with contents of its own, whatever its marks.
     fn report_present(&self, s: u64, e: u64, pf: bool, out: &mut Vec<u64>) -> Result<()> {
-        read_entries(&self.pagemap, s, e, |b, ents| {
-            for (i, &en) in ents.iter().enumerate() {
-                if entry_has_contents(en, pf) {
-                    out.push(b + i as u64 * PAGE_SIZE);
-                }
-            }
-        })
+        super::pagemap_scan::present_in(&self.pagemap, s, e, pf, out)
     }
 
     /// The area of the previous round that `v` continues (same memory, maybe
@@ -401,7 +394,7 @@ impl UffdTracker {
                 // Empty now and at the last round: the destination's copy
                 // (empty too) stands.
                 let mark = out.len();
-                crate::memory::present_pages(&self.pagemap, v, out)?;
+                self.report_present(v.start, v.end, pf, out)?;
                 if out.len() == mark {
                     if self.none_empty.binary_search(&(v.start, v.end)).is_ok() {
                         self.kept.push((v.start, v.end));
