@@ -32,9 +32,9 @@ static int reservation_seen(void)
 		if (sscanf(line, "%lx-%lx ", &s, &e) == 2 && strchr(line, '-') < strchr(line, ' ')) {
 			in = s == lo;
 			/* A torn record (see check_flags) can read as an end that is
-			 * not even page aligned (seen: 10 bytes past the size): read
-			 * again rather than fail. */
-			if (in && (e - s) % 4096 != 0) {
+			 * not even page aligned (seen: 10 bytes past the size), or
+			 * below the start: read again rather than fail. */
+			if (in && (e <= s || (e - s) % 4096 != 0)) {
 				fclose(f);
 				return 0;
 			}
