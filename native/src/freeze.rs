@@ -183,10 +183,7 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
                 let mut interrupted = Vec::new();
                 for t in tids {
                     let known = seized.get(&p).map(|v| v.contains(&t)).unwrap_or(false);
-                    // An io_uring worker (PF_IO_WORKER) is the kernel's: it
-                    // can be seized and stopped, but never runs the code
-                    // injected into it (a dump waited for it forever).
-                    if known || (t != p && proc::is_io_worker(t)) {
+                    if known {
                         continue;
                     }
                     match ptrace::seize(t, SEIZE_OPTIONS) {
@@ -248,6 +245,13 @@ fn freeze(root: Pid, children: bool) -> Result<Frozen> {
             let regs = ptrace::get_regs(t);
             let mask = ptrace::get_sigmask(t);
             match (regs, mask) {
+                // An io_uring worker (PF_IO_WORKER) is the kernel's: it stops
+                // like a thread, but never runs the code injected into it (a
+                // dump waited for it forever). Its user registers are empty,
+                // so only a thread at address 0 costs a look at its flags.
+                (Ok(regs), Ok(_)) if regs.pc() == 0 && proc::is_io_worker(t) => {
+                    let _ = ptrace::detach(t, 0);
+                }
                 (Ok(regs), Ok(sigmask)) => threads.push(FrozenThread { tid: t, regs, sigmask }),
                 _ => {
                     let _ = ptrace::detach(t, 0);
