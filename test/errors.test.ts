@@ -135,6 +135,38 @@ describe('refused at the dump: a process without its main thread', () => {
   });
 });
 
+describe('a pid held only as a session id', () => {
+  // A daemon the dumped root left in its session (orphaned, so not in the
+  // tree) keeps the root's pid taken though no process has it: the restore
+  // must say so, not fail later in clone3, and work once the daemon is gone.
+  test('restore names the process that holds the pid, then works once it is gone', { timeout: 60_000 }, async () => {
+    const w = await h.start('session_daemon');
+    await waitForOk(w, 2);
+    const daemon = Number(readLog(w).find((l) => l.startsWith('DAEMON '))!.split(' ')[1]);
+    try {
+      const images = path.join(w.dir, 'images');
+      mkdirSync(images);
+      assertCliOk(await dump(w.pid, images));
+      assert.ok(await waitPidGone(w.pid, 5000));
+      const r = await runCli(['restore', '--dir', images, '--json']);
+      assertCliError(r, new RegExp(`pid ${w.pid} is already in use on this host: it is the (session|process group) id of process ${daemon} `));
+      assert.ok(!pidExists(w.pid), 'a failed restore left the pid in use');
+      // Not waited for: until this host's init reaps it, the dead daemon
+      // still holds the id, and the restore waits for that.
+      process.kill(daemon, 'SIGKILL');
+      const okAtDump = lastOk(w);
+      const pid = parseRestorePid(await runCli(['restore', '--dir', images, '--json']));
+      h.track(pid, w.marker);
+      assert.equal(pid, w.pid);
+      await waitForOk(w, okAtDump + 5, 20_000);
+      assertNoFail(w);
+    } finally {
+      try { process.kill(daemon, 'SIGKILL'); } catch { /* gone */ }
+      await h.kill(w);
+    }
+  });
+});
+
 describe('restore failures', () => {
   let good = ''; // a complete image dir of a counter workload (which is dead now)
   let files: string[] = [];

@@ -1,6 +1,7 @@
 //! Reading /proc: maps, status, stat, task lists, children, fd info.
 
 use crate::sys::{Context, Error, Pid, Result};
+use std::collections::HashMap;
 use std::fs;
 
 #[derive(Clone, Debug)]
@@ -249,6 +250,42 @@ pub fn exited(pid: Pid) -> bool {
 
 pub fn exists(pid: Pid) -> bool {
     std::path::Path::new(&format!("/proc/{}", pid)).exists()
+}
+
+/// A process that keeps a pid taken although no process has it: a pid stays
+/// in use while some process has it as its group or session id.
+pub struct GroupHolder {
+    pub pid: Pid,
+    /// "process group" or "session".
+    pub what: &'static str,
+    /// Exited (an orphan zombie): the id is freed once it is reaped.
+    pub dead: bool,
+}
+
+/// Why `pid` is taken when no process has it ("" when one does).
+pub fn why_taken(pid: Pid) -> String {
+    match group_ids_in_use().remove(&pid).filter(|_| !exists(pid)) {
+        Some(h) => format!(": it is the {} id of process {}", h.what, h.pid),
+        None => String::new(),
+    }
+}
+
+/// Every group and session id in use on this host, with a process holding it.
+pub fn group_ids_in_use() -> HashMap<Pid, GroupHolder> {
+    let mut ids = HashMap::new();
+    let Ok(dir) = fs::read_dir("/proc") else { return ids };
+    for p in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok()) {
+        let Ok((_, f)) = stat(p) else { continue };
+        let dead = matches!(f.first().map(String::as_str), Some("Z") | Some("X"));
+        for (n, what) in [(5, "process group"), (6, "session")] {
+            let id = stat_u64(&f, n) as Pid;
+            // A live holder is the one worth naming.
+            if !ids.get(&id).is_some_and(|h: &GroupHolder| !h.dead) {
+                ids.insert(id, GroupHolder { pid: p, what, dead });
+            }
+        }
+    }
+    ids
 }
 
 /// The PF_* flags of a task (its stat's ninth field; 0 if it is gone).

@@ -22,6 +22,12 @@ pub fn pid_of(p: &Json) -> Result<Pid> {
 }
 
 fn tids_of(p: &Json) -> Vec<Pid> {
+    // A zombie has no threads in its image but its pid is made again; until
+    // then the dumped zombie (an orphan now, reaped slowly by this host's
+    // init) also holds its group and session ids, often the root's pid.
+    if is_zombie(p) {
+        return p.i64_of("pid").map(|t| vec![t as Pid]).unwrap_or_default();
+    }
     let from_threads: Vec<Pid> = p.arr_of("threads").iter().filter_map(|t| t.i64_of("tid")).map(|t| t as Pid).collect();
     if from_threads.is_empty() {
         p.arr_of("tids").iter().filter_map(Json::as_i64).map(|t| t as Pid).collect()
@@ -48,11 +54,20 @@ pub fn vmas_of(p: &Json) -> Result<Vec<Vma>> {
 /// Is any of these pids taken on this host? (Then only a new pid namespace can host them.)
 /// A pid held by a dead process that only waits to be reaped (the dumped tree
 /// itself, just killed: this host's init reaps orphans slowly) is waited for.
+/// A pid is also taken while it is some process's group or session id (a
+/// daemon left in the session the dumped root led).
 pub fn any_pid_taken(procs: &[Json]) -> Option<Pid> {
     let t0 = std::time::Instant::now();
     loop {
-        let taken = procs.iter().flat_map(tids_of).find(|&t| crate::proc::exists(t))?;
-        let dying = crate::proc::stat(taken).map(|(_, f)| matches!(f.first().map(String::as_str), Some("Z") | Some("X"))).unwrap_or(true);
+        let tids = || procs.iter().flat_map(tids_of);
+        let (taken, dying) = match tids().find(|&t| crate::proc::exists(t)) {
+            Some(t) => (t, crate::proc::exited(t)),
+            None => {
+                let ids = crate::proc::group_ids_in_use();
+                let (t, h) = tids().find_map(|t| ids.get(&t).map(|h| (t, h)))?;
+                (t, h.dead)
+            }
+        };
         if !dying || t0.elapsed() > std::time::Duration::from_secs(5) {
             return Some(taken);
         }
@@ -76,7 +91,7 @@ pub fn preflight(state: &Json, pid_ns: bool) -> Result<()> {
     }
     if !pid_ns {
         if let Some(t) = any_pid_taken(procs) {
-            return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on this host (restore into a new pid namespace with --pid-ns)", t)));
+            return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on this host{} (restore into a new pid namespace with --pid-ns)", t, crate::proc::why_taken(t))));
         }
     }
     // Files and directories opened by path must be there (a removed

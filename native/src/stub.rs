@@ -42,7 +42,22 @@ impl CloneArgs {
 }
 
 fn pid_taken(pid: Pid) -> Error {
-    Error::new("EPIDTAKEN", format!("pid {} is already in use on this host", pid))
+    Error::new("EPIDTAKEN", format!("pid {} is already in use on this host{}", pid, proc::why_taken(pid)))
+}
+
+/// After clone3 found `pid` taken (EEXIST) though no process has it: is it
+/// worth trying again? Yes while the id is only held as a group or session
+/// id by exited processes (orphans of the dumped tree that this host's init
+/// has not reaped yet), or by nobody (just freed), for at most 5 s.
+fn pid_frees_soon(pid: Pid, since: std::time::Instant) -> bool {
+    if proc::exists(pid) || since.elapsed() > std::time::Duration::from_secs(5) {
+        return false;
+    }
+    let soon = proc::group_ids_in_use().get(&pid).is_none_or(|h| h.dead);
+    if soon {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    soon
 }
 
 /// clone3(args) from a short-lived intermediate process, so the new process
@@ -94,7 +109,12 @@ pub fn spawn_detached(pid: Pid) -> Result<Pid> {
     }
     let tid_arr: [i32; 1] = [pid];
     let args = CloneArgs { exit_signal: SIGCHLD, set_tid: tid_arr.as_ptr() as u64, set_tid_size: 1, ..Default::default() };
-    match clone_detached(&args)? {
+    let t0 = std::time::Instant::now();
+    let mut made = clone_detached(&args)?;
+    while made == Err(17) && pid_frees_soon(pid, t0) {
+        made = clone_detached(&args)?;
+    }
+    match made {
         Ok(_) => {}
         Err(17) => return Err(pid_taken(pid)), // EEXIST
         Err(1) => return Err(Error::new("EPERM", format!("not allowed to create a process with pid {} (needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)", pid))),
@@ -269,9 +289,13 @@ fn fork_with(inj: &mut Injector, pid: Option<Pid>, flags: u64, exit_signal: u64)
     };
     let args = CloneArgs { flags, exit_signal, set_tid, set_tid_size, ..Default::default() };
     let a = inj.put(&args.bytes(), 3456)?;
-    let r = inj.raw(nr::CLONE3, &[a, 88])?;
-    if let (Some(pid), -17) = (pid, r) {
-        return Err(pid_taken(pid));
+    let t0 = std::time::Instant::now();
+    let mut r = inj.raw(nr::CLONE3, &[a, 88])?;
+    while let (Some(pid), -17) = (pid, r) {
+        if !pid_frees_soon(pid, t0) {
+            return Err(pid_taken(pid));
+        }
+        r = inj.raw(nr::CLONE3, &[a, 88])?;
     }
     if r < 0 {
         let what = pid.map_or("clone3".to_string(), |p| format!("clone3 for pid {}", p));

@@ -47,7 +47,7 @@ impl DestEngine {
         };
         if !pid_ns {
             if let Some(t) = restore::any_pid_taken(procs) {
-                return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on the destination", t)));
+                return Err(Error::new("EPIDTAKEN", format!("pid {} is already in use on the destination{}", t, crate::proc::why_taken(t))));
             }
         }
         let mut tree = restore::create_stubs(procs, pid_ns, None)?;
