@@ -15,7 +15,7 @@ pub const PROT_WRITE: u32 = 2;
 
 const MAP_SHARED: u64 = 0x01;
 const MAP_PRIVATE: u64 = 0x02;
-const MAP_FIXED: u64 = 0x10;
+pub const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_GROWSDOWN: u64 = 0x0100;
 const MAP_NORESERVE: u64 = 0x4000;
@@ -502,7 +502,9 @@ fn map_batched(inj: &mut Injector, areas: &[&Vma]) -> Result<()> {
                 Some(f) => (if v.shared { MAP_SHARED } else { MAP_PRIVATE } | MAP_FIXED, fds[f], v.pgoff),
                 None => (anon_flags(v), u64::MAX, 0),
             };
-            calls.push((Call::new(format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, v.end - v.start, v.prot as u64, flags, fd, off]), k));
+            let (prot, then) = if file_of[k].is_none() { first_prot(v) } else { (v.prot as u64, Vec::new()) };
+            calls.push((Call::new(format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, v.end - v.start, prot, flags, fd, off]), k));
+            calls.extend(then.into_iter().map(|c| (c, k)));
         }
         let mut rest = calls.into_iter().peekable();
         'chunks: while rest.peek().is_some() {
@@ -535,8 +537,37 @@ fn map_batched(inj: &mut Injector, areas: &[&Vma]) -> Result<()> {
     res
 }
 
+/// The VmFlags that tell how a private anonymous area's memory is
+/// committed: "nr" (mapped with MAP_NORESERVE) or "ac" (charged: it was
+/// writable at some time). Neither differs between areas side by side
+/// that the kernel would otherwise merge into one, and smaps shows both.
+pub fn commit_flags(vm_flags: &str) -> String {
+    vm_flags.split_whitespace().filter(|f| matches!(*f, "nr" | "ac")).collect::<Vec<_>>().join(" ")
+}
+
+/// The protection a private anonymous area is mapped with first, and the
+/// calls that must follow to give it its own: one charged ("ac") but not
+/// writable now (made PROT_NONE after use, say) is charged only if it is
+/// mapped writable, and keeps the charge through the mprotect only if it
+/// has had a page (the kernel drops it from an area never faulted in): a
+/// page is faulted in and dropped again, which leaves the area as empty.
+pub fn first_prot(v: &Vma) -> (u64, Vec<Call>) {
+    const MADV_DONTNEED: u64 = 4;
+    const MADV_POPULATE_WRITE: u64 = 23;
+    let charged = !v.shared && v.prot & PROT_WRITE == 0 && v.flags.split_whitespace().any(|f| f == "ac");
+    if !charged {
+        return (v.prot as u64, Vec::new());
+    }
+    let then = vec![
+        Call::new(format!("madvise {:#x} (populate)", v.start), nr::MADVISE, &[v.start, PAGE_SIZE, MADV_POPULATE_WRITE]),
+        Call::new(format!("madvise {:#x} (drop)", v.start), nr::MADVISE, &[v.start, PAGE_SIZE, MADV_DONTNEED]),
+        Call::new(format!("mprotect {:#x}", v.start), nr::MPROTECT, &[v.start, v.end - v.start, v.prot as u64]),
+    ];
+    (v.prot as u64 | PROT_WRITE as u64 | 1, then)
+}
+
 /// mmap flags of a private anonymous area, as map_vma maps it first.
-fn anon_flags(v: &Vma) -> u64 {
+pub fn anon_flags(v: &Vma) -> u64 {
     let mut flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
     if v.kind == Kind::Stack {
         flags |= MAP_GROWSDOWN;
@@ -583,12 +614,16 @@ fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
             // Pre-copy layouts carry no VmFlags; the plain mapping comes first.
             let noreserve = v.flags.split_whitespace().any(|f| f == "nr");
             let what = format!("mmap {:#x}", v.start);
-            match inj.call(&what, nr::MMAP, &[v.start, len, prot, flags | if noreserve { MAP_NORESERVE } else { 0 }, u64::MAX, 0]) {
+            let (first, then) = first_prot(v);
+            match inj.call(&what, nr::MMAP, &[v.start, len, first, flags | if noreserve { MAP_NORESERVE } else { 0 }, u64::MAX, 0]) {
                 Err(e) if e.errno == 12 /* ENOMEM */ && !noreserve => {
                     inj.call(&what, nr::MMAP, &[v.start, len, prot, flags | MAP_NORESERVE, u64::MAX, 0])?;
                 }
                 r => {
                     r?;
+                    for c in then {
+                        inj.call(&c.what, c.nr, &c.args)?;
+                    }
                 }
             }
         }

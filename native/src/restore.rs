@@ -489,7 +489,16 @@ fn rejoin_split_areas(s: &mut Stub, want: &[&Vma]) -> Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     for w in split {
         let len = w.end - w.start;
-        let tmp = s.leader.call("mmap (rejoin)", nr::MMAP, &[0, len, w.prot as u64, 0x22 /* MAP_PRIVATE | MAP_ANONYMOUS */, u64::MAX, 0])?;
+        // As the area was mapped (its commit flags kept), but anywhere.
+        let flags = memory::anon_flags(w) & !memory::MAP_FIXED;
+        let (prot, then) = memory::first_prot(w);
+        let tmp = s.leader.call("mmap (rejoin)", nr::MMAP, &[0, len, prot, flags, u64::MAX, 0])?;
+        for c in then {
+            // (the calls name the area's own address: moved to the new one)
+            let mut args = c.args;
+            args[0] = tmp + (args[0] - w.start);
+            s.leader.call(&c.what, c.nr, &args)?;
+        }
         let mut pages = Vec::new();
         memory::present_pages(&pagemap, w, &mut pages)?;
         for r in memory::runs_of(&pages) {

@@ -124,8 +124,10 @@ fn scan_written(scanner: &mut Scanner, pagemap: &File, s: u64, e: u64, private_f
     })
 }
 
-/// PROT_NONE areas this big are not armed (see collect).
-const NONE_UNARMED: u64 = 64 << 30;
+/// PROT_NONE areas this big are never armed (see collect).
+const NONE_NEVER_ARMED: u64 = 64 << 30;
+/// A smaller PROT_NONE area is armed once it is seen holding more than this.
+const NONE_DATA_MAX: usize = 256;
 
 /// Below this much tracked memory one thread scans it all.
 const PARALLEL_SCAN_MIN: u64 = 512 << 20;
@@ -242,6 +244,9 @@ pub struct UffdTracker {
     prev: Vec<(u64, u64)>,
     /// PROT_NONE areas (never armed) the previous collect found empty.
     none_empty: Vec<(u64, u64)>,
+    /// PROT_NONE areas found holding more than NONE_DATA_MAX pages: armed
+    /// as any other area (sorted).
+    none_full: Vec<(u64, u64)>,
 }
 
 impl UffdTracker {
@@ -254,7 +259,7 @@ impl UffdTracker {
         closed?;
         uffd_api(&uffd)?;
         let pagemap = File::open(format!("/proc/{}/pagemap", pid)).ctx(format!("opening /proc/{}/pagemap", pid))?;
-        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, frozen: true, kept: Vec::new(), prev: Vec::new(), none_empty: Vec::new() };
+        let mut t = UffdTracker { pid, uffd, pagemap, scanner: Scanner::new(), refused: Vec::new(), rearm: true, frozen: true, kept: Vec::new(), prev: Vec::new(), none_empty: Vec::new(), none_full: Vec::new() };
         OWN.lock().unwrap_or_else(|e| e.into_inner()).push(Own { pid, fd: t.uffd.raw(), armed: Vec::new() });
         let mut ignored = Vec::new();
         let armed = t.collect(&[], vmas, &mut ignored)?;
@@ -368,6 +373,7 @@ impl UffdTracker {
     pub fn collect(&mut self, known: &[(u64, u64)], vmas: &[Vma], out: &mut Vec<u64>) -> Result<Vec<(u64, u64)>> {
         self.kept.clear();
         self.refused.retain(|r| vmas.iter().any(|v| v.start == r.0 && v.end == r.1));
+        self.none_full.retain(|a| vmas.binary_search_by_key(&a.0, |v| v.start).is_ok_and(|i| vmas[i].end == a.1));
         // The walks over areas tracked since last round go first, in parallel.
         let mut jobs = Vec::new();
         for v in vmas.iter().filter(|v| v.stores_pages()) {
@@ -384,13 +390,15 @@ impl UffdTracker {
         let mut none_empty = Vec::new();
         for (i, v) in vmas.iter().enumerate().filter(|(_, v)| v.stores_pages()) {
             let pf = v.kind == Kind::File && !v.shared;
-            if v.prot == 0 && v.end - v.start >= NONE_UNARMED {
-                // A huge PROT_NONE reservation (MariaDB maps 8 TiB): no write
-                // reaches it, and arming and scanning it took minutes.
-                // Whatever it holds goes whole each round; it is mostly
-                // nothing. (Smaller ones stay armed: unarmed, a 32 GiB one
-                // beside a MAP_NORESERVE area cost that area its "nr" on the
-                // destination, not yet understood.)
+            let huge = v.end - v.start >= NONE_NEVER_ARMED;
+            if v.prot == 0 && (huge || self.none_full.binary_search(&(v.start, v.end)).is_err()) {
+                // A PROT_NONE area (a runtime's reservation: MariaDB maps
+                // 8 TiB, a JVM 8 GiB) takes no write while it stays so, and
+                // arming it fills its page tables with markers that every
+                // round then walks (8 TiB took minutes; a JVM's final scan
+                // was 3-5 ms longer). Whatever it holds goes whole each
+                // round: it is mostly nothing. One seen holding more is
+                // armed from then on, unless it is huge.
                 // Empty now and at the last round: the destination's copy
                 // (empty too) stands.
                 let mark = out.len();
@@ -400,6 +408,9 @@ impl UffdTracker {
                         self.kept.push((v.start, v.end));
                     }
                     none_empty.push((v.start, v.end));
+                } else if out.len() - mark > NONE_DATA_MAX && !huge {
+                    let at = self.none_full.partition_point(|a| *a < (v.start, v.end));
+                    self.none_full.insert(at, (v.start, v.end));
                 }
                 continue;
             }

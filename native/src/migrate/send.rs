@@ -7,7 +7,7 @@ use super::stream;
 use crate::dirty::{Method, Tracker};
 use crate::inject::open_mem;
 use crate::json::Json;
-use crate::memory::Vma;
+use crate::memory::{Kind, Vma};
 use crate::shmem::Sent;
 use crate::sys::{self, Error, Pid, Result, PAGE_SIZE};
 use std::io::{BufWriter, Write};
@@ -48,6 +48,42 @@ impl Layouts {
         let same = self.0.get(&pid).is_some_and(|old| old.as_slice() == vmas) && vmas.iter().filter(|v| v.stores_pages()).all(|v| crate::memory::subtract((v.start, v.end), crate::memory::ranges_overlapping(keep, v.start, v.end)).is_empty());
         self.0.insert(pid, vmas.to_vec());
         same
+    }
+
+    /// Give the private anonymous areas of `vmas` their commit flags
+    /// (memory::commit_flags): the destination maps them so from the first
+    /// round, the only time it maps them (a runtime's PROT_NONE reservation
+    /// mapped without MAP_NORESERVE differs in smaps, and merges with a
+    /// neighbour it did not merge with on the source). An area of the last layout sent keeps what
+    /// was found then; smaps, slow, is read only when there are new ones.
+    /// `read`: the flags read before the final freeze (smaps of a frozen
+    /// process would be read in the frozen window).
+    pub fn mark_commit_flags(&self, pid: Pid, vmas: &mut [Vma], read: Option<&std::collections::HashMap<u64, String>>) {
+        let old = self.0.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
+        let private_anon = |v: &Vma| matches!(v.kind, Kind::Anon | Kind::Heap | Kind::Stack) && !v.shared;
+        let mut unknown = Vec::new();
+        for (i, v) in vmas.iter_mut().enumerate().filter(|(_, v)| private_anon(v)) {
+            match crate::memory::areas_overlapping(old, v.start, v.end).iter().find(|o| o.start == v.start && o.end == v.end) {
+                Some(o) => v.flags = o.flags.clone(),
+                None => unknown.push(i),
+            }
+        }
+        if unknown.is_empty() {
+            return;
+        }
+        let now;
+        let flags = match read {
+            Some(f) => f,
+            None => {
+                let starts: Vec<u64> = unknown.iter().map(|&i| vmas[i].start).collect();
+                let Ok(f) = crate::proc::vm_flags_covering(pid, &starts) else { return };
+                now = f;
+                &now
+            }
+        };
+        for i in unknown {
+            vmas[i].flags = flags.get(&vmas[i].start).map(|f| crate::memory::commit_flags(f)).unwrap_or_default();
+        }
     }
 
     pub fn remove(&mut self, pid: &Pid) {

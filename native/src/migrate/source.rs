@@ -326,7 +326,7 @@ impl SourceEngine {
             t.stop();
         }
         let first = self.round == 0;
-        collect(&mut self.trackers, first, &[], &mut self.layouts, first.then_some(&mut self.shmem))
+        collect(&mut self.trackers, first, &[], &mut self.layouts, first.then_some(&mut self.shmem), None)
     }
 
     /// How the frozen tree differs from the one the destination's stubs
@@ -420,6 +420,8 @@ impl SourceEngine {
         for &(pid, _) in &fresh {
             vm_flags.insert(pid, crate::proc::vm_flags(pid).unwrap_or_default());
         }
+        // Shared with the sender thread, which lays out the final round.
+        let vm_flags = std::sync::Arc::new(vm_flags);
         let freeze_us = t0.elapsed().as_micros() as u64;
         crate::sys::trace_mark("source: frozen");
         if let Some(h) = self.handoff.as_mut() {
@@ -451,6 +453,7 @@ impl SourceEngine {
         }
         let mut sock = sock;
         let round = self.round;
+        let final_flags = vm_flags.clone();
         self.round += 1;
         self.sender = Some(std::thread::spawn(move || {
             // Not real-time: this thread computes for milliseconds (the
@@ -462,7 +465,7 @@ impl SourceEngine {
                 t.last_round();
             }
             // Stop-and-copy: the final round is the first, and sends everything.
-            let work = match collect(&mut trackers, round == 0, &fresh, &mut layouts, unseen.then_some(&mut shmem)) {
+            let work = match collect(&mut trackers, round == 0, &fresh, &mut layouts, unseen.then_some(&mut shmem), Some(&final_flags)) {
                 Ok(w) => w,
                 Err(e) => {
                     let _ = count_tx.send(Err(e.clone()));
@@ -860,7 +863,8 @@ fn resident_bytes(pid: Pid) -> u64 {
 /// `shmem`: given in round 0 and after unseen writers, for the sweep of
 /// shared memory objects (shmem.rs); otherwise what trackers saw is all
 /// that changed.
-fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], layouts: &mut send::Layouts, mut shmem: Option<&mut crate::shmem::Sent>) -> Result<Vec<ProcessRound>> {
+/// `vm_flags`: in the final round, the areas' flags read before the freeze.
+fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], layouts: &mut send::Layouts, mut shmem: Option<&mut crate::shmem::Sent>, vm_flags: Option<&dump::VmFlags>) -> Result<Vec<ProcessRound>> {
     let mut work = Vec::new();
     for (pid, vmas) in fresh {
         let mut pages = present_pages(*pid, vmas)?;
@@ -868,11 +872,13 @@ fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], lay
             memory::add_pages(&mut pages, sh.unsent(*pid, vmas));
         }
         layouts.remove(pid);
-        work.push(ProcessRound { pid: *pid, vmas: vmas.clone(), pages, keep: Vec::new(), same_layout: false });
+        let mut vmas = vmas.clone();
+        layouts.mark_commit_flags(*pid, &mut vmas, vm_flags.and_then(|f| f.get(pid)));
+        work.push(ProcessRound { pid: *pid, vmas, pages, keep: Vec::new(), same_layout: false });
     }
     for t in trackers.iter_mut() {
         let pid = t.pid();
-        match collect_one(t, first, layouts, shmem.as_deref_mut()) {
+        match collect_one(t, first, layouts, shmem.as_deref_mut(), vm_flags.and_then(|f| f.get(&pid))) {
             Ok(w) => work.push(w),
             // Exited meanwhile: nothing to send; its tracker goes in the
             // next round, its stub at the final one.
@@ -883,9 +889,10 @@ fn collect(trackers: &mut [Tracker], first: bool, fresh: &[(Pid, Vec<Vma>)], lay
     Ok(work)
 }
 
-fn collect_one(t: &mut Tracker, first: bool, layouts: &mut send::Layouts, shmem: Option<&mut crate::shmem::Sent>) -> Result<ProcessRound> {
+fn collect_one(t: &mut Tracker, first: bool, layouts: &mut send::Layouts, shmem: Option<&mut crate::shmem::Sent>, vm_flags: Option<&std::collections::HashMap<u64, String>>) -> Result<ProcessRound> {
     let pid = t.pid();
-    let vmas = memory::vmas(pid)?;
+    let mut vmas = memory::vmas(pid)?;
+    layouts.mark_commit_flags(pid, &mut vmas, vm_flags);
     let mut pages = Vec::new();
     t.collect(&vmas, &mut pages)?;
     if first {
