@@ -8,7 +8,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { callNative } from "../src/native.js";
 import { traceMark } from "../src/trace.js";
 import { PhaulError, toPhaulError } from "../src/errors.js";
-import { validateDumpPid } from "../src/validate.js";
+import { processRuns, validateDumpPid } from "../src/validate.js";
 import { Channel, connect, formatAddress, parseAddress } from "./channel.js";
 import { hello } from "./capabilities.js";
 import { checkDestinationProof, loadSecret, loadTls, pageToken, sourceProof, type TlsFiles } from "./auth.js";
@@ -352,7 +352,10 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     if (chan) await chan.abort(err);
     if (killed) throw err; // cannot happen after the kill, kept for clarity
     if (err.code === "EUNCERTAIN") throw new PhaulError(err.code, `migration of pid ${pid} to ${toText}: ${err.message}`, err.details);
-    throw new PhaulError(err.code, `migration of pid ${pid} to ${toText} failed: ${err.message}; the process is still running here`, err.details);
+    // Said only when seen: a process that died meanwhile (killed from
+    // outside, or by the OOM killer) must not be reported safe.
+    const where = processRuns(pid) ? "the process is still running here" : "the process is no longer running here either (it exited during the attempt)";
+    throw new PhaulError(err.code, `migration of pid ${pid} to ${toText} failed: ${err.message}; ${where}`, err.details);
   } finally {
     signal?.removeEventListener("abort", onAbort);
     dialer?.close();

@@ -26,6 +26,16 @@ function readProcStat(pid: number): ProcStat | undefined {
   return { state: rest[0] ?? "?", ppid: Number(rest[1]), flags: Number(rest[6]) };
 }
 
+const PF_EXITING = 0x00000004;
+
+/** Does `pid` still run (exists, and is neither exiting nor exited)? */
+export function processRuns(pid: number): boolean {
+  const st = readProcStat(pid);
+  // A killed process with much memory stays in state R or D for a while
+  // as its memory is torn down: its flags tell.
+  return st !== undefined && st.state !== "Z" && st.state !== "X" && (st.flags & PF_EXITING) === 0;
+}
+
 function threadGroupOf(pid: number): number | undefined {
   try {
     const m = /^Tgid:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));

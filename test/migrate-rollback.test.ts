@@ -83,6 +83,26 @@ describe('migration rollback', () => {
     await h.kill(w);
   });
 
+  // The source process itself dies during pre-copy (killed from outside):
+  // the migration fails, and must not claim the process still runs here.
+  test('the source process is killed during pre-copy: the failure says it is gone', { timeout: 120_000 }, async () => {
+    const w = await h.start('bigmem', { args: ['768'], readyTimeoutMs: 60_000 });
+    await waitForOk(w, 1, 60_000);
+    const agent = await startAgent();
+    agents.push(agent);
+    const run = migrateCli(w, agent.address);
+    await agent.waitEvent((e) => e.event === 'prepared', 30_000, 'prepared');
+    process.kill(w.pid, 'SIGKILL');
+    const r = await run;
+    assertCliError(r);
+    assert.doesNotMatch(r.stderr, /still running here/, describeCli(r));
+    assert.match(r.stderr, /no longer running here either/, describeCli(r));
+    assert.ok(await waitUntil(() => agent.leftovers().length === 0, 6000),
+      `stub processes left by the agent: ${agent.leftovers().join(' ')}\nagent stderr:\n${agent.stderr}`);
+    assert.ok(await waitUntil(() => copiesOf(w).length === 0, 6000), `a copy of the workload runs: ${copiesOf(w).join(' ')}`);
+    await h.kill(w);
+  });
+
   // Until the destination's engine has the final round, a fault there rolls
   // back. From then on the two engines finish the migration between
   // themselves on the page stream, so the destination AGENT dying or its
