@@ -48,6 +48,11 @@ impl Sent {
         self.swept.clear();
     }
 
+    /// Has any shared memory object been swept (the tree has some)?
+    pub fn any(&self) -> bool {
+        !self.swept.is_empty() || !self.hashes.is_empty()
+    }
+
     /// Addresses of the pages of `pid`'s shared memory areas whose object
     /// holds them, not yet swept (for any process mapping it), and not
     /// known to the destination as they are now.
