@@ -537,7 +537,9 @@ impl SourceEngine {
                 Ok(mut w) => {
                     for p in w.iter_mut() {
                         if let Some(pages) = shared_pending.get(&p.pid) {
-                            memory::add_pages(&mut p.pages, pages.clone());
+                            // (only where the object is still mapped)
+                            let mapped = |&a: &u64| memory::areas_overlapping(&p.vmas, a, a + PAGE_SIZE).iter().any(crate::shmem::is_object);
+                            memory::add_pages(&mut p.pages, pages.iter().copied().filter(mapped).collect());
                         }
                     }
                     w
