@@ -334,7 +334,7 @@ impl SourceEngine {
     fn compare_shared_before_freeze(&mut self) -> std::collections::HashMap<Pid, Vec<u64>> {
         let mut pending = std::collections::HashMap::new();
         self.drop_exited_trackers();
-        if self.round == 0 || !self.shmem.any() || !self.unseen_while_running() {
+        if self.round == 0 || !self.shmem.any() || !self.unseen_in(&self.running_tree()) {
             return pending;
         }
         crate::sys::trace_mark("source: shared memory compared before the freeze");
@@ -380,14 +380,6 @@ impl SourceEngine {
         out
     }
 
-    /// `unseen_writers` while the tree runs.
-    fn unseen_while_running(&self) -> bool {
-        let tree = self.running_tree();
-        let live = |p: Pid| tree.iter().any(|&(q, z)| q == p && !z);
-        self.tracked_exited
-            || self.reaped.iter().any(|(&p, &(before, zombie))| !zombie && (!live(p) || reaped_faults(p) > before))
-            || tree.iter().filter(|(p, _)| !self.reaped.contains_key(p)).any(|&(p, z)| z || reaped_faults(p) > 0)
-    }
 
     /// From now on only processes that end (or reap children) after this
     /// point count as unseen writers.
@@ -443,10 +435,15 @@ impl SourceEngine {
     /// process gone or as its parent's count of reaped children's faults
     /// rising (a process that ran at all faulted).
     fn unseen_writers(&self, frozen: &Frozen) -> bool {
-        let live = |p: Pid| frozen.procs.iter().any(|fz| fz.pid == p && fz.zombie.is_none());
+        self.unseen_in(&frozen.procs.iter().map(|fz| (fz.pid, fz.zombie.is_some())).collect::<Vec<_>>())
+    }
+
+    /// `unseen_writers` of `tree` (each process and whether it is a zombie).
+    fn unseen_in(&self, tree: &[(Pid, bool)]) -> bool {
+        let live = |p: Pid| tree.iter().any(|&(q, z)| q == p && !z);
         self.tracked_exited
             || self.reaped.iter().any(|(&p, &(before, zombie))| !zombie && (!live(p) || reaped_faults(p) > before))
-            || frozen.procs.iter().filter(|fz| !self.reaped.contains_key(&fz.pid)).any(|fz| fz.zombie.is_some() || reaped_faults(fz.pid) > 0)
+            || tree.iter().filter(|(p, _)| !self.reaped.contains_key(p)).any(|&(p, z)| z || reaped_faults(p) > 0)
     }
 
     /// Freeze, start sending the last dirty pages at once (on a thread of its
