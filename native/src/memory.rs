@@ -502,7 +502,7 @@ fn map_batched(inj: &mut Injector, areas: &[&Vma]) -> Result<()> {
                 Some(f) => (if v.shared { MAP_SHARED } else { MAP_PRIVATE } | MAP_FIXED, fds[f], v.pgoff),
                 None => (anon_flags(v), u64::MAX, 0),
             };
-            let (prot, then) = if file_of[k].is_none() { first_prot(v) } else { (v.prot as u64, Vec::new()) };
+            let (prot, then) = if file_of[k].is_none() { first_prot(v, v.start) } else { (v.prot as u64, Vec::new()) };
             calls.push((Call::new(format!("mmap {:#x}", v.start), nr::MMAP, &[v.start, v.end - v.start, prot, flags, fd, off]), k));
             calls.extend(then.into_iter().map(|c| (c, k)));
         }
@@ -551,7 +551,9 @@ pub fn commit_flags(vm_flags: &str) -> String {
 /// mapped writable, and keeps the charge through the mprotect only if it
 /// has had a page (the kernel drops it from an area never faulted in): a
 /// page is faulted in and dropped again, which leaves the area as empty.
-pub fn first_prot(v: &Vma) -> (u64, Vec<Call>) {
+/// `at`: where the area is mapped now (its own start, or a place it moves
+/// from).
+pub fn first_prot(v: &Vma, at: u64) -> (u64, Vec<Call>) {
     const MADV_DONTNEED: u64 = 4;
     const MADV_POPULATE_WRITE: u64 = 23;
     let charged = !v.shared && v.prot & PROT_WRITE == 0 && v.flags.split_whitespace().any(|f| f == "ac");
@@ -559,11 +561,11 @@ pub fn first_prot(v: &Vma) -> (u64, Vec<Call>) {
         return (v.prot as u64, Vec::new());
     }
     let then = vec![
-        Call::new(format!("madvise {:#x} (populate)", v.start), nr::MADVISE, &[v.start, PAGE_SIZE, MADV_POPULATE_WRITE]),
-        Call::new(format!("madvise {:#x} (drop)", v.start), nr::MADVISE, &[v.start, PAGE_SIZE, MADV_DONTNEED]),
-        Call::new(format!("mprotect {:#x}", v.start), nr::MPROTECT, &[v.start, v.end - v.start, v.prot as u64]),
+        Call::new(format!("madvise {:#x} (populate)", at), nr::MADVISE, &[at, PAGE_SIZE, MADV_POPULATE_WRITE]),
+        Call::new(format!("madvise {:#x} (drop)", at), nr::MADVISE, &[at, PAGE_SIZE, MADV_DONTNEED]),
+        Call::new(format!("mprotect {:#x}", at), nr::MPROTECT, &[at, v.end - v.start, v.prot as u64]),
     ];
-    (v.prot as u64 | PROT_WRITE as u64 | 1, then)
+    ((v.prot | PROT_READ | PROT_WRITE) as u64, then)
 }
 
 /// mmap flags of a private anonymous area, as map_vma maps it first.
@@ -614,7 +616,7 @@ fn map_vma(inj: &mut Injector, v: &Vma) -> Result<()> {
             // Pre-copy layouts carry no VmFlags; the plain mapping comes first.
             let noreserve = v.flags.split_whitespace().any(|f| f == "nr");
             let what = format!("mmap {:#x}", v.start);
-            let (first, then) = first_prot(v);
+            let (first, then) = first_prot(v, v.start);
             match inj.call(&what, nr::MMAP, &[v.start, len, first, flags | if noreserve { MAP_NORESERVE } else { 0 }, u64::MAX, 0]) {
                 Err(e) if e.errno == 12 /* ENOMEM */ && !noreserve => {
                     inj.call(&what, nr::MMAP, &[v.start, len, prot, flags | MAP_NORESERVE, u64::MAX, 0])?;

@@ -242,10 +242,12 @@ pub fn net_ns_id(pid: Option<Pid>) -> String {
 
 /// Exited (a zombie, or reaped): no longer a live process.
 pub fn exited(pid: Pid) -> bool {
-    match stat(pid) {
-        Ok((_, f)) => matches!(f.first().map(String::as_str), Some("Z") | Some("X")),
-        Err(_) => true,
-    }
+    stat(pid).map(|(_, f)| stat_exited(&f)).unwrap_or(true)
+}
+
+/// Do these stat fields show a zombie (or a task being reaped)?
+fn stat_exited(fields: &[String]) -> bool {
+    matches!(fields.first().map(String::as_str), Some("Z") | Some("X"))
 }
 
 pub fn exists(pid: Pid) -> bool {
@@ -276,7 +278,7 @@ pub fn group_ids_in_use() -> HashMap<Pid, GroupHolder> {
     let Ok(dir) = fs::read_dir("/proc") else { return ids };
     for p in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Pid>().ok()) {
         let Ok((_, f)) = stat(p) else { continue };
-        let dead = matches!(f.first().map(String::as_str), Some("Z") | Some("X"));
+        let dead = stat_exited(&f);
         for (n, what) in [(5, "process group"), (6, "session")] {
             let id = stat_u64(&f, n) as Pid;
             // A live holder is the one worth naming.

@@ -491,13 +491,10 @@ fn rejoin_split_areas(s: &mut Stub, want: &[&Vma]) -> Result<()> {
         let len = w.end - w.start;
         // As the area was mapped (its commit flags kept), but anywhere.
         let flags = memory::anon_flags(w) & !memory::MAP_FIXED;
-        let (prot, then) = memory::first_prot(w);
+        let (prot, _) = memory::first_prot(w, 0);
         let tmp = s.leader.call("mmap (rejoin)", nr::MMAP, &[0, len, prot, flags, u64::MAX, 0])?;
-        for c in then {
-            // (the calls name the area's own address: moved to the new one)
-            let mut args = c.args;
-            args[0] = tmp + (args[0] - w.start);
-            s.leader.call(&c.what, c.nr, &args)?;
+        for c in memory::first_prot(w, tmp).1 {
+            s.leader.call(&c.what, c.nr, &c.args)?;
         }
         let mut pages = Vec::new();
         memory::present_pages(&pagemap, w, &mut pages)?;

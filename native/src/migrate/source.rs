@@ -334,12 +334,16 @@ impl SourceEngine {
     fn compare_shared_before_freeze(&mut self) -> std::collections::HashMap<Pid, Vec<u64>> {
         let mut pending = std::collections::HashMap::new();
         self.drop_exited_trackers();
-        if self.round == 0 || !self.shmem.any() || !self.unseen_in(&self.running_tree()) {
+        if self.round == 0 || !self.shmem.any() {
+            return pending;
+        }
+        let tree = self.running_tree();
+        if !self.unseen_in(&tree) {
             return pending;
         }
         crate::sys::trace_mark("source: shared memory compared before the freeze");
         // First: whatever ends from here on counts at the freeze.
-        self.unseen_baseline();
+        self.unseen_baseline(&tree);
         self.shmem.forget();
         for t in &self.trackers {
             let pid = t.pid();
@@ -380,12 +384,11 @@ impl SourceEngine {
         out
     }
 
-
-    /// From now on only processes that end (or reap children) after this
-    /// point count as unseen writers.
-    fn unseen_baseline(&mut self) {
+    /// From now on only processes of `tree` that end (or reap children)
+    /// after this point count as unseen writers.
+    fn unseen_baseline(&mut self, tree: &[(Pid, bool)]) {
         self.tracked_exited = false;
-        self.reaped = self.running_tree().into_iter().map(|(p, z)| (p, (reaped_faults(p), z))).collect();
+        self.reaped = tree.iter().map(|&(p, z)| (p, (reaped_faults(p), z))).collect();
     }
 
     /// How the frozen tree differs from the one the destination's stubs
