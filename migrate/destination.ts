@@ -16,6 +16,7 @@ import { destinationProof, isLoopback, loadSecret, loadTls, pageToken, ReplayGua
 import { crash, parseFault, type Fault, type FaultPhase } from "./fault.js";
 import { destinationFindings } from "./preflight.js";
 import { incompatibility, MAX_MESSAGE_BYTES, type Layout, type RoundStats } from "./protocol.js";
+import { stepBack } from "../src/priority.js";
 
 export const DEFAULT_LISTEN = "127.0.0.1:7070";
 
@@ -336,8 +337,9 @@ export async function serve(options: ServeOptions = {}): Promise<ServeHandle> {
           // The final pages and then the state come on the page stream right
           // after the freeze: start restoring now instead of waiting for the
           // state to be relayed on this channel.
+          const stepForward = stepBack();
           restoring = session.restore(roundTimeoutMs);
-          restoring.catch(() => undefined);
+          restoring.then(stepForward, stepForward);
         } else {
           phase = "final";
           closeFault("final");

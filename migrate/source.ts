@@ -7,6 +7,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { callNative } from "../src/native.js";
 import { traceMark } from "../src/trace.js";
+import { stepBack } from "../src/priority.js";
 import { PhaulError, toPhaulError } from "../src/errors.js";
 import { processRuns, validateDumpPid } from "../src/validate.js";
 import { Channel, connect, formatAddress, parseAddress } from "./channel.js";
@@ -229,6 +230,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
   let killed = false;
   let committing = false;
   let dialer: TlsDialer | undefined;
+  let stepForward: () => void = () => undefined;
   const onAbort = () => {
     chan?.close("cancelled");
     // The engine is busy waiting for the destination: ask it to give up
@@ -307,6 +309,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     progress({ phase: "freezing", reason: decision.reason, estimate_ms: decision.estimate_ms });
     await chan.send({ type: "freezing" });
     const tFreeze = performance.now();
+    stepForward = stepBack();
     const frozen = await callNative("source_freeze", { session });
     const final = { pages: Number(frozen.pages) || 0, bytes: Number(frozen.bytes) || 0, freeze_us: Number(frozen.freeze_us) || 0 };
     progress({ phase: "restoring", ...final });
@@ -319,6 +322,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     committing = true;
     const committed = await callNative("source_commit", { session, timeout_ms: RESTORED_TIMEOUT_MS });
     killed = true;
+    stepForward();
     traceMark("source ts: committed");
     // Frozen until the destination's copy runs (the engine's clock), not
     // until our copy is gone: killing it is no downtime.
@@ -357,6 +361,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateSummary> 
     const where = processRuns(pid) ? "the process is still running here" : "the process is no longer running here either (it exited during the attempt)";
     throw new PhaulError(err.code, `migration of pid ${pid} to ${toText} failed: ${err.message}; ${where}`, err.details);
   } finally {
+    stepForward();
     signal?.removeEventListener("abort", onAbort);
     dialer?.close();
   }

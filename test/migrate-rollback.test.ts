@@ -6,6 +6,7 @@
 // Faults in the destination agent are injected with PHAUL_FAULT (test-only,
 // see docs/migrate.md): the agent kills itself (SIGKILL) at each phase.
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
 import { Agent, startAgent } from './helpers/agent.js';
 import { assertCliError, assertCliOk, describe as describeCli, runCli, type CliResult } from './helpers/cli.js';
@@ -14,6 +15,19 @@ import { freePort } from './helpers/servers.js';
 import { runningFreely, waitUntil } from './helpers/proc.js';
 import { assertNoFail, assertOkSequence, goAndWait, GO_CHECKS, Harness, lastOk, waitForOk, type Workload } from './helpers/workload.js';
 
+/** Cpus_allowed_list of each thread of `pid`. */
+function cpusAllowed(pid: number | 'self'): string[] {
+  const out: string[] = [];
+  for (const t of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      out.push(readFileSync(`/proc/${pid}/task/${t}/status`, 'utf8').match(/^Cpus_allowed_list:\s*(.*)$/m)?.[1] ?? '?');
+    } catch {
+      /* ended */
+    }
+  }
+  return out;
+}
+
 
 async function assertRolledBack(w: Workload, r: CliResult, agent?: Agent, pattern?: RegExp): Promise<void> {
   assertCliError(r, pattern);
@@ -21,6 +35,10 @@ async function assertRolledBack(w: Workload, r: CliResult, agent?: Agent, patter
   assert.equal(w.child.exitCode, null, `source exited: ${describeCli(r)}`);
   assert.equal(w.child.signalCode, null, `source killed: ${describeCli(r)}`);
   assert.ok(await waitUntil(() => runningFreely(w.pid).ok, 5000), `source not running freely: ${runningFreely(w.pid).why}`);
+  // The frozen window runs the tree on the engine's CPU (native/src/pin.rs):
+  // its threads have their own CPUs back (the workloads inherit ours).
+  const mine = cpusAllowed('self')[0];
+  assert.deepEqual(cpusAllowed(w.pid).filter((c) => c !== mine), [], `source threads keep a CPU mask of the frozen window (ours: ${mine})`);
   const ok = lastOk(w);
   await waitForOk(w, ok + 2, 20_000);
   assertNoFail(w);

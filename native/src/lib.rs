@@ -22,6 +22,7 @@ pub mod json;
 pub mod memory;
 pub mod migrate;
 pub mod ops;
+pub mod pin;
 pub mod pageserver;
 pub mod proc;
 pub mod process;

@@ -734,6 +734,9 @@ pub fn finish_tree(procs: &[&Json], tree: &mut Tree, hold: bool) -> Result<()> {
     crate::sys::trace_mark("restore: credentials");
     let mut finals = Vec::new();
     for f in all_threads {
+        // A thread the leader cloned while pinned (pin.rs) takes the
+        // leader's own mask, before the one the image gives it, if any.
+        crate::pin::unpin_like(f.host, f.inj.pid);
         f.inj.finish()?;
         threads::restore_placement(f.host, f.t);
         finals.push((f.host, threads::final_state(f.t)?));

@@ -142,6 +142,7 @@ pub mod nr {
         pub const TKILL: i64 = 200;
         pub const SCHED_SETAFFINITY: i64 = 203;
         pub const SCHED_GETAFFINITY: i64 = 204;
+        pub const GETCPU: i64 = 309;
         pub const IOPRIO_SET: i64 = 251;
         pub const IOPRIO_GET: i64 = 252;
         pub const FUTEX: i64 = 202;

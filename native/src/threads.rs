@@ -176,7 +176,15 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// "ioprio" (only when set).
 fn dump_placement(tid: Pid, mut j: Json, online: &[u8]) -> Json {
     let mut mask = vec![0u8; CPU_MASK];
-    if let Ok(n) = unsafe { sys::raw(nr::SCHED_GETAFFINITY, &[tid as u64, CPU_MASK as u64, mask.as_mut_ptr() as u64]) } {
+    // A thread pinned for the frozen window (pin.rs): its own mask.
+    let read = match crate::pin::own_mask(tid) {
+        Some(own) => {
+            mask = own;
+            Ok(mask.len() as i64)
+        }
+        None => unsafe { sys::raw(nr::SCHED_GETAFFINITY, &[tid as u64, CPU_MASK as u64, mask.as_mut_ptr() as u64]) },
+    };
+    if let Ok(n) = read {
         mask.truncate(n as usize);
         if online.iter().zip(&mask).any(|(o, m)| o & !m != 0) {
             j.set("cpus", hex(&mask));

@@ -144,6 +144,11 @@ impl DestEngine {
             }
         };
         let recv_us = t0.elapsed().as_micros() as u64;
+        // The pages are written: from here this thread injects into the
+        // stubs, on its own CPU (pin.rs; threads::restore_placement unpins).
+        if let Some(t) = self.tree.as_ref() {
+            crate::pin::pin(t.stubs.iter().map(|s| s.host));
+        }
         let pid_ns = self.tree.as_ref().map(|t| t.pid_ns).unwrap_or(false);
         restore::preflight(state, true)?;
         let _ = pid_ns;
@@ -258,7 +263,9 @@ impl Engine for DestEngine {
             "dest_restore" => {
                 crate::sys::set_thread_nice(super::source::FROZEN_NICE);
                 crate::sys::set_thread_realtime(true);
-                self.restore(req, timeout_of(req))
+                let r = self.restore(req, timeout_of(req));
+                crate::pin::unpin_all();
+                r
             }
             "dest_abort" => {
                 self.abandon();

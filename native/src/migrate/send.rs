@@ -89,6 +89,11 @@ impl Layouts {
     pub fn remove(&mut self, pid: &Pid) {
         self.0.remove(pid);
     }
+
+    /// The layout last sent for `pid`.
+    pub fn last(&self, pid: Pid) -> Option<&[Vma]> {
+        self.0.get(&pid).map(Vec::as_slice)
+    }
 }
 
 /// Frame buffers kept by a session between rounds.
@@ -174,6 +179,25 @@ fn broke(e: std::io::Error) -> Error {
 /// for each process its layout and pages, then the round end (which
 /// carries the sum of everything before it). Returns the pages sent.
 pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, round: u64, last: bool) -> Result<u64> {
+    write_round_after(w, pool, tree, work, trackers, shmem, round, last, stream::RoundSum::new())
+}
+
+/// `write_round` of a round whose first pages went ahead (`write_ahead`),
+/// summed into `sum`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_round_after(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, round: u64, last: bool, mut sum: stream::RoundSum) -> Result<u64> {
+    write_frames(w, pool, tree, work, trackers, shmem, &mut sum, Some((round, last)))
+}
+
+/// Pages of a round sent before the rest of it, without its end: the
+/// final round's shared memory found changed just before the freeze goes
+/// while the tree still runs. `sum` goes on into the round's other frames.
+pub fn write_ahead(w: &mut BufWriter<TcpStream>, pool: &mut Pool, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, sum: &mut stream::RoundSum) -> Result<u64> {
+    write_frames(w, pool, None, work, trackers, shmem, sum, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_frames(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, sum: &mut stream::RoundSum, end: Option<(u64, bool)>) -> Result<u64> {
     let (bufs, free_tx) = Buffers::lend(pool);
     let (tx, rx) = sync_channel::<Out>(DEPTH);
     let (produced, written) = std::thread::scope(|s| {
@@ -190,7 +214,7 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&
             w.flush().map_err(broke)
         });
         let mut sink = Sink { tx, bufs };
-        let produced = crate::memory::identities_memoized(|| produce(&mut sink, tree, work, trackers, shmem, round, last));
+        let produced = crate::memory::identities_memoized(|| produce(&mut sink, tree, work, trackers, shmem, sum, end));
         let Sink { tx, bufs } = sink;
         drop(tx);
         let written = writer.join().unwrap_or_else(|_| Err(Error::new("EPANIC", "the page writer failed")));
@@ -202,27 +226,29 @@ pub fn write_round(w: &mut BufWriter<TcpStream>, pool: &mut Pool, tree: Option<&
     produced
 }
 
-fn produce(sink: &mut Sink, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, round: u64, last: bool) -> Result<u64> {
+/// The frames of `work`, then the round's end when `end` (round, last) is given.
+fn produce(sink: &mut Sink, tree: Option<&Json>, work: &[ProcessRound], trackers: &mut [Tracker], shmem: &mut Sent, sum: &mut stream::RoundSum, end: Option<(u64, bool)>) -> Result<u64> {
     let mut total = 0;
-    let mut sum = stream::RoundSum::new();
     if let Some(t) = tree {
         // First: the destination makes and drops stubs before their layouts come.
         let mut b = Vec::new();
-        stream::write_json_summed(&mut b, stream::TREE, 0, t, &mut sum)?;
+        stream::write_json_summed(&mut b, stream::TREE, 0, t, sum)?;
         sink.put(Out::Bytes(b))?;
     }
     for w in work {
         if !w.same_layout {
             let mut layout = Vec::new();
-            stream::write_json_summed(&mut layout, stream::LAYOUT, w.pid as u32, &layout_json(&w.vmas, &w.keep), &mut sum)?;
+            stream::write_json_summed(&mut layout, stream::LAYOUT, w.pid as u32, &layout_json(&w.vmas, &w.keep), sum)?;
             sink.put(Out::Bytes(layout))?;
         }
         let tracker = trackers.iter_mut().find(|t| t.pid() == w.pid);
-        total += send_pages(sink, w, &mut sum, tracker, shmem)?;
+        total += send_pages(sink, w, sum, tracker, shmem)?;
     }
-    let mut end = Vec::new();
-    stream::write_round_end_summed(&mut end, round, last, &sum)?;
-    sink.put(Out::Bytes(end))?;
+    if let Some((round, last)) = end {
+        let mut b = Vec::new();
+        stream::write_round_end_summed(&mut b, round, last, sum)?;
+        sink.put(Out::Bytes(b))?;
+    }
     Ok(total)
 }
 

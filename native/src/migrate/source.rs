@@ -358,6 +358,40 @@ impl SourceEngine {
         pending
     }
 
+    /// The pages `compare_shared_before_freeze` found changed go now, while
+    /// the tree runs, as the first frames of the final round: the frozen
+    /// window would send them behind its dump (PostgreSQL: about 1,600
+    /// pages, up to 45 ms there). Writes to them from here on are those of
+    /// tracked processes (in the final round) or of processes that end
+    /// before the freeze (compared again in the frozen window). What is
+    /// left to the final round: pages of areas the destination does not
+    /// have yet. Returns it, and the round's sum so far.
+    fn send_ahead(&mut self, pending: std::collections::HashMap<Pid, Vec<u64>>) -> Result<(std::collections::HashMap<Pid, Vec<u64>>, stream::RoundSum)> {
+        let mut sum = stream::RoundSum::new();
+        let mut work = Vec::new();
+        let mut left = std::collections::HashMap::new();
+        for (pid, pages) in pending {
+            let vmas = self.layouts.last(pid).unwrap_or(&[]).to_vec();
+            let known = |&a: &u64| memory::areas_overlapping(&vmas, a, a + PAGE_SIZE).iter().any(crate::shmem::is_object);
+            let (now, later): (Vec<u64>, Vec<u64>) = pages.into_iter().partition(known);
+            if !later.is_empty() {
+                left.insert(pid, later);
+            }
+            if !now.is_empty() {
+                work.push(ProcessRound { pid, vmas, pages: now, keep: Vec::new(), same_layout: true });
+            }
+        }
+        if work.is_empty() {
+            return Ok((left, sum));
+        }
+        let w = self.sock.as_mut().ok_or_else(|| Error::new("ESESSION", "no page stream"))?;
+        if let Err(e) = send::write_ahead(w, &mut self.pool, &work, &mut self.trackers, &mut self.shmem, &mut sum) {
+            return Err(self.destination_reason(e));
+        }
+        crate::sys::trace_mark("source: changed shared memory sent ahead");
+        Ok((left, sum))
+    }
+
     fn drop_exited_trackers(&mut self) {
         let (exited, kept): (Vec<Tracker>, Vec<Tracker>) = std::mem::take(&mut self.trackers).into_iter().partition(|t| t.pid() != self.root && proc::exited(t.pid()));
         self.trackers = kept;
@@ -465,6 +499,7 @@ impl SourceEngine {
         handoff.before_freeze(self.root, &known, std::time::Duration::from_millis(200), self.same_stack);
         self.handoff = Some(handoff);
         let shared_pending = self.compare_shared_before_freeze();
+        let (shared_pending, ahead) = self.send_ahead(shared_pending)?;
         // The frozen window is all downtime: it goes first (the page sender
         // thread inherits this).
         crate::sys::set_thread_nice(FROZEN_NICE);
@@ -474,6 +509,7 @@ impl SourceEngine {
         self.frozen_at = Some(t0);
         self.frozen_mono_us = crate::sys::mono_us();
         let frozen = freeze::freeze_tree(self.root)?;
+        crate::pin::pin(frozen.live().flat_map(|p| p.threads.iter().map(|t| t.tid)));
         crate::sys::trace_mark("source: tree frozen");
         // A process that started or ended during pre-copy (a shell's
         // children) is made or dropped on the destination in the final round.
@@ -523,12 +559,15 @@ impl SourceEngine {
         let round = self.round;
         let final_flags = vm_flags.clone();
         self.round += 1;
+        let engine = unsafe { sys::raw(crate::sys::nr::GETTID, &[]) }.unwrap_or(0) as Pid;
         self.sender = Some(std::thread::spawn(move || {
             // Not real-time: this thread computes for milliseconds (the
             // last scan, the layouts), and a frozen thread that the dump
             // lets run an injected call, queued behind it on the same CPU,
             // would wait until it blocks (postgres: 12-25 ms).
             crate::sys::set_thread_realtime(false);
+            // Nor on the engine's CPU (pin.rs), where the dump's injected calls run.
+            crate::pin::unpin_self_elsewhere(engine);
             for t in trackers.iter_mut() {
                 t.last_round();
             }
@@ -551,7 +590,7 @@ impl SourceEngine {
             };
             crate::sys::trace_mark("source: final pages collected");
             let _ = count_tx.send(Ok(work.iter().map(|w| w.pages.len() as u64).sum()));
-            let r = send::write_round(&mut sock, &mut pool, tree_frame.as_ref(), &work, &mut trackers, &mut shmem, round, true).map(|_| ());
+            let r = send::write_round_after(&mut sock, &mut pool, tree_frame.as_ref(), &work, &mut trackers, &mut shmem, round, true, ahead).map(|_| ());
             if r.is_err() {
                 return (trackers, sock, r);
             }
@@ -647,6 +686,7 @@ impl SourceEngine {
         let mut res = ok();
         if let Some(mut f) = self.frozen.take() {
             res = self.rollback_sockets(&f, res);
+            crate::pin::unpin_all();
             f.resume();
         }
         if let Some(mut h) = self.handoff.take() {
@@ -735,6 +775,7 @@ impl SourceEngine {
                 // this one (its own threads do the unmapping, so they yield too).
                 crate::sys::set_thread_realtime(false);
                 crate::sys::set_thread_nice(PRECOPY_NICE);
+                crate::pin::unpin_all();
                 if let Some(mut f) = self.frozen.take() {
                     for t in f.live().flat_map(|p| p.threads.iter()) {
                         crate::sys::set_nice(t.tid, PRECOPY_NICE);
@@ -761,6 +802,8 @@ impl SourceEngine {
                 let pids: Vec<String> = self.frozen.as_ref().map(|f| f.live().map(|p| p.pid.to_string()).collect()).unwrap_or_default();
                 self.stop_tracking();
                 if let Some(mut f) = self.frozen.take() {
+                    // Whoever lets it go on lets it go on its own CPUs.
+                    crate::pin::unpin_all();
                     f.park();
                 }
                 if let Some(mut h) = self.handoff.take() {
