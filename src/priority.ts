@@ -35,38 +35,55 @@ function probe(): boolean {
   return canReturn;
 }
 
+/** Threads stepped back and their own nice values, while any caller is. */
+let held: { depth: number; before: Map<number, number> } | undefined;
+
+function putBack(before: Map<number, number>): void {
+  for (const [tid, p] of before) {
+    try {
+      setPriority(tid, p);
+    } catch {
+      /* ended */
+    }
+  }
+}
+
 /**
  * Lower the priority of every thread of this process; the function returned
- * puts each back. A no-op where a nice value could not be lowered again.
+ * puts each back. Nested calls (migrations run at once by one scheduler)
+ * share one step: the last to return puts the threads back. A no-op where
+ * a nice value could not be lowered again.
  */
 export function stepBack(): () => void {
   if (!probe()) return () => undefined;
-  let tids: number[];
-  try {
-    tids = readdirSync("/proc/self/task").map(Number).filter((t) => Number.isInteger(t) && t > 0);
-  } catch {
-    return () => undefined;
-  }
-  const before = new Map<number, number>();
-  for (const tid of tids) {
+  if (held) {
+    held.depth++;
+  } else {
+    let tids: number[];
     try {
-      const p = getPriority(tid);
-      setPriority(tid, Math.min(19, p + STEP));
-      before.set(tid, p);
+      tids = readdirSync("/proc/self/task").map(Number).filter((t) => Number.isInteger(t) && t > 0);
     } catch {
-      /* the thread ended meanwhile */
+      return () => undefined;
     }
+    const before = new Map<number, number>();
+    for (const tid of tids) {
+      try {
+        const p = getPriority(tid);
+        setPriority(tid, Math.min(19, p + STEP));
+        before.set(tid, p);
+      } catch {
+        /* the thread ended meanwhile */
+      }
+    }
+    held = { depth: 1, before };
   }
   let done = false;
   return () => {
-    if (done) return;
+    if (done || !held) return;
     done = true;
-    for (const [tid, p] of before) {
-      try {
-        setPriority(tid, p);
-      } catch {
-        /* ended */
-      }
-    }
+    if (--held.depth > 0) return;
+    const { before } = held;
+    held = undefined;
+    putBack(before);
   };
 }

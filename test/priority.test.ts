@@ -37,3 +37,16 @@ test('stepBack lowers every thread of the process by 10 nice levels, and its ret
     assert.equal(after.get(tid), n, `thread ${tid}: nice ${after.get(tid)} after, was ${n}`);
   }
 });
+
+test('nested steps back share one step: threads are back only when the last returns', () => {
+  const before = niceOfThreads();
+  const main = [...before.keys()].find((t) => t === process.pid) ?? [...before.keys()][0];
+  const n = before.get(main) ?? 0;
+  const a = stepBack();
+  const b = stepBack();
+  assert.equal(niceOfThreads().get(main), Math.min(19, n + 10), 'one step of 10, not two');
+  a();
+  assert.equal(niceOfThreads().get(main), Math.min(19, n + 10), 'still back while the other runs');
+  b();
+  assert.equal(niceOfThreads().get(main), n, 'back to its own');
+});
