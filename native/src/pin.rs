@@ -35,24 +35,11 @@ fn current_cpu() -> Option<usize> {
     Some(cpu as usize).filter(|&c| c < MASK_BYTES * 8)
 }
 
-/// Pin the calling thread and `tids` to the CPU the caller runs on. Threads
-/// started later by a pinned one inherit the pin (`unpin_self` in them).
+/// Pin the calling thread and `tids` to the CPU the caller runs on.
 pub fn pin(tids: impl IntoIterator<Item = Pid>) {
-    let Some(cpu) = current_cpu() else { return };
-    let mut one = vec![0u8; MASK_BYTES];
-    one[cpu / 8] = 1 << (cpu % 8);
-    let me = unsafe { sys::raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid;
-    let Ok(mut saved) = SAVED.lock() else { return };
-    let saved = saved.get_or_insert_with(HashMap::new);
-    for tid in std::iter::once(me).chain(tids) {
-        if saved.contains_key(&tid) {
-            continue;
-        }
-        if let Some(m) = get_mask(tid) {
-            if set_mask(tid, &one) {
-                saved.insert(tid, m);
-            }
-        }
+    if let Some(cpu) = current_cpu() {
+        let me = unsafe { sys::raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid;
+        pin_to(cpu, std::iter::once(me).chain(tids));
     }
 }
 
@@ -73,22 +60,6 @@ pub fn unpin_like(tid: Pid, like: Pid) {
     saved.remove(&tid);
 }
 
-/// A thread started by the pinned engine thread (the page sender) moves
-/// off the engine's CPU: to the engine's own mask without it, or, on a
-/// single CPU, the engine's own mask.
-pub fn unpin_self_elsewhere(engine: Pid) {
-    let me = unsafe { sys::raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid;
-    let (Some(mut m), Some(pinned)) = (own_mask(engine), get_mask(engine)) else { return };
-    let own = m.clone();
-    for (b, p) in m.iter_mut().zip(pinned.iter()) {
-        *b &= !p;
-    }
-    if m.iter().all(|&b| b == 0) {
-        m = own;
-    }
-    set_mask(me, &m);
-}
-
 /// Every pinned thread gets its own mask back (those that ended are skipped).
 pub fn unpin_all() {
     let Ok(mut saved) = SAVED.lock() else { return };
@@ -96,6 +67,43 @@ pub fn unpin_all() {
         for (tid, m) in saved {
             set_mask(tid, &m);
         }
+    }
+}
+
+/// The CPU the calling thread runs on.
+pub fn here() -> Option<usize> {
+    current_cpu()
+}
+
+/// Start helper threads before pinning their parent: they inherit its pin.
+
+/// Pin `tids` to `cpu`.
+pub fn pin_to(cpu: usize, tids: impl IntoIterator<Item = Pid>) {
+    let mut one = vec![0u8; MASK_BYTES];
+    one[cpu / 8] = 1 << (cpu % 8);
+    let Ok(mut saved) = SAVED.lock() else { return };
+    let saved = saved.get_or_insert_with(HashMap::new);
+    for tid in tids {
+        if saved.contains_key(&tid) {
+            continue;
+        }
+        if let Some(m) = get_mask(tid) {
+            if set_mask(tid, &one) {
+                saved.insert(tid, m);
+            }
+        }
+    }
+}
+
+/// Keep the calling thread off `cpu`, unless that leaves it nowhere.
+pub fn avoid_self(cpu: usize) {
+    let me = unsafe { sys::raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid;
+    let Some(mut m) = get_mask(me) else { return };
+    if let Some(b) = m.get_mut(cpu / 8) {
+        *b &= !(1 << (cpu % 8));
+    }
+    if m.iter().any(|&b| b != 0) {
+        set_mask(me, &m);
     }
 }
 

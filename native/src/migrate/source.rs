@@ -509,7 +509,10 @@ impl SourceEngine {
         self.frozen_at = Some(t0);
         self.frozen_mono_us = crate::sys::mono_us();
         let frozen = freeze::freeze_tree(self.root)?;
-        crate::pin::pin(frozen.live().flat_map(|p| p.threads.iter().map(|t| t.tid)));
+        let cpu = crate::pin::here();
+        if let Some(c) = cpu {
+            crate::pin::pin_to(c, frozen.live().flat_map(|p| p.threads.iter().map(|t| t.tid)));
+        }
         crate::sys::trace_mark("source: tree frozen");
         // A process that started or ended during pre-copy (a shell's
         // children) is made or dropped on the destination in the final round.
@@ -559,7 +562,6 @@ impl SourceEngine {
         let round = self.round;
         let final_flags = vm_flags.clone();
         self.round += 1;
-        let engine = unsafe { sys::raw(crate::sys::nr::GETTID, &[]) }.unwrap_or(0) as Pid;
         self.sender = Some(std::thread::spawn(move || {
             // Not real-time: this thread computes for milliseconds (the
             // last scan, the layouts), and a frozen thread that the dump
@@ -567,7 +569,9 @@ impl SourceEngine {
             // would wait until it blocks (postgres: 12-25 ms).
             crate::sys::set_thread_realtime(false);
             // Nor on the engine's CPU (pin.rs), where the dump's injected calls run.
-            crate::pin::unpin_self_elsewhere(engine);
+            if let Some(c) = cpu {
+                crate::pin::avoid_self(c);
+            }
             for t in trackers.iter_mut() {
                 t.last_round();
             }
@@ -612,6 +616,9 @@ impl SourceEngine {
             };
             (trackers, sock, r)
         }));
+        if let Some(c) = cpu {
+            crate::pin::pin_to(c, [unsafe { sys::raw(crate::sys::nr::GETTID, &[]) }.unwrap_or(0) as Pid]);
+        }
         let mut streamed = 0u64;
         let dumped = dump::dump_frozen_each(&frozen, None, Some(&vm_flags), &mut |p| {
             // Written out here (cheaper than a copy of the entry to write
