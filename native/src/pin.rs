@@ -29,28 +29,65 @@ fn set_mask(tid: Pid, m: &[u8]) -> bool {
     unsafe { sys::raw(nr::SCHED_SETAFFINITY, &[tid as u64, m.len() as u64, m.as_ptr() as u64]) }.is_ok()
 }
 
-fn current_cpu() -> Option<usize> {
+/// The CPU the calling thread runs on.
+pub fn here() -> Option<usize> {
     let mut cpu: u32 = 0;
     unsafe { sys::raw(nr::GETCPU, &[&mut cpu as *mut u32 as u64, 0, 0]) }.ok()?;
     Some(cpu as usize).filter(|&c| c < MASK_BYTES * 8)
 }
 
-/// Pin the calling thread and `tids` to the CPU the caller runs on.
-pub fn pin(tids: impl IntoIterator<Item = Pid>) {
-    if let Some(cpu) = current_cpu() {
-        let me = unsafe { sys::raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid;
-        pin_to(cpu, std::iter::once(me).chain(tids));
+/// Pin `tids` to `cpu`. Threads a pinned thread starts inherit its pin:
+/// start helper threads before pinning their parent.
+pub fn pin_to(cpu: usize, tids: impl IntoIterator<Item = Pid>) {
+    let mut one = vec![0u8; MASK_BYTES];
+    one[cpu / 8] = 1 << (cpu % 8);
+    let Ok(mut saved) = SAVED.lock() else { return };
+    let saved = saved.get_or_insert_with(HashMap::new);
+    for tid in tids {
+        if saved.contains_key(&tid) {
+            continue;
+        }
+        if let Some(m) = get_mask(tid) {
+            if set_mask(tid, &one) {
+                saved.insert(tid, m);
+            }
+        }
     }
 }
 
+/// Pin the calling thread and `tids` to the CPU the caller runs on.
+pub fn pin(tids: impl IntoIterator<Item = Pid>) {
+    if let Some(cpu) = here() {
+        pin_to(cpu, std::iter::once(sys::gettid()).chain(tids));
+    }
+}
+
+/// Keep the calling thread off `cpu`, unless that leaves it nowhere.
+pub fn avoid_self(cpu: usize) {
+    let me = sys::gettid();
+    let Some(mut m) = get_mask(me) else { return };
+    if let Some(b) = m.get_mut(cpu / 8) {
+        *b &= !(1 << (cpu % 8));
+    }
+    if m.iter().any(|&b| b != 0) {
+        set_mask(me, &m);
+    }
+}
+
+/// The CPUs `tid` may run on: its own mask when pinned here, else the
+/// kernel's (None: it cannot be read).
+pub fn mask_of(tid: Pid) -> Option<Vec<u8>> {
+    own_mask(tid).or_else(|| get_mask(tid))
+}
+
 /// The mask `tid` had before it was pinned (None: not pinned).
-pub fn own_mask(tid: Pid) -> Option<Vec<u8>> {
+fn own_mask(tid: Pid) -> Option<Vec<u8>> {
     SAVED.lock().ok()?.as_ref()?.get(&tid).cloned()
 }
 
 /// Give `tid` back its own mask, or, for a thread made by a pinned one
 /// (a restored process's threads, cloned by its leader), the mask of
-/// `like`. Forgets both.
+/// `like`. Forgets `tid`.
 pub fn unpin_like(tid: Pid, like: Pid) {
     let Ok(mut saved) = SAVED.lock() else { return };
     let Some(saved) = saved.as_mut() else { return };
@@ -70,55 +107,19 @@ pub fn unpin_all() {
     }
 }
 
-/// The CPU the calling thread runs on.
-pub fn here() -> Option<usize> {
-    current_cpu()
-}
-
-/// Start helper threads before pinning their parent: they inherit its pin.
-
-/// Pin `tids` to `cpu`.
-pub fn pin_to(cpu: usize, tids: impl IntoIterator<Item = Pid>) {
-    let mut one = vec![0u8; MASK_BYTES];
-    one[cpu / 8] = 1 << (cpu % 8);
-    let Ok(mut saved) = SAVED.lock() else { return };
-    let saved = saved.get_or_insert_with(HashMap::new);
-    for tid in tids {
-        if saved.contains_key(&tid) {
-            continue;
-        }
-        if let Some(m) = get_mask(tid) {
-            if set_mask(tid, &one) {
-                saved.insert(tid, m);
-            }
-        }
-    }
-}
-
-/// Keep the calling thread off `cpu`, unless that leaves it nowhere.
-pub fn avoid_self(cpu: usize) {
-    let me = unsafe { sys::raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid;
-    let Some(mut m) = get_mask(me) else { return };
-    if let Some(b) = m.get_mut(cpu / 8) {
-        *b &= !(1 << (cpu % 8));
-    }
-    if m.iter().any(|&b| b != 0) {
-        set_mask(me, &m);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn pin_and_unpin_the_calling_thread() {
-        let me = unsafe { sys::raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid;
+        let me = sys::gettid();
         let before = get_mask(me).unwrap_or_default();
         pin([]);
         let during = get_mask(me).unwrap_or_default();
         assert_eq!(during.iter().map(|b| b.count_ones()).sum::<u32>(), 1, "pinned to one CPU");
         assert_eq!(own_mask(me), Some(before.clone()));
+        assert_eq!(mask_of(me), Some(before.clone()));
         unpin_all();
         assert_eq!(get_mask(me).unwrap_or_default(), before);
         assert_eq!(own_mask(me), None);

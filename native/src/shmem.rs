@@ -103,6 +103,11 @@ pub fn held_pages(pid: Pid, v: &Vma) -> Vec<u64> {
     out
 }
 
+/// Does page `addr` lie in a shared memory object's area of `vmas`?
+pub fn in_object(vmas: &[Vma], addr: u64) -> bool {
+    crate::memory::areas_overlapping(vmas, addr, addr + crate::sys::PAGE_SIZE).iter().any(is_object)
+}
+
 pub fn is_object(v: &Vma) -> bool {
     v.kind == Kind::Shmem && v.stores_pages()
 }

@@ -230,7 +230,12 @@ pub fn kill(pid: Pid, sig: i32) -> Result<()> {
 /// Scheduling weight of the calling thread (nice, per thread on Linux;
 /// inherited by threads it creates). Best effort: a refusal changes nothing.
 pub fn set_thread_nice(nice: i32) {
-    set_nice(unsafe { raw(nr::GETTID, &[]).unwrap_or(0) } as Pid, nice);
+    set_nice(gettid(), nice);
+}
+
+/// The calling thread's id.
+pub fn gettid() -> Pid {
+    unsafe { raw(nr::GETTID, &[]) }.unwrap_or(0) as Pid
 }
 
 /// Run the calling thread (and threads it starts) under SCHED_FIFO at the

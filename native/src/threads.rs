@@ -175,17 +175,8 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 /// (a mask, bytes in hex, only when it leaves out CPUs this host has) and
 /// "ioprio" (only when set).
 fn dump_placement(tid: Pid, mut j: Json, online: &[u8]) -> Json {
-    let mut mask = vec![0u8; CPU_MASK];
-    // A thread pinned for the frozen window (pin.rs): its own mask.
-    let read = match crate::pin::own_mask(tid) {
-        Some(own) => {
-            mask = own;
-            Ok(mask.len() as i64)
-        }
-        None => unsafe { sys::raw(nr::SCHED_GETAFFINITY, &[tid as u64, CPU_MASK as u64, mask.as_mut_ptr() as u64]) },
-    };
-    if let Ok(n) = read {
-        mask.truncate(n as usize);
+    // (of a thread pinned for the frozen window, its own: pin.rs)
+    if let Some(mask) = crate::pin::mask_of(tid) {
         if online.iter().zip(&mask).any(|(o, m)| o & !m != 0) {
             j.set("cpus", hex(&mask));
         }

@@ -153,7 +153,7 @@ impl DestEngine {
         };
         let recv_us = t0.elapsed().as_micros() as u64;
         // The pages are written: from here this thread injects into the
-        // stubs, on its own CPU (pin.rs; threads::restore_placement unpins).
+        // stubs, on its own CPU (pin.rs; restore::finish_tree unpins).
         if let Some(t) = self.tree.as_ref() {
             crate::pin::pin(t.stubs.iter().map(|s| s.host));
         }
@@ -180,9 +180,7 @@ impl DestEngine {
                 return Err(Error::new("EPROTO", "the final state does not match the prepared processes"));
             }
             if !laid.contains(&s.pid) {
-                let saved = restore::save_placeholder_pages(s)?;
-                restore::apply_layout(s, &restore::vmas_of(p)?, None)?;
-                restore::put_back_placeholder_pages(s, saved)?;
+                lay_out(s, &restore::vmas_of(p)?)?;
             }
             crate::sys::trace_mark("dest: layout applied");
             restore::finish_process(p, s, opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
@@ -461,11 +459,16 @@ fn early_layout(tree: &mut Tree, p: &Json) -> Result<bool> {
         return Ok(false);
     }
     let Some(s) = tree.stub_mut(restore::pid_of(p)?) else { return Ok(false) };
-    let saved = restore::save_placeholder_pages(s)?;
-    restore::apply_layout(s, &vmas, None)?;
-    restore::put_back_placeholder_pages(s, saved)?;
+    lay_out(s, &vmas)?;
     crate::sys::trace_mark("dest: layout applied early");
     Ok(true)
+}
+
+/// A process's final layout, keeping what its placeholder areas hold.
+fn lay_out(s: &mut restore::Stub, vmas: &[Vma]) -> Result<()> {
+    let saved = restore::save_placeholder_pages(s)?;
+    restore::apply_layout(s, vmas, None)?;
+    restore::put_back_placeholder_pages(s, saved)
 }
 
 fn needs_restored_object(v: &Vma) -> bool {
