@@ -513,18 +513,60 @@ fn rejoin_split_areas(s: &mut Stub, want: &[&Vma]) -> Result<()> {
     Ok(())
 }
 
-/// Files, process attributes, signals, mm fields and exe of one process.
-pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<()> {
-    // A migration's stubs were made from its first layout: what the
-    // processes share must not have changed since.
-    if shares::shared_flags(p) != s.shared {
-        return Err(Error::new("EPROTO", format!("process {}: what it shares with other processes changed after its stub was made", s.pid)));
-    }
+/// What of one process needs neither its files nor its attributes, once
+/// its layout is in place: kernel AIO rings, signal handlers, interval
+/// timers, personality, mm fields and exe, advice. A migration's
+/// destination settles each process as its entry arrives (migrate/dest.rs)
+/// unless its executable is a removed file (restored with the files).
+pub fn settle_process(p: &Json, s: &mut Stub) -> Result<()> {
     let inj = &mut s.leader;
     // Every other area is in place: the kernel picks where io_setup maps a
     // ring, which then moves to its old address.
     crate::aio::restore(inj, p)?;
     crate::sys::trace_mark("finish: aio");
+    // Handlers, interval timers and personality in one batch.
+    crate::batch::reserve(inj, 1)?;
+    let d0 = crate::batch::data(inj, 0)?;
+    let mut calls = signals::sigaction_calls(inj, p.arr_of("sigactions"), d0)?;
+    calls.extend(signals::itimer_calls(inj, p.arr_of("itimers"), d0 + 64 * 32)?);
+    calls.extend(crate::creds::personality_calls(p));
+    crate::batch::run_checked(&mut [crate::batch::Job { inj: &mut *inj, slot: 0, calls }])?;
+    crate::sys::trace_mark("finish: signal handlers");
+    // Before the descriptors and limits: a process that uses every
+    // descriptor number its RLIMIT_NOFILE allows leaves none free.
+    let exe_fd = process::open_exe_in_stub(inj, p)?;
+    if let Some(mm) = p.get("mm") {
+        let r = process::restore_mm(inj, mm, exe_fd);
+        if let Some(fd) = exe_fd {
+            inj.call("close", nr::CLOSE, &[fd])?;
+        }
+        r?;
+    } else if let Some(fd) = exe_fd {
+        inj.call("close", nr::CLOSE, &[fd])?;
+    }
+    crate::sys::trace_mark("finish: mm");
+    restore_advice(inj, p)?;
+    crate::sys::trace_mark("finish: advice");
+    Ok(())
+}
+
+/// Whether `settle_process` may run before the state's files are opened.
+pub fn settles_early(p: &Json) -> bool {
+    !p.get("exe").and_then(|e| e.str_of("path")).is_some_and(|x| x.ends_with(" (deleted)"))
+}
+
+/// Files, process attributes, signals, mm fields and exe of one process.
+/// `settled`: `settle_process` ran for it already.
+pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened, settled: bool) -> Result<()> {
+    // A migration's stubs were made from its first layout: what the
+    // processes share must not have changed since.
+    if shares::shared_flags(p) != s.shared {
+        return Err(Error::new("EPROTO", format!("process {}: what it shares with other processes changed after its stub was made", s.pid)));
+    }
+    if !settled {
+        settle_process(p, s)?;
+    }
+    let inj = &mut s.leader;
     // A shared descriptor table is filled once, by its first process.
     let own_table = s.shared & shares::CLONE_FILES == 0;
     if own_table {
@@ -542,33 +584,8 @@ pub fn finish_process(p: &Json, s: &mut Stub, opened: &files::Opened) -> Result<
     if s.shared & shares::CLONE_FS == 0 {
         process::restore_fs(inj, p, &opened.proc_hosts)?;
     }
-    // Before the limits: a process that uses every descriptor number its
-    // RLIMIT_NOFILE allows leaves none free under it.
-    let exe_fd = process::open_exe_in_stub(inj, p)?;
-    let r = process::restore_attrs(inj, p);
-    if let (Err(_), Some(fd)) = (&r, exe_fd) {
-        let _ = inj.call("close", nr::CLOSE, &[fd]);
-    }
-    r?;
+    process::restore_attrs(inj, p)?;
     crate::sys::trace_mark("finish: attributes");
-    // Handlers, interval timers and personality in one batch.
-    crate::batch::reserve(inj, 1)?;
-    let d0 = crate::batch::data(inj, 0)?;
-    let mut calls = signals::sigaction_calls(inj, p.arr_of("sigactions"), d0)?;
-    calls.extend(signals::itimer_calls(inj, p.arr_of("itimers"), d0 + 64 * 32)?);
-    calls.extend(crate::creds::personality_calls(p));
-    crate::batch::run_checked(&mut [crate::batch::Job { inj: &mut *inj, slot: 0, calls }])?;
-    crate::sys::trace_mark("finish: signal handlers");
-    if let Some(mm) = p.get("mm") {
-        let r = process::restore_mm(inj, mm, exe_fd);
-        if let Some(fd) = exe_fd {
-            inj.call("close", nr::CLOSE, &[fd])?;
-        }
-        r?;
-    }
-    crate::sys::trace_mark("finish: mm");
-    restore_advice(inj, p)?;
-    crate::sys::trace_mark("finish: advice");
     crate::anonfd::userfaultfd::register_areas(inj, p)
 }
 
@@ -796,7 +813,7 @@ pub fn restore(dir: &str, state: &Json, pid_ns: bool) -> Result<(Pid, Pid, Resto
             let vmas = vmas_of(p)?;
             apply_layout(s, &vmas, None)?;
             stats.pages_bytes += fill_from_images(dir, p, s).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
-            finish_process(p, s, &opened).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
+            finish_process(p, s, &opened, false).map_err(|e| e.context(format!("restoring process {}", s.pid)))?;
         }
         opened.release_pipes();
         opened.seek_proc_entries(state.arr_of("files"))?;
