@@ -535,15 +535,11 @@ pub fn settle_process(p: &Json, s: &mut Stub) -> Result<()> {
     // Before the descriptors and limits: a process that uses every
     // descriptor number its RLIMIT_NOFILE allows leaves none free.
     let exe_fd = process::open_exe_in_stub(inj, p)?;
-    if let Some(mm) = p.get("mm") {
-        let r = process::restore_mm(inj, mm, exe_fd);
-        if let Some(fd) = exe_fd {
-            inj.call("close", nr::CLOSE, &[fd])?;
-        }
-        r?;
-    } else if let Some(fd) = exe_fd {
+    let r = p.get("mm").map_or(Ok(()), |mm| process::restore_mm(inj, mm, exe_fd));
+    if let Some(fd) = exe_fd {
         inj.call("close", nr::CLOSE, &[fd])?;
     }
+    r?;
     crate::sys::trace_mark("finish: mm");
     restore_advice(inj, p)?;
     crate::sys::trace_mark("finish: advice");

@@ -505,13 +505,6 @@ fn lay_out(s: &mut restore::Stub, vmas: &[Vma]) -> Result<()> {
     restore::put_back_placeholder_pages(s, saved)
 }
 
-/// Whether something can be read from `sock` without waiting.
-fn readable(sock: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fds = [crate::sys::PollFd::new(sock.as_raw_fd(), crate::sys::POLLIN)];
-    crate::sys::poll(&mut fds, 0) > 0
-}
-
 fn needs_restored_object(v: &Vma) -> bool {
     v.kind == crate::memory::Kind::File && (v.path.starts_with("/memfd:") || v.path.ends_with(" (deleted)"))
 }
@@ -530,7 +523,7 @@ enum Arrival {
 fn read_state(r: &mut BufReader<TcpStream>, on: &mut dyn FnMut(Arrival, &[Json]) -> Result<bool>) -> Result<Json> {
     let mut procs = Vec::new();
     loop {
-        while r.buffer().is_empty() && !readable(r.get_ref()) && on(Arrival::Nothing, &procs)? {}
+        while !stream::waiting(r) && on(Arrival::Nothing, &procs)? {}
         let h = stream::read_header(r)?;
         match h.kind {
             stream::STATE_PROCESS => {

@@ -300,7 +300,7 @@ impl SourceEngine {
             Some(b) => b,
             None => return Ok(()),
         };
-        if b.buffer().is_empty() && sys::poll(&mut [PollFd::new(b.get_ref().as_raw_fd(), sys::POLLIN | sys::POLLRDHUP)], 0) == 0 {
+        if !stream::waiting(b) {
             return Ok(());
         }
         let mut one = [0u8; 1];

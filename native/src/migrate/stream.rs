@@ -16,6 +16,13 @@ use crate::json::Json;
 use crate::sys::{Error, Result, PAGE_SIZE};
 use std::io::{Read, Write};
 
+/// Whether anything (a frame, or the end of the connection) can be read
+/// from `b` without waiting.
+pub fn waiting(b: &std::io::BufReader<std::net::TcpStream>) -> bool {
+    use std::os::fd::AsRawFd;
+    !b.buffer().is_empty() || crate::sys::poll(&mut [crate::sys::PollFd::new(b.get_ref().as_raw_fd(), crate::sys::POLLIN | crate::sys::POLLRDHUP)], 0) > 0
+}
+
 pub const MAGIC: u32 = u32::from_le_bytes(*b"PHPG");
 pub const HELLO: u32 = 1;
 pub const LAYOUT: u32 = 2;
